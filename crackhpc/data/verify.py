@@ -1,0 +1,69 @@
+"""`crackhpc data verify`: counts per class, unreadable or truncated files, odd sizes."""
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from .images import DECODE_ERRORS
+from .layout import CLASSES, list_items
+
+EXPECTED_SIZE = (227, 227)
+
+
+def _check(path: str) -> tuple[str, tuple[int, int] | None, str | None]:
+    try:
+        with Image.open(path) as img:
+            img.load()  # a truncated JPEG fails here, not at open()
+            return path, img.size, None
+    except DECODE_ERRORS as exc:
+        return path, None, f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class VerifyReport:
+    root: str
+    layout: str
+    counts: dict[str, dict[str, int]]
+    sizes: Counter
+    broken: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.broken
+
+    def lines(self) -> list[str]:
+        out = [f"{self.root}: {self.layout} layout"]
+        for group, per_class in self.counts.items():
+            total = sum(per_class.values())
+            out.append(f"  {group:<6} " + "  ".join(f"{c}={per_class.get(c, 0)}" for c in CLASSES) + f"  total={total}")
+        odd = {s: n for s, n in self.sizes.items() if s != EXPECTED_SIZE}
+        out.append("  sizes: " + ", ".join(f"{w}x{h}: {n}" for (w, h), n in self.sizes.most_common()))
+        if odd:
+            out.append(f"  note: {sum(odd.values())} images are not {EXPECTED_SIZE[0]}x{EXPECTED_SIZE[1]} (they are resized when read)")
+        out.append(f"  unreadable or truncated: {len(self.broken)}")
+        out += [f"    {path}: {why}" for path, why in self.broken[:20]]
+        if len(self.broken) > 20:
+            out.append(f"    ... and {len(self.broken) - 20} more")
+        return out
+
+
+def verify(root: str | Path, workers: int = 1) -> VerifyReport:
+    root = Path(root)
+    layout, items = list_items(root)
+    counts: dict[str, dict[str, int]] = {}
+    for item in items:
+        group = counts.setdefault(item.split or "all", {c: 0 for c in CLASSES})
+        group[CLASSES[item.label]] += 1
+    paths = [str(root / i.path) for i in items]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            checked = list(pool.map(_check, paths, chunksize=256))
+    else:
+        checked = [_check(p) for p in paths]
+    sizes = Counter(size for _, size, _ in checked if size)
+    broken = [(str(Path(p).relative_to(root)), why) for p, _, why in checked if why]
+    return VerifyReport(str(root), layout, counts, sizes, broken)

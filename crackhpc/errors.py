@@ -1,0 +1,17 @@
+"""Errors that end a command with one clear line instead of a traceback."""
+
+
+class CrackhpcError(Exception):
+    """Base class: the CLI prints `error: <message>` and exits 2."""
+
+
+class ConfigError(CrackhpcError):
+    """A sweep YAML is malformed; the message names the file and the key."""
+
+
+class DataError(CrackhpcError):
+    """A dataset folder is missing, has an unknown layout, or cannot be split."""
+
+
+class WeightsError(CrackhpcError):
+    """Pretrained weights are not in the offline cache or fail their checksum."""

@@ -1,0 +1,241 @@
+"""`crackhpc sweep`: sweep YAML → run folders → submitit jobs (Slurm arrays, or local processes).
+
+Runs with the same resources go out as one job array. Completed runs are skipped, runs whose
+job is still queued or running are left alone, failed runs are resubmitted only on request.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable
+
+from . import atomic, rundir
+from .config import Resources, Sweep, to_plain
+from .data.split import make_manifest, write_manifest
+from .grid import RunSpec, expand
+from .errors import CrackhpcError
+
+SWEEP_JSON = "sweep.json"
+ACTIVE_SLURM_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING")
+
+
+def resolve_executor(kind: str) -> str:
+    if kind != "auto":
+        return kind
+    return "slurm" if shutil.which("sbatch") else "local"
+
+
+def synthetic_root(results: Path, sweep: Sweep) -> Path:
+    s = sweep.data.synthetic
+    return results / ".data" / f"synth-n{s.n}-{s.size}px-seed{s.seed}"
+
+
+def prepare_data(sweep: Sweep, results: Path) -> Path:
+    """The dataset folder for a sweep, making the synthetic one if the sweep asks for it."""
+    if sweep.data.root is not None:
+        return Path(sweep.data.root)
+    from .data.synth import synthesize
+
+    s = sweep.data.synthetic
+    root = synthetic_root(results, sweep)
+    synthesize(root, s.n, size=s.size, seed=s.seed)
+    return root
+
+
+def executor_parameters(res: Resources, kind: str, sweep_name: str) -> dict:
+    """submitit parameters for one resource shape (AutoExecutor names)."""
+    params = {"timeout_min": res.timeout_min, "nodes": res.nodes, "tasks_per_node": res.ntasks_per_node,
+              "cpus_per_task": res.cpus_per_task, "name": f"{res.job_name}-{sweep_name}"}
+    if kind == "slurm":
+        params.update(gpus_per_node=res.gpus_per_node, mem_gb=res.mem_gb, slurm_partition=res.partition,
+                      slurm_account=res.account, slurm_qos=res.qos, slurm_constraint=res.constraint,
+                      slurm_array_parallelism=res.array_parallelism, slurm_max_num_timeout=res.max_requeues,
+                      slurm_setup=list(res.setup), slurm_additional_parameters=dict(res.sbatch) or None)
+    else:
+        params["gpus_per_node"] = min(res.gpus_per_node, _local_gpus())
+        if res.nodes > 1:
+            raise CrackhpcError(f"resources.nodes={res.nodes}: the {kind} executor runs on this machine only; use --executor slurm")
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _local_gpus() -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip()])
+    return len([d for d in Path("/dev").glob("nvidia[0-9]*")])
+
+
+def make_executor(kind: str, folder: Path, params: dict):
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=folder, cluster=kind)
+    executor.update_parameters(**params)
+    return executor
+
+
+def sbatch_preview(executor) -> str:
+    """The #SBATCH header submitit would write for this executor (dry-run)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    script = _make_sbatch_string(command="python -u -m submitit.core._submit <folder>", folder=executor.folder,
+                                 **executor.parameters)
+    return "\n".join(line for line in script.splitlines() if line.startswith("#SBATCH") or line.startswith("srun"))
+
+
+def _slurm_states(job_ids: Iterable[str]) -> dict[str, str]:
+    import subprocess
+
+    ids = [j for j in job_ids if j]
+    if not ids or not shutil.which("sacct"):
+        return {}
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(ids)],
+                         capture_output=True, text=True)
+    states = {}
+    for line in out.stdout.splitlines():
+        job, _, state = line.partition("|")
+        states[job] = state.split()[0] if state else "UNKNOWN"
+    return states
+
+
+def load_sweep_record(sweep_dir: Path) -> dict:
+    path = sweep_dir / SWEEP_JSON
+    return atomic.read_json(path) if path.is_file() else {"runs": {}}
+
+
+def plan(specs: list[RunSpec], sweep_dir: Path, record: dict, retry_failed: bool) -> dict[str, str]:
+    """What to do with each run: submit, or why not."""
+    live = _slurm_states(r.get("job_id", "") for r in record.get("runs", {}).values() if r.get("executor") == "slurm")
+    actions = {}
+    for spec in specs:
+        status = rundir.read_result(sweep_dir / spec.run_id).get("status", "pending")
+        job = record.get("runs", {}).get(spec.run_id, {})
+        if status == "completed":
+            actions[spec.run_id] = "skip: completed"
+        elif status == "failed" and not retry_failed:
+            actions[spec.run_id] = "skip: failed (use --retry-failed)"
+        elif live.get(job.get("job_id", ""), "") in ACTIVE_SLURM_STATES:
+            actions[spec.run_id] = f"skip: job {job['job_id']} {live[job['job_id']].lower()}"
+        else:
+            actions[spec.run_id] = "submit"
+    return actions
+
+
+def write_run_folders(specs: list[RunSpec], sweep_dir: Path, data_root: Path, sweep: Sweep) -> list[RunSpec]:
+    manifest = make_manifest(data_root, sweep.data.split, sweep.data.split_seed)
+    write_manifest(sweep_dir / rundir.SPLIT, manifest)
+    resolved = []
+    for spec in specs:
+        spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, root=str(data_root)))
+        run_dir = sweep_dir / spec.run_id
+        if not rundir.is_completed(run_dir):
+            rundir.write_config(run_dir, spec)
+            write_manifest(run_dir / rundir.SPLIT, manifest)
+        resolved.append(spec)
+    return resolved
+
+
+def submit(sweep: Sweep, results: Path, executor_kind: str = "auto", dry_run: bool = False,
+           retry_failed: bool = False, wait: bool | None = None, echo=print) -> dict:
+    """Submit every run of `sweep` that needs it; returns the sweep record (also in sweep.json)."""
+    from .weights import locate
+
+    kind = resolve_executor(executor_kind if executor_kind != "auto" else sweep.executor)
+    sweep_dir = (results / sweep.name).resolve()
+    specs = expand(sweep)
+    for spec in specs:
+        if spec.train.pretrained:
+            locate(spec.train.framework, spec.train.model)  # fail here, not after hours in the queue
+    record = load_sweep_record(sweep_dir)
+    actions = plan(specs, sweep_dir, record, retry_failed)
+    groups: dict[str, list[RunSpec]] = defaultdict(list)  # one job array per resource shape
+    for spec in specs:
+        if actions[spec.run_id] == "submit":
+            groups[json.dumps(to_plain(spec.resources), sort_keys=True)].append(spec)
+
+    echo(f"sweep {sweep.name}: {len(specs)} runs, {sum(map(len, groups.values()))} to submit, executor {kind}, results in {sweep_dir}")
+    if dry_run:
+        for spec in specs:
+            r = spec.resources
+            echo(f"  {spec.run_id:<48} {actions[spec.run_id]:<22} nodes={r.nodes} tasks/node={r.ntasks_per_node} "
+                 f"gpus/node={r.gpus_per_node} cpus/task={r.cpus_per_task} mem={r.mem_gb or '-'}G time={r.timeout_min}m")
+        for group in groups.values():
+            res = group[0].resources
+            params = executor_parameters(res, kind, sweep.name)
+            echo(f"  job array of {len(group)}: " + ", ".join(f"{k}={v}" for k, v in sorted(params.items())))
+            if kind == "slurm":
+                echo(sbatch_preview(make_executor("slurm", sweep_dir / "submitit", params)) + "\n")
+        return record
+
+    data_root = prepare_data(sweep, results)
+    specs = write_run_folders([s for g in groups.values() for s in g], sweep_dir, data_root, sweep)
+    by_id = {s.run_id: s for s in specs}
+    from .worker import Worker
+
+    record.update(sweep=sweep.name, yaml=str(Path(sweep.path).resolve()), executor=kind,
+                  data_root=str(data_root), submitted=rundir.now())
+    jobs = []
+    for group in groups.values():
+        res = group[0].resources
+        params = executor_parameters(res, kind, sweep.name)
+        executor = make_executor(kind, sweep_dir / "submitit", params)
+        group = [by_id[s.run_id] for s in group]
+        if kind == "local":
+            submitted = _submit_local(executor, group, sweep_dir, res)
+        else:
+            with executor.batch():
+                submitted = [(s, executor.submit(Worker(sweep_dir / s.run_id))) for s in group]
+        for spec, job in submitted:
+            entry = {"job_id": str(job.job_id), "executor": kind, "submitted": rundir.now(),
+                     "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
+            previous = record["runs"].get(spec.run_id, {})
+            entry["history"] = previous.get("history", []) + ([previous["job_id"]] if previous.get("job_id") else [])
+            record["runs"][spec.run_id] = entry
+            echo(f"  {spec.run_id}  job {job.job_id}  log {job.paths.stdout}")
+            jobs.append((spec, job))
+    atomic.write_json(sweep_dir / SWEEP_JSON, record)
+    if wait if wait is not None else kind != "slurm":
+        wait_for(jobs, sweep_dir, echo)
+        record["finished"] = rundir.now()
+        atomic.write_json(sweep_dir / SWEEP_JSON, record)
+    return record
+
+
+def _submit_local(executor, group: list[RunSpec], sweep_dir: Path, res: Resources):
+    """Local processes share this machine's cores: keep at most cores/cpus_per_task running,
+    the local counterpart of a Slurm array's parallelism limit."""
+    from .worker import Worker
+
+    limit = max(1, min(res.array_parallelism, (os.cpu_count() or 1) // (res.cpus_per_task * res.ntasks_per_node)))
+    running, submitted = [], []
+    for spec in group:
+        while len(running) >= limit:
+            running = [j for j in running if not j.done()]
+            time.sleep(0.5)
+        job = executor.submit(Worker(sweep_dir / spec.run_id))
+        running.append(job)
+        submitted.append((spec, job))
+    return submitted
+
+
+def wait_for(jobs, sweep_dir: Path, echo=print, poll_s: float = 2.0) -> None:
+    from tqdm import tqdm
+
+    pending = list(jobs)
+    with tqdm(total=len(jobs), desc="runs", unit="run") as bar:
+        while pending:
+            still = []
+            for spec, job in pending:
+                if job.done():
+                    status = rundir.read_result(sweep_dir / spec.run_id).get("status", "pending")
+                    bar.update(1)
+                    bar.write(f"  {spec.run_id}: {status}")
+                else:
+                    still.append((spec, job))
+            pending = still
+            if pending:
+                time.sleep(poll_s)

@@ -1,0 +1,88 @@
+"""The worker: trains one run folder. Same entry point under submitit and under plain sbatch/srun:
+
+    python -m crackhpc.worker results/<sweep>/<run_id>
+
+Frameworks are imported here lazily, so a Keras run never loads torch's worker and vice versa.
+"""
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+
+import submitit
+
+from .. import rundir
+from .distributed import DistEnv, from_environment
+
+
+def _logger(run_dir: Path, env: DistEnv):
+    prefix = f"[rank {env.rank}] " if env.world_size > 1 else ""
+
+    def log(message: str) -> None:
+        line = f"{rundir.now()} {prefix}{message}"
+        print(line, flush=True)
+        if env.is_main:
+            with open(run_dir / rundir.LOG, "a", encoding="utf-8") as fh:
+                fh.write(line + "\n")
+
+    return log
+
+
+def run(run_dir: str | Path) -> dict:
+    """Train the run in `run_dir`; result.json says completed (with metrics) or failed (with the error)."""
+    run_dir = Path(run_dir).resolve()
+    env = from_environment()
+    spec = rundir.read_config(run_dir)
+    log = _logger(run_dir, env)
+    if env.is_main:
+        rundir.update_result(run_dir, run_id=spec.run_id, status="running", started=rundir.now(),
+                             job_id=env.job_id, world_size=env.world_size, error=None)
+    log(f"{spec.run_id}: {spec.train.framework} {spec.train.model}, {spec.train.epochs} epochs, world size {env.world_size}")
+    try:
+        if spec.train.framework == "torch":
+            from .torch_worker import train
+        else:
+            from .keras_worker import train
+        metrics = train(spec, run_dir, env, log)
+    except Exception as exc:
+        if env.is_main:
+            rundir.update_result(run_dir, status="failed", error=f"{type(exc).__name__}: {exc}",
+                                 traceback=traceback.format_exc(), finished=rundir.now())
+        log(f"failed: {type(exc).__name__}: {exc}")
+        raise
+    if env.is_main:
+        rundir.update_result(run_dir, status="completed", finished=rundir.now(), **metrics)
+    log(f"completed: test acc {metrics['test_acc']:.4f}, test loss {metrics['test_loss']:.4f}")
+    return metrics
+
+
+class Worker(submitit.helpers.Checkpointable):
+    """What the launcher submits. On a time limit or preemption submitit calls `checkpoint`,
+    which requeues this same callable; the rerun resumes from the run folder's last epoch."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = str(run_dir)
+
+    def __call__(self) -> dict:
+        return run(self.run_dir)
+
+    def checkpoint(self, *args, **kwargs):
+        result = rundir.read_result(self.run_dir)
+        rundir.update_result(self.run_dir, status="requeued", requeues=result.get("requeues", 0) + 1)
+        return super().checkpoint(*args, **kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m crackhpc.worker RUN_FOLDER", file=sys.stderr)
+        return 2
+    try:
+        run(args[0])
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception:
+        return 1
+    return 0

@@ -1,0 +1,52 @@
+"""Backbone features computed once per (model, weights, size, manifest) and shared by every run.
+
+A frozen backbone without augmentation gives the same features every epoch, so the naive
+loop's per-epoch forward pass is wasted work. The first run that needs them computes them in
+eval mode under a file lock; concurrent array tasks wait on the lock and then read the
+finished file, which is renamed into place only when complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock
+from torch import nn
+
+
+def cache_key(model: str, weights_id: str, input_size: int, manifest: str, precision: str) -> str:
+    blob = f"{model}|{weights_id}|{input_size}|{manifest}|{precision}"
+    return f"features-{model}-{hashlib.sha1(blob.encode()).hexdigest()[:16]}"
+
+
+@torch.no_grad()
+def extract(backbone: nn.Module, images: np.ndarray, device: torch.device, batch: int = 64,
+            autocast_dtype: torch.dtype | None = None) -> np.ndarray:
+    backbone.eval().to(device)
+    if device.type == "cpu":
+        backbone = backbone.to(memory_format=torch.channels_last)
+    chunks = []
+    for start in range(0, len(images), batch):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch])).to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            chunks.append(backbone(x).float().cpu())
+    return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
+
+
+def cached_features(cache_dir: str | Path, key: str, backbone: nn.Module, images: np.ndarray,
+                    device: torch.device, autocast_dtype: torch.dtype | None = None) -> tuple[np.ndarray, bool]:
+    """(features, computed_here): loads the cache or computes and stores it."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"{key}.npy"
+    with FileLock(str(cache_dir / f"{key}.lock")):
+        if path.exists():
+            return np.load(path), False
+        feats = extract(backbone, images, device, autocast_dtype=autocast_dtype)
+        tmp = cache_dir / f".{key}.{os.getpid()}.npy"
+        np.save(tmp, feats)
+        os.replace(tmp, path)
+        return feats, True
