@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import itertools
 import re
 import types
 import typing
@@ -342,8 +343,13 @@ def load_sweep(path: str | Path, base: Path | None = None) -> Sweep:
         overlap = sorted(set(entry) & set(grid))
         if overlap:
             raise w.child(overlap[0]).error("also set in grid: set it in one place")
-        train_config({**defaults, **{k: v for k, v in entry.items() if k != "resources"}}, w)
+        settings = {k: v for k, v in entry.items() if k != "resources"}
+        for combo in itertools.product(*([(k, v) for v in vs] for k, vs in grid.items())):
+            train_config({**defaults, **settings, **dict(combo)}, w if not combo else where.child("grid"))
         runs.append(entry)
+    if not runs_raw:
+        for combo in itertools.product(*([(k, v) for v in vs] for k, vs in grid.items())):
+            train_config({**defaults, **dict(combo)}, where.child("grid"))
 
     resources = validate_resources(_build(Resources, raw.get("resources"), where.child("resources")), where.child("resources"))
     return Sweep(

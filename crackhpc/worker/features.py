@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -36,16 +37,16 @@ def extract(backbone: nn.Module, images: np.ndarray, device: torch.device, batch
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
 
 
-def cached_features(cache_dir: str | Path, key: str, backbone: nn.Module, images: np.ndarray,
-                    device: torch.device, autocast_dtype: torch.dtype | None = None) -> tuple[np.ndarray, bool]:
-    """(features, computed_here): loads the cache or computes and stores it."""
+def cached_features(cache_dir: str | Path, key: str, compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
+    """(features, computed_here): loads the cache, or calls `compute` and stores its result.
+    Framework-neutral: the torch and Keras workers pass their own extraction."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{key}.npy"
     with FileLock(str(cache_dir / f"{key}.lock")):
         if path.exists():
             return np.load(path), False
-        feats = extract(backbone, images, device, autocast_dtype=autocast_dtype)
+        feats = compute()
         tmp = cache_dir / f".{key}.{os.getpid()}.npy"
         np.save(tmp, feats)
         os.replace(tmp, path)

@@ -22,9 +22,10 @@ from .. import atomic, rundir
 from ..data.images import ImageCache
 from ..data.layout import CLASSES
 from ..data.split import manifest_hash, read_manifest
+from ..errors import DataError
 from ..grid import RunSpec
 from .distributed import DistEnv
-from .features import cache_key, cached_features
+from .features import cache_key, cached_features, extract
 from .torch_models import build
 
 CHECKPOINT = "checkpoint.pt"
@@ -86,6 +87,9 @@ class Trainer:
         self.labels = np.array([i.label for i in self.items], dtype=np.int64)
         self.index = {s: np.array([k for k, it in enumerate(self.items) if it.split == s and images.ok[k]], dtype=np.int64)
                       for s in ("train", "valid", "test")}
+        if not len(self.index["train"]) or not len(self.index["test"]):
+            raise DataError(f"{self.spec.data.root}: no readable images in the train or test split "
+                            f"({images.n_corrupt} of {len(self.items)} failed to decode; run `crackhpc data verify`)")
 
         torch.manual_seed(cfg.seed)
         backbone, head, weights_id = build(cfg.model, cfg.pretrained)
@@ -96,7 +100,8 @@ class Trainer:
             weights = weights_id if cfg.pretrained else f"random-seed{cfg.seed}"
             key = cache_key(cfg.model, weights, cfg.input_size, manifest_hash(self.items), str(self.autocast))
             t0 = time.perf_counter()
-            feats, computed = cached_features(cache_dir / "features", key, backbone, images.images, self.device, self.autocast)
+            feats, computed = cached_features(cache_dir / "features", key,
+                                              lambda: extract(backbone, images.images, self.device, autocast_dtype=self.autocast))
             self.feature_cache = "computed" if computed else "reused"
             self.log(f"features {self.feature_cache} ({feats.shape[1]}-d) in {time.perf_counter() - t0:.1f}s")
             self.inputs = torch.from_numpy(feats)

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from crackhpc.data.synth import synthesize
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """40 synthetic 32 px images in the original Positive/ Negative/ layout."""
+    root = tmp_path_factory.mktemp("data") / "concrete"
+    synthesize(root, 40, size=32, seed=0)
+    return root
+
+
+@pytest.fixture
+def write_yaml(tmp_path):
+    """Write a sweep file from an indented YAML string; returns its path."""
+    def write(text: str, name: str = "sweep.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text))
+        return path
+    return write
+
+
+def tiny_sweep(data_root: Path, name: str = "tiny", extra: str = "", defaults: str = "", runs: str = "") -> str:
+    """A sweep YAML of 32 px random-init runs that take about a second each."""
+    return textwrap.dedent(f"""\
+        name: {name}
+        executor: local
+        data:
+          root: {data_root}
+          split: [0.5, 0.25, 0.25]
+        defaults:
+          framework: torch
+          model: resnet18
+          pretrained: false
+          epochs: 2
+          batch_size: 8
+          input_size: 32
+        {defaults}
+        resources:
+          gpus_per_node: 0
+          cpus_per_task: 1
+          timeout_min: 10
+        """) + textwrap.dedent(runs) + textwrap.dedent(extra)

@@ -1,0 +1,84 @@
+import pytest
+
+from crackhpc.config import STUDY_SPLIT, TrainConfig, load_sweep
+from crackhpc.errors import ConfigError
+
+BASE = """\
+name: t
+data:
+  synthetic: {n: 20, size: 32}
+"""
+
+
+def _error(write_yaml, text: str) -> str:
+    path = write_yaml(text)
+    with pytest.raises(ConfigError) as info:
+        load_sweep(path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(str(path))
+    return message
+
+
+def test_minimal_sweep_gets_the_study_defaults(write_yaml):
+    sweep = load_sweep(write_yaml(BASE))
+    assert sweep.name == "t" and sweep.data.split == STUDY_SPLIT
+    study = TrainConfig()
+    assert (study.batch_size, study.optimizer, study.lr, study.freeze_backbone, study.input_size, study.loss) == (
+        100, "adam", 1e-3, True, 224, "cross_entropy")
+
+
+@pytest.mark.parametrize("text, expected", [
+    (BASE + "defaults: {modle: resnet18}\n", "defaults.modle: unknown key (allowed: framework, model"),
+    (BASE + "defaults: {epochs: three}\n", "defaults.epochs: expected an integer, got 'three'"),
+    (BASE + "defaults: {lr: fast}\n", "defaults.lr: expected a number"),
+    (BASE + "defaults: {pretrained: 1}\n", "defaults.pretrained: expected true or false"),
+    (BASE + "defaults: {model: resnet19}\n", "defaults.model: unknown value 'resnet19' (allowed: resnet18, resnet50, vgg16)"),
+    (BASE + "defaults: {framework: keras, model: resnet18}\n", "defaults.model: unknown value 'resnet18' (allowed: vgg16, resnet50)"),
+    (BASE + "defaults: {framework: jax}\n", "defaults.framework: unknown value 'jax'"),
+    (BASE + "grid: {lr: []}\n", "grid.lr: empty list"),
+    (BASE + "grid: {seeds: [1, 2]}\n", "grid.seeds: unknown key"),
+    (BASE + "grid: {model: [resnet18, alexnet]}\n", "model: unknown value 'alexnet'"),
+    (BASE + "runs: []\n", "runs: empty list"),
+    (BASE + "runs: [{model: vgg16}]\ngrid: {model: [resnet18]}\n", "runs[0].model: also set in grid"),
+    (BASE + "defaults: {epochs: 0}\n", "defaults.epochs: must be >= 1"),
+    (BASE + "colour: blue\n", "colour: unknown key (allowed: name, description"),
+    (BASE + "executor: pbs\n", "executor: unknown value 'pbs' (allowed: auto, local, debug, slurm)"),
+    ("data: {synthetic: {n: 4}}\n", "name: required"),
+    ("name: t\n", "data: required"),
+    ("name: t\ndata: {root: /x, synthetic: {n: 4}}\n", "data: give exactly one of `root`"),
+    (BASE.replace("size: 32}", "size: 32}\n  split: [0.5, 0.5, 0.5]"), "data.split: train/valid/test fractions"),
+    (BASE + "resources: {partition: 'gpu; rm -rf ~'}\n", "resources.partition: 'gpu; rm -rf ~' has characters"),
+    (BASE + "resources: {job_name: '$(reboot)'}\n", "resources.job_name"),
+    (BASE + "resources: {sbatch: {output: /tmp/x}}\n", "resources.sbatch.output: not an sbatch option"),
+    (BASE + "resources: {sbatch: {mail-user: 'a@b.c && reboot'}}\n", "resources.sbatch.mail-user: value"),
+    (BASE + "resources: {gpus_per_node: 4, tasks_per_node: 2}\n", "resources.tasks_per_node: one task per GPU"),
+    ("name: t\n data: [\n", "not valid YAML at line"),
+    ("- a\n- b\n", "<top>: a sweep file must be a mapping"),
+])
+def test_bad_input_gives_one_line_naming_file_and_key(write_yaml, text, expected):
+    assert expected in _error(write_yaml, text)
+
+
+def test_missing_file_says_where_sweeps_live(tmp_path):
+    with pytest.raises(ConfigError, match="no such sweep file"):
+        load_sweep(tmp_path / "nope.yaml")
+
+
+def test_float_written_without_dot_is_accepted(write_yaml):
+    sweep = load_sweep(write_yaml(BASE + "defaults: {lr: 1e-4}\n"))
+    assert sweep.defaults["lr"] == "1e-4"  # raw; the resolved run has the float
+    from crackhpc.grid import expand
+    assert expand(sweep)[0].train.lr == 1e-4
+
+
+def test_relative_data_root_is_resolved(write_yaml, tmp_path):
+    sweep = load_sweep(write_yaml("name: t\ndata: {root: data/concrete}\n"), base=tmp_path)
+    assert sweep.data.root == str(tmp_path / "data" / "concrete")
+
+
+def test_shipped_sweeps_load():
+    from pathlib import Path
+    from crackhpc.grid import expand
+
+    for path in sorted(Path(__file__).parents[1].glob("jobs/*.yaml")):
+        assert expand(load_sweep(path)), path

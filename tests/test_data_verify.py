@@ -1,0 +1,27 @@
+import shutil
+
+import numpy as np
+from PIL import Image
+
+from crackhpc.data.verify import verify
+
+
+def test_counts_broken_and_odd_sizes(tiny_data, tmp_path):
+    root = tmp_path / "d"
+    shutil.copytree(tiny_data, root)
+    good = (root / "Positive" / "00001.jpg").read_bytes()
+    (root / "Positive" / "00002.jpg").write_bytes(good[: len(good) // 2])  # truncated
+    (root / "Negative" / "00003.jpg").write_bytes(b"not a jpeg")
+    Image.fromarray(np.zeros((227, 227, 3), np.uint8)).save(root / "Negative" / "00004.jpg")
+    report = verify(root, workers=2)
+    assert report.layout == "original"
+    assert report.counts == {"all": {"negative": 20, "positive": 20}}
+    assert sorted(p for p, _ in report.broken) == ["Negative/00003.jpg", "Positive/00002.jpg"]
+    assert report.sizes[(32, 32)] == 37 and report.sizes[(227, 227)] == 1
+    text = "\n".join(report.lines())
+    assert "unreadable or truncated: 2" in text and "37 images are not 227x227" in text
+    assert not report.ok
+
+
+def test_clean_dataset_is_ok(tiny_data):
+    assert verify(tiny_data).ok
