@@ -4,6 +4,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from crackhpc.data.synth import synthesize
 
@@ -26,24 +27,15 @@ def write_yaml(tmp_path):
     return write
 
 
-def tiny_sweep(data_root: Path, name: str = "tiny", extra: str = "", defaults: str = "", runs: str = "") -> str:
+def tiny_sweep(data_root: Path, name: str = "tiny", defaults: dict | None = None, **top) -> str:
     """A sweep YAML of 32 px random-init runs that take about a second each."""
-    return textwrap.dedent(f"""\
-        name: {name}
-        executor: local
-        data:
-          root: {data_root}
-          split: [0.5, 0.25, 0.25]
-        defaults:
-          framework: torch
-          model: resnet18
-          pretrained: false
-          epochs: 2
-          batch_size: 8
-          input_size: 32
-        {defaults}
-        resources:
-          gpus_per_node: 0
-          cpus_per_task: 1
-          timeout_min: 10
-        """) + textwrap.dedent(runs) + textwrap.dedent(extra)
+    sweep = {
+        "name": name,
+        "executor": "local",
+        "data": {"root": str(data_root), "split": [0.5, 0.25, 0.25]},
+        "defaults": {"framework": "torch", "model": "resnet18", "pretrained": False, "epochs": 2,
+                     "batch_size": 8, "input_size": 32, **(defaults or {})},
+        "resources": {"gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 10},
+        **top,
+    }
+    return yaml.safe_dump(sweep, sort_keys=False)

@@ -1,0 +1,139 @@
+"""The report's figures, each returned as PNG bytes for an atomic write.
+
+matplotlib is imported inside these functions only, and figures are drawn on the Agg canvas
+without pyplot: `crackhpc report` then runs on a login node without a display, never touches
+pyplot's global state, and importing crackhpc.report stays cheap.
+"""
+from __future__ import annotations
+
+import io
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+LOSS_LABEL = "loss (cross-entropy)"
+CLASS_NAMES = ("negative", "positive")
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _epoch_axes(fig):
+    from matplotlib.ticker import MaxNLocator
+
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for ax, ylabel in ((loss_ax, LOSS_LABEL), (acc_ax, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.grid(alpha=0.3)
+    loss_ax.set_title("loss per epoch")
+    acc_ax.set_title("accuracy per epoch")
+    return loss_ax, acc_ax
+
+
+def learning_curves(metrics: pd.DataFrame, title: str) -> bytes:
+    """Loss and accuracy per epoch of one run, train against validation."""
+    fig = _figure(9, 3.6)
+    loss_ax, acc_ax = _epoch_axes(fig)
+    for ax, kind in ((loss_ax, "loss"), (acc_ax, "acc")):
+        ax.plot(metrics["epoch"], metrics[f"train_{kind}"], "o-", label="train")
+        ax.plot(metrics["epoch"], metrics[f"val_{kind}"], "s--", label="validation")
+        ax.legend()
+    fig.suptitle(title, fontsize=10)
+    return _png(fig)
+
+
+def curves_overlay(runs: Mapping[str, pd.DataFrame], title: str) -> bytes:
+    """Every run's curves on one pair of axes: colour per run, solid validation, dashed train."""
+    from matplotlib.lines import Line2D
+
+    fig = _figure(10, 4.2 + 0.22 * math.ceil(len(runs) / 2))
+    loss_ax, acc_ax = _epoch_axes(fig)
+    colours = [f"C{i % 10}" for i in range(len(runs))]
+    for colour, (label, m) in zip(colours, runs.items()):
+        for ax, kind in ((loss_ax, "loss"), (acc_ax, "acc")):
+            ax.plot(m["epoch"], m[f"val_{kind}"], "-", color=colour, marker=".")
+            ax.plot(m["epoch"], m[f"train_{kind}"], "--", color=colour, alpha=0.6)
+    handles = [Line2D([], [], color=c, lw=2) for c in colours]
+    handles += [Line2D([], [], color="grey", ls="-"), Line2D([], [], color="grey", ls="--")]
+    fig.legend(handles, [*runs, "validation", "train"], loc="outside lower center", ncols=2, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return _png(fig)
+
+
+def accuracy_bars(labels: Sequence[str], means: Sequence[float], stds: Sequence[float],
+                  counts: Sequence[int], study: Sequence[float | None], title: str) -> bytes:
+    """Test accuracy per model (mean ± std over seeds), with the study's figure where it has one."""
+    fig = _figure(max(5.0, 1.6 * len(labels) + 1.5), 4.6)
+    ax = fig.subplots()
+    x = np.arange(len(labels))
+    errors = [0.0 if math.isnan(s) else s for s in stds]
+    bars = ax.bar(x, means, yerr=errors, capsize=6, color="C0", alpha=0.85, label="ours (mean ± std over seeds)")
+    for bar, mean, err, n in zip(bars, means, errors, counts):
+        text = f"{mean:.4f}" + (f"\n± {err:.4f}" if n > 1 else "") + f"\nn={n}"
+        ax.text(bar.get_x() + bar.get_width() / 2, min(mean + err, 1.0) + 0.02, text,
+                ha="center", va="bottom", fontsize=8)
+    reported = [(i, v) for i, v in enumerate(study) if v is not None]
+    if reported:
+        ax.scatter([i for i, _ in reported], [v for _, v in reported], marker="D", color="C3", zorder=3,
+                   label="study (reported)")
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylim(0, 1.25)  # room above 1.0 for the value labels
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_ylabel("test accuracy")
+    ax.set_xlabel("framework, model and settings")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return _png(fig)
+
+
+def confusion_matrix(matrix: Sequence[Sequence[int]], title: str, note: str | None = None) -> bytes:
+    """2×2 counts, rows the true class, columns the predicted one, with each row's share."""
+    counts = np.asarray(matrix)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig = _figure(4.6, 4.3 if note else 4.0)
+    ax = fig.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), n in np.ndenumerate(counts):
+        ax.text(j, i, f"{n}\n({shares[i, j]:.1%})", ha="center", va="center",
+                color="white" if shares[i, j] > 0.6 else "black", fontsize=11)
+    ax.set_xticks([0, 1], CLASS_NAMES)
+    ax.set_yticks([0, 1], CLASS_NAMES)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    fig.colorbar(image, ax=ax, label="share of the true class", shrink=0.8)
+    ax.set_title(title, fontsize=9)
+    if note:
+        fig.text(0.5, 0.0, note, ha="center", va="bottom", fontsize=7, wrap=True)
+    return _png(fig)
+
+
+def image_grid(images: Sequence[np.ndarray], captions: Sequence[str], title: str, columns: int = 4) -> bytes:
+    """Images in rows of `columns`, each with its caption as title."""
+    cols = min(columns, len(images))
+    rows = math.ceil(len(images) / cols)
+    fig = _figure(2.6 * cols, 2.9 * rows + 0.4)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax, image, caption in zip(axes, images, captions):
+        ax.imshow(image)
+        ax.set_title(caption, fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    return _png(fig)

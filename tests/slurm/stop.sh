@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Stop the single-node test cluster started by tests/slurm/start.sh:
+# cancel all jobs, then stop slurmd, slurmctld, slurmdbd, MariaDB and munged.
+# Idempotent: anything not running is skipped.  State (job ids, accounting
+# database) is kept, so start.sh brings back the same cluster.
+set -uo pipefail
+
+BASE=${CRACKHPC_SLURM_DIR:-/tmp/crackhpc-slurm}
+RUN=$BASE/run
+
+log() { echo "[slurm/stop] $*" >&2; }
+
+# running NAME PIDFILE: true if the pid in PIDFILE is alive and is NAME.
+running() {
+    local pid
+    pid=$(cat "$2" 2>/dev/null) || return 1
+    [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ]
+}
+
+# wait_gone PID SECONDS: wait for PID to exit; true if it did.
+wait_gone() {
+    local i
+    for ((i = 0; i < $2 * 2; i++)); do
+        kill -0 "$1" 2>/dev/null || return 0
+        sleep 0.5
+    done
+    return 1
+}
+
+# stop_pidfile NAME PIDFILE: TERM the daemon, KILL it if it lingers.
+stop_pidfile() {
+    local pid
+    running "$1" "$2" || return 0
+    pid=$(cat "$2")
+    log "stopping $1 (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null
+    if ! wait_gone "$pid" 30; then
+        log "$1 (pid $pid) ignored SIGTERM, killing it"
+        kill -KILL "$pid" 2>/dev/null
+        wait_gone "$pid" 5
+    fi
+    rm -f "$2"
+}
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "[slurm/stop] ERROR: must run as root" >&2
+    exit 1
+fi
+exec 9>"$BASE.lock"
+flock -w 600 9 || log "WARNING: could not lock $BASE.lock, going on anyway"
+
+# --------------------------------------------------------------------------- jobs
+if running slurmctld "$RUN/slurmctld.pid"; then
+    jobs=$(squeue -h -o %A 2>/dev/null | sort -u)
+    if [ -n "$jobs" ]; then
+        log "cancelling jobs: $(echo $jobs)"
+        # shellcheck disable=SC2086
+        scancel $jobs 2>/dev/null
+        for _ in $(seq 1 40); do
+            [ -z "$(squeue -h -o %A 2>/dev/null)" ] && break
+            sleep 0.5
+        done
+    fi
+fi
+
+# --------------------------------------------------------------------------- slurm
+stop_pidfile slurmd "$RUN/slurmd.pid"
+stop_pidfile slurmctld "$RUN/slurmctld.pid"
+stop_pidfile slurmdbd "$RUN/slurmdbd.pid"
+
+# --------------------------------------------------------------------------- mariadb
+if command -v mysqladmin >/dev/null && mysqladmin --silent ping >/dev/null 2>&1; then
+    log "stopping mariadb"
+    mysqladmin shutdown 2>/dev/null
+    for _ in $(seq 1 60); do
+        mysqladmin --silent ping >/dev/null 2>&1 || break
+        sleep 0.5
+    done
+    # mysqld_safe exits on its own once mysqld has shut down cleanly.
+    for _ in $(seq 1 20); do
+        [ -e /run/mysqld/mysqld.pid ] || break
+        sleep 0.5
+    done
+fi
+
+# --------------------------------------------------------------------------- munge
+stop_pidfile munged /run/munge/munged.pid
+
+log "stopped"

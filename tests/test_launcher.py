@@ -1,0 +1,77 @@
+"""The launcher through real submitit executors (local processes and debug)."""
+import json
+
+from crackhpc import rundir
+from crackhpc.cli import main
+from crackhpc.config import load_sweep
+from crackhpc.launcher import submit
+
+from .conftest import tiny_sweep
+
+TWO_SEEDS = {"seed": [0, 1]}
+
+
+def test_local_sweep_runs_every_config_and_skips_completed_on_resubmission(tmp_path, write_yaml, tiny_data):
+    sweep = load_sweep(write_yaml(tiny_sweep(tiny_data, grid=TWO_SEEDS)))
+    record = submit(sweep, tmp_path / "results", "local", echo=lambda *_: None)
+    sweep_dir = tmp_path / "results" / "tiny"
+    assert len(record["runs"]) == 2
+    saved = json.loads((sweep_dir / "sweep.json").read_text())
+    assert saved["executor"] == "local" and saved["finished"]
+    for run_id, entry in saved["runs"].items():
+        assert rundir.read_result(sweep_dir / run_id)["status"] == "completed"
+        assert (sweep_dir / run_id / "split.csv").read_text() == (sweep_dir / "split.csv").read_text()
+        assert entry["job_id"]
+    lines = []
+    again = submit(sweep, tmp_path / "results", "local", echo=lines.append)
+    assert "2 runs, 0 to submit" in lines[0]
+    assert again["runs"] == saved["runs"]
+
+
+def test_failed_run_is_recorded_and_resubmitted_only_on_request(tmp_path, write_yaml, tiny_data):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    for image in data.rglob("*.jpg"):
+        image.write_bytes(b"broken")
+    sweep = load_sweep(write_yaml(tiny_sweep(data)))
+    submit(sweep, tmp_path / "results", "local", echo=lambda *_: None)
+    sweep_dir = tmp_path / "results" / "tiny"
+    (run_id,) = json.loads((sweep_dir / "sweep.json").read_text())["runs"]
+    result = rundir.read_result(sweep_dir / run_id)
+    assert result["status"] == "failed" and "no readable images" in result["error"]
+    lines = []
+    submit(sweep, tmp_path / "results", "debug", dry_run=True, echo=lines.append)
+    assert "skip: failed (use --retry-failed)" in "\n".join(lines)
+    lines = []
+    submit(sweep, tmp_path / "results", "debug", dry_run=True, retry_failed=True, echo=lines.append)
+    assert "1 to submit" in lines[0]
+
+
+def test_dry_run_submits_nothing(tmp_path, write_yaml, tiny_data, capsys):
+    path = write_yaml(tiny_sweep(tiny_data, grid=TWO_SEEDS))
+    assert main(["sweep", str(path), "--executor", "local", "--results", str(tmp_path / "r"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs, 2 to submit" in out and "tasks/node=1" in out and "job array of 2" in out
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_reports_bad_config_in_one_line(tmp_path, write_yaml, capsys):
+    path = write_yaml("name: x\ndata: {synthetic: {n: 10}}\ndefaults: {model: resnet19}\n")
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"error: {path}: defaults.model: unknown value 'resnet19'")
+
+
+def test_synthetic_sweep_makes_its_data(tmp_path, write_yaml):
+    path = write_yaml("""\
+        name: syn
+        data: {synthetic: {n: 24, size: 32}, split: [0.5, 0.25, 0.25]}
+        defaults: {pretrained: false, epochs: 1, batch_size: 8, input_size: 32}
+        resources: {gpus_per_node: 0, cpus_per_task: 1}
+        """.replace("        ", ""))
+    submit(load_sweep(path), tmp_path / "results", "debug", echo=lambda *_: None)
+    assert len(list((tmp_path / "results" / ".data").glob("synth-n24-32px-seed0/*/*.jpg"))) == 24
+    (run_id,) = json.loads((tmp_path / "results" / "syn" / "sweep.json").read_text())["runs"]
+    assert rundir.read_result(tmp_path / "results" / "syn" / run_id)["status"] == "completed"
