@@ -27,16 +27,62 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import format_table, write_reports
+    from .report import REPORT_HTML, REPORT_MD, format_table, sort_runs, to_json, write_document, write_reports
 
+    if args.misclassified < 0:
+        raise CrackhpcError(f"--misclassified {args.misclassified}: give 0 (none) or more images per run")
     df, comp = write_reports(args.sweep_dir)
-    print(format_table(df, SUMMARY_VIEW))
-    print()
-    print(format_table(comp))
-    print(f"\nwritten: {Path(args.sweep_dir) / 'summary.csv'}, {Path(args.sweep_dir) / 'comparison.csv'}")
-    failed = df[df["status"] == "failed"]
-    for _, row in failed.iterrows():
-        print(f"failed: {row['run_id']}: {row['error']}")
+    df = sort_runs(df, args.sort, args.desc)
+    markdown = write_document(args.sweep_dir, df, comp, examples=args.misclassified)
+    if args.format == "text":
+        print(format_table(df, SUMMARY_VIEW) + "\n\n" + format_table(comp))
+    else:
+        printers = {"csv": lambda: df.to_csv(index=False), "md": lambda: markdown, "json": lambda: to_json(df, comp)}
+        sys.stdout.write(printers[args.format]().rstrip("\n") + "\n")
+    # Notes go to stderr unless the table is the text one, so csv/md/json output can be piped as it is.
+    notes = sys.stdout if args.format == "text" else sys.stderr
+    sweep_dir = Path(args.sweep_dir)
+    print("\nwritten: " + ", ".join(str(sweep_dir / f) for f in ("summary.csv", "comparison.csv", REPORT_MD, REPORT_HTML))
+          + f" (figures in {sweep_dir / 'report'})", file=notes)
+    for _, row in df[df["status"] == "failed"].iterrows():
+        print(f"failed: {row['run_id']}: {row['error']}", file=notes)
+    return 0
+
+
+def cmd_prefetch(args) -> int:
+    from .prefetch import cache_note, prefetch, table, wanted
+
+    outcomes = prefetch(wanted(args.sweeps, args.models), args.cache, args.base_url, args.from_dir)
+    print(table(outcomes))
+    if note := cache_note(args.cache):
+        print(note)
+    for outcome in outcomes:
+        if outcome.error:
+            print(f"error: {outcome.error}", file=sys.stderr)
+    return 1 if any(o.error for o in outcomes) else 0
+
+
+def cmd_status(args) -> int:
+    from .status import collect, format_status
+
+    print(format_status(collect(args.sweep_dir)))
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    from .status import cancel
+
+    cancelled = cancel(args.sweep_dir, args.run_ids)
+    print(f"{len(cancelled)} run(s) cancelled" + ("; `crackhpc sweep --retry-failed` resubmits them" if cancelled else ""))
+    return 0
+
+
+def cmd_sbatch(args) -> int:
+    from .config import load_sweep
+    from .sbatch import write_scripts
+
+    write_scripts(load_sweep(args.sweep), Path(args.results), Path(args.out) if args.out else None,
+                  submit=args.submit, retry_failed=args.retry_failed)
     return 0
 
 
@@ -70,6 +116,17 @@ def cmd_data_split(args) -> int:
     return 0
 
 
+def cmd_data_fetch(args) -> int:
+    from .data.fetch import fetch
+    from .data.verify import verify
+
+    root = fetch(args.dir, url=args.url, archive=args.archive)
+    report = verify(root, workers=args.workers)
+    print("\n".join(report.lines()))
+    print(f"dataset ready: set `data: {{root: {root}}}` in the sweep YAML")
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crackhpc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,11 +141,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="with slurm: wait for the jobs and print the report")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("report", help="summary.csv and comparison.csv of a sweep's runs")
+    p = sub.add_parser("report", help="summary.csv, comparison.csv, report.md/.html and figures of a sweep's runs")
     p.add_argument("sweep_dir", help="results/<sweep name>")
+    p.add_argument("--format", default="text", choices=["text", "csv", "md", "json"],
+                   help="what to print: text tables (default), the run table as CSV, report.md, or JSON")
+    p.add_argument("--sort", metavar="COLUMN", help="order the runs by this summary.csv column, e.g. test_acc")
+    p.add_argument("--desc", action="store_true", help="with --sort: largest first")
+    p.add_argument("--misclassified", type=int, default=4, metavar="N",
+                   help="misclassified test images shown per run (default 4, as in the study)")
     p.set_defaults(func=cmd_report)
 
-    data = sub.add_parser("data", help="datasets: synth, verify, split").add_subparsers(dest="data_command", required=True)
+    p = sub.add_parser("prefetch", help="on the login node: put the ImageNet weights sweeps need in the offline cache")
+    p.add_argument("sweeps", nargs="*", metavar="SWEEP.yaml", help="fetch what these sweeps' pretrained runs need")
+    p.add_argument("--models", help="framework:model list, e.g. torch:resnet18,keras:vgg16 (no sweeps, no --models: all)")
+    p.add_argument("--cache", help="cache root, files go to CACHE/<framework>/ (default: $CRACKHPC_CACHE, "
+                                   "else $TORCH_HOME/hub/checkpoints and ~/.keras/models)")
+    p.add_argument("--from", dest="from_dir", metavar="DIR", help="import files copied here by hand instead of downloading")
+    p.add_argument("--base-url", help="mirror: fetch BASE_URL/<filename> instead of the published URLs")
+    p.set_defaults(func=cmd_prefetch)
+
+    p = sub.add_parser("status", help="each run's state, from Slurm's accounting (sacct) and the run folders")
+    p.add_argument("sweep_dir", help="results/<sweep name>")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("cancel", help="cancel runs' jobs and mark the runs cancelled")
+    p.add_argument("sweep_dir", help="results/<sweep name>")
+    p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="runs to cancel (default: every unfinished run)")
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("sbatch", help="write a plain sbatch script per run (slurm_templates/), and submit them with --submit")
+    p.add_argument("sweep", help="sweep file, e.g. jobs/smoke.yaml")
+    p.add_argument("--results", default="results", help="results root; runs go to RESULTS/<sweep name>/")
+    p.add_argument("--out", metavar="DIR", help="write the scripts to DIR/<run id>.sbatch (default: <run folder>/job.sbatch)")
+    p.add_argument("--submit", action="store_true", help="sbatch each script and record the job ids for status and cancel")
+    p.add_argument("--retry-failed", action="store_true", help="also write runs whose last attempt failed or was cancelled")
+    p.set_defaults(func=cmd_sbatch)
+
+    data = sub.add_parser("data", help="datasets: synth, verify, split, fetch").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write a synthetic crack dataset (Positive/ Negative/ layout)")
     p.add_argument("dir")
     p.add_argument("--n", type=int, default=2000, help="number of images (half cracked)")
@@ -106,6 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fractions", type=float, nargs=3, default=[0.75, 0.2375, 0.0125], metavar=("TRAIN", "VALID", "TEST"))
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_data_split)
+    from .data import fetch as data_fetch
+
+    p = data.add_parser("fetch", help="download and unpack the Concrete Crack Images dataset, then verify it",
+                        description=data_fetch.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", help="folder to unpack into")
+    p.add_argument("--url", help=f"archive URL (.zip or .tar(.gz)); default: {data_fetch.COURSE_URL}")
+    p.add_argument("--archive", metavar="FILE", help="a local .zip or .tar(.gz) instead of downloading")
+    p.add_argument("--workers", type=int, default=1, help="processes for the verify pass")
+    p.set_defaults(func=cmd_data_fetch)
     return parser
 
 

@@ -1,0 +1,154 @@
+"""`crackhpc prefetch`: put the ImageNet weights a sweep needs into the offline cache, on the login node.
+
+Compute nodes have no internet (see crackhpc.weights). Each published file is downloaded (or, with
+--from DIR, copied from a folder of files fetched by hand) into a temporary file beside its final
+place, checked against its published hash, and only then renamed to <cache>/<framework>/<filename>,
+where weights.locate looks. A file that fails the check is deleted, never left in the cache.
+"""
+from __future__ import annotations
+
+import http.client
+import os
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from . import weights
+from .errors import CrackhpcError, WeightsError
+
+
+def download(url: str, folder: Path, hint: str, timeout: float = 60) -> Path:
+    """Stream `url` into a new temporary file in `folder`; the caller checks it, then renames or deletes it.
+
+    The file is made in the destination folder so the rename that publishes it is atomic."""
+    from tqdm import tqdm
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".download-", suffix=".part")
+    except OSError as exc:
+        raise CrackhpcError(f"{folder}: cannot write there ({exc.strerror}); choose another folder") from None
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            size = int(response.headers.get("Content-Length") or 0) or None
+            name = Path(urllib.parse.urlparse(url).path).name
+            with tqdm(total=size, unit="B", unit_scale=True, desc=name, leave=False, disable=None) as bar:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+                    bar.update(len(block))
+            out.flush()
+            os.fsync(out.fileno())  # shared file systems: the data is on disk before the rename publishes it
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        Path(tmp).unlink(missing_ok=True)
+        reason = f"HTTP {exc.code} {exc.reason}" if isinstance(exc, urllib.error.HTTPError) else getattr(exc, "reason", exc)
+        raise CrackhpcError(f"{url}: download failed ({reason}); {hint}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    wf: weights.WeightsFile
+    path: Path
+    status: str                # present, downloaded, imported or failed
+    error: str | None = None
+
+
+def wanted(sweeps: Iterable[str | Path] = (), models: str | None = None) -> list[weights.WeightsFile]:
+    """The weights files of the sweeps' pretrained runs plus `models` ("torch:resnet18,keras:vgg16");
+    every file of the catalog when given neither."""
+    from .config import load_sweep
+    from .grid import expand
+
+    sweeps = list(sweeps)
+    if not sweeps and not models:
+        return list(weights.CATALOG.values())
+    chosen: dict[tuple[str, str], weights.WeightsFile] = {}
+    for path in sweeps:
+        for spec in expand(load_sweep(path)):
+            if spec.train.pretrained:
+                key = (spec.train.framework, spec.train.model)
+                chosen[key] = weights.spec_for(*key)
+    for entry in filter(None, (e.strip() for e in (models or "").split(","))):
+        key = tuple(entry.split(":", 1))
+        if key not in weights.CATALOG:
+            known = ", ".join(f"{f}:{m}" for f, m in weights.CATALOG)
+            raise CrackhpcError(f"--models {entry}: unknown model (known: {known})")
+        chosen[key] = weights.CATALOG[key]
+    return list(chosen.values())
+
+
+def cache_dir(framework: str, cache: str | Path | None = None) -> Path:
+    """<cache>/<framework>, else the first folder weights.locate searches: $CRACKHPC_CACHE/<framework>
+    or the framework's own cache."""
+    return Path(cache).expanduser() / framework if cache else weights.search_dirs(framework)[0]
+
+
+def source_url(wf: weights.WeightsFile, base_url: str | None = None) -> str:
+    """The published URL, or the same filename under `base_url` (a mirror)."""
+    return f"{base_url.rstrip('/')}/{wf.filename}" if base_url else wf.url
+
+
+def _expected(wf: weights.WeightsFile) -> str:
+    return f"a sha256 starting with {wf.digest}" if wf.algo == "sha256" else f"md5 {wf.digest}"
+
+
+def fetch_one(wf: weights.WeightsFile, folder: Path, base_url: str | None = None,
+              from_dir: str | Path | None = None) -> Outcome:
+    dest = folder / wf.filename
+    if dest.is_file() and wf.matches(dest):
+        return Outcome(wf, dest, "present")
+    if from_dir is not None:
+        src = Path(from_dir).expanduser() / wf.filename
+        if not src.is_file():
+            raise WeightsError(f"{src}: not found; copy {wf.filename} (from {wf.url}) there, "
+                               f"or leave out --from to download it")
+        source, status = src.resolve().as_uri(), "imported"
+    else:
+        source, status = source_url(wf, base_url), "downloaded"
+    tmp = download(source, folder, hint=f"copy {wf.filename} by hand into a folder and use `--from FOLDER`")
+    if not wf.matches(tmp):
+        actual = weights.file_digest(tmp, wf.algo)
+        tmp.unlink()
+        raise WeightsError(f"{wf.filename} from {source}: expected {_expected(wf)}, got {actual}; not kept "
+                           f"(an interrupted download or another file: fetch it again from {wf.url})")
+    os.replace(tmp, dest)
+    return Outcome(wf, dest, status)
+
+
+def prefetch(files: Iterable[weights.WeightsFile], cache: str | Path | None = None, base_url: str | None = None,
+             from_dir: str | Path | None = None) -> list[Outcome]:
+    """Fetch every file; one failure does not stop the others."""
+    outcomes = []
+    for wf in files:
+        folder = cache_dir(wf.framework, cache)
+        try:
+            outcomes.append(fetch_one(wf, folder, base_url, from_dir))
+        except CrackhpcError as exc:
+            outcomes.append(Outcome(wf, folder / wf.filename, "failed", str(exc)))
+    return outcomes
+
+
+def table(outcomes: list[Outcome]) -> str:
+    rows = [("framework", "model", "status", "file")]
+    rows += [(o.wf.framework, o.wf.model, o.status, str(o.path)) for o in outcomes]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[3] for r in rows)
+
+
+def cache_note(cache: str | Path | None) -> str | None:
+    """What to export when --cache names a folder the workers would not search."""
+    if cache is None:
+        return None
+    cache = Path(cache).expanduser().resolve()
+    shared = weights.shared_cache()
+    if shared is not None and shared.resolve() == cache:
+        return None
+    return f"note: workers search $CRACKHPC_CACHE: put `export CRACKHPC_CACHE={cache}` in the jobs' environment " \
+           f"(e.g. resources.setup in the sweep YAML)"

@@ -1,0 +1,227 @@
+"""`crackhpc report` on run folders built by hand: complete, partial (pending) and failed sweeps."""
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from crackhpc import atomic, rundir
+from crackhpc.cli import main
+from crackhpc.config import DataConfig, Resources, TrainConfig
+from crackhpc.data.split import make_manifest, write_manifest
+from crackhpc.grid import RunSpec
+from crackhpc.report import SUMMARY_COLUMNS, comparison, confusion, summary, write_document, write_reports
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CPU = Resources(gpus_per_node=0, cpus_per_task=2)
+GPUS = Resources(nodes=2, gpus_per_node=2, cpus_per_task=8)
+
+
+def make_run(sweep_dir: Path, data: Path, run_id: str, status: str = "completed", *, framework="torch",
+             model="resnet18", seed=0, wrong=(0, 0), resources=CPU, device="cpu", world_size=1, wall=36.0,
+             n_test=None, error="RuntimeError: boom", root: Path | None = None) -> Path:
+    """A run folder as the launcher and a worker leave it, split from the dataset `data` (config.yaml
+    says `root` instead when given). `wrong`: (negatives called positive, positives called negative)
+    among the 10 test images (5 per class) of the 40-image tiny dataset."""
+    spec = RunSpec(run_id, sweep_dir.name, TrainConfig(framework=framework, model=model, seed=seed, pretrained=False,
+                                                       epochs=2, input_size=32),
+                   DataConfig(root=str(root or data)), resources)
+    run_dir = sweep_dir / run_id
+    rundir.write_config(run_dir, spec)
+    items = make_manifest(data, (0.5, 0.25, 0.25), 0)
+    write_manifest(run_dir / rundir.SPLIT, items)
+    if status == "pending":
+        return run_dir
+    rundir.update_result(run_dir, run_id=run_id, status="running", world_size=world_size)
+    if status == "failed":
+        rundir.update_result(run_dir, status="failed", error=error)
+        return run_dir
+    test = [i for i in items if i.split == "test"]
+    negatives, positives = [i for i in test if i.label == 0], [i for i in test if i.label == 1]
+    misclassified = [(i.path, "negative", "positive", 0.9) for i in negatives[:wrong[0]]]
+    misclassified += [(i.path, "positive", "negative", 0.6) for i in positives[:wrong[1]]]
+    atomic.write_csv(run_dir / rundir.MISCLASSIFIED, ("path", "true", "predicted", "probability"), misclassified)
+    atomic.write_csv(run_dir / rundir.METRICS, rundir.METRIC_COLUMNS,
+                     [[1, 0.70, 0.55, 0.69, 0.60, 1.0, 100.0], [2, 0.50, 0.80, 0.60, 0.70, 1.0, 100.0]])
+    rundir.update_result(run_dir, status="completed", epochs_done=2, best_val_acc=0.7, test_loss=0.5 + seed / 10,
+                         test_acc=(10 - sum(wrong)) / 10, n_test=n_test or 10, wall_time_s=wall, images_per_s=50.0 + seed,
+                         device=device, world_size=world_size)
+    return run_dir
+
+
+@pytest.fixture
+def complete(tmp_path, tiny_data) -> Path:
+    sweep = tmp_path / "done"
+    make_run(sweep, tiny_data, "torch-resnet18-s0", seed=0, wrong=(1, 1))
+    make_run(sweep, tiny_data, "torch-resnet18-s1", seed=1, wrong=(1, 2))
+    make_run(sweep, tiny_data, "keras-vgg16-s0", framework="keras", model="vgg16", resources=GPUS,
+             device="gpu:0", world_size=4, wall=360.0)
+    return sweep
+
+
+@pytest.fixture
+def partial(tmp_path, tiny_data) -> Path:
+    sweep = tmp_path / "partial"
+    make_run(sweep, tiny_data, "torch-resnet18-s0", wrong=(1, 1))
+    make_run(sweep, tiny_data, "torch-resnet18-s1", "failed", seed=1, error="RuntimeError: out of memory | try batch 50")
+    make_run(sweep, tiny_data, "torch-resnet18-s2", "pending", seed=2)
+    atomic.write_json(sweep / "sweep.json", {"runs": {"torch-resnet18-s3": {"job_id": "7"}}})  # submitted, no folder yet
+    return sweep
+
+
+def build(sweep: Path, examples: int = 4) -> str:
+    df, comp = write_reports(sweep)
+    return write_document(sweep, df, comp, examples)
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC), path
+    with Image.open(io.BytesIO(data)) as img:
+        img.verify()
+        assert img.format == "PNG" and min(img.size) > 200
+
+
+def test_complete_sweep_summary_comparison_and_compute_hours(complete):
+    df, comp = write_reports(complete)
+    assert list(df.columns) == list(SUMMARY_COLUMNS)
+    assert list(df["status"]) == ["completed"] * 3
+    rows = df.set_index("run_id")
+    assert rows.loc["keras-vgg16-s0", "compute_unit"] == "GPU"
+    assert rows.loc["keras-vgg16-s0", "compute_hours"] == pytest.approx(360 * 4 / 3600)  # 4 tasks, one GPU each
+    assert rows.loc["torch-resnet18-s0", "compute_unit"] == "CPU"
+    assert rows.loc["torch-resnet18-s0", "compute_hours"] == pytest.approx(36 * 2 / 3600)  # 2 cores
+    saved = pd.read_csv(complete / "comparison.csv").set_index(["framework", "model"])
+    torch = saved.loc[("torch", "resnet18")]
+    assert (torch["runs"], torch["completed"]) == (2, 2)
+    assert torch["test_acc_mean"] == pytest.approx(0.75) and torch["test_acc_std"] == pytest.approx(0.0707107, rel=1e-5)
+    assert torch["test_loss_mean"] == pytest.approx(0.55)
+    assert saved.loc[("keras", "vgg16"), "completed"] == 1 and pd.isna(saved.loc[("keras", "vgg16"), "test_acc_std"])
+    assert len(pd.read_csv(complete / "summary.csv")) == 3
+
+
+@pytest.mark.parametrize("device, resources, unit, hours", [
+    ("cuda:0", GPUS, "GPU", 0.4), ("gpu:0", GPUS, "GPU", 0.4),       # torch's and keras's names for a GPU
+    ("cpu", GPUS, "CPU", 360 * 4 * 8 / 3600),                        # GPUs requested, none found: cores count
+    (None, GPUS, "GPU", 0.4), (None, CPU, "CPU", 360 * 4 * 2 / 3600),  # no device recorded: the request decides
+])
+def test_compute_hours_follow_the_device_used(tmp_path, tiny_data, device, resources, unit, hours):
+    make_run(tmp_path / "s", tiny_data, "r", resources=resources, device=device, world_size=4, wall=360.0)
+    row = summary(tmp_path / "s").iloc[0]
+    assert row["compute_unit"] == unit and row["compute_hours"] == pytest.approx(hours)
+
+
+def test_complete_sweep_report_md_html_and_figures(complete):
+    md = build(complete)
+    assert (complete / "report.md").read_text() == md
+    assert "| torch | resnet18 | 2 / 2 | 0.55 ± 0.07071 | 0.7500 ± 0.0707 |" in md
+    assert "0.4 GPU" in md and "0.02 ± 0 CPU" in md
+    # the study's figures beside ours
+    assert "| keras | vgg16 | - | 0.007938 | 0.5 (n=1) | 0.9980 | 1.0000 (n=1) |" in md
+    assert "| keras | resnet50 | - | 0.00238 | not in this sweep | 1.0000 | not in this sweep |" in md
+    assert "| torch | resnet18 | - | - | 0.55 ± 0.07071 (n=2) | 0.9943 | 0.7500 ± 0.0707 (n=2) |" in md
+    # TP FP FN TN of the run with 1 negative and 2 positives wrong among 5 + 5
+    assert "| torch-resnet18-s1 | completed | 2 | 0.7000 | 0.6 | 0.7000 | 3 | 1 | 2 | 4 |" in md
+    assert "No misclassified test images." in md  # keras-vgg16-s0 got everything right
+    figures = sorted(p.name for p in (complete / "report").iterdir())
+    assert figures == sorted(["curves-all.png", "test-accuracy.png"]
+                             + [f"{kind}-{run}.png" for kind in ("curves", "confusion")
+                                for run in ("keras-vgg16-s0", "torch-resnet18-s0", "torch-resnet18-s1")]
+                             + ["misclassified-torch-resnet18-s0.png", "misclassified-torch-resnet18-s1.png"])
+    for name in figures:
+        assert_png(complete / "report" / name)
+        assert f"(report/{name})" in md
+    html = (complete / "report.html").read_text()
+    assert html.count("<img ") == len(figures) and "<td>0.007938</td>" in html
+
+
+def test_partial_and_failed_runs_are_rows_without_figures(partial):
+    stale = partial / "report" / "curves-torch-resnet18-s1.png"
+    stale.parent.mkdir()
+    stale.write_bytes(PNG_MAGIC)
+    md = build(partial)
+    df = summary(partial).set_index("run_id")
+    assert df["status"].to_dict() == {"torch-resnet18-s0": "completed", "torch-resnet18-s1": "failed",
+                                      "torch-resnet18-s2": "pending", "torch-resnet18-s3": "pending"}
+    torch = comparison(df.reset_index()).query("framework == 'torch'").iloc[0]
+    assert (torch["runs"], torch["completed"], torch["test_acc_mean"]) == (3, 1, 0.8)
+    assert "| torch-resnet18-s1 | failed | - |" in md and "RuntimeError: out of memory \\| try batch 50" in md
+    assert "| torch-resnet18-s2 | pending | - |" in md and "| torch-resnet18-s3 | pending | - |" in md
+    assert "4 runs: 1 completed, 1 failed, 2 pending." in md
+    assert sorted(p.name for p in (partial / "report").iterdir()) == [
+        "confusion-torch-resnet18-s0.png", "curves-all.png", "curves-torch-resnet18-s0.png",
+        "misclassified-torch-resnet18-s0.png", "test-accuracy.png"], "no figures for pending or failed runs, stale ones gone"
+
+
+def test_sweep_with_nothing_completed_yet(tmp_path, tiny_data):
+    sweep = tmp_path / "queued"
+    make_run(sweep, tiny_data, "torch-resnet18-s0", "pending")
+    md = build(sweep)
+    assert "| torch-resnet18-s0 | pending |" in md and "No completed runs yet" in md
+    assert not (sweep / "report").exists()
+
+
+def test_confusion_from_split_and_misclassified(tmp_path, tiny_data):
+    run = make_run(tmp_path / "s", tiny_data, "r", wrong=(1, 2))
+    assert confusion(run, 10).matrix == [[4, 1], [2, 3]]
+    cm = confusion(run, 8)
+    assert (cm.tp, cm.fp, cm.fn, cm.tn) == (3, 1, 2, 4)
+    assert cm.note.startswith("2 of 10 test images were unreadable")
+
+
+def test_bad_misclassified_csv_is_one_line(tmp_path, tiny_data, capsys):
+    run = make_run(tmp_path / "s", tiny_data, "r", wrong=(1, 0))
+    (run / rundir.MISCLASSIFIED).write_text("file,label\nx.jpg,1\n")
+    assert main(["report", str(tmp_path / "s")]) == 2
+    [error] = capsys.readouterr().err.splitlines()
+    assert str(run / rundir.MISCLASSIFIED) in error and "path, true, predicted, probability" in error
+
+
+def test_missing_dataset_skips_the_image_grid_with_a_note(tmp_path, tiny_data):
+    sweep = tmp_path / "moved"
+    make_run(sweep, tiny_data, "r", wrong=(1, 0), root=tmp_path / "gone")
+    md = build(sweep)
+    assert f"Misclassified images not shown: {tmp_path / 'gone'}" in md
+    assert not (sweep / "report" / "misclassified-r.png").exists()
+
+
+def test_cli_formats_and_sort(complete, capsys):
+    assert main(["report", str(complete), "--format", "json", "--sort", "test_acc", "--desc", "--misclassified", "0"]) == 0
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert [r["run_id"] for r in data["summary"]] == ["keras-vgg16-s0", "torch-resnet18-s0", "torch-resnet18-s1"]
+    assert {r["model"]: r["completed"] for r in data["comparison"]} == {"resnet18": 2, "vgg16": 1}
+    assert "written:" in captured.err
+
+    assert main(["report", str(complete), "--format", "csv", "--sort", "images_per_s", "--misclassified", "0"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert list(table.columns) == list(SUMMARY_COLUMNS)
+    assert list(table["images_per_s"]) == [50.0, 50.0, 51.0]
+
+    assert main(["report", str(complete), "--format", "md", "--sort", "test_acc", "--desc", "--misclassified", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out == (complete / "report.md").read_text()
+    assert out.index("| keras-vgg16-s0 | completed") < out.index("| torch-resnet18-s1 | completed")
+    assert "misclassified-" not in out
+
+    assert main(["report", str(complete), "--sort", "test_acc", "--misclassified", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("torch-resnet18-s1") < out.index("torch-resnet18-s0") < out.index("keras-vgg16-s0")
+    assert "written:" in out and "report.md" in out
+
+
+def test_unknown_sort_column_is_one_line_listing_columns(complete, capsys):
+    assert main(["report", str(complete), "--sort", "accuracy"]) == 2
+    [error] = capsys.readouterr().err.splitlines()
+    assert "--sort accuracy: unknown column" in error and "test_acc" in error and "images_per_s" in error
+
+
+def test_report_imports_no_framework_and_no_pyplot(partial):
+    code = ("import sys; from crackhpc.cli import main; assert main(['report', sys.argv[1]]) == 0; "
+            "loaded = {'torch', 'tensorflow', 'matplotlib.pyplot'} & set(sys.modules); "
+            "assert not loaded, loaded")
+    subprocess.run([sys.executable, "-c", code, str(partial)], check=True, capture_output=True)
