@@ -12,7 +12,6 @@ import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable
 
 from . import atomic, rundir
 from .config import Resources, Sweep, to_plain
@@ -21,6 +20,7 @@ from .grid import RunSpec, expand
 from .errors import CrackhpcError
 
 SWEEP_JSON = "sweep.json"
+SUBMITIT_DIR = "submitit"  # submitit's scripts, pickles and logs, in the sweep folder
 ACTIVE_SLURM_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING")
 
 
@@ -55,7 +55,10 @@ def executor_parameters(res: Resources, kind: str, sweep_name: str) -> dict:
         params.update(gpus_per_node=res.gpus_per_node, mem_gb=res.mem_gb, slurm_partition=res.partition,
                       slurm_account=res.account, slurm_qos=res.qos, slurm_constraint=res.constraint,
                       slurm_array_parallelism=res.array_parallelism, slurm_max_num_timeout=res.max_requeues,
-                      slurm_setup=list(res.setup), slurm_additional_parameters=dict(res.sbatch) or None)
+                      slurm_setup=list(res.setup),
+                      # submitit requeues with `scontrol requeue`, which Slurm refuses for a job that is not
+                      # requeueable: the default where a cluster sets JobRequeue=0.
+                      slurm_additional_parameters={"requeue": True, **res.sbatch})
     else:
         params["gpus_per_node"] = min(res.gpus_per_node, _local_gpus())
         if res.nodes > 1:
@@ -70,36 +73,27 @@ def _local_gpus() -> int:
     return len([d for d in Path("/dev").glob("nvidia[0-9]*")])
 
 
+# Parameters submitit takes when the executor is made; update_parameters rejects them.
+_CONSTRUCTOR_PARAMETERS = ("slurm_max_num_timeout",)
+
+
 def make_executor(kind: str, folder: Path, params: dict):
     import submitit
 
-    executor = submitit.AutoExecutor(folder=folder, cluster=kind)
-    executor.update_parameters(**params)
+    executor = submitit.AutoExecutor(folder=folder, cluster=kind,
+                                     **{k: v for k, v in params.items() if k in _CONSTRUCTOR_PARAMETERS})
+    executor.update_parameters(**{k: v for k, v in params.items() if k not in _CONSTRUCTOR_PARAMETERS})
     return executor
 
 
-def sbatch_preview(executor) -> str:
-    """The #SBATCH header submitit would write for this executor (dry-run)."""
+def sbatch_preview(executor, n_runs: int) -> str:
+    """The submission script submitit writes for `n_runs` runs of this executor (dry-run), built
+    the way submitit builds it: one run goes out as a plain job, more as one array."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    script = _make_sbatch_string(command="python -u -m submitit.core._submit <folder>", folder=executor.folder,
-                                 **executor.parameters)
-    return "\n".join(line for line in script.splitlines() if line.startswith("#SBATCH") or line.startswith("srun"))
-
-
-def _slurm_states(job_ids: Iterable[str]) -> dict[str, str]:
-    import subprocess
-
-    ids = [j for j in job_ids if j]
-    if not ids or not shutil.which("sacct"):
-        return {}
-    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(ids)],
-                         capture_output=True, text=True)
-    states = {}
-    for line in out.stdout.splitlines():
-        job, _, state = line.partition("|")
-        states[job] = state.split()[0] if state else "UNKNOWN"
-    return states
+    slurm = executor._executor
+    params = dict(slurm.parameters, **({"map_count": n_runs} if n_runs > 1 else {}))
+    return _make_sbatch_string(command=slurm._submitit_command_str, folder=slurm.folder, **params)
 
 
 def load_sweep_record(sweep_dir: Path) -> dict:
@@ -108,20 +102,20 @@ def load_sweep_record(sweep_dir: Path) -> dict:
 
 
 def plan(specs: list[RunSpec], sweep_dir: Path, record: dict, retry_failed: bool) -> dict[str, str]:
-    """What to do with each run: submit, or why not."""
-    live = _slurm_states(r.get("job_id", "") for r in record.get("runs", {}).values() if r.get("executor") == "slurm")
+    """What to do with each run: submit, or why not. States are `crackhpc status`'s, so a job
+    that Slurm killed (time limit, out of memory) counts as failed even if its worker could not say so."""
+    from .status import run_statuses
+
     actions = {}
-    for spec in specs:
-        status = rundir.read_result(sweep_dir / spec.run_id).get("status", "pending")
-        job = record.get("runs", {}).get(spec.run_id, {})
-        if status == "completed":
-            actions[spec.run_id] = "skip: completed"
-        elif status == "failed" and not retry_failed:
-            actions[spec.run_id] = "skip: failed (use --retry-failed)"
-        elif live.get(job.get("job_id", ""), "") in ACTIVE_SLURM_STATES:
-            actions[spec.run_id] = f"skip: job {job['job_id']} {live[job['job_id']].lower()}"
+    for run in run_statuses(sweep_dir, [s.run_id for s in specs], record):
+        if run.state == "completed":
+            actions[run.run_id] = "skip: completed"
+        elif run.slurm_state in ACTIVE_SLURM_STATES:
+            actions[run.run_id] = f"skip: job {run.job_id} {run.slurm_state.lower()}"
+        elif not run.live and not retry_failed:
+            actions[run.run_id] = f"skip: {run.state} (use --retry-failed)"
         else:
-            actions[spec.run_id] = "submit"
+            actions[run.run_id] = "submit"
     return actions
 
 
@@ -135,23 +129,48 @@ def write_run_folders(specs: list[RunSpec], sweep_dir: Path, data_root: Path, sw
         if not rundir.is_completed(run_dir):
             rundir.write_config(run_dir, spec)
             write_manifest(run_dir / rundir.SPLIT, manifest)
+            # A new attempt: status, plan and cancel read result.json as the state of the latest job.
+            rundir.update_result(run_dir, run_id=spec.run_id, status="pending", error=None, traceback=None,
+                                 started=None, finished=None)
         resolved.append(spec)
     return resolved
 
 
-def submit(sweep: Sweep, results: Path, executor_kind: str = "auto", dry_run: bool = False,
-           retry_failed: bool = False, wait: bool | None = None, echo=print) -> dict:
-    """Submit every run of `sweep` that needs it; returns the sweep record (also in sweep.json)."""
+def plan_sweep(sweep: Sweep, results: Path, retry_failed: bool) -> tuple[Path, list[RunSpec], dict, dict[str, str]]:
+    """The sweep folder, every run, the sweep record and what to do with each run."""
     from .weights import locate
 
-    kind = resolve_executor(executor_kind if executor_kind != "auto" else sweep.executor)
     sweep_dir = (results / sweep.name).resolve()
     specs = expand(sweep)
     for spec in specs:
         if spec.train.pretrained:
             locate(spec.train.framework, spec.train.model)  # fail here, not after hours in the queue
     record = load_sweep_record(sweep_dir)
-    actions = plan(specs, sweep_dir, record, retry_failed)
+    return sweep_dir, specs, record, plan(specs, sweep_dir, record, retry_failed)
+
+
+def prepare_runs(sweep: Sweep, results: Path, sweep_dir: Path, specs: list[RunSpec], record: dict,
+                 kind: str) -> list[RunSpec]:
+    """Data and run folders for the runs about to be submitted; the specs now name the data folder."""
+    data_root = prepare_data(sweep, results)
+    record.update(sweep=sweep.name, yaml=str(Path(sweep.path).resolve()), executor=kind,
+                  data_root=str(data_root), submitted=rundir.now())
+    return write_run_folders(specs, sweep_dir, data_root, sweep)
+
+
+def record_job(record: dict, run_id: str, job_id: str, kind: str, stdout: Path, stderr: Path) -> None:
+    """A run's new job in the sweep record; its earlier job ids stay in its history."""
+    previous = record["runs"].get(run_id, {})
+    history = previous.get("history", []) + ([previous["job_id"]] if previous.get("job_id") else [])
+    record["runs"][run_id] = {"job_id": str(job_id), "executor": kind, "submitted": rundir.now(),
+                              "stdout": str(stdout), "stderr": str(stderr), "history": history}
+
+
+def submit(sweep: Sweep, results: Path, executor_kind: str = "auto", dry_run: bool = False,
+           retry_failed: bool = False, wait: bool | None = None, echo=print) -> dict:
+    """Submit every run of `sweep` that needs it; returns the sweep record (also in sweep.json)."""
+    kind = resolve_executor(executor_kind if executor_kind != "auto" else sweep.executor)
+    sweep_dir, specs, record, actions = plan_sweep(sweep, results, retry_failed)
     groups: dict[str, list[RunSpec]] = defaultdict(list)  # one job array per resource shape
     for spec in specs:
         if actions[spec.run_id] == "submit":
@@ -168,21 +187,18 @@ def submit(sweep: Sweep, results: Path, executor_kind: str = "auto", dry_run: bo
             params = executor_parameters(res, kind, sweep.name)
             echo(f"  job array of {len(group)}: " + ", ".join(f"{k}={v}" for k, v in sorted(params.items())))
             if kind == "slurm":
-                echo(sbatch_preview(make_executor("slurm", sweep_dir / "submitit", params)) + "\n")
+                echo(sbatch_preview(make_executor("slurm", sweep_dir / SUBMITIT_DIR, params), len(group)))
         return record
 
-    data_root = prepare_data(sweep, results)
-    specs = write_run_folders([s for g in groups.values() for s in g], sweep_dir, data_root, sweep)
+    specs = prepare_runs(sweep, results, sweep_dir, [s for g in groups.values() for s in g], record, kind)
     by_id = {s.run_id: s for s in specs}
     from .worker import Worker
 
-    record.update(sweep=sweep.name, yaml=str(Path(sweep.path).resolve()), executor=kind,
-                  data_root=str(data_root), submitted=rundir.now())
     jobs = []
     for group in groups.values():
         res = group[0].resources
         params = executor_parameters(res, kind, sweep.name)
-        executor = make_executor(kind, sweep_dir / "submitit", params)
+        executor = make_executor(kind, sweep_dir / SUBMITIT_DIR, params)
         group = [by_id[s.run_id] for s in group]
         if kind == "local":
             submitted = _submit_local(executor, group, sweep_dir, res)
@@ -190,11 +206,7 @@ def submit(sweep: Sweep, results: Path, executor_kind: str = "auto", dry_run: bo
             with executor.batch():
                 submitted = [(s, executor.submit(Worker(sweep_dir / s.run_id))) for s in group]
         for spec, job in submitted:
-            entry = {"job_id": str(job.job_id), "executor": kind, "submitted": rundir.now(),
-                     "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
-            previous = record["runs"].get(spec.run_id, {})
-            entry["history"] = previous.get("history", []) + ([previous["job_id"]] if previous.get("job_id") else [])
-            record["runs"][spec.run_id] = entry
+            record_job(record, spec.run_id, job.job_id, kind, job.paths.stdout, job.paths.stderr)
             echo(f"  {spec.run_id}  job {job.job_id}  log {job.paths.stdout}")
             jobs.append((spec, job))
     atomic.write_json(sweep_dir / SWEEP_JSON, record)

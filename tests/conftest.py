@@ -39,3 +39,20 @@ def tiny_sweep(data_root: Path, name: str = "tiny", defaults: dict | None = None
         **top,
     }
     return yaml.safe_dump(sweep, sort_keys=False)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """The single-node Slurm cluster of tests/slurm/start.sh, started (or found up) once per session;
+    the Slurm tests are skipped, with the reason, where there is none."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("sbatch"):
+        pytest.skip("sbatch not found: the Slurm tests need the cluster of tests/slurm/start.sh (`make slurm-up`, as root)")
+    out = subprocess.run(["bash", str(Path(__file__).parent / "slurm" / "start.sh")], capture_output=True, text=True)
+    if out.returncode:
+        lines = out.stderr.strip().splitlines() or [f"exit status {out.returncode}"]
+        reason = next((line for line in lines if "ERROR" in line), lines[-1])
+        pytest.skip(f"tests/slurm/start.sh could not start Slurm: {reason}")
+    return out.stdout.strip()

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from filelock import FileLock
 from torch import nn
+from torch.fx.experimental.optimization import fuse
 
 
 def cache_key(model: str, weights_id: str, input_size: int, manifest: str, precision: str) -> str:
@@ -26,12 +27,16 @@ def cache_key(model: str, weights_id: str, input_size: int, manifest: str, preci
 @torch.no_grad()
 def extract(backbone: nn.Module, images: np.ndarray, device: torch.device, batch: int = 64,
             autocast_dtype: torch.dtype | None = None) -> np.ndarray:
-    backbone.eval().to(device)
+    # In eval mode BatchNorm is a fixed affine map, so it folds into the convolution before it:
+    # the same features with one pass less over every activation. `inplace` spares a copy of the
+    # whole network (VGG16: 0.5 GB); the fused convolutions are new modules all the same.
+    backbone = fuse(backbone.eval(), inplace=True).to(device)
     if device.type == "cpu":
         backbone = backbone.to(memory_format=torch.channels_last)
     chunks = []
     for start in range(0, len(images), batch):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch])).to(device, non_blocking=True)
+        # a writable copy: torch warns on wrapping the image cache's read-only memory map
+        x = torch.from_numpy(np.array(images[start:start + batch])).to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             chunks.append(backbone(x).float().cpu())
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)

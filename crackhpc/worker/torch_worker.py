@@ -1,4 +1,4 @@
-"""PyTorch worker: one run, on one process or data-parallel (DDP) across the job's tasks.
+"""PyTorch worker: one run, on one process or data-parallel across the job's tasks (DDP or Horovod).
 
 Input is the run folder's split manifest decoded once into the uint8 image cache. With a frozen
 backbone and the feature cache on (the default), the backbone runs once per image and the head
@@ -18,12 +18,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
-from .. import atomic, rundir
-from ..data.images import ImageCache
-from ..data.layout import CLASSES
-from ..data.split import manifest_hash, read_manifest
-from ..errors import DataError
+from .. import atomic
 from ..grid import RunSpec
+from . import backends, common
 from .distributed import DistEnv
 from .features import cache_key, cached_features, extract
 from .torch_models import build
@@ -59,38 +56,72 @@ def _autocast_dtype(precision: str, device: torch.device):
     return None
 
 
-def _all_sum(values: list[float], device: torch.device, distributed: bool) -> list[float]:
-    if not distributed:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
+class _Single:
+    name = backends.SINGLE
+
+    def gather(self, obj) -> list:
+        return [obj]
+
+    def wrap(self, model: nn.Module, optimizer, device: torch.device):
+        return model, optimizer
+
+    def close(self) -> None:
+        pass
+
+
+class _DDP(_Single):
+    name = "ddp"
+
+    def __init__(self, env: DistEnv):
+        self.world_size = env.world_size
+        env.export()
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", init_method="env://",
+                                rank=env.rank, world_size=env.world_size)
+
+    def gather(self, obj) -> list:
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def wrap(self, model, optimizer, device):
+        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None), optimizer
+
+    def close(self) -> None:
+        dist.destroy_process_group()
+
+
+class _Horovod(_Single):
+    name = "horovod"
+
+    def __init__(self, hvd):
+        self.hvd = hvd
+
+    def gather(self, obj) -> list:
+        return self.hvd.allgather_object(obj)
+
+    def wrap(self, model, optimizer, device):
+        # Wrapped before the checkpoint loads: DistributedOptimizer starts from a fresh optimizer state.
+        optimizer = self.hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
+        self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+        return model, optimizer
+
+    def close(self) -> None:
+        self.hvd.shutdown()
 
 
 class Trainer:
-    def __init__(self, spec: RunSpec, run_dir: Path, env: DistEnv, log):
-        self.spec, self.cfg, self.run_dir, self.env, self.log = spec, spec.train, run_dir, env, log
-        self.distributed = env.world_size > 1
+    def __init__(self, spec: RunSpec, run_dir: Path, env: DistEnv, log, comm: _Single):
+        self.spec, self.cfg, self.run_dir, self.env, self.log, self.comm = spec, spec.train, run_dir, env, log, comm
         self.device = _device(env)
         self.autocast = _autocast_dtype(self.cfg.precision, self.device)
-        self.workers = self.cfg.num_workers if self.cfg.num_workers is not None else spec.resources.cpus_per_task
+        self.workers = common.cpu_workers(spec)
 
     # -- data -----------------------------------------------------------------------------
     def prepare(self) -> None:
         cfg = self.cfg
-        self.items = read_manifest(self.run_dir / rundir.SPLIT)
-        cache_dir = self.run_dir.parent / ".cache"
-        t0 = time.perf_counter()
-        images = ImageCache.build(self.items, self.spec.data.root, cfg.input_size, cache_dir / "images", self.workers)
-        self.log(f"image cache ready in {time.perf_counter() - t0:.1f}s ({images.n_corrupt} unreadable images skipped)")
-        self.skipped = images.n_corrupt
-        self.labels = np.array([i.label for i in self.items], dtype=np.int64)
-        self.index = {s: np.array([k for k, it in enumerate(self.items) if it.split == s and images.ok[k]], dtype=np.int64)
-                      for s in ("train", "valid", "test")}
-        if not len(self.index["train"]) or not len(self.index["test"]):
-            raise DataError(f"{self.spec.data.root}: no readable images in the train or test split "
-                            f"({images.n_corrupt} of {len(self.items)} failed to decode; run `crackhpc data verify`)")
-
+        self.data = data = common.load_data(self.spec, self.run_dir, self.workers, self.log)
+        self.labels, self.index = data.labels, data.index
         torch.manual_seed(cfg.seed)
         backbone, head, weights_id = build(cfg.model, cfg.pretrained)
         if cfg.freeze_backbone:
@@ -98,23 +129,22 @@ class Trainer:
         self.feature_mode = cfg.freeze_backbone and cfg.feature_cache
         if self.feature_mode:
             weights = weights_id if cfg.pretrained else f"random-seed{cfg.seed}"
-            key = cache_key(cfg.model, weights, cfg.input_size, manifest_hash(self.items), str(self.autocast))
+            key = cache_key(cfg.model, weights, cfg.input_size, data.manifest, str(self.autocast))
             t0 = time.perf_counter()
-            feats, computed = cached_features(cache_dir / "features", key,
-                                              lambda: extract(backbone, images.images, self.device, autocast_dtype=self.autocast))
+            feats, computed = cached_features(data.cache_dir / "features", key,
+                                              lambda: extract(backbone, data.images, self.device, autocast_dtype=self.autocast))
             self.feature_cache = "computed" if computed else "reused"
             self.log(f"features {self.feature_cache} ({feats.shape[1]}-d) in {time.perf_counter() - t0:.1f}s")
             self.inputs = torch.from_numpy(feats)
             self.model = head
         else:
             self.feature_cache = "off"
-            self.inputs = images.images
+            self.inputs = data.images
             self.model = nn.Sequential(backbone, head)
         self.model.to(self.device)
         if self.device.type == "cuda" or not self.feature_mode:
             self.model.to(memory_format=torch.channels_last)
-        self.head = head
-        self.optimizer = self._optimizer()
+        self.train_model, self.optimizer = self.comm.wrap(self.model, self._optimizer(), self.device)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -149,13 +179,13 @@ class Trainer:
         if self.cfg.freeze_backbone and not self.feature_mode:
             self.model[0].eval()  # frozen BatchNorm keeps its ImageNet statistics
 
-    def train_epoch(self, model, epoch: int) -> tuple[float, float, int]:
+    def train_epoch(self, epoch: int) -> tuple[float, float, int]:
         self._set_train_mode()
         loss_fn = nn.CrossEntropyLoss()
         total = correct = seen = 0.0
         for x, y, _ in self._loader("train", shuffle=True, epoch=epoch):
             y = y.to(self.device)
-            logits = self._forward(model, x)
+            logits = self._forward(self.train_model, x)
             loss = loss_fn(logits, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -163,7 +193,7 @@ class Trainer:
             total += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
-        total, correct, seen = _all_sum([total, correct, seen], self.device, self.distributed)
+        total, correct, seen = (sum(col) for col in zip(*self.comm.gather((total, correct, seen))))
         return total / max(seen, 1), correct / max(seen, 1), int(seen)
 
     @torch.no_grad()
@@ -178,15 +208,9 @@ class Trainer:
             total += loss_fn(logits, y).item()
             prob, pred = torch.softmax(logits, 1).max(1)
             records += zip(idx.tolist(), pred.tolist(), prob.tolist())
-        if self.distributed:
-            gathered = [None] * self.env.world_size
-            dist.all_gather_object(gathered, (total, records))
-            total = sum(g[0] for g in gathered)
-            records = [r for g in gathered for r in g[1]]
-        records.sort()
-        n = len(records)
-        correct = sum(1 for pos, pred, _ in records if pred == self.labels[pos])
-        return total / max(n, 1), correct / max(n, 1), records
+        gathered = self.comm.gather((total, records))
+        records = sorted(r for _, part in gathered for r in part)
+        return sum(t for t, _ in gathered) / max(len(records), 1), common.accuracy(records, self.labels), records
 
     # -- checkpoints ----------------------------------------------------------------------
     def load_checkpoint(self) -> dict:
@@ -213,49 +237,35 @@ class Trainer:
         state = self.load_checkpoint()
         rows, first = list(state["rows"]), state["epoch"] + 1
         elapsed_before = state["elapsed"]
-        model = self.model
-        if self.distributed:
-            model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         for epoch in range(first, self.cfg.epochs + 1):
             t0 = time.perf_counter()
-            train_loss, train_acc, n_train = self.train_epoch(model, epoch)
+            train_loss, train_acc, n_train = self.train_epoch(epoch)
             val_loss, val_acc, val_records = self.evaluate("valid")
-            dt = time.perf_counter() - t0
-            rows.append([epoch, train_loss, train_acc, val_loss, val_acc, dt, (n_train + len(val_records)) / dt])
-            self.log(f"epoch {epoch}/{self.cfg.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f}, "
-                     f"val loss {val_loss:.4f} acc {val_acc:.4f} ({dt:.1f}s)")
-            if self.env.is_main:
-                atomic.write_csv(self.run_dir / rundir.METRICS, rundir.METRIC_COLUMNS, rows)
-                self.save_checkpoint(epoch, rows, elapsed_before + time.perf_counter() - start)
-                rundir.update_result(self.run_dir, status="running", epochs_done=epoch)
+            common.finish_epoch(self.run_dir, self.env, self.log, rows, epoch, self.cfg.epochs,
+                                (train_loss, train_acc), (val_loss, val_acc), time.perf_counter() - t0,
+                                n_train + len(val_records),
+                                lambda: self.save_checkpoint(epoch, rows, elapsed_before + time.perf_counter() - start))
         test_loss, test_acc, records = self.evaluate("test")
         wall = elapsed_before + time.perf_counter() - start
-        n_images = self.cfg.epochs * (len(self.index["train"]) + len(self.index["valid"]))
         if self.env.is_main:
-            wrong = [(self.items[p].path, CLASSES[self.labels[p]], CLASSES[pred], round(prob, 6))
-                     for p, pred, prob in records if pred != self.labels[p]]
-            atomic.write_csv(self.run_dir / rundir.MISCLASSIFIED, ("path", "true", "predicted", "probability"), wrong)
-        val_accs = [r[4] for r in rows]
-        best = int(np.argmax(val_accs)) if val_accs else 0
-        return {
-            "epochs_done": len(rows), "best_val_acc": val_accs[best] if val_accs else None,
-            "best_epoch": best + 1 if val_accs else None, "test_loss": test_loss, "test_acc": test_acc,
-            "n_train": int(len(self.index["train"])), "n_valid": int(len(self.index["valid"])),
-            "n_test": len(records), "skipped_images": self.skipped, "wall_time_s": round(wall, 3),
-            "images_per_s": round(n_images / wall, 2) if wall > 0 else None, "world_size": self.env.world_size,
-            "device": str(self.device), "feature_cache": self.feature_cache,
-        }
+            common.write_misclassified(self.run_dir, self.data, records)
+        in_sync = None
+        if self.env.world_size > 1:
+            digest = common.state_digest(t.detach().cpu().numpy() for t in self.model.state_dict().values())
+            in_sync = len(set(self.comm.gather(digest))) == 1
+        return common.result(self.data, rows, self.cfg.epochs, test_loss, test_acc, len(records), wall, self.env,
+                             str(self.device), self.feature_cache, self.comm.name, in_sync)
 
 
 def train(spec: RunSpec, run_dir: Path, env: DistEnv, log) -> dict:
-    if env.world_size > 1:
-        env.export()
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend, init_method="env://", rank=env.rank, world_size=env.world_size)
+    backend = backends.resolve("torch", spec.train.backend, env.world_size)
+    if backend == "horovod":
+        hvd, env = backends.init_horovod("horovod.torch", env)
+        comm = _Horovod(hvd)
+    else:
+        comm = _DDP(env) if backend == "ddp" else _Single()
     torch.set_num_threads(max(1, spec.resources.cpus_per_task))
     try:
-        return Trainer(spec, run_dir, env, log).run()
+        return Trainer(spec, run_dir, env, log, comm).run()
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        comm.close()

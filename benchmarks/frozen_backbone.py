@@ -1,0 +1,233 @@
+"""Frozen-backbone training: crackhpc's default pipeline against the naive loop, same process, same data.
+
+    python -m benchmarks.frozen_backbone [--n 2000,resnet50=200,vgg16=100] [--models resnet18,resnet50,vgg16]
+        [--lrs 0.001,0.0003,0.0001] [--seeds 0,1] [--epochs 3] [--size 227] [--input-size 224]
+        [--split 0.75,0.2,0.05] [--threads 2] [--out benchmarks/results/latest.csv]
+
+For each model: decode throughput, a single 1-epoch run both ways, then the sweep (every lr x
+seed) both ways. What is measured and how to read it: benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from crackhpc import atomic
+from crackhpc.data.split import make_manifest
+from crackhpc.data.synth import synthesize
+
+from . import naive
+from .decode import throughput
+from .meters import Clock, PeakRSS, rss_mb
+from .table import markdown
+from .worker_sweep import run_sweep, sweep_yaml
+
+# The issue's acceptance: crackhpc at least this many times faster over the sweep, and every
+# run's test accuracy within this many percentage points of the naive loop's.
+MIN_SPEEDUP = 12.0
+MAX_ACC_POINTS = 0.5
+
+SUMMARY = ("model", "n_images", "image_px", "input_px", "runs", "epochs", "naive_s", "naive_epoch_s",
+           "crackhpc_s", "speedup", "naive_cpu_s", "crackhpc_cpu_s", "cpu_speedup", "naive_img_s",
+           "crackhpc_img_s", "naive_backbone_images", "crackhpc_backbone_images", "crackhpc_feature_passes", "baseline_rss_mb", "naive_peak_rss_mb",
+           "crackhpc_peak_rss_mb", "n_test", "max_acc_diff_points", "max_acc_diff_images", "max_disagree_images",
+           "one_epoch_naive_s", "one_epoch_crackhpc_s", "one_epoch_speedup", "decode_pil_img_s",
+           "decode_cache_img_s", "runs_lr_seed", "naive_test_acc", "crackhpc_test_acc", "threads",
+           "loadavg_start", "loadavg_end", "torch", "date")
+RUNS = ("model", "lr", "seed", "naive_test_acc", "crackhpc_test_acc", "diff_points", "diff_images",
+        "disagree_images", "naive_run_s", "crackhpc_run_s", "feature_cache")
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
+def parse_n(text: str, models: list[str]) -> dict[str, int]:
+    """`2000` for every model, `2000,vgg16=100` to give some models fewer images."""
+    default, per_model = None, {}
+    for part in text.split(","):
+        name, _, value = part.rpartition("=")
+        if name:
+            per_model[name] = int(value)
+        else:
+            default = int(value)
+    unknown = set(per_model) - set(models)
+    missing = [m for m in models if m not in per_model and default is None]
+    if unknown or missing:
+        raise SystemExit(f"--n {text}: no image count for {missing}" if missing else
+                         f"--n {text}: {sorted(unknown)} not among --models")
+    return {m: per_model.get(m, default) for m in models}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.frozen_backbone", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="resnet18,resnet50,vgg16", type=lambda s: s.split(","))
+    p.add_argument("--n", default="2000,resnet50=200,vgg16=100",
+                   help="synthetic images per model: `2000`, or `2000,vgg16=100` (default: %(default)s; "
+                        "ResNet50 and VGG16 with 2,000 images would take hours on 2 cores)")
+    p.add_argument("--lrs", default="0.001,0.0003,0.0001", type=_floats)
+    p.add_argument("--seeds", default="0,1", type=_ints)
+    p.add_argument("--epochs", default=3, type=int)
+    p.add_argument("--size", default=227, type=int, help="synthetic image size (the real dataset's: 227)")
+    p.add_argument("--input-size", default=224, type=int)
+    p.add_argument("--split", default="0.75,0.2,0.05", type=_floats,
+                   help="train/valid/test fractions (the study's 0.75,0.2375,0.0125 leaves 25 test images of 2,000)")
+    p.add_argument("--threads", default=2, type=int, help="torch threads, and crackhpc's cpus_per_task")
+    p.add_argument("--out", default="benchmarks/results/latest.csv", type=Path)
+    p.add_argument("--cache", default="benchmarks/results/.cache", type=Path,
+                   help="synthetic data, run folders and scratch space (git-ignored)")
+    args = p.parse_args(argv)
+    args.n = parse_n(args.n, args.models)
+    return args
+
+
+def compare(model: str, naive_runs: dict, crackhpc_runs: list[dict]) -> list[dict]:
+    """One row per run: both test accuracies, their difference in points and in test images, and
+    the test images that one pipeline gets right and the other wrong (0: identical predictions)."""
+    rows = []
+    for c in crackhpc_runs:
+        a = naive_runs[c["lr"], c["seed"]]
+        diff = abs(a["test_acc"] - c["test_acc"])
+        rows.append({"model": model, "lr": c["lr"], "seed": c["seed"], "naive_test_acc": a["test_acc"],
+                     "crackhpc_test_acc": c["test_acc"], "diff_points": 100 * diff,
+                     "diff_images": round(diff * c["n_test"]), "disagree_images": len(a["wrong"] ^ c["wrong"]),
+                     "naive_run_s": a["run_s"],
+                     "crackhpc_run_s": c["run_s"], "feature_cache": c["feature_cache"]})
+    return rows
+
+
+def bench_model(model: str, n: int, args: argparse.Namespace) -> tuple[dict, list[dict]]:
+    cache = args.cache.resolve()
+    load_start = os.getloadavg()[0]
+    root = cache / "data" / f"synth-n{n}-{args.size}px-seed0"
+    synthesize(root, n, size=args.size, seed=0, workers=args.threads)
+    items = make_manifest(root, args.split, 0)
+    count = Counter(i.split for i in items)
+    baseline = rss_mb()
+    decode = throughput(root, items, args.input_size, args.threads, cache / "scratch")
+    print(f"[{model}] decode: PIL loop {decode['decode_pil_img_s']:.0f} img/s, "
+          f"ImageCache.build {decode['decode_cache_img_s']:.0f} img/s", flush=True)
+
+    def crackhpc(name: str, lrs, seeds, epochs: int) -> list[dict]:
+        return run_sweep(cache, sweep_yaml(name, root, args.split, model, lrs, seeds, epochs, args.input_size, args.threads))
+
+    def naive_run(lr: float, seed: int, epochs: int) -> dict:
+        return naive.run(model, str(root), items, args.input_size, lr, seed, epochs)
+
+    with Clock() as one_crackhpc:
+        crackhpc(f"bench-{model}-1epoch", args.lrs[:1], args.seeds[:1], 1)
+    with Clock() as one_naive:
+        naive_run(args.lrs[0], args.seeds[0], 1)
+    print(f"[{model}] 1-epoch run: naive {one_naive.wall_s:.1f}s, crackhpc {one_crackhpc.wall_s:.1f}s", flush=True)
+
+    naive_runs = {}
+    with PeakRSS() as naive_mem, Clock() as naive_clock:
+        for lr, seed in itertools.product(args.lrs, args.seeds):
+            with Clock() as clock:
+                naive_runs[lr, seed] = naive_run(lr, seed, args.epochs)
+            naive_runs[lr, seed]["run_s"] = clock.wall_s
+            print(f"[{model}] naive lr {lr:g} seed {seed}: test acc {naive_runs[lr, seed]['test_acc']:.4f} "
+                  f"({clock.wall_s:.0f}s)", flush=True)
+    with PeakRSS() as crackhpc_mem, Clock() as crackhpc_clock:
+        crackhpc_runs = crackhpc(f"bench-{model}", args.lrs, args.seeds, args.epochs)
+
+    runs = compare(model, naive_runs, crackhpc_runs)
+    images = len(runs) * (args.epochs * (count["train"] + count["valid"]) + count["test"])
+    passes = sum(c["feature_cache"] == "computed" for c in crackhpc_runs)
+    naive_s, crackhpc_s = naive_clock.wall_s, crackhpc_clock.wall_s
+    row = {
+        "model": model, "n_images": n, "image_px": args.size, "input_px": args.input_size, "runs": len(runs),
+        "epochs": args.epochs, "naive_s": naive_s,
+        "naive_epoch_s": sum(s for a in naive_runs.values() for s in a["epoch_s"]) / (len(runs) * args.epochs),
+        "crackhpc_s": crackhpc_s, "speedup": naive_s / crackhpc_s,
+        "naive_cpu_s": naive_clock.cpu_s, "crackhpc_cpu_s": crackhpc_clock.cpu_s,
+        "cpu_speedup": naive_clock.cpu_s / crackhpc_clock.cpu_s,
+        "naive_img_s": images / naive_s, "crackhpc_img_s": images / crackhpc_s,
+        "naive_backbone_images": images, "crackhpc_backbone_images": passes * len(items),
+        "crackhpc_feature_passes": passes, "baseline_rss_mb": baseline,
+        "naive_peak_rss_mb": naive_mem.peak_mb, "crackhpc_peak_rss_mb": crackhpc_mem.peak_mb,
+        "n_test": count["test"], "max_acc_diff_points": max(r["diff_points"] for r in runs),
+        "max_acc_diff_images": max(r["diff_images"] for r in runs),
+        "max_disagree_images": max(r["disagree_images"] for r in runs),
+        "one_epoch_naive_s": one_naive.wall_s, "one_epoch_crackhpc_s": one_crackhpc.wall_s,
+        "one_epoch_speedup": one_naive.wall_s / one_crackhpc.wall_s, **decode,
+        "runs_lr_seed": ";".join(f"{r['lr']:g}/{r['seed']}" for r in runs),
+        "naive_test_acc": ";".join(f"{r['naive_test_acc']:.4f}" for r in runs),
+        "crackhpc_test_acc": ";".join(f"{r['crackhpc_test_acc']:.4f}" for r in runs),
+        "threads": args.threads, "loadavg_start": load_start, "loadavg_end": os.getloadavg()[0],
+        "torch": torch.__version__, "date": dt.date.today().isoformat(),
+    }
+    return row, runs
+
+
+def _csv(value):
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def verdicts(row: dict) -> str:
+    def met(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    return (f"- **{row['model']}** ({row['n_images']} images, {row['runs']} runs x {row['epochs']} epochs): "
+            f"speedup {row['speedup']:.1f}x (>= {MIN_SPEEDUP:g}x: {met(row['speedup'] >= MIN_SPEEDUP)}); "
+            f"largest test-accuracy difference {row['max_acc_diff_points']:.2f} points = "
+            f"{row['max_acc_diff_images']} of {row['n_test']} test images "
+            f"(<= {MAX_ACC_POINTS:g} points: {met(row['max_acc_diff_points'] <= MAX_ACC_POINTS)}), "
+            f"predictions differ on at most {row['max_disagree_images']} test images; "
+            f"1-epoch run {row['one_epoch_speedup']:.1f}x (no slower than naive: {met(row['one_epoch_speedup'] >= 1)})")
+
+
+def report(rows: list[dict], runs: list[dict], argv: list[str]) -> str:
+    speed = ("model", "n_images", "runs", "epochs", "naive_s", "naive_epoch_s", "crackhpc_s", "speedup",
+             "cpu_speedup", "naive_img_s", "crackhpc_img_s", "naive_backbone_images", "crackhpc_backbone_images",
+             "one_epoch_naive_s", "one_epoch_crackhpc_s")
+    other = ("model", "baseline_rss_mb", "naive_peak_rss_mb", "crackhpc_peak_rss_mb", "n_test",
+             "max_acc_diff_points", "max_acc_diff_images", "max_disagree_images", "decode_pil_img_s",
+             "decode_cache_img_s")
+    first = rows[0]
+    load = ", ".join(f"{r['loadavg_start']:.1f}->{r['loadavg_end']:.1f}" for r in rows)
+    return "\n\n".join([
+        "# Frozen-backbone sweep: naive loop vs crackhpc",
+        f"`python -m benchmarks.frozen_backbone {' '.join(argv)}` on {os.cpu_count()} CPUs, "
+        f"{first['threads']} torch threads, torch {first['torch']}, {first['date']}; "
+        f"1-minute load average {load} "
+        f"(other processes share this machine).",
+        markdown(speed, [[r[k] for k in speed] for r in rows]),
+        markdown(other, [[r[k] for k in other] for r in rows]),
+        "\n".join(verdicts(r) for r in rows),
+        "## Runs",
+        markdown(RUNS, [[r[k] for k in RUNS] for r in runs]),
+    ]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows, runs = [], []
+    for model in args.models:
+        row, model_runs = bench_model(model, args.n[model], args)
+        rows.append(row)
+        runs += model_runs
+        # after every model, so a long benchmark cut short still leaves what it measured
+        atomic.write_csv(args.out, SUMMARY, [[_csv(r[k]) for k in SUMMARY] for r in rows])
+        text = report(rows, runs, argv)
+        atomic.write_text(args.out.with_suffix(".md"), text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""crackhpc's side: a sweep YAML, run folders written by the launcher, and the worker called on each.
+
+Exactly what `crackhpc sweep --executor local` does minus the job submission: the runs go one
+after another in this process, and share the image and feature caches of the sweep folder.
+"""
+from __future__ import annotations
+
+import csv
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from crackhpc import atomic, rundir, worker
+from crackhpc.config import load_sweep
+from crackhpc.grid import expand
+from crackhpc.launcher import write_run_folders
+
+
+def sweep_yaml(name: str, data_root: Path, split: Sequence[float], model: str, lrs: Sequence[float],
+               seeds: Sequence[int], epochs: int, input_size: int, threads: int) -> str:
+    return yaml.safe_dump({
+        "name": name,
+        "executor": "local",
+        "data": {"root": str(data_root), "split": list(split), "split_seed": 0},
+        "defaults": {"framework": "torch", "model": model, "pretrained": False, "freeze_backbone": True,
+                     "feature_cache": True, "epochs": epochs, "batch_size": 100, "optimizer": "adam",
+                     "input_size": input_size},
+        "grid": {"lr": list(lrs), "seed": list(seeds)},
+        "resources": {"gpus_per_node": 0, "cpus_per_task": threads},
+    }, sort_keys=False)
+
+
+def run_sweep(work: Path, text: str) -> list[dict]:
+    """Every run of the sweep, from cold caches: its result, lr, seed, wall time and misclassified test images."""
+    sweep_file = work / "sweeps" / f"{yaml.safe_load(text)['name']}.yaml"
+    atomic.write_text(sweep_file, text)
+    sweep = load_sweep(sweep_file)
+    sweep_dir = work / "runs" / sweep.name
+    shutil.rmtree(sweep_dir, ignore_errors=True)  # crackhpc pays for building its caches, every time
+    results = []
+    for spec in write_run_folders(expand(sweep), sweep_dir, Path(sweep.data.root), sweep):
+        t0 = time.perf_counter()
+        metrics = worker.run(sweep_dir / spec.run_id)
+        run_s = time.perf_counter() - t0
+        with open(sweep_dir / spec.run_id / rundir.MISCLASSIFIED, newline="", encoding="utf-8") as fh:
+            wrong = {row["path"] for row in csv.DictReader(fh)}
+        results.append({**metrics, "lr": spec.train.lr, "seed": spec.train.seed, "run_s": run_s, "wrong": wrong})
+    return results

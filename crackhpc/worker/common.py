@@ -1,0 +1,108 @@
+"""What the torch and Keras workers share, so both write the same run folder and result keys:
+the decoded data of a run, the per-epoch bookkeeping, the test outputs and the result dict.
+Framework-free: a Keras run must not load torch, nor a torch run TensorFlow."""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from .. import atomic, rundir
+from ..data.images import ImageCache
+from ..data.layout import CLASSES, Item
+from ..data.split import manifest_hash, read_manifest
+from ..errors import DataError
+from ..grid import RunSpec
+from .distributed import DistEnv
+
+# (position in the manifest, predicted class, probability of that class)
+Record = tuple[int, int, float]
+
+
+@dataclass(frozen=True)
+class RunData:
+    items: list[Item]
+    images: np.ndarray              # uint8 (N, size, size, 3), memory-mapped; zeros where undecodable
+    labels: np.ndarray              # int64 (N,)
+    index: dict[str, np.ndarray]    # positions of the decodable images of each split
+    skipped: int
+    cache_dir: Path                 # shared by the sweep's runs: decoded images and backbone features
+
+    @property
+    def manifest(self) -> str:
+        return manifest_hash(self.items)
+
+
+def cpu_workers(spec: RunSpec) -> int:
+    """Processes for decoding and loading: the task's CPUs unless the run says otherwise."""
+    return spec.train.num_workers if spec.train.num_workers is not None else spec.resources.cpus_per_task
+
+
+def load_data(spec: RunSpec, run_dir: Path, workers: int, log) -> RunData:
+    """The run's split manifest decoded at the run's input size (once per sweep, then reused)."""
+    items = read_manifest(run_dir / rundir.SPLIT)
+    cache_dir = run_dir.parent / ".cache"
+    t0 = time.perf_counter()
+    images = ImageCache.build(items, spec.data.root, spec.train.input_size, cache_dir / "images", workers)
+    log(f"image cache ready in {time.perf_counter() - t0:.1f}s ({images.n_corrupt} unreadable images skipped)")
+    index = {s: np.array([k for k, it in enumerate(items) if it.split == s and images.ok[k]], dtype=np.int64)
+             for s in ("train", "valid", "test")}
+    if not len(index["train"]) or not len(index["test"]):
+        raise DataError(f"{spec.data.root}: no readable images in the train or test split "
+                        f"({images.n_corrupt} of {len(items)} failed to decode; run `crackhpc data verify`)")
+    return RunData(items, images.images, np.array([i.label for i in items], dtype=np.int64), index,
+                   images.n_corrupt, cache_dir)
+
+
+def finish_epoch(run_dir: Path, env: DistEnv, log, rows: list, epoch: int, epochs: int,
+                 train: tuple[float, float], valid: tuple[float, float], seconds: float, n_images: int,
+                 save_checkpoint: Callable[[], None]) -> None:
+    """Append the epoch's metrics row; rank 0 writes metrics.csv, then the checkpoint, then result.json."""
+    rows.append([epoch, train[0], train[1], valid[0], valid[1], seconds, n_images / seconds])
+    log(f"epoch {epoch}/{epochs}: train loss {train[0]:.4f} acc {train[1]:.4f}, "
+        f"val loss {valid[0]:.4f} acc {valid[1]:.4f} ({seconds:.1f}s)")
+    if env.is_main:
+        atomic.write_csv(run_dir / rundir.METRICS, rundir.METRIC_COLUMNS, rows)
+        save_checkpoint()
+        rundir.update_result(run_dir, status="running", epochs_done=epoch)
+
+
+def accuracy(records: Sequence[Record], labels: np.ndarray) -> float:
+    return sum(1 for pos, pred, _ in records if pred == labels[pos]) / max(len(records), 1)
+
+
+def write_misclassified(run_dir: Path, data: RunData, records: Iterable[Record]) -> None:
+    wrong = [(data.items[p].path, CLASSES[data.labels[p]], CLASSES[pred], round(prob, 6))
+             for p, pred, prob in records if pred != data.labels[p]]
+    atomic.write_csv(run_dir / rundir.MISCLASSIFIED, ("path", "true", "predicted", "probability"), wrong)
+
+
+def state_digest(arrays: Iterable[np.ndarray]) -> str:
+    """Bitwise fingerprint of a model's parameters: data-parallel replicas must agree on it."""
+    h = hashlib.sha1()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def result(data: RunData, rows: list, epochs: int, test_loss: float, test_acc: float, n_test: int,
+           wall: float, env: DistEnv, device: str, feature_cache: str, backend: str,
+           params_in_sync: bool | None) -> dict:
+    val_accs = [r[4] for r in rows]
+    best = int(np.argmax(val_accs)) if val_accs else 0
+    n_images = epochs * (len(data.index["train"]) + len(data.index["valid"]))
+    out = {
+        "epochs_done": len(rows), "best_val_acc": val_accs[best] if val_accs else None,
+        "best_epoch": best + 1 if val_accs else None, "test_loss": test_loss, "test_acc": test_acc,
+        "n_train": int(len(data.index["train"])), "n_valid": int(len(data.index["valid"])),
+        "n_test": n_test, "skipped_images": data.skipped, "wall_time_s": round(wall, 3),
+        "images_per_s": round(n_images / wall, 2) if wall > 0 else None, "world_size": env.world_size,
+        "device": device, "feature_cache": feature_cache, "backend": backend,
+    }
+    if params_in_sync is not None:
+        out["params_in_sync"] = params_in_sync
+    return out

@@ -1,0 +1,301 @@
+"""Keras/TensorFlow worker: the study's Keras VGG16 and ResNet50, in one process or data-parallel
+across the job's tasks (tf.distribute.MultiWorkerMirroredStrategy or Horovod).
+
+Same contract, run folder and result keys as the torch worker. Where it departs from the study's
+notebook, it is for a reason:
+- The backbone ends in global average pooling (512-d for VGG16, 2048-d for ResNet50), not VGG16's
+  Flatten (25088-d at 224 px): the head no longer depends on the input size and the feature cache
+  of the 40 000 images is 80 MB instead of 4 GB.
+- A training loop of its own, not model.fit: Keras 3's fit fails under MultiWorkerMirroredStrategy
+  (keras-team/keras#20585), and the loop gives the torch worker's semantics: a permutation per
+  epoch from the seed (so a resumed run repeats the uninterrupted one), padded equal shards per
+  rank, metrics over every image.
+- Horovod through horovod.tensorflow's DistributedGradientTape: horovod.tensorflow.keras wraps
+  Keras 2 optimizers only.
+
+This module imports TensorFlow; the worker imports it only for Keras runs, and the launcher and
+the report never do.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .. import atomic
+from ..grid import RunSpec
+from ..weights import locate
+from . import backends, common
+from .distributed import DistEnv
+from .features import cache_key, cached_features
+
+CHECKPOINT = "checkpoint.npz"
+APPLICATIONS = {"vgg16": (keras.applications.VGG16, keras.applications.vgg16.preprocess_input),
+                "resnet50": (keras.applications.ResNet50, keras.applications.resnet50.preprocess_input)}
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+class _Single:
+    name = backends.SINGLE
+    loss_divisor = 1
+
+    def scope(self):
+        return contextlib.nullcontext()
+
+    def run(self, step, args):
+        return step(*args)
+
+    def gradient(self, tape, loss, variables):
+        return tape.gradient(loss, variables)
+
+    def all_sum(self, values: np.ndarray) -> np.ndarray:
+        return values
+
+    def start(self, variables) -> None:
+        pass
+
+
+class _TFDistribute(_Single):
+    name = "tf-distribute"
+
+    def __init__(self, env: DistEnv):
+        os.environ["TF_CONFIG"] = env.tf_config()
+        self.strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        # The Keras optimizer sums the replicas' gradients; each replica's mean loss is scaled so the sum is the mean.
+        self.loss_divisor = self.strategy.num_replicas_in_sync
+        self._sum = tf.function(lambda v: self.strategy.reduce("SUM", self.strategy.run(tf.identity, (v,)), axis=None),
+                                reduce_retracing=True)
+
+    def scope(self):
+        return self.strategy.scope()
+
+    def run(self, step, args):
+        return self.strategy.experimental_local_results(self.strategy.run(step, args))[0]
+
+    def all_sum(self, values):
+        return self._sum(tf.constant(values)).numpy()
+
+
+class _Horovod(_Single):
+    name = "horovod"
+
+    def __init__(self, hvd):
+        self.hvd = hvd
+
+    def gradient(self, tape, loss, variables):
+        return self.hvd.DistributedGradientTape(tape).gradient(loss, variables)  # averaged over ranks
+
+    def all_sum(self, values):
+        return self.hvd.allreduce(tf.constant(values), op=self.hvd.Sum).numpy()
+
+    def start(self, variables) -> None:
+        self.hvd.broadcast_variables(variables, root_rank=0)
+
+
+def _configure(env: DistEnv, cpus: int) -> str:
+    """One GPU per task and the task's CPU count; returns the device's name."""
+    gpus = tf.config.list_physical_devices("GPU")
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(cpus)
+        tf.config.threading.set_inter_op_parallelism_threads(cpus)
+        if gpus:
+            tf.config.set_visible_devices(gpus[env.local_rank % len(gpus)], "GPU")
+    except RuntimeError:
+        pass  # TensorFlow already ran in this process (tests, a notebook): it keeps its settings
+    return f"gpu:{env.local_rank % len(gpus)}" if gpus else "cpu"
+
+
+def _inference(model):
+    return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+
+def _policy(precision: str, device: str) -> str:
+    if precision == "bf16" or (precision == "auto" and device != "cpu"):
+        return "mixed_bfloat16"  # no loss scaling needed, unlike float16
+    return "float32"
+
+
+class Trainer:
+    def __init__(self, spec: RunSpec, run_dir: Path, env: DistEnv, log, comm: _Single, device: str):
+        self.spec, self.cfg, self.run_dir, self.env, self.log, self.comm = spec, spec.train, run_dir, env, log, comm
+        self.device = device
+        self.policy = _policy(self.cfg.precision, device)
+
+    # -- data and model -------------------------------------------------------------------
+    def prepare(self) -> None:
+        cfg = self.cfg
+        keras.mixed_precision.set_global_policy(self.policy)
+        self.data = data = common.load_data(self.spec, self.run_dir, common.cpu_workers(self.spec), self.log)
+        weights, weights_id = None, f"random-seed{cfg.seed}"
+        if cfg.pretrained:
+            path, wf = locate("keras", cfg.model)
+            weights, weights_id = str(path), wf.digest
+        keras.utils.set_random_seed(cfg.seed)
+        application, preprocess = APPLICATIONS[cfg.model]
+        size = cfg.input_size
+
+        def backbone():
+            net = application(include_top=False, weights=weights, input_shape=(size, size, 3), pooling="avg")
+            net.trainable = not cfg.freeze_backbone  # frozen: BatchNorm keeps its statistics, as in torch
+            return net
+
+        self.feature_mode = cfg.freeze_backbone and cfg.feature_cache
+        self.inputs, self.preprocess, self.feature_cache = data.images, preprocess, "off"
+        if self.feature_mode:
+            extractor = _inference(backbone())  # outside the strategy: it runs forward only, on one rank at a time
+            key = cache_key(f"keras-{cfg.model}", weights_id, size, data.manifest, self.policy)
+            t0 = time.perf_counter()
+            feats, computed = cached_features(data.cache_dir / "features", key,
+                                              lambda: self.predict(extractor, np.arange(len(data.items))))
+            self.feature_cache = "computed" if computed else "reused"
+            self.log(f"features {self.feature_cache} ({feats.shape[1]}-d) in {time.perf_counter() - t0:.1f}s")
+            self.inputs, self.preprocess = feats, None
+        with self.comm.scope():
+            x = keras.Input(self.inputs.shape[1:])
+            features = x if self.feature_mode else backbone()(x)
+            self.model = keras.Model(x, keras.layers.Dense(2, activation="softmax", dtype="float32")(features))
+            self.optimizer = (keras.optimizers.Adam(cfg.lr) if cfg.optimizer == "adam"
+                              else keras.optimizers.SGD(cfg.lr, momentum=0.9))
+            self.optimizer.build(self.model.trainable_variables)
+        self.train_step, self.forward = self._train_step(), _inference(self.model)
+
+    def _dataset(self, order: np.ndarray, batch: int) -> tf.data.Dataset:
+        """(inputs, labels) batches of the positions in `order`, gathered batch by batch from the
+        memory-mapped arrays: from_tensor_slices would copy the whole array (6 GB at 224 px) into memory."""
+        inputs, labels = self.inputs, self.data.labels
+
+        def gather(idx):
+            idx = np.sort(idx)  # sequential reads from the memory map
+            return np.ascontiguousarray(inputs[idx]), labels[idx]
+
+        def shaped(idx):
+            x, y = tf.numpy_function(gather, [idx], (tf.as_dtype(inputs.dtype), tf.int64))
+            x.set_shape((None,) + inputs.shape[1:])
+            y.set_shape((None,))
+            return (x if self.preprocess is None else self.preprocess(tf.cast(x, tf.float32))), y
+
+        ds = tf.data.Dataset.from_tensor_slices(order).batch(batch)
+        return ds.map(shaped, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+    def _train_step(self):
+        model, optimizer, comm = self.model, self.optimizer, self.comm
+
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                probs = model(x, training=True)
+                losses = keras.losses.categorical_crossentropy(tf.one_hot(y, 2), probs)
+                loss = tf.reduce_mean(losses) / comm.loss_divisor
+            optimizer.apply(comm.gradient(tape, loss, model.trainable_variables), model.trainable_variables)
+            correct = tf.reduce_sum(tf.cast(tf.argmax(probs, 1) == y, tf.float64))
+            return tf.stack([tf.reduce_sum(tf.cast(losses, tf.float64)), correct, tf.cast(tf.size(y), tf.float64)])
+
+        return tf.function(lambda x, y: comm.run(step, (x, y)), reduce_retracing=True)
+
+    def predict(self, forward, positions: np.ndarray) -> np.ndarray:
+        """`forward`'s outputs for `positions` (ascending), computed on this rank alone."""
+        outs = [forward(x).numpy().astype(np.float32) for x, _ in self._dataset(positions, self.cfg.batch_size)]
+        return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
+    # -- loops ----------------------------------------------------------------------------
+    def _shard(self, epoch: int) -> np.ndarray:
+        """This rank's share of the epoch's permutation, padded like torch's DistributedSampler so
+        every rank takes the same number of steps (collectives would wait forever otherwise)."""
+        order = np.random.default_rng([self.cfg.seed, epoch]).permutation(self.data.index["train"])
+        world = self.env.world_size
+        order = np.concatenate([order, order[:(-len(order)) % world]])
+        return order[self.env.rank::world]
+
+    def train_epoch(self, epoch: int) -> tuple[float, float, int]:
+        per_rank = max(1, -(-self.cfg.batch_size // self.env.world_size))
+        sums = tf.zeros(3, tf.float64)
+        for x, y in self._dataset(self._shard(epoch), per_rank):
+            sums += self.train_step(x, y)
+        loss, correct, seen = self.comm.all_sum(sums.numpy())
+        return loss / max(seen, 1), correct / max(seen, 1), int(seen)
+
+    def evaluate(self, split: str):
+        """(loss, accuracy, records) over the whole split; each rank predicts every world_size-th image."""
+        positions = self.data.index[split]
+        mine = slice(self.env.rank, None, self.env.world_size)
+        probs = self.predict(self.forward, positions[mine])
+        labels = self.data.labels[positions[mine]]
+        # the ranks fill disjoint columns, so a sum gathers them
+        table = np.zeros((3, len(positions)))
+        if len(probs):
+            table[0, mine] = keras.losses.categorical_crossentropy(np.eye(2, dtype=np.float32)[labels], probs).numpy()
+            table[1, mine] = probs.argmax(1)
+            table[2, mine] = probs.max(1)
+        loss, pred, prob = self.comm.all_sum(table.ravel()).reshape(3, -1)
+        records = [(int(p), int(k), float(q)) for p, k, q in zip(positions, pred, prob)]
+        return float(loss.sum()) / max(len(records), 1), common.accuracy(records, self.data.labels), records
+
+    def params_in_sync(self) -> bool:
+        """Whether every rank holds the same weights, from a 48-bit slice of each rank's digest
+        (exact in float64); the ranks fill their own slot, so a sum gathers them."""
+        slots = np.zeros(self.env.world_size)
+        slots[self.env.rank] = int(common.state_digest(self.model.get_weights())[:12], 16)
+        return len(set(self.comm.all_sum(slots))) == 1
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def load_checkpoint(self) -> dict:
+        path = self.run_dir / CHECKPOINT
+        if not path.exists():
+            return {"epoch": 0, "rows": [], "elapsed": 0.0}
+        with np.load(path) as saved:
+            state = json.loads(str(saved["state"]))
+            self.model.set_weights([saved[f"w{i}"] for i in range(len(self.model.weights))])
+            for i, variable in enumerate(self.optimizer.variables):
+                variable.assign(saved[f"o{i}"])
+        self.log(f"resumed from {path.name} after epoch {state['epoch']}")
+        return state
+
+    def save_checkpoint(self, epoch: int, rows: list, elapsed: float) -> None:
+        arrays = {f"w{i}": w for i, w in enumerate(self.model.get_weights())}
+        arrays.update({f"o{i}": v.numpy() for i, v in enumerate(self.optimizer.variables)})
+        buf = io.BytesIO()
+        np.savez(buf, state=np.array(json.dumps({"epoch": epoch, "rows": rows, "elapsed": elapsed})), **arrays)
+        atomic.write_bytes(self.run_dir / CHECKPOINT, buf.getvalue())
+
+    # -- the run --------------------------------------------------------------------------
+    def run(self) -> dict:
+        start = time.perf_counter()
+        self.prepare()
+        state = self.load_checkpoint()
+        self.comm.start(self.model.variables + self.optimizer.variables)
+        rows, elapsed_before = list(state["rows"]), state["elapsed"]
+        for epoch in range(state["epoch"] + 1, self.cfg.epochs + 1):
+            t0 = time.perf_counter()
+            train_loss, train_acc, n_train = self.train_epoch(epoch)
+            val_loss, val_acc, val_records = self.evaluate("valid")
+            common.finish_epoch(self.run_dir, self.env, self.log, rows, epoch, self.cfg.epochs,
+                                (train_loss, train_acc), (val_loss, val_acc), time.perf_counter() - t0,
+                                n_train + len(val_records),
+                                lambda: self.save_checkpoint(epoch, rows, elapsed_before + time.perf_counter() - start))
+        test_loss, test_acc, records = self.evaluate("test")
+        wall = elapsed_before + time.perf_counter() - start
+        if self.env.is_main:
+            common.write_misclassified(self.run_dir, self.data, records)
+        in_sync = self.params_in_sync() if self.env.world_size > 1 else None
+        return common.result(self.data, rows, self.cfg.epochs, test_loss, test_acc, len(records), wall, self.env,
+                             self.device, self.feature_cache, self.comm.name, in_sync)
+
+
+def train(spec: RunSpec, run_dir: Path, env: DistEnv, log) -> dict:
+    backend = backends.resolve("keras", spec.train.backend, env.world_size)
+    comm = _Single()
+    if backend == "horovod":
+        hvd, env = backends.init_horovod("horovod.tensorflow", env)
+        comm = _Horovod(hvd)
+    # Device and thread settings first: TensorFlow fixes them when its runtime starts, which
+    # creating MultiWorkerMirroredStrategy does.
+    device = _configure(env, max(1, spec.resources.cpus_per_task))
+    if backend == "tf-distribute":
+        comm = _TFDistribute(env)
+    return Trainer(spec, run_dir, env, log, comm, device).run()

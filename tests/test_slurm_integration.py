@@ -1,0 +1,189 @@
+"""Sweeps through the real single-node Slurm of tests/slurm/start.sh: job arrays, multi-task and
+GPU jobs, preemption and requeue, failures, cancel, resubmission and plain sbatch scripts.
+
+Runs are tiny (40 images of 32 px, random-init ResNet18, 1 CPU each) and the node has 2 CPUs.
+"""
+import contextlib
+import csv
+import io
+import json
+import re
+import shutil
+import subprocess
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from crackhpc import rundir
+from crackhpc.cli import main
+from crackhpc.config import load_sweep
+from crackhpc.launcher import ACTIVE_SLURM_STATES, submit
+from crackhpc.report import write_reports
+from crackhpc.status import collect
+
+from .conftest import tiny_sweep
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+
+ON_SLURM = {"partition": "debug", "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 1, "timeout_min": 10}
+# About a second an epoch on one core: time to act while the run trains.
+SLOW = {"freeze_backbone": False, "input_size": 96, "epochs": 6}
+quiet = {"echo": lambda *_: None}
+
+
+def slurm_yaml(folder, data, name, resources=None, **top):
+    path = folder / f"{name}.yaml"
+    path.write_text(tiny_sweep(data, name, resources={**ON_SLURM, **(resources or {})}, **top))
+    return path
+
+
+def until(condition, what: str, timeout_s: float = 180):
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not after {timeout_s:.0f}s")
+        time.sleep(0.5)
+    return value
+
+
+def finished(sweep_dir, timeout_s: float = 180):
+    """The runs' statuses once they have ended, and their jobs too: a worker records its outcome
+    (and submitit's wait returns) a moment before Slurm has ended the job."""
+    def done():
+        runs = collect(sweep_dir)
+        return not any(r.live or r.slurm_state in ACTIVE_SLURM_STATES for r in runs) and runs
+
+    return until(done, f"runs of {sweep_dir} finishing", timeout_s)
+
+
+def cli(*args) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(list(map(str, args))) == 0
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def array_sweep(tmp_path_factory, tiny_data, slurm_cluster):
+    """Four runs submitted together and waited for, after a dry run of the same submission."""
+    folder = tmp_path_factory.mktemp("array")
+    path = slurm_yaml(folder, tiny_data, "array", resources={"array_parallelism": 2}, grid={"seed": [0, 1, 2, 3]})
+    preview = cli("sweep", path, "--executor", "slurm", "--results", folder / "results", "--dry-run")
+    record = submit(load_sweep(path), folder / "results", "slurm", wait=True, **quiet)
+    array_id = record["runs"][next(iter(record["runs"]))]["job_id"].split("_")[0]
+    return SimpleNamespace(path=path, results=folder / "results", sweep_dir=folder / "results" / "array",
+                           record=record, preview=preview, array_id=array_id)
+
+
+def test_sweep_goes_out_as_one_job_array_and_completes(array_sweep):
+    assert sorted(e["job_id"] for e in array_sweep.record["runs"].values()) == [f"{array_sweep.array_id}_{i}" for i in range(4)]
+    script = (array_sweep.sweep_dir / "submitit" / f"{array_sweep.array_id}_submission.sh").read_text()
+    assert "\n#SBATCH --array=0-3%2\n" in script and "\n#SBATCH --requeue\n" in script
+    runs = finished(array_sweep.sweep_dir)
+    assert [(r.state, r.slurm_state, r.epoch) for r in runs] == [("completed", "COMPLETED", "2/2")] * 4
+
+
+def test_dry_run_prints_the_script_submitit_submits(array_sweep):
+    script = (array_sweep.sweep_dir / "submitit" / f"{array_sweep.array_id}_submission.sh").read_text()
+    sbatch_lines = {line for line in script.splitlines() if line.startswith("#SBATCH")}
+    previewed = {line for line in array_sweep.preview.splitlines() if line.startswith("#SBATCH")}
+    assert previewed == sbatch_lines and len(sbatch_lines) > 10
+    assert script in array_sweep.preview  # the whole script, setup and srun line included
+
+
+def test_report_of_slurm_runs_matches_the_local_executors(array_sweep, tmp_path, tiny_data):
+    slurm, _ = write_reports(array_sweep.sweep_dir)
+    local_sweep = load_sweep(slurm_yaml(tmp_path, tiny_data, "array", grid={"seed": [0]}))
+    submit(local_sweep, tmp_path / "results", "local", **quiet)
+    local, _ = write_reports(tmp_path / "results" / "array")
+    assert list(slurm.columns) == list(local.columns)
+    assert [c for c in slurm.columns if slurm[c].notna().all()] == [c for c in local.columns if local[c].notna().all()]
+    seed0 = slurm[slurm["seed"] == 0].iloc[0]
+    assert (seed0["test_acc"], seed0["best_val_acc"]) == (local.iloc[0]["test_acc"], local.iloc[0]["best_val_acc"])
+
+
+def test_sweeping_again_skips_completed_runs(array_sweep):
+    lines = []
+    again = submit(load_sweep(array_sweep.path), array_sweep.results, "slurm", echo=lines.append)
+    assert "4 runs, 0 to submit" in lines[0] and again["runs"] == array_sweep.record["runs"]
+
+
+def test_two_tasks_train_data_parallel(tmp_path, tiny_data):
+    submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "ddp", resources={"tasks_per_node": 2})), tmp_path, "slurm",
+           wait=True, **quiet)
+    (run,) = collect(tmp_path / "ddp")
+    assert run.state == "completed" and "cpu=2" in run.tres
+    assert rundir.read_result(tmp_path / "ddp" / run.run_id)["world_size"] == 2
+
+
+def test_gpu_job_is_scheduled_on_the_nodes_gpus(tmp_path, tiny_data):
+    submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "gpu", resources={"gpus_per_node": 1})), tmp_path, "slurm",
+           wait=True, **quiet)
+    (run,) = collect(tmp_path / "gpu")
+    assert run.state == "completed" and "gres/gpu=1" in run.tres
+    assert rundir.read_result(tmp_path / "gpu" / run.run_id)["device"] == "cpu"  # placeholder GPUs: no CUDA
+
+
+def test_preempted_run_is_requeued_and_resumes_from_its_checkpoint(tmp_path, tiny_data):
+    record = submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "preempt", defaults=SLOW)), tmp_path, "slurm", **quiet)
+    ((run_id, job),) = record["runs"].items()
+    run_dir = tmp_path / "preempt" / run_id
+    until(lambda: rundir.read_result(run_dir).get("epochs_done"), "first epoch", 120)
+    # Preemption as submitit's own tests simulate it: USR2 to the job's steps.
+    subprocess.run(["scancel", "--signal=USR2", job["job_id"]], check=True)
+    (run,) = finished(tmp_path / "preempt")
+    assert (run.state, run.epoch) == ("completed", "6/6") and run.requeues >= 1
+    resumed = re.findall(r"resumed from checkpoint\.pt after epoch (\d+)", (run_dir / rundir.LOG).read_text())
+    assert resumed and int(resumed[0]) >= 1
+    with open(run_dir / rundir.METRICS) as fh:
+        assert [int(row["epoch"]) for row in csv.DictReader(fh)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_run_that_raises_fails_once_with_its_error_in_status_and_report(tmp_path, tiny_data):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    for image in data.rglob("*.jpg"):
+        image.write_bytes(b"broken")
+    submit(load_sweep(slurm_yaml(tmp_path, data, "broken")), tmp_path, "slurm", wait=True, **quiet)
+    (run,) = finished(tmp_path / "broken")
+    assert (run.state, run.slurm_state, run.requeues) == ("failed", "FAILED", 0)
+    assert run.error.startswith("DataError: ") and "no readable images" in run.error
+    out = cli("status", tmp_path / "broken")
+    assert re.search(rf"{run.run_id}\s+failed\s+{run.job_id}\s.*DataError: ", out)
+    report = cli("report", tmp_path / "broken")
+    assert f"failed: {run.run_id}: {run.error}" in report
+
+
+def test_live_jobs_are_left_alone_until_cancelled(tmp_path, tiny_data):
+    sweep = load_sweep(slurm_yaml(tmp_path, tiny_data, "cancel", defaults=SLOW))
+    record = submit(sweep, tmp_path, "slurm", **quiet)
+    ((run_id, job),) = record["runs"].items()
+    lines = []
+    submit(sweep, tmp_path, "slurm", dry_run=True, echo=lines.append)
+    assert "1 runs, 0 to submit" in lines[0] and re.search(rf"skip: job {job['job_id']} (pending|running)", lines[1])
+
+    assert "1 run(s) cancelled" in cli("cancel", tmp_path / "cancel")
+    (run,) = collect(tmp_path / "cancel")
+    assert (run.state, run.slurm_state) == ("cancelled", "CANCELLED")
+    assert rundir.read_result(tmp_path / "cancel" / run_id)["status"] == "cancelled"  # what report reads
+    assert re.search(rf"{run_id}\s+cancelled\s+{job['job_id']}\s", cli("status", tmp_path / "cancel"))
+
+    lines = []
+    submit(sweep, tmp_path, "slurm", dry_run=True, echo=lines.append)
+    assert "skip: cancelled (use --retry-failed)" in lines[1]
+    lines = []
+    submit(sweep, tmp_path, "slurm", dry_run=True, retry_failed=True, echo=lines.append)
+    assert "1 runs, 1 to submit" in lines[0]
+
+
+def test_plain_sbatch_script_trains_through_srun(tmp_path, tiny_data):
+    path = slurm_yaml(tmp_path, tiny_data, "plain", resources={"tasks_per_node": 2})
+    out = cli("sbatch", path, "--results", tmp_path, "--submit")
+    ((run_id, job),) = json.loads((tmp_path / "plain" / "sweep.json").read_text())["runs"].items()
+    assert f"job {job['job_id']}" in out
+    (run,) = finished(tmp_path / "plain")
+    assert (run.state, run.slurm_state, run.job_id) == ("completed", "COMPLETED", job["job_id"])
+    result = rundir.read_result(tmp_path / "plain" / run_id)
+    assert result["world_size"] == 2 and result["job_id"] == job["job_id"]
+    assert "completed: test acc" in (tmp_path / "plain" / run_id / f"slurm-{job['job_id']}.out").read_text()

@@ -1,0 +1,225 @@
+"""`crackhpc status` and `cancel` on hand-made sweep folders, with sacct and scancel faked."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from crackhpc import atomic, rundir
+from crackhpc.cli import main
+from crackhpc.config import DataConfig, Resources, TrainConfig
+from crackhpc.errors import CrackhpcError
+from crackhpc.grid import RunSpec
+from crackhpc.status import cancel, collect, format_status, kill_local, merge, parse_sacct, run_statuses
+
+ERROR = "DataError: /data: no readable images in the train or test split (40 of 40 failed to decode; run `crackhpc data verify`)"
+
+
+def make_sweep(sweep_dir, executor, runs: dict[str, dict], metrics: dict[str, list] | None = None):
+    """A sweep folder: sweep.json naming each run's job (`job`), each run's config.yaml (2 epochs),
+    result.json (the rest) and metrics.csv."""
+    record = {"runs": {}}
+    for i, (run_id, result) in enumerate(runs.items()):
+        job_id = result.pop("job", f"4{i}")
+        if job_id:
+            record["runs"][run_id] = {"job_id": job_id, "executor": executor, "stderr": f"/logs/{job_id}.err"}
+        rundir.write_config(sweep_dir / run_id, RunSpec(run_id, "s", TrainConfig(epochs=2), DataConfig(root="/data"), Resources()))
+        if result:
+            atomic.write_json(sweep_dir / run_id / rundir.RESULT, result)
+    for run_id, rows in (metrics or {}).items():
+        atomic.write_csv(sweep_dir / run_id / rundir.METRICS, rundir.METRIC_COLUMNS, rows)
+    atomic.write_json(sweep_dir / "sweep.json", record)
+    return sweep_dir
+
+
+def no_sacct(job_ids):
+    raise AssertionError(f"sacct asked about {job_ids} for a sweep without Slurm jobs")
+
+
+def test_status_of_a_local_sweep_comes_from_the_run_folders(tmp_path):
+    sweep_dir = make_sweep(tmp_path / "s", "local", {
+        "done": {"status": "completed", "epochs_done": 2, "test_acc": 0.9, "started": "2026-01-01T10:00:00+00:00",
+                 "finished": "2026-01-01T11:02:03+00:00", "host": "n1"},
+        "broken": {"status": "failed", "error": ERROR},
+        "training": {"status": "running", "epochs_done": 1, "started": "2026-01-01T10:00:00+00:00", "host": "n2"},
+        "queued": {"job": ""},
+    }, metrics={"done": [[1, 0.6, 0.6, 0.6, 0.55, 1.0, 10], [2, 0.5, 0.7, 0.5, 0.75, 1.0, 10]],
+                "training": [[1, 0.6, 0.6, 0.6, 0.5, 1.0, 10]]})
+    runs = {s.run_id: s for s in collect(sweep_dir, sacct_fn=no_sacct)}
+    assert {r: s.state for r, s in runs.items()} == {"broken": "failed", "done": "completed", "queued": "pending",
+                                                     "training": "running"}
+    assert (runs["done"].elapsed, runs["done"].node, runs["done"].val_acc, runs["done"].test_acc) == ("01:02:03", "n1", 0.75, 0.9)
+    assert runs["training"].val_acc == 0.5 and runs["training"].node == "n2" and runs["queued"].node == ""
+    assert (runs["done"].epoch, runs["training"].epoch, runs["queued"].epoch) == ("2/2", "1/2", "0/2")
+    assert runs["broken"].error == ERROR
+    table = format_status(list(runs.values()))
+    assert ERROR[:59] + "…" in table
+    assert ERROR not in table and table.endswith("4 runs: 1 failed, 1 completed, 1 pending, 1 running")
+
+
+def test_epoch_shows_progress_against_the_configured_epochs(tmp_path, tiny_data, write_yaml):
+    from crackhpc.config import load_sweep
+    from crackhpc.launcher import plan_sweep, prepare_runs
+
+    from .conftest import tiny_sweep
+
+    sweep = load_sweep(write_yaml(tiny_sweep(tiny_data, defaults={"epochs": 5})))
+    sweep_dir, specs, record, _ = plan_sweep(sweep, tmp_path, retry_failed=False)
+    (spec,) = prepare_runs(sweep, tmp_path, sweep_dir, specs, record, "local")
+    rundir.update_result(sweep_dir / spec.run_id, status="running", epochs_done=3)
+    (run,) = collect(sweep_dir, sacct_fn=no_sacct)
+    assert run.state == "running" and run.epoch == "3/5"
+
+
+SACCT = """\
+70_0|COMPLETED|00:01:00|n1|billing=1,cpu=1,mem=1G,node=1|None
+70_1|CANCELLED by 0|00:00:30|n1|cpu=1|None
+70_2|TIMEOUT|00:10:00|n2|cpu=1|None
+70_5|FAILED|00:00:09|n2|cpu=1|None
+70_6|COMPLETED|00:00:09|n2|cpu=1|None
+70_7|FAILED|00:00:09|n2|cpu=1|None
+70_[3-4%2]|PENDING|00:00:00|None assigned||Resources
+71|RUNNING|00:00:05|n3|cpu=2,gres/gpu=1|None
+"""
+
+
+def test_sacct_rows_expand_pending_array_ranges():
+    jobs = parse_sacct(SACCT)
+    assert jobs["70_3"] is jobs["70_4"] and jobs["70_4"].state == "PENDING" and jobs["70_4"].reason == "Resources"
+    assert jobs["70_1"].state == "CANCELLED" and jobs["71"].tres == "cpu=2,gres/gpu=1" and jobs["70_3"].node == ""
+    assert "70_8" not in jobs
+
+
+@pytest.mark.parametrize("recorded, slurm, merged", [
+    ("completed", "RUNNING", "completed"),  # the worker finished: Slurm is still tearing down
+    ("completed", "", "completed"),
+    ("running", "CANCELLED", "cancelled"),  # scancel by hand: the worker never got to say so
+    ("cancelled", "RUNNING", "cancelled"),  # `crackhpc cancel` recorded it while Slurm stops the job
+    ("failed", "FAILED", "failed"),
+    ("running", "TIMEOUT", "timeout"),
+    ("running", "OUT_OF_MEMORY", "out_of_memory"),
+    ("running", "COMPLETED", "failed"),  # the job ended, the run did not
+    ("pending", "PENDING", "pending"),
+    ("requeued", "PENDING", "requeued"),
+    ("requeued", "RUNNING", "running"),
+    ("running", "", "running"),  # no sacct: the run folder is all there is
+])
+def test_merge_rules(recorded, slurm, merged):
+    assert merge(recorded, slurm) == merged
+
+
+def test_status_merges_sacct_with_the_run_folders(tmp_path):
+    asked = []
+
+    def sacct(job_ids):
+        asked.append(sorted(job_ids))
+        return SACCT
+
+    sweep_dir = make_sweep(tmp_path / "s", "slurm", {
+        "done": {"job": "70_0", "status": "completed", "test_acc": 0.8},
+        "scancelled": {"job": "70_1", "status": "running", "epochs_done": 1},
+        "slow": {"job": "70_2", "status": "running"},
+        "queued": {"job": "70_3"},
+        "preempted": {"job": "70_4", "status": "requeued", "requeues": 1},
+        "raised": {"job": "70_5", "status": "failed", "error": ERROR},
+        "vanished": {"job": "70_6", "status": "running"},
+        "setup_failed": {"job": "70_7", "status": "pending"},
+        "gpu": {"job": "71", "status": "running"},
+    })
+    runs = {s.run_id: s for s in run_statuses(sweep_dir, ["done", "scancelled", "slow", "queued", "preempted", "raised",
+                                                          "vanished", "setup_failed", "gpu"], sacct_fn=sacct)}
+    assert asked == [["70_0", "70_1", "70_2", "70_3", "70_4", "70_5", "70_6", "70_7", "71"]]  # one sacct call
+    assert {r: s.state for r, s in runs.items()} == {
+        "done": "completed", "scancelled": "cancelled", "slow": "timeout", "queued": "pending",
+        "preempted": "requeued", "raised": "failed", "vanished": "failed", "setup_failed": "failed", "gpu": "running"}
+    assert runs["slow"].error == "job 70_2 ended TIMEOUT before the worker recorded a result; see /logs/70_2.err"
+    assert runs["setup_failed"].error.startswith("job 70_7 ended FAILED before the worker recorded a result")
+    assert runs["raised"].error == ERROR and runs["queued"].error == "waiting: Resources"
+    assert runs["scancelled"].error == "" and runs["done"].error == ""
+    assert (runs["gpu"].node, runs["gpu"].elapsed, runs["gpu"].tres) == ("n3", "00:00:05", "cpu=2,gres/gpu=1")
+    assert [r for r, s in runs.items() if s.live] == ["queued", "preempted", "gpu"]
+
+
+def test_cancel_scancels_live_jobs_and_records_cancelled(tmp_path):
+    sweep_dir = make_sweep(tmp_path / "s", "slurm", {
+        "done": {"job": "70_0", "status": "completed"},
+        "queued": {"job": "70_3"},
+        "gpu": {"job": "71", "status": "running"},
+        "never_submitted": {"job": ""},
+    })
+    scancelled, lines = [], []
+    cancelled = cancel(sweep_dir, sacct_fn=lambda ids: SACCT, scancel_fn=lambda ids, echo: scancelled.extend(ids),
+                       echo=lines.append)
+    assert sorted(scancelled) == ["70_3", "71"] and cancelled == ["gpu", "never_submitted", "queued"]
+    assert {r: rundir.read_result(sweep_dir / r)["status"] for r in ("done", "queued", "gpu", "never_submitted")} == {
+        "done": "completed", "queued": "cancelled", "gpu": "cancelled", "never_submitted": "cancelled"}
+    assert "  gpu: cancelled (job 71)" in lines
+
+
+def test_cancel_named_runs_only_and_keeps_finished_ones(tmp_path, capsys, monkeypatch):
+    import crackhpc.status as status
+
+    sweep_dir = make_sweep(tmp_path / "s", "slurm", {
+        "done": {"job": "70_0", "status": "completed"}, "queued": {"job": "70_3"}, "gpu": {"job": "71", "status": "running"}})
+    scancelled = []
+    monkeypatch.setattr(status, "sacct", lambda ids: SACCT)
+    monkeypatch.setattr(status, "scancel", lambda ids, echo: scancelled.extend(ids))
+    assert main(["cancel", str(sweep_dir), "done", "gpu"]) == 0
+    out = capsys.readouterr().out
+    assert "done: already completed, left as it is" in out and "1 run(s) cancelled" in out
+    assert scancelled == ["71"] and rundir.read_result(sweep_dir / "queued")["status"] == "pending"
+    assert main(["cancel", str(sweep_dir), "nope"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {sweep_dir}: no run 'nope' (`crackhpc status {sweep_dir}` lists them)"
+
+
+def test_a_job_that_finishes_while_being_cancelled_keeps_its_outcome(tmp_path):
+    sweep_dir = make_sweep(tmp_path / "s", "slurm", {"gpu": {"job": "71", "status": "running"}})
+
+    def finishes_first(ids, echo):
+        rundir.update_result(sweep_dir / "gpu", status="completed")
+
+    assert cancel(sweep_dir, sacct_fn=lambda ids: SACCT, scancel_fn=finishes_first, echo=lambda *_: None) == []
+    assert rundir.read_result(sweep_dir / "gpu")["status"] == "completed"
+
+
+def fake_controller(folder):
+    """A process whose command line looks like submitit's local controller for `folder`; it exits 0
+    on SIGINT. Returned once it runs, with Python's SIGINT handler in place."""
+    code = "import time\ntry:\n    print('ready', flush=True)\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    pass"
+    proc = subprocess.Popen([sys.executable, "-c", code, "submitit.local._local", str(folder)], stdout=subprocess.PIPE)
+    assert proc.stdout.readline() == b"ready\n"
+    return proc
+
+
+def test_kill_local_stops_only_this_sweeps_controller(tmp_path):
+    other = fake_controller(tmp_path / "other" / "submitit")
+    ours = fake_controller(tmp_path / "s" / "submitit")
+    try:
+        assert not kill_local(str(other.pid), tmp_path / "s" / "submitit")
+        assert kill_local(str(ours.pid), tmp_path / "s" / "submitit")
+        assert ours.wait(timeout=5) == 0 and other.poll() is None  # SIGINT: KeyboardInterrupt, as LocalJob.cancel
+        assert not kill_local("999999999", tmp_path / "s" / "submitit")
+    finally:
+        other.kill()
+        ours.kill()
+
+
+def test_cancel_of_a_local_run_kills_its_controller(tmp_path):
+    sweep_dir = make_sweep(tmp_path / "s", "local", {"r": {"job": "", "status": "running"}})
+    proc = fake_controller(sweep_dir.resolve() / "submitit")
+    record = json.loads((sweep_dir / "sweep.json").read_text())
+    record["runs"]["r"] = {"job_id": str(proc.pid), "executor": "local"}
+    atomic.write_json(sweep_dir / "sweep.json", record)
+    try:
+        assert cancel(sweep_dir, sacct_fn=no_sacct, echo=lambda *_: None) == ["r"]
+        assert proc.wait(timeout=5) == 0 and rundir.read_result(sweep_dir / "r")["status"] == "cancelled"
+    finally:
+        proc.kill()
+
+
+def test_status_of_a_missing_folder_is_one_line(tmp_path, capsys):
+    assert main(["status", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'}: no such sweep folder (run `crackhpc sweep jobs/<name>.yaml` first)"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CrackhpcError, match="no runs in it"):
+        collect(tmp_path / "empty", sacct_fn=no_sacct)

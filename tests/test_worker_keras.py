@@ -1,0 +1,152 @@
+"""Real short training runs of the Keras worker on tiny synthetic images (pretrained false, CPU)."""
+import contextlib
+import csv
+import json
+
+import pytest
+
+# Triton (which torchvision imports) segfaults when it loads after TensorFlow 2.21, and the torch
+# tests run in this same pytest process; loaded before TensorFlow, it is fine.
+with contextlib.suppress(ImportError):
+    import torchvision  # noqa: F401
+
+pytest.importorskip("tensorflow", reason="the Keras worker needs TensorFlow: pip install 'crackhpc[tf]'")
+
+from crackhpc import rundir  # noqa: E402
+from crackhpc.config import load_sweep  # noqa: E402
+from crackhpc.errors import CrackhpcError, WeightsError  # noqa: E402
+from crackhpc.grid import expand  # noqa: E402
+from crackhpc.launcher import submit, write_run_folders  # noqa: E402
+from crackhpc.worker import run  # noqa: E402
+
+from .conftest import tiny_sweep  # noqa: E402
+
+pytestmark = pytest.mark.tf
+
+KERAS = {"framework": "keras", "model": "vgg16"}
+# Frozen backbone, head trained on cached features. SGD, not Adam: Adam's update ignores the
+# gradient's scale, so a wrongly summed (instead of averaged) gradient would go unnoticed.
+HEAD_ONLY = {**KERAS, "epochs": 30, "lr": 0.01, "optimizer": "sgd"}
+RESULT_KEYS = {"epochs_done", "best_val_acc", "best_epoch", "test_loss", "test_acc", "n_train", "n_valid", "n_test",
+               "skipped_images", "wall_time_s", "images_per_s", "world_size", "device", "feature_cache"}
+
+
+def _run_folders(tmp_path, write_yaml, data_root, defaults, name="tiny", **top):
+    sweep = load_sweep(write_yaml(tiny_sweep(data_root, name=name, defaults={**KERAS, **defaults}, **top), f"{name}.yaml"))
+    specs = write_run_folders(expand(sweep), tmp_path / "results" / sweep.name, data_root, sweep)
+    return [tmp_path / "results" / sweep.name / spec.run_id for spec in specs]
+
+
+def _rows(run_dir):
+    return list(csv.DictReader(open(run_dir / "metrics.csv")))
+
+
+@pytest.mark.parametrize("model, frozen", [("vgg16", False), ("resnet50", True)])
+def test_each_model_trains_to_a_result(tmp_path, write_yaml, tiny_data, model, frozen):
+    (run_dir,) = _run_folders(tmp_path, write_yaml, tiny_data, {"model": model, "freeze_backbone": frozen})
+    metrics = run(run_dir)
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "completed", result.get("error")
+    assert RESULT_KEYS <= set(metrics) and metrics["test_acc"] == result["test_acc"]
+    assert result["epochs_done"] == 2 and result["n_train"] == 20 and result["n_test"] == 10
+    assert result["feature_cache"] == ("computed" if frozen else "off")
+    assert (result["backend"], result["world_size"], result["device"]) == ("single", 1, "cpu")
+    rows = _rows(run_dir)
+    assert [r["epoch"] for r in rows] == ["1", "2"] and tuple(rows[0]) == rundir.METRIC_COLUMNS
+    wrong = list(csv.DictReader(open(run_dir / "misclassified.csv")))
+    assert len(wrong) == round((1 - result["test_acc"]) * result["n_test"])
+    assert all(r["predicted"] != r["true"] and 0.5 <= float(r["probability"]) <= 1 for r in wrong)
+    assert (run_dir / "checkpoint.npz").is_file()
+
+
+def test_resumed_run_repeats_the_uninterrupted_one(tmp_path, write_yaml, tiny_data):
+    """Weights, optimizer state and the per-epoch shuffle all come back: the last epoch and the
+    test loss of a run stopped after epoch 2 and resumed equal those of a run never stopped."""
+    (whole,) = _run_folders(tmp_path, write_yaml, tiny_data, {"epochs": 3, "lr": 0.01}, name="whole")
+    (split,) = _run_folders(tmp_path, write_yaml, tiny_data, {"epochs": 2, "lr": 0.01}, name="split")
+    uninterrupted = run(whole)
+    first = run(split)
+    config = (split / "config.yaml").read_text()
+    (split / "config.yaml").write_text(config.replace("epochs: 2", "epochs: 3"))
+    resumed = run(split)
+    assert "resumed from checkpoint.npz after epoch 2" in (split / "worker.log").read_text()
+    assert [r["epoch"] for r in _rows(split)] == ["1", "2", "3"] and resumed["epochs_done"] == 3
+    for key in ("train_loss", "val_loss"):
+        assert float(_rows(split)[2][key]) == pytest.approx(float(_rows(whole)[2][key]), rel=1e-5)
+    assert resumed["test_loss"] == pytest.approx(uninterrupted["test_loss"], rel=1e-5)
+    assert resumed["wall_time_s"] > first["wall_time_s"]
+
+
+def test_backbone_features_are_computed_once_for_the_sweep(tmp_path, write_yaml, tiny_data):
+    first, second = _run_folders(tmp_path, write_yaml, tiny_data, {}, grid={"lr": [0.01, 0.001]})
+    assert run(first)["feature_cache"] == "computed"
+    assert run(second)["feature_cache"] == "reused"
+    cached = list((first.parent / ".cache" / "features").glob("*.npy"))
+    assert [p.name.startswith("features-keras-vgg16-") for p in cached] == [True]
+
+
+def test_pretrained_without_cached_weights_fails_with_where_to_put_them(tmp_path, write_yaml, tiny_data, monkeypatch):
+    monkeypatch.setenv("CRACKHPC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    (run_dir,) = _run_folders(tmp_path, write_yaml, tiny_data, {"pretrained": True})
+    with pytest.raises(WeightsError, match=r"place vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 .* in .*cache/keras"):
+        run(run_dir)
+    assert rundir.read_result(run_dir)["status"] == "failed"
+
+
+def test_pretrained_weights_from_the_offline_cache_are_used(tmp_path, write_yaml, tiny_data, monkeypatch):
+    """A stand-in for the published notop file, in its format (Keras 2 HDF5, by layer name):
+    the cached features must be that network's on the run's preprocessed images."""
+    import dataclasses
+
+    import h5py
+    import keras
+    import numpy as np
+    from keras.src.legacy.saving import legacy_h5_format
+
+    from crackhpc import weights
+
+    keras.utils.set_random_seed(123)
+    net = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")
+    spec = weights.CATALOG[("keras", "vgg16")]
+    path = tmp_path / "cache" / "keras" / spec.filename
+    path.parent.mkdir(parents=True)
+    with h5py.File(path, "w") as fh:
+        legacy_h5_format.save_weights_to_hdf5_group(fh, net)
+    monkeypatch.setitem(weights.CATALOG, ("keras", "vgg16"), dataclasses.replace(spec, digest=weights.file_digest(path, "md5")))
+    monkeypatch.setenv("CRACKHPC_CACHE", str(tmp_path / "cache"))
+    (run_dir,) = _run_folders(tmp_path, write_yaml, tiny_data, {"pretrained": True, "epochs": 1})
+    assert run(run_dir)["feature_cache"] == "computed"
+    cache = run_dir.parent / ".cache"
+    (features,) = [np.load(p) for p in (cache / "features").glob("*.npy")]
+    (images,) = [np.load(p) for p in (cache / "images").glob("*px.npy")]
+    expected = net.predict(keras.applications.vgg16.preprocess_input(images[:4].astype("float32")), verbose=0)
+    np.testing.assert_allclose(features[:4], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_horovod_backend_without_horovod_is_one_clear_line(tmp_path, write_yaml, tiny_data):
+    (run_dir,) = _run_folders(tmp_path, write_yaml, tiny_data, {"backend": "horovod"})
+    with pytest.raises(CrackhpcError, match=r"HOROVOD_WITH_TENSORFLOW=1"):
+        run(run_dir)
+    error = rundir.read_result(run_dir)["error"]
+    assert error.startswith("BackendError: backend horovod: horovod is not installed; install the extra with "
+                            "`pip install 'crackhpc[horovod]'`") and "\n" not in error
+
+
+def test_two_worker_tf_distribute_run_matches_one_process(tmp_path, write_yaml, tiny_data):
+    """Two local processes under MultiWorkerMirroredStrategy (TF_CONFIG from the job's ranks).
+    On identical cached features the two halves of each global batch give the single process's
+    mean gradient, so the test loss agrees up to float rounding (tolerance 1e-4)."""
+    resources = {"gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 3, "tasks_per_node": 2}
+    sweep = load_sweep(write_yaml(tiny_sweep(tiny_data, name="two", defaults=HEAD_ONLY, resources=resources)))
+    submit(sweep, tmp_path / "results", "local", echo=lambda *_: None)
+    (run_id,) = json.loads((tmp_path / "results" / "two" / "sweep.json").read_text())["runs"]
+    two = rundir.read_result(tmp_path / "results" / "two" / run_id)
+    assert two["status"] == "completed", two.get("error")
+    assert (two["world_size"], two["backend"], two["params_in_sync"]) == (2, "tf-distribute", True)
+    assert len(_rows(tmp_path / "results" / "two" / run_id)) == 30
+    (single,) = _run_folders(tmp_path, write_yaml, tiny_data, HEAD_ONLY, name="one")
+    one = run(single)
+    assert one["world_size"] == 1 and "params_in_sync" not in one
+    assert abs(two["test_acc"] - one["test_acc"]) <= 0.1 + 1e-9
+    assert two["test_loss"] == pytest.approx(one["test_loss"], abs=1e-4)
