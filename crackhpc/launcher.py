@@ -80,6 +80,8 @@ _CONSTRUCTOR_PARAMETERS = ("slurm_max_num_timeout",)
 def make_executor(kind: str, folder: Path, params: dict):
     import submitit
 
+    if kind == "slurm" and not shutil.which("srun"):  # submitit's own check would end in a traceback
+        raise CrackhpcError("executor slurm: srun not found on PATH; run this on a Slurm login node, or use --executor local")
     executor = submitit.AutoExecutor(folder=folder, cluster=kind,
                                      **{k: v for k, v in params.items() if k in _CONSTRUCTOR_PARAMETERS})
     executor.update_parameters(**{k: v for k, v in params.items() if k not in _CONSTRUCTOR_PARAMETERS})
@@ -185,7 +187,8 @@ def submit(sweep: Sweep, results: Path, executor_kind: str = "auto", dry_run: bo
         for group in groups.values():
             res = group[0].resources
             params = executor_parameters(res, kind, sweep.name)
-            echo(f"  job array of {len(group)}: " + ", ".join(f"{k}={v}" for k, v in sorted(params.items())))
+            shape = f"job array of {len(group)} runs" if len(group) > 1 else "job of 1 run"  # submitit's choice too
+            echo(f"  {shape}: " + ", ".join(f"{k}={v}" for k, v in sorted(params.items())))
             if kind == "slurm":
                 echo(sbatch_preview(make_executor("slurm", sweep_dir / SUBMITIT_DIR, params), len(group)))
         return record
@@ -207,7 +210,7 @@ def submit(sweep: Sweep, results: Path, executor_kind: str = "auto", dry_run: bo
                 submitted = [(s, executor.submit(Worker(sweep_dir / s.run_id))) for s in group]
         for spec, job in submitted:
             record_job(record, spec.run_id, job.job_id, kind, job.paths.stdout, job.paths.stderr)
-            echo(f"  {spec.run_id}  job {job.job_id}  log {job.paths.stdout}")
+            echo(f"  {spec.run_id}  job {job.job_id}  logs {job.paths.stdout.with_suffix('')}.{{out,err}}")
             jobs.append((spec, job))
     atomic.write_json(sweep_dir / SWEEP_JSON, record)
     if wait if wait is not None else kind != "slurm":

@@ -117,3 +117,9 @@ def test_sbatch_command_skips_completed_runs(tmp_path, write_yaml, tiny_data, ca
     rundir.update_result(run_dir, status="completed")
     assert main(["sbatch", str(path), "--results", str(tmp_path)]) == 0
     assert f"{run_dir.name}  skip: completed" in capsys.readouterr().out
+
+
+def test_slurm_dry_run_without_slurm_is_one_line(tmp_path, write_yaml, tiny_data, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun, no sbatch
+    assert main(["sweep", str(write_yaml(tiny_sweep(tiny_data))), "--executor", "slurm", "--dry-run"]) == 2
+    assert capsys.readouterr().err == "error: executor slurm: srun not found on PATH; run this on a Slurm login node, or use --executor local\n"
