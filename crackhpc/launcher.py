@@ -21,7 +21,9 @@ from .errors import CrackhpcError
 
 SWEEP_JSON = "sweep.json"
 SUBMITIT_DIR = "submitit"  # submitit's scripts, pickles and logs, in the sweep folder
-ACTIVE_SLURM_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING")
+# Job states that are not final: the job may still run, so its run must not be submitted again.
+ACTIVE_SLURM_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
+                       "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SPECIAL_EXIT", "SIGNALING", "STAGE_OUT", "STOPPED")
 
 
 def resolve_executor(kind: str) -> str:

@@ -48,11 +48,12 @@ def until(condition, what: str, timeout_s: float = 180):
 
 
 def finished(sweep_dir, timeout_s: float = 180):
-    """The runs' statuses once they have ended, and their jobs too: a worker records its outcome
-    (and submitit's wait returns) a moment before Slurm has ended the job."""
+    """The runs' statuses once they have ended and sacct has their jobs' final rows: a worker records
+    its outcome (and submitit's wait returns) a moment before Slurm has ended the job, and slurmdbd
+    gets the job's accounting a moment later still."""
     def done():
         runs = collect(sweep_dir)
-        return not any(r.live or r.slurm_state in ACTIVE_SLURM_STATES for r in runs) and runs
+        return not any(r.live or r.slurm_state in ("", *ACTIVE_SLURM_STATES) for r in runs) and runs
 
     return until(done, f"runs of {sweep_dir} finishing", timeout_s)
 
@@ -112,7 +113,7 @@ def test_sweeping_again_skips_completed_runs(array_sweep):
 def test_two_tasks_train_data_parallel(tmp_path, tiny_data):
     submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "ddp", resources={"tasks_per_node": 2})), tmp_path, "slurm",
            wait=True, **quiet)
-    (run,) = collect(tmp_path / "ddp")
+    (run,) = finished(tmp_path / "ddp")
     assert run.state == "completed" and "cpu=2" in run.tres
     assert rundir.read_result(tmp_path / "ddp" / run.run_id)["world_size"] == 2
 
@@ -120,7 +121,7 @@ def test_two_tasks_train_data_parallel(tmp_path, tiny_data):
 def test_gpu_job_is_scheduled_on_the_nodes_gpus(tmp_path, tiny_data):
     submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "gpu", resources={"gpus_per_node": 1})), tmp_path, "slurm",
            wait=True, **quiet)
-    (run,) = collect(tmp_path / "gpu")
+    (run,) = finished(tmp_path / "gpu")
     assert run.state == "completed" and "gres/gpu=1" in run.tres
     assert rundir.read_result(tmp_path / "gpu" / run.run_id)["device"] == "cpu"  # placeholder GPUs: no CUDA
 
@@ -156,15 +157,19 @@ def test_run_that_raises_fails_once_with_its_error_in_status_and_report(tmp_path
 
 
 def test_live_jobs_are_left_alone_until_cancelled(tmp_path, tiny_data):
-    sweep = load_sweep(slurm_yaml(tmp_path, tiny_data, "cancel", defaults=SLOW))
+    sweep = load_sweep(slurm_yaml(tmp_path, tiny_data, "cancel", defaults={**SLOW, "epochs": 30}))
     record = submit(sweep, tmp_path, "slurm", **quiet)
     ((run_id, job),) = record["runs"].items()
     lines = []
     submit(sweep, tmp_path, "slurm", dry_run=True, echo=lines.append)
     assert "1 runs, 0 to submit" in lines[0] and re.search(rf"skip: job {job['job_id']} (pending|running)", lines[1])
+    # Cancelled mid-training: the worker, which ignores SIGTERM, must not outlive the cancel.
+    until(lambda: rundir.read_result(tmp_path / "cancel" / run_id).get("epochs_done"), "first epoch", 120)
 
     assert "1 run(s) cancelled" in cli("cancel", tmp_path / "cancel")
-    (run,) = collect(tmp_path / "cancel")
+    until(lambda: not subprocess.run(["squeue", "-h", "-j", job["job_id"]], capture_output=True, text=True).stdout,
+          "job gone from the queue", 60)  # until then the worker could still write result.json
+    (run,) = finished(tmp_path / "cancel")
     assert (run.state, run.slurm_state) == ("cancelled", "CANCELLED")
     assert rundir.read_result(tmp_path / "cancel" / run_id)["status"] == "cancelled"  # what report reads
     assert re.search(rf"{run_id}\s+cancelled\s+{job['job_id']}\s", cli("status", tmp_path / "cancel"))
