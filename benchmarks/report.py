@@ -1,0 +1,85 @@
+"""The benchmark's output: latest.csv (one row per model) and latest.md, whose tables are also printed."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from crackhpc import atomic
+
+# The issue's acceptance: crackhpc at least this many times faster over the sweep, and every
+# run's test accuracy within this many percentage points of the naive loop's.
+MIN_SPEEDUP = 12.0
+MAX_ACC_POINTS = 0.5
+
+SUMMARY = ("model", "n_images", "image_px", "input_px", "runs", "epochs", "naive_s", "naive_epoch_s",
+           "crackhpc_s", "speedup", "naive_cpu_s", "crackhpc_cpu_s", "cpu_speedup", "naive_img_s",
+           "crackhpc_img_s", "naive_backbone_images", "crackhpc_backbone_images", "crackhpc_feature_passes",
+           "baseline_rss_mb", "naive_peak_rss_mb", "crackhpc_peak_rss_mb", "n_test", "max_acc_diff_points", "max_acc_diff_images", "max_disagree_images",
+           "one_epoch_naive_s", "one_epoch_crackhpc_s", "one_epoch_speedup", "decode_pil_img_s",
+           "decode_cache_img_s", "runs_lr_seed", "naive_test_acc", "crackhpc_test_acc", "threads",
+           "loadavg_start", "loadavg_end", "torch", "date")
+RUNS = ("model", "lr", "seed", "naive_test_acc", "crackhpc_test_acc", "diff_points", "diff_images",
+        "disagree_images", "naive_run_s", "crackhpc_run_s", "feature_cache")
+
+
+def cell(value: Any) -> str:
+    """Three significant figures, whole numbers from 100 up: enough to read a benchmark by."""
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def markdown(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [list(header)] + [[cell(v) for v in row] for row in rows]
+    widths = [max(len(r[k]) for r in cells) for k in range(len(header))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def _csv(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def verdicts(row: dict) -> str:
+    def met(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    return (f"- **{row['model']}** ({row['n_images']} images, {row['runs']} runs x {row['epochs']} epochs): "
+            f"speedup {row['speedup']:.1f}x (>= {MIN_SPEEDUP:g}x: {met(row['speedup'] >= MIN_SPEEDUP)}); "
+            f"largest test-accuracy difference {row['max_acc_diff_points']:.2f} points = "
+            f"{row['max_acc_diff_images']} of {row['n_test']} test images "
+            f"(<= {MAX_ACC_POINTS:g} points: {met(row['max_acc_diff_points'] <= MAX_ACC_POINTS)}), "
+            f"predictions differ on at most {row['max_disagree_images']} test images; "
+            f"1-epoch run {row['one_epoch_speedup']:.1f}x (no slower than naive: {met(row['one_epoch_speedup'] >= 1)})")
+
+
+def report(rows: list[dict], runs: list[dict], argv: list[str]) -> str:
+    speed = ("model", "n_images", "runs", "epochs", "naive_s", "naive_epoch_s", "crackhpc_s", "speedup",
+             "cpu_speedup", "naive_img_s", "crackhpc_img_s", "naive_backbone_images", "crackhpc_backbone_images",
+             "one_epoch_naive_s", "one_epoch_crackhpc_s")
+    other = ("model", "baseline_rss_mb", "naive_peak_rss_mb", "crackhpc_peak_rss_mb", "n_test",
+             "max_acc_diff_points", "max_acc_diff_images", "max_disagree_images", "decode_pil_img_s",
+             "decode_cache_img_s")
+    first = rows[0]
+    load = ", ".join(f"{r['loadavg_start']:.1f}->{r['loadavg_end']:.1f}" for r in rows)
+    return "\n\n".join([
+        "# Frozen-backbone sweep: naive loop vs crackhpc",
+        f"`python -m benchmarks.frozen_backbone {' '.join(argv)}` on {os.cpu_count()} CPUs, "
+        f"{first['threads']} torch threads, torch {first['torch']}, {first['date']}; "
+        f"1-minute load average {load} (above {os.cpu_count()}: other processes competed for the CPUs).",
+        markdown(speed, [[r[k] for k in speed] for r in rows]),
+        markdown(other, [[r[k] for k in other] for r in rows]),
+        "\n".join(verdicts(r) for r in rows),
+        "## Runs",
+        markdown(RUNS, [[r[k] for k in RUNS] for r in runs]),
+    ]) + "\n"
+
+
+def write(out: Path, rows: list[dict], runs: list[dict], argv: list[str]) -> str:
+    """The CSV at `out`, the markdown next to it; returns the markdown."""
+    atomic.write_csv(out, SUMMARY, [[_csv(r[k]) for k in SUMMARY] for r in rows])
+    text = report(rows, runs, argv)
+    atomic.write_text(out.with_suffix(".md"), text)
+    return text
