@@ -71,6 +71,27 @@ def finish_epoch(run_dir: Path, env: DistEnv, log, rows: list, epoch: int, epoch
         rundir.update_result(run_dir, status="running", epochs_done=epoch)
 
 
+def fit(trainer, start: float, state: dict):
+    """The loop both workers share: epochs from the checkpoint's on, then the test split.
+
+    `trainer` has cfg, env, log, run_dir, data, train_epoch(epoch), evaluate(split) and
+    save_checkpoint(epoch, rows, elapsed). Returns (rows, test_loss, test_acc, test_records, wall_s).
+    """
+    rows, elapsed_before = list(state["rows"]), state["elapsed"]
+    for epoch in range(state["epoch"] + 1, trainer.cfg.epochs + 1):
+        t0 = time.perf_counter()
+        train_loss, train_acc, n_train = trainer.train_epoch(epoch)
+        val_loss, val_acc, val_records = trainer.evaluate("valid")
+        finish_epoch(trainer.run_dir, trainer.env, trainer.log, rows, epoch, trainer.cfg.epochs,
+                     (train_loss, train_acc), (val_loss, val_acc), time.perf_counter() - t0,
+                     n_train + len(val_records),
+                     lambda: trainer.save_checkpoint(epoch, rows, elapsed_before + time.perf_counter() - start))
+    test_loss, test_acc, records = trainer.evaluate("test")
+    if trainer.env.is_main:
+        write_misclassified(trainer.run_dir, trainer.data, records)
+    return rows, test_loss, test_acc, records, elapsed_before + time.perf_counter() - start
+
+
 def accuracy(records: Sequence[Record], labels: np.ndarray) -> float:
     return sum(1 for pos, pred, _ in records if pred == labels[pos]) / max(len(records), 1)
 

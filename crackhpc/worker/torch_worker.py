@@ -235,20 +235,7 @@ class Trainer:
         start = time.perf_counter()
         self.prepare()
         state = self.load_checkpoint()
-        rows, first = list(state["rows"]), state["epoch"] + 1
-        elapsed_before = state["elapsed"]
-        for epoch in range(first, self.cfg.epochs + 1):
-            t0 = time.perf_counter()
-            train_loss, train_acc, n_train = self.train_epoch(epoch)
-            val_loss, val_acc, val_records = self.evaluate("valid")
-            common.finish_epoch(self.run_dir, self.env, self.log, rows, epoch, self.cfg.epochs,
-                                (train_loss, train_acc), (val_loss, val_acc), time.perf_counter() - t0,
-                                n_train + len(val_records),
-                                lambda: self.save_checkpoint(epoch, rows, elapsed_before + time.perf_counter() - start))
-        test_loss, test_acc, records = self.evaluate("test")
-        wall = elapsed_before + time.perf_counter() - start
-        if self.env.is_main:
-            common.write_misclassified(self.run_dir, self.data, records)
+        rows, test_loss, test_acc, records, wall = common.fit(self, start, state)
         in_sync = None
         if self.env.world_size > 1:
             digest = common.state_digest(t.detach().cpu().numpy() for t in self.model.state_dict().values())

@@ -49,23 +49,8 @@ wait_for() {
     done
 }
 
-# running NAME PIDFILE: true if the pid in PIDFILE is alive and is NAME.
-running() {
-    local pid
-    pid=$(cat "$2" 2>/dev/null) || return 1
-    [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ]
-}
-
-# stop_pidfile NAME PIDFILE: TERM the daemon and wait for it to exit.
-stop_pidfile() {
-    local pid
-    running "$1" "$2" || return 0
-    pid=$(cat "$2")
-    log "stopping $1 (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.5; done
-    kill -KILL "$pid" 2>/dev/null || true
-}
+# shellcheck source=pidfiles.sh
+. "$(dirname "$0")/pidfiles.sh"
 
 [ "$(id -u)" -eq 0 ] || die "must run as root"
 
