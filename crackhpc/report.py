@@ -38,7 +38,7 @@ STUDY = {
 }
 
 
-def _run_dirs(sweep_dir: Path) -> list[Path]:
+def run_dirs(sweep_dir: Path) -> list[Path]:
     named = set(atomic.read_json(sweep_dir / "sweep.json").get("runs", {})) if (sweep_dir / "sweep.json").is_file() else set()
     found = {p.name for p in sweep_dir.iterdir() if (p / rundir.CONFIG).is_file()}
     return [sweep_dir / name for name in sorted(named | found)]
@@ -64,7 +64,7 @@ def summary(sweep_dir: str | Path) -> pd.DataFrame:
     if not sweep_dir.is_dir():
         raise CrackhpcError(f"{sweep_dir}: no such sweep folder (run `crackhpc sweep jobs/<name>.yaml` first)")
     rows = []
-    for run_dir in _run_dirs(sweep_dir):
+    for run_dir in run_dirs(sweep_dir):
         row = {"run_id": run_dir.name}
         result = rundir.read_result(run_dir)
         row.update({k: result.get(k) for k in SUMMARY_COLUMNS if k in result and k != "run_id"})

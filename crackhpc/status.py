@@ -189,12 +189,12 @@ def run_statuses(sweep_dir: Path, run_ids: Iterable[str], record: dict | None = 
 
 def collect(sweep_dir: str | Path, sacct_fn: Sacct | None = None) -> list[RunStatus]:
     """Every run of a sweep folder: those in sweep.json and those with a run folder."""
-    from .report import _run_dirs
+    from .report import run_dirs
 
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise CrackhpcError(f"{sweep_dir}: no such sweep folder (run `crackhpc sweep jobs/<name>.yaml` first)")
-    run_ids = [p.name for p in _run_dirs(sweep_dir)]
+    run_ids = [p.name for p in run_dirs(sweep_dir)]
     if not run_ids:
         raise CrackhpcError(f"{sweep_dir}: no runs in it (no {SWEEP_JSON}, no run folders)")
     return run_statuses(sweep_dir, run_ids, sacct_fn=sacct_fn)
