@@ -15,7 +15,7 @@ def cmd_sweep(args) -> int:
     from .launcher import submit
     from .report import format_table, write_reports
 
-    sweep = load_sweep(args.sweep)
+    sweep = load_sweep(args.sweep, overrides=args.overrides)
     submit(sweep, Path(args.results), args.executor, dry_run=args.dry_run, retry_failed=args.retry_failed,
            wait=True if args.wait else None)
     sweep_dir = Path(args.results) / sweep.name
@@ -27,11 +27,12 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import REPORT_HTML, REPORT_MD, format_table, sort_runs, to_json, write_document, write_reports
+    from .report import (REPORT_HTML, REPORT_MD, format_table, run_dirs, sort_runs, to_json, write_document,
+                         write_reports)
 
     if args.misclassified < 0:
         raise CrackhpcError(f"--misclassified {args.misclassified}: give 0 (none) or more images per run")
-    df, comp = write_reports(args.sweep_dir)
+    df, comp = write_reports(args.sweep_dir, everything=args.all)
     df = sort_runs(df, args.sort, args.desc)
     markdown = write_document(args.sweep_dir, df, comp, examples=args.misclassified)
     if args.format == "text":
@@ -46,6 +47,9 @@ def cmd_report(args) -> int:
           + f" (figures in {sweep_dir / 'report'})", file=notes)
     for _, row in df[df["status"] == "failed"].iterrows():
         print(f"failed: {row['run_id']}: {row['error']}", file=notes)
+    older = len(run_dirs(sweep_dir)) - len(df)
+    if older > 0:
+        print(f"not shown: {older} run{'s' * (older > 1)} of earlier versions of the sweep file (--all includes them)", file=notes)
     return 0
 
 
@@ -81,7 +85,7 @@ def cmd_sbatch(args) -> int:
     from .config import load_sweep
     from .sbatch import write_scripts
 
-    write_scripts(load_sweep(args.sweep), Path(args.results), Path(args.out) if args.out else None,
+    write_scripts(load_sweep(args.sweep, overrides=args.overrides), Path(args.results), Path(args.out) if args.out else None,
                   submit=args.submit, retry_failed=args.retry_failed)
     return 0
 
@@ -127,6 +131,12 @@ def cmd_data_fetch(args) -> int:
     return 0 if report.ok else 1
 
 
+def _add_set_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="edit the sweep for this call, repeatable: --set defaults.epochs=2 --set data.root=null "
+                        "--set 'data.synthetic={n: 400, size: 64}' (VALUE is YAML; list items by index: runs.0.lr=0.01)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crackhpc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print runs and requested resources, submit nothing")
     p.add_argument("--retry-failed", action="store_true", help="resubmit runs whose last attempt failed")
     p.add_argument("--wait", action="store_true", help="with slurm: wait for the jobs and print the report")
+    _add_set_option(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="summary.csv, comparison.csv, report.md/.html and figures of a sweep's runs")
@@ -147,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what to print: text tables (default), the run table as CSV, report.md, or JSON")
     p.add_argument("--sort", metavar="COLUMN", help="order the runs by this summary.csv column, e.g. test_acc")
     p.add_argument("--desc", action="store_true", help="with --sort: largest first")
+    p.add_argument("--all", action="store_true",
+                   help="also the runs of earlier versions of the sweep file (default: the runs it has now)")
     p.add_argument("--misclassified", type=int, default=4, metavar="N",
                    help="misclassified test images shown per run (default 4, as in the study)")
     p.set_defaults(func=cmd_report)
@@ -175,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="write the scripts to DIR/<run id>.sbatch (default: <run folder>/job.sbatch)")
     p.add_argument("--submit", action="store_true", help="sbatch each script and record the job ids for status and cancel")
     p.add_argument("--retry-failed", action="store_true", help="also write runs whose last attempt failed or was cancelled")
+    _add_set_option(p)
     p.set_defaults(func=cmd_sbatch)
 
     data = sub.add_parser("data", help="datasets: synth, verify, split, fetch").add_subparsers(dest="data_command", required=True)

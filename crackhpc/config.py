@@ -22,7 +22,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
@@ -126,6 +126,7 @@ class Sweep:
     grid: Mapping[str, tuple]
     runs: tuple[Mapping[str, Any], ...]
     resources: Resources
+    overrides: tuple[str, ...] = ()  # the command line's --set edits, kept for sweep.json
 
 
 _TOP_KEYS = ("name", "description", "executor", "data", "defaults", "grid", "runs", "resources")
@@ -287,10 +288,43 @@ def train_config(values: Mapping[str, Any], where: _Where) -> TrainConfig:
     return validate_train(_build(TrainConfig, dict(values), where), where)
 
 
-def load_sweep(path: str | Path, base: Path | None = None) -> Sweep:
-    """Load and validate a sweep YAML. Relative data paths are taken from `base` (default: cwd)."""
+def apply_overrides(raw: Any, overrides: Sequence[str], path: Path) -> Any:
+    """Command-line edits `KEY.PATH=VALUE` of a sweep's YAML (VALUE is YAML: 64, false, null,
+    [0.6, 0.2, 0.2], {n: 400}), applied before validation so an edited sweep is checked like a
+    written one. List items are addressed by index: runs.0.epochs=2."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. defaults.epochs=2 or data.synthetic={{n: 400}}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        node = raw
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            where = ".".join(parts[:depth + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"--set {item!r}: {where}: {path} has no item {part} there (0..{len(node) - 1})")
+                part = int(part)
+            elif not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {where}: {'.'.join(parts[:depth])} in {path} is a value, not a mapping")
+            if last:
+                node[part] = value
+            else:
+                if isinstance(node, dict) and node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+    return raw
+
+
+def load_sweep(path: str | Path, base: Path | None = None, overrides: Sequence[str] = ()) -> Sweep:
+    """Load and validate a sweep YAML, with `--set` overrides applied first.
+    Relative data paths are taken from `base` (default: cwd)."""
     path = Path(path)
-    where = _Where(str(path))
+    where = _Where(f"{path} (with --set)" if overrides else str(path))
     if not path.is_file():
         raise ConfigError(f"{path}: no such sweep file (sweeps live in jobs/, e.g. jobs/smoke.yaml)")
     try:
@@ -301,6 +335,7 @@ def load_sweep(path: str | Path, base: Path | None = None) -> Sweep:
         raise ConfigError(f"{path}: not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(raw, dict):
         raise where.error("a sweep file must be a mapping with at least `name` and `data`")
+    raw = apply_overrides(raw, overrides, path)
     _check_keys(_TOP_KEYS, raw, where)
     name = raw.get("name")
     if not isinstance(name, str) or not _SWEEP_NAME.match(name):
@@ -361,6 +396,7 @@ def load_sweep(path: str | Path, base: Path | None = None) -> Sweep:
         grid=grid,
         runs=tuple(runs),
         resources=resources,
+        overrides=tuple(overrides),
     )
 
 

@@ -150,6 +150,7 @@ def plan_sweep(sweep: Sweep, results: Path, retry_failed: bool) -> tuple[Path, l
         if spec.train.pretrained:
             locate(spec.train.framework, spec.train.model)  # fail here, not after hours in the queue
     record = load_sweep_record(sweep_dir)
+    record["current_runs"] = [s.run_id for s in specs]  # what the report compares; older runs stay on disk
     return sweep_dir, specs, record, plan(specs, sweep_dir, record, retry_failed)
 
 
@@ -157,7 +158,7 @@ def prepare_runs(sweep: Sweep, results: Path, sweep_dir: Path, specs: list[RunSp
                  kind: str) -> list[RunSpec]:
     """Data and run folders for the runs about to be submitted; the specs now name the data folder."""
     data_root = prepare_data(sweep, results)
-    record.update(sweep=sweep.name, yaml=str(Path(sweep.path).resolve()), executor=kind,
+    record.update(sweep=sweep.name, yaml=str(Path(sweep.path).resolve()), overrides=list(sweep.overrides), executor=kind,
                   data_root=str(data_root), submitted=rundir.now())
     return write_run_folders(specs, sweep_dir, data_root, sweep)
 
@@ -215,6 +216,10 @@ def submit(sweep: Sweep, results: Path, executor_kind: str = "auto", dry_run: bo
             echo(f"  {spec.run_id}  job {job.job_id}  logs {job.paths.stdout.with_suffix('')}.{{out,err}}")
             jobs.append((spec, job))
     atomic.write_json(sweep_dir / SWEEP_JSON, record)
+    if kind == "debug":
+        # The debug executor runs each job in this process when it is waited on. torchvision's Triton
+        # segfaults when it loads after TensorFlow 2.21 but not before, so torch runs go first.
+        jobs.sort(key=lambda spec_job: spec_job[0].train.framework != "torch")
     if wait if wait is not None else kind != "slurm":
         wait_for(jobs, sweep_dir, echo)
         record["finished"] = rundir.now()

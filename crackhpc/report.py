@@ -38,10 +38,15 @@ STUDY = {
 }
 
 
-def run_dirs(sweep_dir: Path) -> list[Path]:
-    named = set(atomic.read_json(sweep_dir / "sweep.json").get("runs", {})) if (sweep_dir / "sweep.json").is_file() else set()
+def run_dirs(sweep_dir: Path, everything: bool = True) -> list[Path]:
+    """The runs of a sweep folder: those in sweep.json and those with a run folder. Without
+    `everything`, only the runs of the sweep file as last submitted: an edited YAML (another lr,
+    a model dropped) leaves its earlier runs' folders behind, which a comparison should not mix in."""
+    record = atomic.read_json(sweep_dir / "sweep.json") if (sweep_dir / "sweep.json").is_file() else {}
+    if not everything and "current_runs" in record:
+        return [sweep_dir / name for name in sorted(record["current_runs"])]
     found = {p.name for p in sweep_dir.iterdir() if (p / rundir.CONFIG).is_file()}
-    return [sweep_dir / name for name in sorted(named | found)]
+    return [sweep_dir / name for name in sorted(set(record.get("runs", {})) | found)]
 
 
 def _compute_hours(spec, result: dict) -> tuple[float | None, str | None]:
@@ -59,12 +64,13 @@ def _compute_hours(spec, result: dict) -> tuple[float | None, str | None]:
     return wall * tasks * per_task / 3600, "GPU" if on_gpu else "CPU"
 
 
-def summary(sweep_dir: str | Path) -> pd.DataFrame:
+def summary(sweep_dir: str | Path, everything: bool = False) -> pd.DataFrame:
+    """One row per run of the current sweep file (`everything`: also runs of its earlier versions)."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise CrackhpcError(f"{sweep_dir}: no such sweep folder (run `crackhpc sweep jobs/<name>.yaml` first)")
     rows = []
-    for run_dir in run_dirs(sweep_dir):
+    for run_dir in run_dirs(sweep_dir, everything):
         row = {"run_id": run_dir.name}
         result = rundir.read_result(run_dir)
         row.update({k: result.get(k) for k in SUMMARY_COLUMNS if k in result and k != "run_id"})
@@ -99,9 +105,9 @@ def comparison(df: pd.DataFrame) -> pd.DataFrame:
     return counts.join(stats).join(units).reset_index()
 
 
-def write_reports(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def write_reports(sweep_dir: str | Path, everything: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     sweep_dir = Path(sweep_dir)
-    df = summary(sweep_dir)
+    df = summary(sweep_dir, everything)
     comp = comparison(df)
     atomic.write_text(sweep_dir / "summary.csv", df.to_csv(index=False))
     atomic.write_text(sweep_dir / "comparison.csv", comp.to_csv(index=False))

@@ -82,3 +82,41 @@ def test_shipped_sweeps_load():
 
     for path in sorted(Path(__file__).parents[1].glob("jobs/*.yaml")):
         assert expand(load_sweep(path)), path
+
+
+def test_set_overrides_edit_the_yaml_before_validation(write_yaml):
+    from crackhpc.grid import expand
+
+    path = write_yaml(BASE + "defaults: {epochs: 5}\nruns:\n  - {model: resnet18}\n  - {model: vgg16}\n")
+    sweep = load_sweep(path, overrides=["defaults.epochs=2", "runs.1.lr=0.01", "name=t-small",
+                                        "data.synthetic={n: 40, size: 48}", "resources.cpus_per_task=1"])
+    assert (sweep.name, sweep.data.synthetic.n, sweep.data.synthetic.size, sweep.resources.cpus_per_task) == ("t-small", 40, 48, 1)
+    assert [(s.train.model, s.train.epochs, s.train.lr) for s in expand(sweep)] == [("resnet18", 2, 1e-3), ("vgg16", 2, 0.01)]
+    assert sweep.overrides[0] == "defaults.epochs=2"
+
+
+def test_set_can_swap_real_data_for_synthetic(write_yaml):
+    sweep = load_sweep(write_yaml("name: t\ndata: {root: data/concrete}\n"),
+                       overrides=["data.root=null", "data.synthetic={n: 40}"])
+    assert sweep.data.root is None and sweep.data.synthetic.n == 40
+
+
+@pytest.mark.parametrize("item, expected", [
+    ("defaults.epochs", "--set 'defaults.epochs': expected KEY.PATH=VALUE"),
+    ("defaults..epochs=2", "expected KEY.PATH=VALUE"),
+    ("defaults.epochs=[1", "the value is not valid YAML"),
+    ("runs.5.lr=0.1", "runs.5: "),
+    ("name.first=x", "name.first: name in "),
+])
+def test_bad_set_is_one_line(write_yaml, item, expected):
+    with pytest.raises(ConfigError) as info:
+        load_sweep(write_yaml(BASE + "runs: [{model: vgg16}]\n"), overrides=[item])
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_set_values_are_validated_like_the_file(write_yaml):
+    path = write_yaml(BASE)
+    with pytest.raises(ConfigError, match=r"\(with --set\): defaults.epochs: expected an integer, got 'two'"):
+        load_sweep(path, overrides=["defaults.epochs=two"])
+    with pytest.raises(ConfigError, match="defaults.modle: unknown key"):
+        load_sweep(path, overrides=["defaults.modle=vgg16"])

@@ -1,6 +1,8 @@
 """The launcher through real submitit executors (local processes and debug)."""
 import json
 
+import pytest
+
 from crackhpc import rundir
 from crackhpc.cli import main
 from crackhpc.config import load_sweep
@@ -18,6 +20,7 @@ def test_local_sweep_runs_every_config_and_skips_completed_on_resubmission(tmp_p
     assert len(record["runs"]) == 2
     saved = json.loads((sweep_dir / "sweep.json").read_text())
     assert saved["executor"] == "local" and saved["finished"]
+    assert sorted(saved["current_runs"]) == sorted(saved["runs"])
     for run_id, entry in saved["runs"].items():
         assert rundir.read_result(sweep_dir / run_id)["status"] == "completed"
         assert (sweep_dir / run_id / "split.csv").read_text() == (sweep_dir / "split.csv").read_text()
@@ -75,3 +78,40 @@ def test_synthetic_sweep_makes_its_data(tmp_path, write_yaml):
     assert len(list((tmp_path / "results" / ".data").glob("synth-n24-32px-seed0/*/*.jpg"))) == 24
     (run_id,) = json.loads((tmp_path / "results" / "syn" / "sweep.json").read_text())["runs"]
     assert rundir.read_result(tmp_path / "results" / "syn" / run_id)["status"] == "completed"
+
+
+@pytest.mark.tf
+def test_capstone_runs_all_three_study_models_on_synthetic_data(tmp_path, capsys):
+    """jobs/capstone.yaml as shipped, through the local executor, edited only by --set: synthetic
+    images instead of the dataset folder, random init instead of the offline ImageNet weights."""
+    import csv
+
+    pytest.importorskip("tensorflow", reason="the Keras runs need TensorFlow: pip install 'crackhpc[tf]'")
+    overrides = ["name=capstone-synthetic", "data.root=null", "data.synthetic={n: 120, size: 64}",
+                 "data.split=[0.6, 0.2, 0.2]", "defaults.pretrained=false", "defaults.input_size=64",
+                 "defaults.epochs=1", "resources.gpus_per_node=0", "resources.cpus_per_task=1"]
+    argv = ["sweep", "jobs/capstone.yaml", "--executor", "local", "--results", str(tmp_path)]
+    assert main(argv + [a for o in overrides for a in ("--set", o)]) == 0
+    sweep_dir = tmp_path / "capstone-synthetic"
+    rows = list(csv.DictReader(open(sweep_dir / "summary.csv")))
+    assert sorted((r["framework"], r["model"], r["status"]) for r in rows) == [
+        ("keras", "resnet50", "completed"), ("keras", "vgg16", "completed"), ("torch", "resnet18", "completed")]
+    assert all(r["batch_size"] == "100" and r["freeze_backbone"] == "True" for r in rows)
+    assert json.loads((sweep_dir / "sweep.json").read_text())["overrides"] == overrides
+    assert "keras-vgg16" in capsys.readouterr().out
+
+
+@pytest.mark.tf
+def test_debug_executor_runs_a_mixed_sweep_in_one_process(tmp_path, write_yaml, tiny_data):
+    """TensorFlow then torchvision in one process segfaults: the debug executor must order the runs."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("tensorflow", reason="the Keras run needs TensorFlow: pip install 'crackhpc[tf]'")
+    path = write_yaml(tiny_sweep(tiny_data, defaults={"epochs": 1},
+                                 runs=[{"framework": "keras", "model": "vgg16"}, {"framework": "torch"}]))
+    argv = ["sweep", str(path), "--executor", "debug", "--results", str(tmp_path / "r")]
+    out = subprocess.run([sys.executable, "-m", "crackhpc.cli", *argv], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    states = [rundir.read_result(d)["status"] for d in sorted((tmp_path / "r" / "tiny").glob("*-*-*"))]
+    assert states == ["completed", "completed"]

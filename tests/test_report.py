@@ -225,3 +225,16 @@ def test_report_imports_no_framework_and_no_pyplot(partial):
             "loaded = {'torch', 'tensorflow', 'matplotlib.pyplot'} & set(sys.modules); "
             "assert not loaded, loaded")
     subprocess.run([sys.executable, "-c", code, str(partial)], check=True, capture_output=True)
+
+
+def test_runs_of_an_earlier_sweep_file_are_left_out_unless_asked(complete, capsys):
+    # The sweep file lost its keras run; the launcher recorded the runs it has now.
+    atomic.write_json(complete / "sweep.json", {"runs": {}, "current_runs": ["torch-resnet18-s0", "torch-resnet18-s1"]})
+    assert list(summary(complete)["run_id"]) == ["torch-resnet18-s0", "torch-resnet18-s1"]
+    assert len(summary(complete, everything=True)) == 3
+    assert main(["report", str(complete), "--misclassified", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "keras-vgg16-s0" not in out and "not shown: 1 run of earlier versions" in out
+    assert main(["report", str(complete), "--all", "--misclassified", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "keras-vgg16-s0" in out and "not shown" not in out

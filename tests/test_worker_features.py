@@ -12,8 +12,8 @@ import torch
 
 from crackhpc.data.images import ImageCache
 from crackhpc.data.split import make_manifest, manifest_hash
-from crackhpc.worker.features import cache_key, cached_features, extract
-from crackhpc.worker.torch_models import build
+from crackhpc.worker.features import cache_key, cached_features
+from crackhpc.worker.torch_models import build, extract
 
 SPLIT = (0.5, 0.25, 0.25)
 

@@ -150,3 +150,13 @@ def test_two_worker_tf_distribute_run_matches_one_process(tmp_path, write_yaml, 
     assert one["world_size"] == 1 and "params_in_sync" not in one
     assert abs(two["test_acc"] - one["test_acc"]) <= 0.1 + 1e-9
     assert two["test_loss"] == pytest.approx(one["test_loss"], abs=1e-4)
+
+
+def test_a_keras_run_never_loads_torch(tmp_path, write_yaml, tiny_data):
+    import subprocess
+    import sys
+
+    (run_dir,) = _run_folders(tmp_path, write_yaml, tiny_data, {"epochs": 1})
+    code = ("import sys; from crackhpc.worker import run; run(sys.argv[1]); "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]")
+    subprocess.run([sys.executable, "-c", code, str(run_dir)], check=True, capture_output=True)

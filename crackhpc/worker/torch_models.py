@@ -1,8 +1,11 @@
-"""torchvision backbones split into (backbone → feature vector, 2-class head)."""
+"""torchvision backbones split into (backbone → feature vector, 2-class head), and the
+frozen backbone's one-off feature pass."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
+from torch.fx.experimental.optimization import fuse
 
 from ..weights import locate
 
@@ -42,3 +45,21 @@ def build(name: str, pretrained: bool, num_classes: int = 2) -> tuple[nn.Module,
         net.classifier = net.classifier[:6]
         backbone = net
     return nn.Sequential(Normalize(), backbone), head, weights_id
+
+
+@torch.no_grad()
+def extract(backbone: nn.Module, images: np.ndarray, device: torch.device, batch: int = 64,
+            autocast_dtype: torch.dtype | None = None) -> np.ndarray:
+    # In eval mode BatchNorm is a fixed affine map, so it folds into the convolution before it:
+    # the same features with one pass less over every activation. `inplace` spares a copy of the
+    # whole network (VGG16: 0.5 GB); the fused convolutions are new modules all the same.
+    backbone = fuse(backbone.eval(), inplace=True).to(device)
+    if device.type == "cpu":
+        backbone = backbone.to(memory_format=torch.channels_last)
+    chunks = []
+    for start in range(0, len(images), batch):
+        # a writable copy: torch warns on wrapping the image cache's read-only memory map
+        x = torch.from_numpy(np.array(images[start:start + batch])).to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            chunks.append(backbone(x).float().cpu())
+    return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)

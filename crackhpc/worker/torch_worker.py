@@ -22,8 +22,8 @@ from .. import atomic
 from ..grid import RunSpec
 from . import backends, common
 from .distributed import DistEnv
-from .features import cache_key, cached_features, extract
-from .torch_models import build
+from .features import cache_key, cached_features
+from .torch_models import build, extract
 
 CHECKPOINT = "checkpoint.pt"
 
