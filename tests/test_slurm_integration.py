@@ -192,3 +192,16 @@ def test_plain_sbatch_script_trains_through_srun(tmp_path, tiny_data):
     result = rundir.read_result(tmp_path / "plain" / run_id)
     assert result["world_size"] == 2 and result["job_id"] == job["job_id"]
     assert "completed: test acc" in (tmp_path / "plain" / run_id / f"slurm-{job['job_id']}.out").read_text()
+
+
+def test_plain_sbatch_script_requeues_itself_on_usr2_and_resumes(tmp_path, tiny_data):
+    path = slurm_yaml(tmp_path, tiny_data, "plainpre", defaults=SLOW)
+    cli("sbatch", path, "--results", tmp_path, "--submit")
+    ((run_id, job),) = json.loads((tmp_path / "plainpre" / "sweep.json").read_text())["runs"].items()
+    run_dir = tmp_path / "plainpre" / run_id
+    until(lambda: rundir.read_result(run_dir).get("epochs_done"), "first epoch", 120)
+    # What Slurm sends before the time limit (--signal=B:USR2@90), here by hand: the script's trap requeues.
+    subprocess.run(["scancel", "--signal=USR2", "--batch", job["job_id"]], check=True)
+    (run,) = finished(tmp_path / "plainpre")
+    assert (run.state, run.epoch, run.requeues) == ("completed", "6/6", 1)
+    assert re.search(r"resumed from checkpoint\.pt after epoch [1-5]", (run_dir / rundir.LOG).read_text())

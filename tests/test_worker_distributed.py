@@ -87,3 +87,15 @@ def test_ranks_under_horovodrun(monkeypatch):
     monkeypatch.setenv("HOROVOD_SIZE", "2")
     env = from_environment()
     assert (env.rank, env.local_rank, env.world_size, env.is_main) == (1, 1, 2, False)
+
+
+def test_ranks_and_restarts_under_a_plain_srun_step(monkeypatch):
+    for var in ("SUBMITIT_EXECUTOR", "SUBMITIT_LOCAL_JOB_ID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")  # no scontrol: the node list is split as written
+    for var, value in {"SLURM_PROCID": "3", "SLURM_STEP_ID": "0", "SLURM_LOCALID": "1", "SLURM_NTASKS": "4",
+                       "SLURM_JOB_ID": "123", "SLURM_JOB_NODELIST": "n1,n2", "SLURM_RESTART_COUNT": "2"}.items():
+        monkeypatch.setenv(var, value)
+    env = from_environment()
+    assert (env.rank, env.local_rank, env.world_size, env.job_id, env.nodes, env.restarts) == (3, 1, 4, "123", ("n1", "n2"), 2)
+    assert env.master_addr == "n1" and env.host_of(3) == "n2"

@@ -36,8 +36,11 @@ def run(run_dir: str | Path) -> dict:
     spec = rundir.read_config(run_dir)
     log = _logger(run_dir, env)
     if env.is_main:
+        # Slurm's own count covers requeues that no Worker.checkpoint saw: a plain sbatch script's
+        # USR2 trap, or an administrator's `scontrol requeue`.
+        requeues = max(rundir.read_result(run_dir).get("requeues", 0), env.restarts)
         rundir.update_result(run_dir, run_id=spec.run_id, status="running", started=rundir.now(),
-                             job_id=env.job_id, world_size=env.world_size, error=None)
+                             job_id=env.job_id, world_size=env.world_size, error=None, requeues=requeues)
     log(f"{spec.run_id}: {spec.train.framework} {spec.train.model}, {spec.train.epochs} epochs, world size {env.world_size}")
     try:
         if spec.train.framework == "torch":

@@ -21,6 +21,7 @@ class DistEnv:
     master_port: int = 29500
     job_id: str = ""
     nodes: tuple[str, ...] = ()  # the job's hosts in Slurm's order; empty: every task on master_addr
+    restarts: int = 0            # SLURM_RESTART_COUNT: how often Slurm has requeued this job
 
     @property
     def is_main(self) -> bool:
@@ -60,18 +61,19 @@ def _hostnames(nodelist: str) -> tuple[str, ...]:
 
 
 def from_environment() -> DistEnv:
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
     if "SUBMITIT_EXECUTOR" in os.environ or "SUBMITIT_LOCAL_JOB_ID" in os.environ:
         import submitit
 
         env = submitit.JobEnvironment()
         nodes = tuple(env.hostnames) if env.cluster == "slurm" else ()
         return DistEnv(env.global_rank, env.local_rank, env.num_tasks, nodes[0] if nodes else "127.0.0.1",
-                       _port(str(env.job_id)), str(env.job_id), nodes)
+                       _port(str(env.job_id)), str(env.job_id), nodes, restarts)
     if "SLURM_PROCID" in os.environ and "SLURM_STEP_ID" in os.environ:
         job = os.environ.get("SLURM_JOB_ID", "")
         nodes = _hostnames(os.environ.get("SLURM_JOB_NODELIST", "127.0.0.1"))
         return DistEnv(int(os.environ["SLURM_PROCID"]), int(os.environ.get("SLURM_LOCALID", 0)),
-                       int(os.environ.get("SLURM_NTASKS", 1)), nodes[0], _port(job), job, nodes)
+                       int(os.environ.get("SLURM_NTASKS", 1)), nodes[0], _port(job), job, nodes, restarts)
     for prefix in ("HOROVOD_", "OMPI_COMM_WORLD_"):  # horovodrun (Gloo), mpirun (Open MPI)
         if f"{prefix}RANK" in os.environ and f"{prefix}SIZE" in os.environ:
             return DistEnv(int(os.environ[f"{prefix}RANK"]), int(os.environ.get(f"{prefix}LOCAL_RANK", 0)),
