@@ -16,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 from string import Template
 
@@ -25,7 +26,9 @@ from .errors import CrackhpcError
 from .grid import RunSpec
 from .launcher import SWEEP_JSON, plan_sweep, prepare_runs, record_job
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "slurm_templates"
+# slurm_templates/ of the source checkout (an editable install), else the copy a wheel installs.
+TEMPLATE_DIRS = (Path(__file__).resolve().parent.parent / "slurm_templates",
+                 Path(sysconfig.get_path("data")) / "share" / "crackhpc" / "slurm_templates")
 SIGNAL_LEAD_S = 90  # time left when Slurm warns the job, as for submitit's jobs
 SCRIPT = "job.sbatch"
 LOG = "slurm-%j"
@@ -50,10 +53,11 @@ def sbatch_lines(res: Resources, job_name: str, run_dir: Path) -> list[str]:
 
 
 def _template(name: str) -> Template:
-    path = TEMPLATE_DIR / name
-    if not path.is_file():
-        raise CrackhpcError(f"{path}: sbatch template missing (crackhpc sbatch needs the source checkout's slurm_templates/)")
-    return Template(path.read_text())
+    for folder in TEMPLATE_DIRS:
+        if (folder / name).is_file():
+            return Template((folder / name).read_text())
+    raise CrackhpcError(f"sbatch template {name} is in neither {' nor '.join(map(str, TEMPLATE_DIRS))}: "
+                        "reinstall crackhpc (pip install -e . from the checkout)")
 
 
 def render(spec: RunSpec, run_dir: Path) -> str:
