@@ -1,6 +1,7 @@
 """Frozen-backbone training: crackhpc's default pipeline against the naive loop, same process, same data.
 
-    python -m benchmarks.frozen_backbone [--n 2000,resnet50=200,vgg16=100] [--models resnet18,resnet50,vgg16]
+    python -m benchmarks.frozen_backbone [--n 2000,resnet50=200,vgg16=100,...]
+        [--models resnet18,resnet50,vgg16,keras:vgg16,keras:resnet50]
         [--lrs 0.001,0.0003,0.0001] [--seeds 0,1] [--epochs 3] [--size 227] [--input-size 224]
         [--split 0.75,0.2,0.05] [--threads 2] [--out benchmarks/results/latest.csv]
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
+import importlib.util
 import itertools
 import os
 import sys
@@ -22,7 +25,6 @@ import torch
 from crackhpc.data.split import make_manifest
 from crackhpc.data.synth import synthesize
 
-from . import naive
 from .decode import throughput
 from .meters import Clock, PeakRSS, rss_mb
 from .report import write
@@ -45,19 +47,34 @@ def parse_n(text: str, models: list[str]) -> dict[str, int]:
             per_model[name] = int(value)
         else:
             default = int(value)
-    unknown = set(per_model) - set(models)
+    unknown = set(per_model) - set(models) - set(TORCH_MODELS + KERAS_MODELS)  # typos; models not run may keep a count
     missing = [m for m in models if m not in per_model and default is None]
     if unknown or missing:
         raise SystemExit(f"--n {text}: no image count for {missing}" if missing else
-                         f"--n {text}: {sorted(unknown)} not among --models")
+                         f"--n {text}: {sorted(unknown)} are not models ({', '.join(TORCH_MODELS + KERAS_MODELS)})")
     return {m: per_model.get(m, default) for m in models}
+
+
+def framework_model(label: str) -> tuple[str, str]:
+    """`resnet18` is torch's; `keras:vgg16` the Keras worker's."""
+    framework, _, model = label.rpartition(":")
+    return framework or "torch", model
+
+
+TORCH_MODELS, KERAS_MODELS = ["resnet18", "resnet50", "vgg16"], ["keras:vgg16", "keras:resnet50"]
+
+
+def default_models() -> str:
+    return ",".join(TORCH_MODELS + (KERAS_MODELS if importlib.util.find_spec("tensorflow") else []))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.frozen_backbone", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="resnet18,resnet50,vgg16", type=lambda s: s.split(","))
-    p.add_argument("--n", default="2000,resnet50=200,vgg16=100",
+    p.add_argument("--models", default=default_models(), type=lambda s: s.split(","),
+                   help="torch models by name, Keras ones as keras:NAME (default, the Keras ones where "
+                        "TensorFlow is installed: %(default)s)")
+    p.add_argument("--n", default="2000,resnet50=200,vgg16=100,keras:vgg16=100,keras:resnet50=200",
                    help="synthetic images per model: `2000`, or `2000,vgg16=100` (default: %(default)s; "
                         "ResNet50 and VGG16 with 2,000 images would take hours on 2 cores)")
     p.add_argument("--lrs", default="0.001,0.0003,0.0001", type=_floats)
@@ -92,6 +109,9 @@ def compare(model: str, naive_runs: dict, crackhpc_runs: list[dict]) -> list[dic
 
 
 def bench_model(model: str, n: int, args: argparse.Namespace) -> tuple[dict, list[dict]]:
+    framework, name = framework_model(model)
+    # naive_keras imports TensorFlow: only for Keras rows, and after torch (see README, Triton)
+    naive = importlib.import_module(".naive_keras" if framework == "keras" else ".naive", __package__)
     cache = args.cache.resolve()
     load_start = os.getloadavg()[0]
     root = cache / "data" / f"synth-n{n}-{args.size}px-seed0"
@@ -103,14 +123,16 @@ def bench_model(model: str, n: int, args: argparse.Namespace) -> tuple[dict, lis
     print(f"[{model}] decode: PIL loop {decode['decode_pil_img_s']:.0f} img/s, "
           f"ImageCache.build {decode['decode_cache_img_s']:.0f} img/s", flush=True)
 
-    def crackhpc(name: str, lrs, seeds, epochs: int) -> list[dict]:
-        return run_sweep(cache, sweep_yaml(name, root, args.split, model, lrs, seeds, epochs, args.input_size, args.threads))
+    def crackhpc(sweep_name: str, lrs, seeds, epochs: int) -> list[dict]:
+        return run_sweep(cache, sweep_yaml(sweep_name, root, args.split, framework, name, lrs, seeds, epochs,
+                                           args.input_size, args.threads))
 
     def naive_run(lr: float, seed: int, epochs: int) -> dict:
-        return naive.run(model, str(root), items, args.input_size, lr, seed, epochs)
+        return naive.run(name, str(root), items, args.input_size, lr, seed, epochs)
 
+    slug = f"{framework}-{name}"
     with Clock() as one_crackhpc:
-        crackhpc(f"bench-{model}-1epoch", args.lrs[:1], args.seeds[:1], 1)
+        crackhpc(f"bench-{slug}-1epoch", args.lrs[:1], args.seeds[:1], 1)
     with Clock() as one_naive:
         naive_run(args.lrs[0], args.seeds[0], 1)
     print(f"[{model}] 1-epoch run: naive {one_naive.wall_s:.1f}s, crackhpc {one_crackhpc.wall_s:.1f}s", flush=True)
@@ -124,7 +146,7 @@ def bench_model(model: str, n: int, args: argparse.Namespace) -> tuple[dict, lis
             print(f"[{model}] naive lr {lr:g} seed {seed}: test acc {naive_runs[lr, seed]['test_acc']:.4f} "
                   f"({clock.wall_s:.0f}s)", flush=True)
     with PeakRSS() as crackhpc_mem, Clock() as crackhpc_clock:
-        crackhpc_runs = crackhpc(f"bench-{model}", args.lrs, args.seeds, args.epochs)
+        crackhpc_runs = crackhpc(f"bench-{slug}", args.lrs, args.seeds, args.epochs)
 
     runs = compare(model, naive_runs, crackhpc_runs)
     images = len(runs) * (args.epochs * (count["train"] + count["valid"]) + count["test"])
@@ -150,7 +172,8 @@ def bench_model(model: str, n: int, args: argparse.Namespace) -> tuple[dict, lis
         "naive_test_acc": ";".join(f"{r['naive_test_acc']:.4f}" for r in runs),
         "crackhpc_test_acc": ";".join(f"{r['crackhpc_test_acc']:.4f}" for r in runs),
         "threads": args.threads, "loadavg_start": load_start, "loadavg_end": os.getloadavg()[0],
-        "torch": torch.__version__, "date": dt.date.today().isoformat(),
+        "versions": f"torch {torch.__version__}" if framework == "torch" else f"tensorflow {sys.modules['tensorflow'].__version__}",
+        "date": dt.date.today().isoformat(),
     }
     return row, runs
 

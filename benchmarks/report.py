@@ -18,7 +18,7 @@ SUMMARY = ("model", "n_images", "image_px", "input_px", "runs", "epochs", "naive
            "baseline_rss_mb", "naive_peak_rss_mb", "crackhpc_peak_rss_mb", "n_test", "max_acc_diff_points", "max_acc_diff_images", "max_disagree_images",
            "one_epoch_naive_s", "one_epoch_crackhpc_s", "one_epoch_speedup", "decode_pil_img_s",
            "decode_cache_img_s", "runs_lr_seed", "naive_test_acc", "crackhpc_test_acc", "threads",
-           "loadavg_start", "loadavg_end", "torch", "date")
+           "loadavg_start", "loadavg_end", "versions", "date")
 RUNS = ("model", "lr", "seed", "naive_test_acc", "crackhpc_test_acc", "diff_points", "diff_images",
         "disagree_images", "naive_run_s", "crackhpc_run_s", "feature_cache")
 
@@ -67,7 +67,7 @@ def report(rows: list[dict], runs: list[dict], argv: list[str]) -> str:
     return "\n\n".join([
         "# Frozen-backbone sweep: naive loop vs crackhpc",
         f"`python -m benchmarks.frozen_backbone {' '.join(argv)}` on {os.cpu_count()} CPUs, "
-        f"{first['threads']} torch threads, torch {first['torch']}, {first['date']}; "
+        f"{first['threads']} threads, {', '.join(sorted({r['versions'] for r in rows}))}, {first['date']}; "
         f"1-minute load average {load} (above {os.cpu_count()}: other processes competed for the CPUs).",
         markdown(speed, [[r[k] for k in speed] for r in rows]),
         markdown(other, [[r[k] for k in other] for r in rows]),

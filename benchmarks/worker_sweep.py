@@ -19,13 +19,13 @@ from crackhpc.grid import expand
 from crackhpc.launcher import write_run_folders
 
 
-def sweep_yaml(name: str, data_root: Path, split: Sequence[float], model: str, lrs: Sequence[float],
+def sweep_yaml(name: str, data_root: Path, split: Sequence[float], framework: str, model: str, lrs: Sequence[float],
                seeds: Sequence[int], epochs: int, input_size: int, threads: int) -> str:
     return yaml.safe_dump({
         "name": name,
         "executor": "local",
         "data": {"root": str(data_root), "split": list(split), "split_seed": 0},
-        "defaults": {"framework": "torch", "model": model, "pretrained": False, "freeze_backbone": True,
+        "defaults": {"framework": framework, "model": model, "pretrained": False, "freeze_backbone": True,
                      "feature_cache": True, "epochs": epochs, "batch_size": 100, "optimizer": "adam",
                      "input_size": input_size},
         "grid": {"lr": list(lrs), "seed": list(seeds)},
