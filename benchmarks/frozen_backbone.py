@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from crackhpc.config import MODELS
 from crackhpc.data.split import make_manifest
 from crackhpc.data.synth import synthesize
 
@@ -36,6 +37,10 @@ def _floats(text: str) -> list[float]:
 
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",")]
+
+
+# the models crackhpc's workers build, Keras ones labelled keras:NAME
+TORCH_MODELS, KERAS_MODELS = list(MODELS["torch"]), [f"keras:{m}" for m in MODELS["keras"]]
 
 
 def parse_n(text: str, models: list[str]) -> dict[str, int]:
@@ -59,9 +64,6 @@ def framework_model(label: str) -> tuple[str, str]:
     """`resnet18` is torch's; `keras:vgg16` the Keras worker's."""
     framework, _, model = label.rpartition(":")
     return framework or "torch", model
-
-
-TORCH_MODELS, KERAS_MODELS = ["resnet18", "resnet50", "vgg16"], ["keras:vgg16", "keras:resnet50"]
 
 
 def default_models() -> str:

@@ -1,5 +1,6 @@
 """The launcher through real submitit executors (local processes and debug)."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -90,7 +91,8 @@ def test_capstone_runs_all_three_study_models_on_synthetic_data(tmp_path, capsys
     overrides = ["name=capstone-synthetic", "data.root=null", "data.synthetic={n: 120, size: 64}",
                  "data.split=[0.6, 0.2, 0.2]", "defaults.pretrained=false", "defaults.input_size=64",
                  "defaults.epochs=1", "resources.gpus_per_node=0", "resources.cpus_per_task=1"]
-    argv = ["sweep", "jobs/capstone.yaml", "--executor", "local", "--results", str(tmp_path)]
+    capstone = Path(__file__).parents[1] / "jobs" / "capstone.yaml"
+    argv = ["sweep", str(capstone), "--executor", "local", "--results", str(tmp_path)]
     assert main(argv + [a for o in overrides for a in ("--set", o)]) == 0
     sweep_dir = tmp_path / "capstone-synthetic"
     rows = list(csv.DictReader(open(sweep_dir / "summary.csv")))
