@@ -101,6 +101,21 @@ def cmd_data_synth(args) -> int:
     return 0
 
 
+def cmd_data_synth_photo(args) -> int:
+    from .data.synth import synthesize_photos
+
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise CrackhpcError(f"data synth-photo: --size {args.size}: give WIDTHxHEIGHT, e.g. 2048x1536") from None
+    try:
+        rows = synthesize_photos(args.dir, args.n, width, height, scale=args.scale, seed=args.seed)
+    except ValueError as exc:
+        raise CrackhpcError(f"data synth-photo: {exc}") from None
+    print(f"{args.dir}: {len(rows)} photos of {width}x{height} px with their crack masks (*.mask.png), listed in photos.csv")
+    return 0
+
+
 def cmd_data_verify(args) -> int:
     from .data.verify import verify
 
@@ -191,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set_option(p)
     p.set_defaults(func=cmd_sbatch)
 
-    data = sub.add_parser("data", help="datasets: synth, verify, split, fetch").add_subparsers(dest="data_command", required=True)
+    data = sub.add_parser("data", help="datasets: synth, synth-photo, verify, split, fetch").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write a synthetic crack dataset (Positive/ Negative/ layout)")
     p.add_argument("dir")
     p.add_argument("--n", type=int, default=2000, help="number of images (half cracked)")
@@ -199,6 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=cmd_data_synth)
+    p = data.add_parser("synth-photo", help="write large synthetic photos with cracks across them, and their true crack masks")
+    p.add_argument("dir")
+    p.add_argument("--n", type=int, default=10, help="number of photos")
+    p.add_argument("--size", default="2048x1536", metavar="WxH", help="photo size in px (default 2048x1536)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="px per px of the 227 px training crops (default 1: a 227 px patch looks like one crop)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_data_synth_photo)
     p = data.add_parser("verify", help="counts per class, unreadable/truncated files, odd sizes")
     p.add_argument("dir")
     p.add_argument("--workers", type=int, default=1)

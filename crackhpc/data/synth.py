@@ -30,6 +30,7 @@ Only numpy and Pillow are used.
 from __future__ import annotations
 
 import functools
+import io
 import math
 import os
 from pathlib import Path
@@ -37,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["CLASSES", "CLASS_IDS", "render", "render_index", "synthesize", "filename"]
+__all__ = ["CLASSES", "CLASS_IDS", "render", "render_index", "synthesize", "filename", "render_photo", "synthesize_photos"]
 
 #: Class folder names, in the order used for ``n`` splitting and for seeding.
 CLASSES = ("Negative", "Positive")
@@ -110,9 +111,14 @@ def _line_across(rng: np.random.Generator, size: float) -> tuple[_Point, _Point]
 
 
 # ----------------------------------------------------------------------- background
-def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """Return (luminance HxW float32 in ~[0, 255], (rgb gains (3,), chroma HxW))."""
-    s = size / _REF
+def _background(rng: np.random.Generator, size: int,
+                scale: float | None = None) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Return (luminance HxW float32 in ~[0, 255], (rgb gains (3,), chroma HxW)).
+
+    `scale` is pixels per unit of the 227 px reference (default: the image is one crop); a
+    large photo keeps the crops' texture scale and covers more of it."""
+    area = size / _REF
+    s = area if scale is None else scale
     base = rng.uniform(118.0, 212.0)
 
     # multi-scale texture: sum of upsampled noise octaves
@@ -135,7 +141,7 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, tuple[
         lum *= 1.0 + rng.uniform(0.05, 0.18) * light / 0.6 - rng.uniform(0.05, 0.2) * dark / 0.6
 
     # pores: small dark dots (air voids)
-    n_pores = int(rng.uniform(10, 140) * s * s + rng.random())
+    n_pores = int(rng.uniform(10, 140) * area * area + rng.random())
     if n_pores:
         pm = Image.new("L", (size * _SS, size * _SS), 0)
         d = ImageDraw.Draw(pm)
@@ -449,3 +455,80 @@ def synthesize(root, n: int, size: int = 227, seed: int = 0, quality: int = 90,
             for _ in pool.imap_unordered(_write_chunk, chunks):
                 pass
     return counts
+
+
+# ------------------------------------------------------------------- large photos
+PHOTO_CLASS_ID = 2  # seeds photos apart from the crops of both classes
+MASK_SUFFIX = ".mask.png"  # the true crack mask beside each photo; not a photo itself
+MASK_LEVEL = 0.25  # crack-layer coverage from which a pixel counts as crack in the mask
+
+
+def render_photo(seed: int, index: int, width: int, height: int,
+                 scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """A large photo of concrete with cracks drawn across it, and its crack mask.
+
+    The crops' generator at `scale` pixels per unit of the 227 px reference: texture, pores,
+    crack widths and contrast are those of the training crops, so a 227·scale px patch of the
+    photo looks like one crop. Zero to four cracks, most crossing the whole photo, with branches.
+    Returns (RGB uint8 HxWx3, bool HxW mask); a pure function of its arguments."""
+    rng = np.random.default_rng([int(seed), PHOTO_CLASS_ID, int(index)])
+    size = max(int(width), int(height))
+    lum, (gains, chroma) = _background(rng, size, scale)
+    canvas = Image.new("L", (size * _SS, size * _SS), 0)
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(int(rng.choice([0, 1, 2, 3, 4], p=[0.1, 0.35, 0.3, 0.15, 0.1]))):
+        for _ in range(8):  # a crack that crosses the photo, not one clipping a corner
+            a, b = _line_across(rng, size)
+            if math.hypot(b[0] - a[0], b[1] - a[1]) >= 0.5 * size:
+                break
+        length = math.hypot(b[0] - a[0], b[1] - a[1]) * rng.uniform(0.9, 1.2)
+        crack_width = rng.choice([rng.uniform(0.8, 1.6), rng.uniform(1.6, 3.5), rng.uniform(3.5, 7.0)],
+                                 p=[0.3, 0.5, 0.2]) * scale
+        _draw_crack(rng, draw, size, np.array(a), math.atan2(b[1] - a[1], b[0] - a[0]), length,
+                    max(crack_width, 0.3), 0, scale)
+    m = _to_float(_blur_mask(_downsample(canvas, size), rng.uniform(0.3, 0.8) * max(scale, 0.4)))
+    depth = rng.uniform(0.35, 0.85)
+    inner = 1.0 + 0.15 * _octave(rng, size, max(1.0, 3.0 * scale))
+    lum = lum * (1.0 - np.clip(depth * inner, 0.0, 0.95) * m)
+    sensor = _noise(rng, (3, size, size))
+    sensor *= 1.2
+    sensor += 0.5
+    rgb = np.stack([lum * (gains[c] + k * chroma) + sensor[c] for c, k in enumerate((1.0, 0.2, -1.0))], axis=-1)
+    top, left = (size - int(height)) // 2, (size - int(width)) // 2
+    box = (slice(top, top + int(height)), slice(left, left + int(width)))
+    return np.clip(rgb[box], 0, 255).astype(np.uint8), m[box] >= MASK_LEVEL
+
+
+def synthesize_photos(root, n: int, width: int, height: int, scale: float = 1.0, seed: int = 0,
+                      quality: int = 90) -> list[dict]:
+    """Write n photos `photo-0001.jpg`... and their masks `photo-0001.mask.png` (255 = crack) to
+    root, and `photos.csv` (photo, mask, width, height, crack_fraction); returns its rows.
+    Existing photos are kept, as `synthesize` does."""
+    from .. import atomic
+
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    if min(width, height) < 16 or max(width, height) > 8192:
+        raise ValueError(f"size must be between 16 and 8192 px per side, got {width}x{height}")
+    if not 0.05 <= scale <= 8:
+        raise ValueError(f"scale must be in 0.05..8 (pixels per unit of the 227 px crops), got {scale!r}")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index in range(1, int(n) + 1):
+        name = f"photo-{index:04d}"
+        photo, mask_path = root / f"{name}.jpg", root / f"{name}{MASK_SUFFIX}"
+        if photo.is_file() and photo.stat().st_size and mask_path.is_file():
+            with Image.open(mask_path) as im:
+                mask = np.asarray(im) > 127
+        else:
+            rgb, mask = render_photo(seed, index, width, height, scale)
+            for path, image, options in ((mask_path, Image.fromarray(mask.astype(np.uint8) * 255), {"format": "PNG"}),
+                                         (photo, Image.fromarray(rgb), {"format": "JPEG", "quality": int(quality)})):
+                buf = io.BytesIO()
+                image.save(buf, **options)
+                atomic.write_bytes(path, buf.getvalue())  # the photo last: its presence means both are whole
+        rows.append({"photo": photo.name, "mask": mask_path.name, "width": mask.shape[1], "height": mask.shape[0],
+                     "crack_fraction": round(float(mask.mean()), 6)})
+    atomic.write_csv(root / "photos.csv", list(rows[0]), [list(r.values()) for r in rows])
+    return rows
