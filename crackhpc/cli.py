@@ -81,6 +81,23 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from .predict.model import best_run
+    from .predict.shards import Settings, predict
+
+    run_dir = Path(args.model)
+    if args.best and Path(args.best).exists():  # `--best photos/`: the optional METRIC took the first photo
+        args.images.insert(0, args.best)
+        args.best = "best_val_acc"
+    if args.best:
+        run_dir, note = best_run(run_dir, args.best)
+        print(note)
+    settings = Settings(tile=args.tile, stride=args.stride, threshold=args.threshold,
+                        max_megapixels=args.max_megapixels, batch=args.batch)
+    return predict(run_dir, args.images, Path(args.out), args.executor, settings, shards=args.shards,
+                   per_task=args.per_task, overrides=args.overrides, wait=True if args.wait else None)
+
+
 def cmd_sbatch(args) -> int:
     from .config import load_sweep
     from .sbatch import write_scripts
@@ -196,6 +213,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep_dir", help="results/<sweep name>")
     p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="runs to cancel (default: every unfinished run)")
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("predict", help="classify new photos with a trained run: crack maps of large photos, as jobs")
+    p.add_argument("model", help="a run folder, or a sweep folder with --best")
+    p.add_argument("images", nargs="+", metavar="IMAGES",
+                   help="photos, folders (searched recursively) or .txt/.lst files of paths, one a line")
+    p.add_argument("--out", required=True, metavar="DIR", help="prediction folder (a rerun resumes it)")
+    p.add_argument("--best", nargs="?", const="best_val_acc", metavar="METRIC",
+                   help="MODEL is a sweep folder: use its best completed run by METRIC (default best_val_acc; ties: test_loss)")
+    p.add_argument("--tile", type=int, default=227, help="patch side in px of the photo (default 227, the dataset's crops)")
+    p.add_argument("--stride", type=int, help="px between patches (default: the tile; less overlaps them)")
+    p.add_argument("--threshold", type=float, default=0.5, help="crack probability from which a patch counts as cracked")
+    p.add_argument("--max-megapixels", type=float, default=64.0, help="larger photos are listed in errors.csv, not decoded")
+    p.add_argument("--batch", type=int, default=64, help="patches per forward pass")
+    p.add_argument("--executor", default="auto", choices=["auto", "local", "debug", "slurm"],
+                   help="auto: slurm where sbatch exists, else local")
+    p.add_argument("--shards", type=int, help="split the photos into N tasks of one job array")
+    p.add_argument("--per-task", type=int, default=500, help="without --shards: photos per task (default 500)")
+    p.add_argument("--wait", action="store_true", help="with slurm: wait for the jobs and merge")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="resources.KEY=VALUE",
+                   help="the jobs' resources (default: the run's, one task): --set resources.partition=gpu")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("sbatch", help="write a plain sbatch script per run (slurm_templates/), and submit them with --submit")
     p.add_argument("sweep", help="sweep file, e.g. jobs/smoke.yaml")

@@ -1,0 +1,176 @@
+"""Which trained run to use, and that run's classifier rebuilt as it was trained: the same
+network, weights, input size, preprocessing, precision and device rules.
+
+The checkpoint holds what the run trained. A frozen backbone with the feature cache trains its
+head only, so its checkpoint is the head: the backbone is rebuilt as the worker built it (the
+ImageNet file, or the random init from the run's seed)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import rundir
+from ..errors import CrackhpcError
+from ..grid import RunSpec
+
+TORCH_CHECKPOINT, KERAS_CHECKPOINT = "checkpoint.pt", "checkpoint.npz"  # the workers' CHECKPOINT
+CRACK = 1  # the class index of "positive" (crackhpc.data.layout.CLASSES)
+ASCENDING = ("test_loss", "wall_time_s", "compute_hours")  # --best metrics where less is better
+
+
+def checkpoint_path(run_dir: Path, spec: RunSpec) -> Path:
+    return run_dir / (TORCH_CHECKPOINT if spec.train.framework == "torch" else KERAS_CHECKPOINT)
+
+
+def check_run(run_dir: str | Path) -> tuple[Path, RunSpec, dict]:
+    """(run folder, spec, result) of a completed run with its checkpoint; CrackhpcError otherwise."""
+    run_dir = Path(run_dir).resolve()
+    if not run_dir.is_dir():
+        raise CrackhpcError(f"{run_dir}: no such run folder")
+    if not (run_dir / rundir.CONFIG).is_file():
+        if (run_dir / "sweep.json").is_file():
+            raise CrackhpcError(f"{run_dir}: a sweep folder: add --best [METRIC] to use its best run, or name one of its run folders")
+        raise CrackhpcError(f"{run_dir}: not a crackhpc run folder (no {rundir.CONFIG})")
+    spec = rundir.read_config(run_dir)
+    result = rundir.read_result(run_dir)
+    status = result.get("status", "pending")
+    if status != "completed":
+        why = f": {result['error']}" if status == "failed" and result.get("error") else ""
+        raise CrackhpcError(f"{run_dir}: the run is {status}{why}; predict uses completed runs only "
+                            f"(`crackhpc status {run_dir.parent}` shows where it stands)")
+    if not checkpoint_path(run_dir, spec).is_file():
+        raise CrackhpcError(f"{run_dir}: no {checkpoint_path(run_dir, spec).name}: the trained weights are missing "
+                            f"(deleted, or copied without them)")
+    return run_dir, spec, result
+
+
+def best_run(sweep_dir: str | Path, metric: str = "best_val_acc") -> tuple[Path, str]:
+    """The sweep's best completed run with a checkpoint by `metric` (largest, or smallest for a
+    loss or a cost), ties broken by test loss; and a line saying which and why."""
+    from ..report import summary
+
+    sweep_dir = Path(sweep_dir).resolve()
+    if not (sweep_dir / "sweep.json").is_file():
+        raise CrackhpcError(f"{sweep_dir}: not a sweep folder (no sweep.json); --best needs results/<sweep name>")
+    df = summary(sweep_dir)
+    if metric not in df.columns or metric in ("run_id", "status"):
+        numeric = [c for c in df.columns if df[c].dtype.kind in "fi"]
+        raise CrackhpcError(f"--best {metric}: not a column of {sweep_dir / 'summary.csv'}; one of: {', '.join(numeric)}")
+    done = df[(df["status"] == "completed") & df[metric].notna()]
+    done = done[[checkpoint_path(sweep_dir / r, rundir.read_config(sweep_dir / r)).is_file() for r in done["run_id"]]]
+    if done.empty:
+        raise CrackhpcError(f"{sweep_dir}: no completed run with a checkpoint and a {metric} (`crackhpc status {sweep_dir}`)")
+    done = done.sort_values([metric, "test_loss", "run_id"], ascending=[metric in ASCENDING, True, True], na_position="last")
+    row = done.iloc[0]
+    note = f"best run by {metric}: {row['run_id']} ({metric} {row[metric]:.4g}, test_loss {row['test_loss']:.4g}; {len(done)} completed)"
+    return sweep_dir / row["run_id"], note
+
+
+@dataclass
+class Classifier:
+    """`probabilities(uint8 NHWC at input_size)` → P(crack) per image, float64."""
+
+    run_dir: Path
+    spec: RunSpec
+    device: str
+    precision: str
+    probabilities: Callable[[np.ndarray], np.ndarray]
+    module: object = None  # the framework's model (torch nn.Module on uint8 NHWC → logits; keras Model)
+
+    @property
+    def input_size(self) -> int:
+        return self.spec.train.input_size
+
+
+def load(run_dir: str | Path) -> Classifier:
+    run_dir, spec, _ = check_run(run_dir)
+    return (_load_torch if spec.train.framework == "torch" else _load_keras)(run_dir, spec)
+
+
+def torch_module(run_dir: Path, spec: RunSpec):
+    """nn.Sequential(Normalize, backbone, head) on uint8 NHWC → logits, with the run's weights, on the CPU."""
+    import torch
+    from torch import nn
+
+    from ..worker.torch_models import build
+
+    cfg = spec.train
+    torch.manual_seed(cfg.seed)  # the worker's order: seed, then build (a random frozen backbone is this init)
+    backbone, head, _ = build(cfg.model, cfg.pretrained)
+    state = torch.load(checkpoint_path(run_dir, spec), map_location="cpu", weights_only=False)["model"]
+    if cfg.freeze_backbone and cfg.feature_cache:
+        head.load_state_dict(state)
+    else:
+        nn.Sequential(backbone, head).load_state_dict(state)
+    normalize, net = backbone
+    return nn.Sequential(normalize, net, head).eval()
+
+
+def _load_torch(run_dir: Path, spec: RunSpec) -> Classifier:
+    import torch
+    from torch.fx.experimental.optimization import fuse
+
+    from ..worker.torch_worker import _autocast_dtype
+
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    autocast = _autocast_dtype(spec.train.precision, device)
+    # BatchNorm folded into the convolutions, as the worker's feature pass does: the same numbers, faster
+    module = fuse(torch_module(run_dir, spec), inplace=True).to(device).to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def probabilities(images: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            logits = module(x).float()
+        return torch.softmax(logits, 1)[:, CRACK].double().cpu().numpy()
+
+    return Classifier(run_dir, spec, str(device), str(autocast or "fp32").replace("torch.", ""), probabilities, module)
+
+
+def keras_model(run_dir: Path, spec: RunSpec, policy: str = "float32"):
+    """(keras Model on preprocessed float images → softmax, preprocess function) with the run's weights."""
+    import keras
+
+    from ..weights import locate
+    from ..worker.keras_worker import APPLICATIONS
+
+    cfg = spec.train
+    keras.mixed_precision.set_global_policy(policy)
+    weights = str(locate("keras", cfg.model)[0]) if cfg.pretrained else None
+    keras.utils.set_random_seed(cfg.seed)  # the worker's order: seed, then the backbone
+    application, preprocess = APPLICATIONS[cfg.model]
+    size = cfg.input_size
+    net = application(include_top=False, weights=weights, input_shape=(size, size, 3), pooling="avg")
+    with np.load(checkpoint_path(run_dir, spec)) as saved:
+        trained = [saved[k] for k in sorted((k for k in saved.files if k.startswith("w")), key=lambda k: int(k[1:]))]
+    dense = keras.layers.Dense(2, activation="softmax", dtype="float32")
+    if cfg.freeze_backbone and cfg.feature_cache:
+        features = keras.Input(net.output_shape[1:])
+        head = keras.Model(features, dense(features))
+        head.set_weights(trained)
+        x = keras.Input((size, size, 3))
+        model = keras.Model(x, head(net(x, training=False)))
+    else:
+        x = keras.Input((size, size, 3))
+        model = keras.Model(x, dense(net(x)))
+        model.set_weights(trained)
+    return model, preprocess
+
+
+def _load_keras(run_dir: Path, spec: RunSpec) -> Classifier:
+    import tensorflow as tf
+
+    from ..worker.keras_worker import _policy
+
+    device = "gpu:0" if tf.config.list_physical_devices("GPU") else "cpu"
+    policy = _policy(spec.train.precision, device)
+    model, preprocess = keras_model(run_dir, spec, policy)
+    forward = tf.function(lambda x: model(preprocess(tf.cast(x, tf.float32)), training=False), reduce_retracing=True)
+
+    def probabilities(images: np.ndarray) -> np.ndarray:
+        return np.asarray(forward(tf.constant(images)), dtype=np.float64)[:, CRACK]
+
+    return Classifier(run_dir, spec, device, policy, probabilities, model)

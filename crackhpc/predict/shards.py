@@ -1,0 +1,355 @@
+"""A prediction as jobs: the plan (predict.json), one job array of shards with a sweep's resource
+options, each shard writing its part atomically, and the merge into one set of tables and a page.
+
+The prediction folder keeps its jobs in sweep.json in a sweep folder's format and each shard's
+state in shard-NNN/result.json, so `crackhpc status` and `crackhpc cancel` work on it as on a sweep."""
+from __future__ import annotations
+
+import csv
+import math
+import re
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import submitit
+
+from .. import atomic, rundir
+from ..config import Resources, apply_overrides, from_plain, to_plain
+from ..errors import CrackhpcError
+from . import inputs, maps
+
+PLAN, PREDICTIONS, SUMMARY, ERRORS, INDEX_MD, INDEX_HTML = (
+    "predict.json", "predictions.csv", "summary.csv", "errors.csv", "index.md", "index.html")
+MAPS, OVERLAYS = "maps", "overlays"
+PREDICTION_COLUMNS = ("image", *maps.PATCH_COLUMNS)
+ERROR_COLUMNS = ("image", "reason")
+# What makes two predictions the same: a rerun with these unchanged resumes, anything else is refused.
+PLAN_KEYS = ("model", "photos", "settings", "shards")
+
+
+@dataclass(frozen=True)
+class Settings:
+    tile: int = 227
+    stride: int | None = None  # default: the tile, patches side by side
+    threshold: float = 0.5
+    max_megapixels: float = inputs.DEFAULT_MAX_MEGAPIXELS
+    batch: int = 64
+
+    def check(self) -> "Settings":
+        if self.tile < 8:
+            raise CrackhpcError(f"--tile {self.tile}: give the patch side in px, at least 8 (the crops: 227)")
+        if self.stride is not None and not 1 <= self.stride <= self.tile:
+            raise CrackhpcError(f"--stride {self.stride}: give 1..{self.tile} (the tile; smaller strides overlap)")
+        if not 0 < self.threshold < 1:
+            raise CrackhpcError(f"--threshold {self.threshold}: give a probability between 0 and 1")
+        if self.max_megapixels <= 0 or self.batch < 1:
+            raise CrackhpcError("--max-megapixels and --batch must be positive")
+        return self
+
+
+def photo_ids(photos: list[Path]) -> list[str]:
+    """A file-name-safe id per photo for its map and overlay: its stem, with the photo's number
+    appended where two photos share a stem."""
+    stems = [re.sub(r"[^A-Za-z0-9._-]", "_", p.stem) or "photo" for p in photos]
+    twice = {s for s in stems if stems.count(s) > 1}
+    return [f"{s}-{k:06d}" if s in twice else s for k, s in enumerate(stems)]
+
+
+def shard_ids(n: int) -> list[str]:
+    return [f"shard-{k:03d}" for k in range(n)]
+
+
+def make_plan(run_dir: Path, photos: list[Path], input_errors: list[tuple[str, str]], settings: Settings,
+              n_shards: int, resources: Resources) -> dict:
+    chunks = np.array_split(np.arange(len(photos)), n_shards)
+    return {"model": str(run_dir), "photos": [{"path": str(p), "id": i} for p, i in zip(photos, photo_ids(photos))],
+            "settings": to_plain(settings), "shards": {s: c.tolist() for s, c in zip(shard_ids(n_shards), chunks)},
+            "input_errors": [list(e) for e in input_errors], "cpus_per_task": resources.cpus_per_task}
+
+
+def prediction_resources(trained: Resources, overrides: list[str]) -> Resources:
+    """The run's own resources, one task on at most one GPU (a shard is one process), with the
+    command line's `--set resources.KEY=VALUE` edits."""
+    plain = dict(to_plain(trained), nodes=1, tasks_per_node=1, gpus_per_node=min(1, trained.gpus_per_node))
+    for item in overrides:
+        if not item.startswith("resources."):
+            raise CrackhpcError(f"--set {item}: predict takes resources.KEY=VALUE only, e.g. resources.gpus_per_node=1")
+    raw = apply_overrides({"resources": plain}, overrides, Path("the run's resources"))
+    return from_plain(Resources, raw["resources"], "--set resources")
+
+
+# -- one shard: the job's work --------------------------------------------------------------
+
+def _reuse(out_dir: Path, photo: dict) -> tuple[list[inputs.Box], np.ndarray, tuple[int, int]] | None:
+    """A photo's map written by an earlier attempt of this shard (requeued or rerun), if complete."""
+    csv_path, png = out_dir / MAPS / f"{photo['id']}.csv", out_dir / OVERLAYS / f"{photo['id']}.png"
+    if not (csv_path.is_file() and png.is_file()):
+        return None
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return None
+    boxes = [inputs.Box(*(int(r[k]) for k in ("x0", "y0", "x1", "y1"))) for r in rows]
+    size = (max(b.x1 for b in boxes), max(b.y1 for b in boxes))
+    return boxes, np.array([float(r["probability"]) for r in rows]), size
+
+
+class _Shard:
+    def __init__(self, out_dir: Path, plan: dict, shard_id: str):
+        self.out_dir, self.plan, self.shard_id = out_dir, plan, shard_id
+        self.settings = Settings(**plan["settings"])
+        self.stride = self.settings.stride or self.settings.tile
+        self.predictions, self.summary, self.errors = [], [], []
+        self.pending, self.n_patches, self.classifier = [], 0, None
+
+    def model(self):
+        if self.classifier is None:  # loaded only when a photo needs it: a resumed shard may need none
+            from .model import load
+
+            self.classifier = load(self.plan["model"])
+        return self.classifier
+
+    def run(self) -> dict:
+        t0 = time.perf_counter()
+        for k in self.plan["shards"][self.shard_id]:
+            photo = self.plan["photos"][k]
+            done = _reuse(self.out_dir, photo)
+            if done:
+                self._record(photo, *done)
+                continue
+            try:
+                image = inputs.open_photo(photo["path"], self.settings.max_megapixels, self.settings.tile,
+                                          self.model().input_size)
+            except inputs.PhotoError as exc:
+                self.errors.append((photo["path"], str(exc)))
+                continue
+            boxes = inputs.grid(image.width, image.height, self.settings.tile, self.stride)
+            self.pending.append((photo, image, boxes, inputs.patches(image, boxes, self.model().input_size)))
+            if sum(len(p[2]) for p in self.pending) >= self.settings.batch:
+                self._flush()
+        self._flush()
+        part = self.out_dir / self.shard_id
+        atomic.write_csv(part / PREDICTIONS, PREDICTION_COLUMNS, self.predictions)
+        atomic.write_csv(part / SUMMARY, maps.SUMMARY_COLUMNS, [list(r.values()) for r in self.summary])
+        atomic.write_csv(part / ERRORS, ERROR_COLUMNS, self.errors)
+        seconds = time.perf_counter() - t0
+        return {"photos": len(self.summary), "photo_errors": len(self.errors), "patches": self.n_patches,
+                "seconds": round(seconds, 3), "photos_per_s": round(len(self.summary) / seconds, 3) if seconds else None,
+                "device": self.classifier.device if self.classifier else None}
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        clf = self.model()
+        stacked = np.concatenate([p[3] for p in self.pending])
+        probs = np.concatenate([clf.probabilities(stacked[s:s + self.settings.batch])
+                                for s in range(0, len(stacked), self.settings.batch)])
+        start = 0
+        for photo, image, boxes, _ in self.pending:
+            mine = probs[start:start + len(boxes)]
+            start += len(boxes)
+            maps.write_patches(self.out_dir / MAPS / f"{photo['id']}.csv", boxes, mine, self.settings.threshold)
+            title = (f"{Path(photo['path']).name}: {int((mine >= self.settings.threshold).sum())}/{len(boxes)} patches "
+                     f"cracked (p >= {self.settings.threshold:g}), max p {mine.max():.2f}; {Path(self.plan['model']).name}")
+            atomic.write_bytes(self.out_dir / OVERLAYS / f"{photo['id']}.png",
+                               maps.overlay(image, boxes, mine, self.settings.threshold, title))
+            self._record(photo, boxes, mine, image.size)
+        self.pending = []
+
+    def _record(self, photo: dict, boxes, probs: np.ndarray, size: tuple[int, int]) -> None:
+        t = self.settings.threshold
+        self.predictions += [(photo["path"], b.x0, b.y0, b.x1, b.y1, f"{p:.6f}", int(p >= t)) for b, p in zip(boxes, probs)]
+        self.summary.append(maps.summary_row(photo["path"], size, probs, t, f"{MAPS}/{photo['id']}.csv",
+                                             f"{OVERLAYS}/{photo['id']}.png"))
+        self.n_patches += len(boxes)
+
+
+def run_shard(out_dir: str | Path, shard_id: str) -> dict:
+    """Classify one shard's photos; its result.json says completed (with counts) or failed (with the error)."""
+    out_dir = Path(out_dir).resolve()
+    plan = atomic.read_json(out_dir / PLAN)
+    shard_dir = out_dir / shard_id
+    rundir.update_result(shard_dir, run_id=shard_id, status="running", started=rundir.now(), error=None)
+    try:
+        if rundir.read_config(plan["model"]).train.framework == "torch":
+            import torch
+
+            torch.set_num_threads(max(1, plan.get("cpus_per_task") or 1))  # the task's CPUs, as the worker does
+        counts = _Shard(out_dir, plan, shard_id).run()
+    except Exception as exc:
+        rundir.update_result(shard_dir, status="failed", error=f"{type(exc).__name__}: {exc}",
+                             traceback=traceback.format_exc(), finished=rundir.now())
+        raise
+    rundir.update_result(shard_dir, status="completed", finished=rundir.now(), **counts)
+    return counts
+
+
+class ShardJob(submitit.helpers.Checkpointable):
+    """What goes out per shard. Requeued at a time limit, it resumes: finished photos are kept."""
+
+    def __init__(self, out_dir: str | Path, shard_id: str):
+        self.out_dir, self.shard_id = str(out_dir), shard_id
+
+    def __call__(self) -> dict:
+        return run_shard(self.out_dir, self.shard_id)
+
+    def checkpoint(self, *args, **kwargs):
+        rundir.update_result(Path(self.out_dir) / self.shard_id, status="requeued")
+        return super().checkpoint(*args, **kwargs)
+
+
+# -- the whole prediction: plan, submit, wait, merge ------------------------------------------
+
+@dataclass(frozen=True)
+class _Unit:
+    """A shard where the launcher's planning expects a run spec: only its id is read."""
+
+    run_id: str
+
+
+def _check_same(out_dir: Path, plan: dict) -> None:
+    path = out_dir / PLAN
+    if not path.is_file():
+        return
+    old = atomic.read_json(path)
+    changed = [k for k in PLAN_KEYS if old.get(k) != plan.get(k)]
+    if changed:
+        raise CrackhpcError(f"{out_dir}: holds a prediction with other {', '.join(changed)} ({path}); "
+                            f"give another --out, or delete the folder to start over")
+
+
+def n_shards_for(n_photos: int, shards: int | None, per_task: int) -> int:
+    if shards is not None and shards < 1 or per_task < 1:
+        raise CrackhpcError("--shards and --per-task must be at least 1")
+    return max(1, min(n_photos, shards if shards is not None else math.ceil(n_photos / per_task)))
+
+
+def predict(run_dir: Path, images: list[str], out_dir: Path, executor_kind: str = "auto", settings: Settings = Settings(),
+            shards: int | None = None, per_task: int = 500, overrides: list[str] = (), wait: bool | None = None,
+            echo=print) -> int:
+    """Plan, submit the shards that need it, wait (unless Slurm without --wait), merge when every
+    shard is done. Returns the exit code: 0 all photos done, 1 some photo or shard failed."""
+    from ..launcher import (SUBMITIT_DIR, SWEEP_JSON, executor_parameters, load_sweep_record, make_executor, plan,
+                            record_job, resolve_executor, wait_for)
+    from .model import check_run
+
+    settings.check()
+    run_dir, spec, _ = check_run(run_dir)
+    photos, input_errors = inputs.expand(images)
+    if not photos:
+        raise CrackhpcError("no photos to predict: " + "; ".join(f"{a}: {r}" for a, r in input_errors[:3])
+                            if input_errors else f"no photos ({', '.join(inputs.PHOTO_SUFFIXES)}) in {' '.join(images)}")
+    kind = resolve_executor(executor_kind)
+    out_dir = Path(out_dir).resolve()
+    resources = prediction_resources(spec.resources, list(overrides))
+    the_plan = make_plan(run_dir, photos, input_errors, settings, n_shards_for(len(photos), shards, per_task), resources)
+    _check_same(out_dir, the_plan)
+    atomic.write_json(out_dir / PLAN, the_plan)
+    units = [_Unit(s) for s in the_plan["shards"]]
+    record = load_sweep_record(out_dir)
+    record.update(kind="prediction", model=str(run_dir), executor=kind, current_runs=[u.run_id for u in units])
+    actions = plan(units, out_dir, record, retry_failed=True)
+    todo = [u for u in units if actions[u.run_id] == "submit"]
+    echo(f"predict: {len(photos)} photos with {spec.run_id} ({spec.train.framework} {spec.train.model}, "
+         f"{spec.train.input_size} px), {len(units)} shards, {len(todo)} to submit, executor {kind}, out {out_dir}")
+    jobs = []
+    if todo:
+        params = executor_parameters(resources, kind, "predict")
+        executor = make_executor(kind, out_dir / SUBMITIT_DIR, params)
+        for unit in todo:  # a new attempt: status and cancel read result.json as the latest job's state
+            rundir.update_result(out_dir / unit.run_id, run_id=unit.run_id, status="pending", error=None,
+                                 traceback=None, started=None, finished=None)
+        if kind == "local":
+            jobs = _submit_local(executor, todo, out_dir, resources)
+        else:
+            with executor.batch():  # one job array
+                jobs = [(u, executor.submit(ShardJob(out_dir, u.run_id))) for u in todo]
+        for unit, job in jobs:
+            record_job(record, unit.run_id, job.job_id, kind, job.paths.stdout, job.paths.stderr)
+        record["submitted"] = rundir.now()
+        echo(f"  jobs {', '.join(str(j.job_id) for _, j in jobs)}; logs in {out_dir / SUBMITIT_DIR}")
+    atomic.write_json(out_dir / SWEEP_JSON, record)
+    if jobs and (wait if wait is not None else kind != "slurm"):
+        wait_for(jobs, out_dir, echo)
+    states = {u.run_id: rundir.read_result(out_dir / u.run_id).get("status", "pending") for u in units}
+    failed = [s for s, state in states.items() if state in ("failed", "cancelled")]
+    for shard in failed:
+        error = rundir.read_result(out_dir / shard).get("error")
+        echo(f"  {shard}: {states[shard]}" + (f": {error}" if error else ""))
+    if any(state != "completed" for state in states.values()):
+        unfinished = len(states) - len(failed) - sum(s == "completed" for s in states.values())
+        if unfinished:
+            echo(f"{unfinished} shard(s) queued or running: `crackhpc status {out_dir}`; run this command again "
+                 f"to merge once they are done")
+        if failed:
+            echo(f"{len(failed)} shard(s) {'/'.join(sorted({states[s] for s in failed}))}: run this command again to resubmit them")
+        return 1 if failed else 0
+    n_done, n_errors = merge(out_dir)
+    echo(f"{n_done} photos done, {n_errors} not ({out_dir / ERRORS}); written: {out_dir / PREDICTIONS}, "
+         f"{out_dir / SUMMARY}, {out_dir / INDEX_HTML}")
+    return 1 if n_errors else 0
+
+
+def _submit_local(executor, units: list[_Unit], out_dir: Path, res: Resources):
+    """Local processes share this machine's cores: at most cores/cpus_per_task at a time."""
+    import os
+
+    limit = max(1, min(res.array_parallelism, (os.cpu_count() or 1) // res.cpus_per_task))
+    running, submitted = [], []
+    for unit in units:
+        while len(running) >= limit:
+            running = [j for j in running if not j.done()]
+            time.sleep(0.5)
+        job = executor.submit(ShardJob(out_dir, unit.run_id))
+        running.append(job)
+        submitted.append((unit, job))
+    return submitted
+
+
+def _read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def merge(out_dir: str | Path) -> tuple[int, int]:
+    """The shards' parts → predictions.csv, summary.csv, errors.csv (photo order) and the page of
+    overlays, most cracked first. Returns (photos done, photos not)."""
+    out_dir = Path(out_dir)
+    plan = atomic.read_json(out_dir / PLAN)
+    predictions, summary, errors = [], [], []
+    for shard in plan["shards"]:
+        predictions += _read_rows(out_dir / shard / PREDICTIONS)
+        summary += _read_rows(out_dir / shard / SUMMARY)
+        errors += _read_rows(out_dir / shard / ERRORS)
+    errors += [dict(zip(ERROR_COLUMNS, e)) for e in plan["input_errors"]]
+    atomic.write_csv(out_dir / PREDICTIONS, PREDICTION_COLUMNS, [[r[k] for k in PREDICTION_COLUMNS] for r in predictions])
+    atomic.write_csv(out_dir / SUMMARY, maps.SUMMARY_COLUMNS, [[r[k] for k in maps.SUMMARY_COLUMNS] for r in summary])
+    atomic.write_csv(out_dir / ERRORS, ERROR_COLUMNS, [[r[k] for k in ERROR_COLUMNS] for r in errors])
+    _write_page(out_dir, plan, summary, errors)
+    return len(summary), len(errors)
+
+
+def _write_page(out_dir: Path, plan: dict, summary: list[dict], errors: list[dict]) -> None:
+    from ..report import Document
+
+    ranked = sorted(summary, key=lambda r: (-float(r["cracked_fraction"]), -float(r["max_probability"]), r["image"]))
+    settings = plan["settings"]
+    doc = Document()
+    doc.heading(1, f"Crack maps: {len(summary)} photos")
+    doc.para(f"Model: {plan['model']}. Patches of {settings['tile']} px every {settings['stride'] or settings['tile']} px; "
+             f"a patch is cracked where its crack probability is at least {settings['threshold']:g}. "
+             f"Most cracked photos first; red outlines mark cracked patches.")
+    doc.table(["photo", "patches", "cracked", "cracked fraction", "max probability"],
+              [[Path(r["image"]).name, r["patches"], r["cracked_patches"], r["cracked_fraction"], r["max_probability"]]
+               for r in ranked])
+    for r in ranked:
+        doc.heading(2, f"{Path(r['image']).name}: {r['cracked_patches']}/{r['patches']} patches cracked")
+        doc.image(r["image"], r["overlay"])
+    if errors:
+        doc.heading(2, f"Not processed: {len(errors)}")
+        doc.table(["photo", "reason"], [[e["image"], e["reason"]] for e in errors])
+    atomic.write_text(out_dir / INDEX_MD, doc.markdown())
+    atomic.write_text(out_dir / INDEX_HTML, doc.html("crackhpc predict"))
