@@ -98,6 +98,14 @@ def cmd_predict(args) -> int:
                    per_task=args.per_task, overrides=args.overrides, wait=True if args.wait else None)
 
 
+def cmd_export(args) -> int:
+    from .export import MODEL_JSON, export
+
+    out = export(args.run, args.format, args.out)
+    print(f"written: {out / MODEL_JSON} and the model file beside it")
+    return 0
+
+
 def cmd_sbatch(args) -> int:
     from .config import load_sweep
     from .sbatch import write_scripts
@@ -234,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="resources.KEY=VALUE",
                    help="the jobs' resources (default: the run's, one task): --set resources.partition=gpu")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="a trained run as one model file for plain torch, onnxruntime or keras, with model.json")
+    p.add_argument("run", help="a completed run folder")
+    p.add_argument("--format", required=True, choices=["torchscript", "onnx", "keras"])
+    p.add_argument("--out", metavar="DIR", help="default: RUN/export-FORMAT")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("sbatch", help="write a plain sbatch script per run (slurm_templates/), and submit them with --submit")
     p.add_argument("sweep", help="sweep file, e.g. jobs/smoke.yaml")

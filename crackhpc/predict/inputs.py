@@ -3,6 +3,7 @@ needs; the patch grid of a large photo."""
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +67,10 @@ def open_photo(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     try:
         if path.stat().st_size == 0:
             raise PhotoError("empty file (0 bytes)")
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # Pillow's bomb warning: the limit below is the one that counts
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
             width, height = img.size
             if width * height > max_megapixels * 1e6:
                 raise PhotoError(f"{width}x{height} px is {width * height / 1e6:.0f} megapixels, over the limit of "
