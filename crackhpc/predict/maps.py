@@ -77,7 +77,12 @@ def overlay(photo: Image.Image, boxes: list[Box], probs: np.ndarray, threshold: 
             draw.rectangle(rect, outline=(220, 0, 0), width=2 * line + 1)
         else:
             draw.rectangle(rect, outline=(255, 255, 255), width=line)
-    draw.text((4, h + 4), title, fill=(0, 0, 0), font=_font(caption_h - 4))
+    size = caption_h - 4
+    font = _font(size)
+    while size > 8 and hasattr(font, "getlength") and font.getlength(title) > w - 8:  # the caption fits the width
+        size -= 1
+        font = _font(size)
+    draw.text((4, h + 4), title, fill=(0, 0, 0), font=font)
     buf = io.BytesIO()
     canvas.save(buf, format="PNG", optimize=False)
     return buf.getvalue()
