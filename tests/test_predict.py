@@ -191,3 +191,22 @@ def test_three_shards_run_as_one_job_array_and_merge_to_the_local_tables(trained
     assert code == 0 and "3 shards, 0 to submit" in out, err
     for table in ("predictions.csv", "summary.csv", "errors.csv"):
         assert (tmp_path / "slurm" / table).read_bytes() == (tmp_path / "local" / table).read_bytes()
+
+
+@pytest.mark.slurm
+def test_cancel_stops_a_queued_prediction_and_a_rerun_resubmits_it(trained, photos, tmp_path, slurm_cluster):
+    from crackhpc.status import collect
+
+    _, runs = trained
+    out = tmp_path / "held"
+    args = [runs[1], photos, "--tile", "32", "--shards", "2", "--out", out, "--executor", "slurm",
+            "--set", "resources.partition=debug", "--set", "resources.mem_gb=1"]
+    assert cli("predict", *args, "--set", "resources.sbatch={begin: now+1hour}")[0] == 0  # stays queued
+    assert {r.state for r in collect(out)} == {"pending"}
+    code, cancelled, _ = cli("cancel", out)
+    assert code == 0 and "2 run(s) cancelled" in cancelled
+    assert [rundir.read_result(out / s)["status"] for s in ("shard-000", "shard-001")] == ["cancelled"] * 2
+    code, again, _ = cli("predict", *args, "--wait")
+    assert code == 0 and "2 shards, 2 to submit" in again and len(rows(out / "summary.csv")) == 3
+    history = json.loads((out / "sweep.json").read_text())["runs"]["shard-000"]["history"]
+    assert len(history) == 1  # the cancelled job, kept
