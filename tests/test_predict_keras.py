@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,9 +19,16 @@ from crackhpc.data.split import read_manifest  # noqa: E402
 from crackhpc.predict.inputs import grid, open_photo, patches  # noqa: E402
 
 from .conftest import tiny_sweep  # noqa: E402
-from .test_predict import cli, rows  # noqa: E402
+from .test_predict import rows  # noqa: E402
 
 pytestmark = pytest.mark.tf
+
+
+def cli(*args) -> tuple[int, str, str]:
+    """The command in its own process: TensorFlow's logging keeps the stream it first wrote to,
+    which an in-process call's redirection closes under it."""
+    out = subprocess.run([sys.executable, "-m", "crackhpc.cli", *map(str, args)], capture_output=True, text=True)
+    return out.returncode, out.stdout, out.stderr
 
 
 @pytest.mark.parametrize("frozen", [True, False])
