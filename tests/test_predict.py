@@ -85,8 +85,9 @@ def test_photos_become_maps_tables_and_a_page_and_bad_input_is_listed(trained, p
     code, stdout, err = cli("predict", sweep_dir, "--best", photos, bad, tmp_path / "missing.jpg", "--out", out,
                             "--tile", "32", "--executor", "local", "--shards", "2")
     assert code == 1, err  # some photos failed; the others are done
-    best = max(rundir.read_result(r)["best_val_acc"] for r in runs)
-    assert "best run by best_val_acc" in stdout and f"best_val_acc {best:.4g}" in stdout
+    results = {r.name: rundir.read_result(r) for r in runs}
+    best = min(results, key=lambda r: (-results[r]["best_val_acc"], results[r]["test_loss"]))  # ties: test loss
+    assert f"best run by best_val_acc: {best} (best_val_acc {results[best]['best_val_acc']:.4g}" in stdout
     reasons = {r["image"].rsplit("/", 1)[-1]: r["reason"] for r in rows(out / "errors.csv")}
     assert set(reasons) == {"empty.jpg", "notes.png", "cut.jpg", "huge.png", "missing.jpg"}
     assert reasons["empty.jpg"] == "empty file (0 bytes)" and "megapixels" in reasons["huge.png"]
