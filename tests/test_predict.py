@@ -137,7 +137,7 @@ def test_a_run_that_cannot_predict_is_one_line_on_stderr(trained, photos, tmp_pa
     assert "no checkpoint.pt" in cases["nockpt"][2]
     assert "the run is failed: ValueError: boom" in cases["failed"][2]
     assert "the run is running" in cases["running"][2]
-    assert "a sweep folder: add --best" in cases["sweep"][2]
+    assert "a sweep folder: name one of its run folders (predict also takes --best" in cases["sweep"][2]
     assert "--best nonsense: not a column" in cases["metric"][2]
 
 

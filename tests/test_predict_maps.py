@@ -9,7 +9,6 @@ here. Measured on this machine: precision 0.97, recall 0.27 (384 patches, 126 cr
 floors below leave room for the run-to-run spread of training."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np

@@ -32,7 +32,7 @@ def check_run(run_dir: str | Path) -> tuple[Path, RunSpec, dict]:
         raise CrackhpcError(f"{run_dir}: no such run folder")
     if not (run_dir / rundir.CONFIG).is_file():
         if (run_dir / "sweep.json").is_file():
-            raise CrackhpcError(f"{run_dir}: a sweep folder: add --best [METRIC] to use its best run, or name one of its run folders")
+            raise CrackhpcError(f"{run_dir}: a sweep folder: name one of its run folders (predict also takes --best [METRIC])")
         raise CrackhpcError(f"{run_dir}: not a crackhpc run folder (no {rundir.CONFIG})")
     spec = rundir.read_config(run_dir)
     result = rundir.read_result(run_dir)
