@@ -211,3 +211,18 @@ def test_cancel_stops_a_queued_prediction_and_a_rerun_resubmits_it(trained, phot
     assert code == 0 and "2 shards, 2 to submit" in again and len(rows(out / "summary.csv")) == 3
     history = json.loads((out / "sweep.json").read_text())["runs"]["shard-000"]["history"]
     assert len(history) == 1  # the cancelled job, kept
+
+
+def test_a_failed_shard_is_resubmitted_and_keeps_the_photos_it_finished(trained, photos, tmp_path):
+    _, runs = trained
+    out = tmp_path / "pred"
+    args = ["predict", runs[0], photos, "--out", out, "--tile", "32", "--executor", "debug"]
+    assert cli(*args)[0] == 0
+    before = (out / "predictions.csv").read_bytes()
+    kept = (out / "maps" / "photo-0001.csv").stat().st_mtime_ns
+    (out / "overlays" / "photo-0002.png").unlink()  # as if the job had died while drawing it
+    rundir.update_result(out / "shard-000", status="failed", error="TimeoutError: killed")
+    code, again, err = cli(*args)
+    assert code == 0 and "1 shards, 1 to submit" in again, err
+    assert (out / "maps" / "photo-0001.csv").stat().st_mtime_ns == kept and (out / "overlays" / "photo-0002.png").is_file()
+    assert (out / "predictions.csv").read_bytes() == before

@@ -102,8 +102,10 @@ class _Shard:
         self.out_dir, self.plan, self.shard_id = out_dir, plan, shard_id
         self.settings = Settings(**plan["settings"])
         self.stride = self.settings.stride or self.settings.tile
-        self.predictions, self.summary, self.errors = [], [], []
-        self.pending, self.n_patches, self.classifier = [], 0, None
+        # position in the plan → (photo, boxes, probabilities, size); of the photos that failed, → (path, reason)
+        self.done: dict[int, tuple] = {}
+        self.failed: dict[int, tuple[str, str]] = {}
+        self.pending, self.classifier = [], None
 
     def model(self):
         if self.classifier is None:  # loaded only when a photo needs it: a resumed shard may need none
@@ -114,41 +116,53 @@ class _Shard:
 
     def run(self) -> dict:
         t0 = time.perf_counter()
-        for k in self.plan["shards"][self.shard_id]:
+        order = self.plan["shards"][self.shard_id]
+        for k in order:
             photo = self.plan["photos"][k]
             done = _reuse(self.out_dir, photo)
             if done:
-                self._record(photo, *done)
+                self.done[k] = (photo, *done)
                 continue
             try:
                 image = inputs.open_photo(photo["path"], self.settings.max_megapixels, self.settings.tile,
                                           self.model().input_size)
             except inputs.PhotoError as exc:
-                self.errors.append((photo["path"], str(exc)))
+                self.failed[k] = (photo["path"], str(exc))
                 continue
             boxes = inputs.grid(image.width, image.height, self.settings.tile, self.stride)
-            self.pending.append((photo, image, boxes, inputs.patches(image, boxes, self.model().input_size)))
-            if sum(len(p[2]) for p in self.pending) >= self.settings.batch:
+            self.pending.append((k, photo, image, boxes, inputs.patches(image, boxes, self.model().input_size)))
+            if sum(len(p[3]) for p in self.pending) >= self.settings.batch:
                 self._flush()
         self._flush()
+        predictions, summary, errors, n_patches = [], [], [], 0
+        t = self.settings.threshold
+        for k in order:  # the plan's order, whichever photos were reused, failed or batched
+            if k in self.failed:
+                errors.append(self.failed[k])
+                continue
+            photo, boxes, probs, size = self.done[k]
+            predictions += [(photo["path"], b.x0, b.y0, b.x1, b.y1, f"{p:.6f}", int(p >= t)) for b, p in zip(boxes, probs)]
+            summary.append(list(maps.summary_row(photo["path"], size, probs, t, f"{MAPS}/{photo['id']}.csv",
+                                                 f"{OVERLAYS}/{photo['id']}.png").values()))
+            n_patches += len(boxes)
         part = self.out_dir / self.shard_id
-        atomic.write_csv(part / PREDICTIONS, PREDICTION_COLUMNS, self.predictions)
-        atomic.write_csv(part / SUMMARY, maps.SUMMARY_COLUMNS, [list(r.values()) for r in self.summary])
-        atomic.write_csv(part / ERRORS, ERROR_COLUMNS, self.errors)
+        atomic.write_csv(part / PREDICTIONS, PREDICTION_COLUMNS, predictions)
+        atomic.write_csv(part / SUMMARY, maps.SUMMARY_COLUMNS, summary)
+        atomic.write_csv(part / ERRORS, ERROR_COLUMNS, errors)
         seconds = time.perf_counter() - t0
-        return {"photos": len(self.summary), "photo_errors": len(self.errors), "patches": self.n_patches,
-                "seconds": round(seconds, 3), "photos_per_s": round(len(self.summary) / seconds, 3) if seconds else None,
+        return {"photos": len(summary), "photo_errors": len(errors), "patches": n_patches,
+                "seconds": round(seconds, 3), "photos_per_s": round(len(summary) / seconds, 3) if seconds else None,
                 "device": self.classifier.device if self.classifier else None}
 
     def _flush(self) -> None:
         if not self.pending:
             return
         clf = self.model()
-        stacked = np.concatenate([p[3] for p in self.pending])
+        stacked = np.concatenate([p[4] for p in self.pending])
         probs = np.concatenate([clf.probabilities(stacked[s:s + self.settings.batch])
                                 for s in range(0, len(stacked), self.settings.batch)])
         start = 0
-        for photo, image, boxes, _ in self.pending:
+        for k, photo, image, boxes, _ in self.pending:
             mine = probs[start:start + len(boxes)]
             start += len(boxes)
             maps.write_patches(self.out_dir / MAPS / f"{photo['id']}.csv", boxes, mine, self.settings.threshold)
@@ -156,15 +170,8 @@ class _Shard:
                      f"cracked (p >= {self.settings.threshold:g}), max p {mine.max():.2f}; {Path(self.plan['model']).name}")
             atomic.write_bytes(self.out_dir / OVERLAYS / f"{photo['id']}.png",
                                maps.overlay(image, boxes, mine, self.settings.threshold, title))
-            self._record(photo, boxes, mine, image.size)
+            self.done[k] = (photo, boxes, mine, image.size)
         self.pending = []
-
-    def _record(self, photo: dict, boxes, probs: np.ndarray, size: tuple[int, int]) -> None:
-        t = self.settings.threshold
-        self.predictions += [(photo["path"], b.x0, b.y0, b.x1, b.y1, f"{p:.6f}", int(p >= t)) for b, p in zip(boxes, probs)]
-        self.summary.append(maps.summary_row(photo["path"], size, probs, t, f"{MAPS}/{photo['id']}.csv",
-                                             f"{OVERLAYS}/{photo['id']}.png"))
-        self.n_patches += len(boxes)
 
 
 def run_shard(out_dir: str | Path, shard_id: str) -> dict:
