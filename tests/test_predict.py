@@ -226,3 +226,13 @@ def test_a_failed_shard_is_resubmitted_and_keeps_the_photos_it_finished(trained,
     assert code == 0 and "1 shards, 1 to submit" in again, err
     assert (out / "maps" / "photo-0001.csv").stat().st_mtime_ns == kept and (out / "overlays" / "photo-0002.png").is_file()
     assert (out / "predictions.csv").read_bytes() == before
+
+
+def test_a_shard_that_fails_is_reported_and_nothing_is_merged(trained, photos, tmp_path):
+    _, runs = trained
+    broken = tmp_path / "broken-run"
+    shutil.copytree(runs[0], broken)
+    (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")  # there, so accepted; fails in the job
+    code, out, _ = cli("predict", broken, photos, "--out", tmp_path / "pred", "--tile", "32", "--executor", "local")
+    assert code == 1 and "shard-000: failed: UnpicklingError" in out
+    assert "run this command again to resubmit" in out and not (tmp_path / "pred" / "predictions.csv").exists()

@@ -241,6 +241,7 @@ def predict(run_dir: Path, images: list[str], out_dir: Path, executor_kind: str 
     shard is done. Returns the exit code: 0 all photos done, 1 some photo or shard failed."""
     from ..launcher import (SUBMITIT_DIR, SWEEP_JSON, executor_parameters, load_sweep_record, make_executor, plan,
                             record_job, resolve_executor, wait_for)
+    from ..status import run_statuses
     from .model import check_run
 
     settings.check()
@@ -281,18 +282,19 @@ def predict(run_dir: Path, images: list[str], out_dir: Path, executor_kind: str 
     atomic.write_json(out_dir / SWEEP_JSON, record)
     if jobs and (wait if wait is not None else kind != "slurm"):
         wait_for(jobs, out_dir, echo)
-    states = {u.run_id: rundir.read_result(out_dir / u.run_id).get("status", "pending") for u in units}
-    failed = [s for s, state in states.items() if state in ("failed", "cancelled")]
-    for shard in failed:
-        error = rundir.read_result(out_dir / shard).get("error")
-        echo(f"  {shard}: {states[shard]}" + (f": {error}" if error else ""))
-    if any(state != "completed" for state in states.values()):
-        unfinished = len(states) - len(failed) - sum(s == "completed" for s in states.values())
+    # The merged state, as `crackhpc status` shows it: a job Slurm killed (time limit, memory) is
+    # not left waiting as "running" when its worker could not record the end.
+    states = {r.run_id: r for r in run_statuses(out_dir, [u.run_id for u in units], record)}
+    failed = [r for r in states.values() if r.state != "completed" and not r.live]
+    for r in failed:
+        echo(f"  {r.run_id}: {r.state}" + (f": {r.error}" if r.error else ""))
+    if any(r.state != "completed" for r in states.values()):
+        unfinished = sum(r.live for r in states.values())
         if unfinished:
             echo(f"{unfinished} shard(s) queued or running: `crackhpc status {out_dir}`; run this command again "
                  f"to merge once they are done")
         if failed:
-            echo(f"{len(failed)} shard(s) {'/'.join(sorted({states[s] for s in failed}))}: run this command again to resubmit them")
+            echo(f"{len(failed)} shard(s) {'/'.join(sorted({r.state for r in failed}))}: run this command again to resubmit them")
         return 1 if failed else 0
     n_done, n_errors = merge(out_dir)
     echo(f"{n_done} photos done, {n_errors} not ({out_dir / ERRORS}); written: {out_dir / PREDICTIONS}, "
