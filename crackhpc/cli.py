@@ -81,6 +81,22 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+def cmd_logs(args) -> int:
+    from .logs import follow, show
+
+    source = "err" if args.err else "worker" if args.worker else "out"
+    if args.follow and args.attempt is not None:
+        raise CrackhpcError("--follow shows the latest attempt as it grows; leave out --attempt")
+    try:
+        if args.follow:
+            follow(args.sweep_dir, args.run_id, source)
+        else:
+            show(args.sweep_dir, args.run_id, source, args.attempt)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def cmd_sbatch(args) -> int:
     from .config import load_sweep
     from .sbatch import write_scripts
@@ -181,6 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep_dir", help="results/<sweep name>")
     p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="runs to cancel (default: every unfinished run)")
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("logs", help="a run's Slurm stdout (default), stderr or worker.log, per attempt; -f follows it",
+                       description="Attempts are numbered from 1: every start of the run's jobs, requeues included.")
+    p.add_argument("sweep_dir", help="results/<sweep name>")
+    p.add_argument("run_id", metavar="RUN_ID", help="a run of the sweep (`crackhpc status` lists them)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing what the latest attempt writes until the run ends")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--err", action="store_true", help="the job's stderr (tracebacks, warnings) instead of its stdout")
+    which.add_argument("--worker", action="store_true", help="the run folder's worker.log (rank 0's lines only)")
+    p.add_argument("--attempt", type=int, metavar="N", help="the Nth attempt (default: the latest)")
+    p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("sbatch", help="write a plain sbatch script per run (slurm_templates/), and submit them with --submit")
     p.add_argument("sweep", help="sweep file, e.g. jobs/smoke.yaml")

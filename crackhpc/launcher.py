@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from . import atomic, rundir
+from .attempts import START_SHELL
 from .config import Resources, Sweep, to_plain
 from .data.split import make_manifest, write_manifest
 from .grid import RunSpec, expand
@@ -57,7 +58,8 @@ def executor_parameters(res: Resources, kind: str, sweep_name: str) -> dict:
         params.update(gpus_per_node=res.gpus_per_node, mem_gb=res.mem_gb, slurm_partition=res.partition,
                       slurm_account=res.account, slurm_qos=res.qos, slurm_constraint=res.constraint,
                       slurm_array_parallelism=res.array_parallelism, slurm_max_num_timeout=res.max_requeues,
-                      slurm_setup=list(res.setup),
+                      # The start line first: each start of a requeued job appends to the same logs.
+                      slurm_setup=[START_SHELL, *res.setup],
                       # submitit requeues with `scontrol requeue`, which Slurm refuses for a job that is not
                       # requeueable: the default where a cluster sets JobRequeue=0.
                       slurm_additional_parameters={"requeue": True, **res.sbatch})

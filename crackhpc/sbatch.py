@@ -21,6 +21,7 @@ from pathlib import Path
 from string import Template
 
 from . import atomic, rundir
+from .attempts import START_SHELL
 from .config import Resources, Sweep, _Where, validate_resources
 from .errors import CrackhpcError
 from .grid import RunSpec
@@ -66,7 +67,7 @@ def render(spec: RunSpec, run_dir: Path) -> str:
     res = validate_resources(spec.resources, _Where(str(run_dir / rundir.CONFIG), "resources"))
     srun_step = _template("srun_step.sh").substitute(max_requeues=res.max_requeues, signal_lead_s=SIGNAL_LEAD_S)
     return _template(template_name(spec)).substitute(
-        run_id=spec.run_id, sweep=spec.sweep, srun_step=srun_step.rstrip("\n"),
+        run_id=spec.run_id, sweep=spec.sweep, srun_step=srun_step.rstrip("\n"), start_line=START_SHELL,
         sbatch_options="\n".join(sbatch_lines(res, f"{res.job_name}-{spec.sweep}", run_dir)),
         setup="\n".join(res.setup) or "# (none)", python=shlex.quote(sys.executable), run_dir=shlex.quote(str(run_dir)))
 
