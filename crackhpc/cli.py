@@ -10,14 +10,38 @@ from .errors import CrackhpcError
 SUMMARY_VIEW = ["run_id", "status", "epochs_done", "best_val_acc", "test_loss", "test_acc", "wall_time_s", "images_per_s"]
 
 
-def cmd_sweep(args) -> int:
+def load_with_profile(args):
+    """The sweep file with --set edits and the cluster profile (--cluster, else Slurm's cluster name)."""
+    import os
+
     from .config import load_sweep
+    from .profiles import apply_profile, select_profile
+
+    profile = select_profile(args.cluster)
+    if profile is not None:
+        print(profile.describe())
+        if profile.cache:  # this process's weights checks look where the jobs will
+            os.environ.setdefault("CRACKHPC_CACHE", os.path.expandvars(profile.cache))
+    return load_sweep(args.sweep, overrides=args.overrides, edit=lambda raw: apply_profile(raw, profile))
+
+
+def cmd_sweep(args) -> int:
     from .launcher import submit
     from .report import format_table, write_reports
 
-    sweep = load_sweep(args.sweep, overrides=args.overrides)
-    submit(sweep, Path(args.results), args.executor, dry_run=args.dry_run, retry_failed=args.retry_failed,
-           wait=True if args.wait else None)
+    from submitit.core.utils import FailedJobError
+
+    sweep = load_with_profile(args)
+    try:
+        record = submit(sweep, Path(args.results), args.executor, dry_run=args.dry_run, retry_failed=args.retry_failed,
+                        wait=True if args.wait else None)
+    except FailedJobError as exc:  # sbatch's refusal; the run folders stay as they are, ready for a retry
+        lines = [line.removeprefix("sbatch: ") for line in str(exc).strip().splitlines()]
+        raise CrackhpcError(f"{args.sweep}: Slurm refused the job: {' / '.join(lines)} "
+                            "(`crackhpc sweep --dry-run` asks Slurm without submitting)") from None
+    if args.dry_run and record.get("refused"):
+        print(f"error: Slurm would refuse {len(record['refused'])} run(s): see `sbatch --test-only` above", file=sys.stderr)
+        return 1
     sweep_dir = Path(args.results) / sweep.name
     if not args.dry_run and (sweep_dir / "sweep.json").is_file():
         df, comp = write_reports(sweep_dir)
@@ -54,8 +78,16 @@ def cmd_report(args) -> int:
 
 
 def cmd_prefetch(args) -> int:
-    from .prefetch import cache_note, prefetch, table, wanted
+    import os
 
+    from .prefetch import cache_note, prefetch, table, wanted
+    from .profiles import select_profile
+
+    if args.cache is None and not os.environ.get("CRACKHPC_CACHE"):
+        profile = select_profile(args.cluster)
+        if profile is not None and profile.cache:  # where that cluster's jobs look
+            args.cache = os.path.expandvars(profile.cache)
+            print(f"{profile.describe()}: cache {args.cache}")
     outcomes = prefetch(wanted(args.sweeps, args.models), args.cache, args.base_url, args.from_dir)
     print(table(outcomes))
     if note := cache_note(args.cache):
@@ -98,10 +130,9 @@ def cmd_logs(args) -> int:
 
 
 def cmd_sbatch(args) -> int:
-    from .config import load_sweep
     from .sbatch import write_scripts
 
-    write_scripts(load_sweep(args.sweep, overrides=args.overrides), Path(args.results), Path(args.out) if args.out else None,
+    write_scripts(load_with_profile(args), Path(args.results), Path(args.out) if args.out else None,
                   submit=args.submit, retry_failed=args.retry_failed)
     return 0
 
@@ -147,6 +178,13 @@ def cmd_data_fetch(args) -> int:
     return 0 if report.ok else 1
 
 
+def _add_cluster_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", metavar="NAME",
+                   help="take partition, account, qos, constraint, setup, sbatch options and the weights cache this "
+                        "cluster's profile sets in $CRACKHPC_CLUSTERS or ~/.config/crackhpc/clusters.yaml (the sweep's "
+                        "own resources win; default: the profile named like Slurm's ClusterName, if there is one)")
+
+
 def _add_set_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="edit the sweep for this call, repeatable: --set defaults.epochs=2 --set data.root=null "
@@ -166,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="resubmit runs whose last attempt failed")
     p.add_argument("--wait", action="store_true", help="with slurm: wait for the jobs and print the report")
     _add_set_option(p)
+    _add_cluster_option(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="summary.csv, comparison.csv, report.md/.html and figures of a sweep's runs")
@@ -187,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "else $TORCH_HOME/hub/checkpoints and ~/.keras/models)")
     p.add_argument("--from", dest="from_dir", metavar="DIR", help="import files copied here by hand instead of downloading")
     p.add_argument("--base-url", help="mirror: fetch BASE_URL/<filename> instead of the published URLs")
+    p.add_argument("--cluster", metavar="NAME", help="without --cache and $CRACKHPC_CACHE: the cache of this cluster "
+                                                     "profile (default: the profile of Slurm's ClusterName, if any)")
     p.set_defaults(func=cmd_prefetch)
 
     p = sub.add_parser("status", help="each run's state, from Slurm's accounting (sacct) and the run folders")
@@ -216,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--submit", action="store_true", help="sbatch each script and record the job ids for status and cancel")
     p.add_argument("--retry-failed", action="store_true", help="also write runs whose last attempt failed or was cancelled")
     _add_set_option(p)
+    _add_cluster_option(p)
     p.set_defaults(func=cmd_sbatch)
 
     data = sub.add_parser("data", help="datasets: synth, verify, split, fetch").add_subparsers(dest="data_command", required=True)

@@ -22,7 +22,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
@@ -320,9 +320,10 @@ def apply_overrides(raw: Any, overrides: Sequence[str], path: Path) -> Any:
     return raw
 
 
-def load_sweep(path: str | Path, base: Path | None = None, overrides: Sequence[str] = ()) -> Sweep:
-    """Load and validate a sweep YAML, with `--set` overrides applied first.
-    Relative data paths are taken from `base` (default: cwd)."""
+def load_sweep(path: str | Path, base: Path | None = None, overrides: Sequence[str] = (),
+               edit: Callable[[dict], dict] | None = None) -> Sweep:
+    """Load and validate a sweep YAML, with `--set` overrides applied first, then `edit` (a cluster
+    profile's defaults: crackhpc.profiles.apply_profile). Relative data paths are taken from `base` (default: cwd)."""
     path = Path(path)
     where = _Where(f"{path} (with --set)" if overrides else str(path))
     if not path.is_file():
@@ -336,6 +337,8 @@ def load_sweep(path: str | Path, base: Path | None = None, overrides: Sequence[s
     if not isinstance(raw, dict):
         raise where.error("a sweep file must be a mapping with at least `name` and `data`")
     raw = apply_overrides(raw, overrides, path)
+    if edit is not None:
+        raw = edit(raw)
     _check_keys(_TOP_KEYS, raw, where)
     name = raw.get("name")
     if not isinstance(name, str) or not _SWEEP_NAME.match(name):

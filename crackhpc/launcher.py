@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from . import atomic, rundir
+from . import atomic, preflight, rundir
 from .attempts import START_SHELL
 from .config import Resources, Sweep, to_plain
 from .data.split import make_manifest, write_manifest
@@ -142,15 +142,15 @@ def write_run_folders(specs: list[RunSpec], sweep_dir: Path, data_root: Path, sw
     return resolved
 
 
-def plan_sweep(sweep: Sweep, results: Path, retry_failed: bool) -> tuple[Path, list[RunSpec], dict, dict[str, str]]:
+def plan_sweep(sweep: Sweep, results: Path, retry_failed: bool,
+               check_weights: bool = True) -> tuple[Path, list[RunSpec], dict, dict[str, str]]:
     """The sweep folder, every run, the sweep record and what to do with each run."""
-    from .weights import locate
+    from .preflight import require_weights
 
     sweep_dir = (results / sweep.name).resolve()
     specs = expand(sweep)
-    for spec in specs:
-        if spec.train.pretrained:
-            locate(spec.train.framework, spec.train.model)  # fail here, not after hours in the queue
+    if check_weights:
+        require_weights(specs)  # fail here, not after hours in the queue
     record = load_sweep_record(sweep_dir)
     record["current_runs"] = [s.run_id for s in specs]  # what the report compares; older runs stay on disk
     return sweep_dir, specs, record, plan(specs, sweep_dir, record, retry_failed)
@@ -177,7 +177,7 @@ def submit(sweep: Sweep, results: Path, executor_kind: str = "auto", dry_run: bo
            retry_failed: bool = False, wait: bool | None = None, echo=print) -> dict:
     """Submit every run of `sweep` that needs it; returns the sweep record (also in sweep.json)."""
     kind = resolve_executor(executor_kind if executor_kind != "auto" else sweep.executor)
-    sweep_dir, specs, record, actions = plan_sweep(sweep, results, retry_failed)
+    sweep_dir, specs, record, actions = plan_sweep(sweep, results, retry_failed, check_weights=not dry_run)
     groups: dict[str, list[RunSpec]] = defaultdict(list)  # one job array per resource shape
     for spec in specs:
         if actions[spec.run_id] == "submit":
@@ -195,7 +195,13 @@ def submit(sweep: Sweep, results: Path, executor_kind: str = "auto", dry_run: bo
             shape = f"job array of {len(group)} runs" if len(group) > 1 else "job of 1 run"  # submitit's choice too
             echo(f"  {shape}: " + ", ".join(f"{k}={v}" for k, v in sorted(params.items())))
             if kind == "slurm":
-                echo(sbatch_preview(make_executor("slurm", sweep_dir / SUBMITIT_DIR, params), len(group)))
+                script = sbatch_preview(make_executor("slurm", sweep_dir / SUBMITIT_DIR, params), len(group))
+                echo(script)
+                if answer := preflight.ask_slurm(script):
+                    echo(f"  {answer}")
+                    record.setdefault("refused", []).extend([] if answer.accepted else [s.run_id for s in group])
+        for warning in preflight.weights_warnings(specs):
+            echo(warning)
         return record
 
     specs = prepare_runs(sweep, results, sweep_dir, [s for g in groups.values() for s in g], record, kind)
