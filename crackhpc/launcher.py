@@ -125,7 +125,8 @@ def plan(specs: list[RunSpec], sweep_dir: Path, record: dict, retry_failed: bool
     return actions
 
 
-def write_run_folders(specs: list[RunSpec], sweep_dir: Path, data_root: Path, sweep: Sweep) -> list[RunSpec]:
+def write_run_folders(specs: list[RunSpec], sweep_dir: Path, data_root: Path, sweep: Sweep,
+                      provenance: dict | None = None) -> list[RunSpec]:
     manifest = make_manifest(data_root, sweep.data.split, sweep.data.split_seed)
     write_manifest(sweep_dir / rundir.SPLIT, manifest)
     resolved = []
@@ -137,7 +138,7 @@ def write_run_folders(specs: list[RunSpec], sweep_dir: Path, data_root: Path, sw
             write_manifest(run_dir / rundir.SPLIT, manifest)
             # A new attempt: status, plan and cancel read result.json as the state of the latest job.
             rundir.update_result(run_dir, run_id=spec.run_id, status="pending", error=None, traceback=None,
-                                 started=None, finished=None)
+                                 started=None, finished=None, provenance=provenance)
         resolved.append(spec)
     return resolved
 
@@ -159,10 +160,12 @@ def plan_sweep(sweep: Sweep, results: Path, retry_failed: bool,
 def prepare_runs(sweep: Sweep, results: Path, sweep_dir: Path, specs: list[RunSpec], record: dict,
                  kind: str) -> list[RunSpec]:
     """Data and run folders for the runs about to be submitted; the specs now name the data folder."""
+    from .provenance import submission
+
     data_root = prepare_data(sweep, results)
     record.update(sweep=sweep.name, yaml=str(Path(sweep.path).resolve()), overrides=list(sweep.overrides), executor=kind,
-                  data_root=str(data_root), submitted=rundir.now())
-    return write_run_folders(specs, sweep_dir, data_root, sweep)
+                  data_root=str(data_root), submitted=rundir.now(), provenance=submission(sweep.path))
+    return write_run_folders(specs, sweep_dir, data_root, sweep, record["provenance"])
 
 
 def record_job(record: dict, run_id: str, job_id: str, kind: str, stdout: Path, stderr: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import atomic, plots, rundir
+from . import atomic, plots, provenance, rundir
 from .data.layout import CLASSES
 from .data.split import read_manifest
 from .errors import CrackhpcError
@@ -25,7 +25,7 @@ from .errors import CrackhpcError
 HPARAMS = ("pretrained", "freeze_backbone", "epochs", "batch_size", "optimizer", "lr", "input_size", "seed", "backend")
 SUMMARY_COLUMNS = ("run_id", "framework", "model", *HPARAMS, "status", "epochs_done", "best_val_acc", "test_loss",
                    "test_acc", "n_test", "wall_time_s", "images_per_s", "device", "world_size", "compute_hours",
-                   "compute_unit", "skipped_images", "requeues", "error")
+                   "compute_unit", "skipped_images", "requeues", "error", *provenance.COLUMNS)
 METRICS = ("test_acc", "test_loss", "best_val_acc", "wall_time_s", "images_per_s", "compute_hours")
 MISCLASSIFIED_COLUMNS = ("path", "true", "predicted", "probability")
 REPORT_DIR, REPORT_MD, REPORT_HTML = "report", "report.md", "report.html"
@@ -75,6 +75,7 @@ def summary(sweep_dir: str | Path, everything: bool = False) -> pd.DataFrame:
         result = rundir.read_result(run_dir)
         row.update({k: result.get(k) for k in SUMMARY_COLUMNS if k in result and k != "run_id"})
         row["status"] = result.get("status", "pending")
+        row.update(provenance.columns(result))
         if (run_dir / rundir.CONFIG).is_file():
             spec = rundir.read_config(run_dir)
             row.update(framework=spec.train.framework, model=spec.train.model,
@@ -331,6 +332,7 @@ class Report:
         self._comparison()
         self._study()
         self._runs()
+        self._provenance()
         self._figures()
         for stale in set((self.sweep_dir / REPORT_DIR).glob("*.png")) - self.figures:
             stale.unlink()  # figures of runs that are no longer completed
@@ -372,6 +374,17 @@ class Report:
         self.doc.table(["run", "status", "epochs", "best val accuracy", "test loss", "test accuracy", "TP", "FP", "FN",
                         "TN", "images/s", "wall time (s)", "device-hours", "error"], rows)
         self.doc.para("Positive = crack. TP/FP/FN/TN come from the run's test split and misclassified.csv.")
+
+    def _provenance(self) -> None:
+        header, rows = provenance.report_rows(rundir.read_result(self.sweep_dir / r) for r in self.df["run_id"])
+        self.doc.heading(2, "Provenance")
+        if not rows:
+            self.doc.para("No run has started yet: each records what it ran with once it starts.")
+            return
+        self.doc.table(header, rows)
+        self.doc.para("What produced the runs, from each run's result.json (`provenance`): the git commit of the "
+                      "sweep file's repository at submission (dirty: the checkout differed from it), the software "
+                      "versions and the GPU each worker ran with.")
 
     def _figures(self) -> None:
         done = self.df[self.df["status"] == "completed"]

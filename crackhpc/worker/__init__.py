@@ -14,6 +14,7 @@ import submitit
 
 from .. import rundir
 from ..attempts import worker_start
+from ..provenance import record_runtime
 from .distributed import DistEnv, from_environment
 
 
@@ -42,6 +43,7 @@ def run(run_dir: str | Path) -> dict:
         requeues = max(rundir.read_result(run_dir).get("requeues", 0), env.restarts)
         rundir.update_result(run_dir, run_id=spec.run_id, status="running", started=rundir.now(),
                              job_id=env.job_id, world_size=env.world_size, error=None, requeues=requeues)
+        record_runtime(run_dir, spec.train.framework, spec.train.backend)
     log(worker_start(spec.run_id, env.job_id, env.restarts))  # where `crackhpc logs --worker` cuts worker.log
     log(f"{spec.run_id}: {spec.train.framework} {spec.train.model}, {spec.train.epochs} epochs, world size {env.world_size}")
     try:
