@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from . import atomic, preflight, rundir
+from . import atomic, limits, preflight, rundir
 from .attempts import START_SHELL
 from .config import Resources, Sweep, to_plain
 from .data.split import make_manifest, write_manifest
@@ -185,6 +185,8 @@ def submit(sweep: Sweep, results: Path, executor_kind: str = "auto", dry_run: bo
     for spec in specs:
         if actions[spec.run_id] == "submit":
             groups[json.dumps(to_plain(spec.resources), sort_keys=True)].append(spec)
+    # A shape with more runs than the cluster's MaxArraySize goes out as several arrays.
+    batches = limits.arrays(list(groups.values()), limits.max_array_size() if kind == "slurm" else None)
 
     echo(f"sweep {sweep.name}: {len(specs)} runs, {sum(map(len, groups.values()))} to submit, executor {kind}, results in {sweep_dir}")
     if dry_run:
@@ -192,7 +194,7 @@ def submit(sweep: Sweep, results: Path, executor_kind: str = "auto", dry_run: bo
             r = spec.resources
             echo(f"  {spec.run_id:<48} {actions[spec.run_id]:<22} nodes={r.nodes} tasks/node={r.ntasks_per_node} "
                  f"gpus/node={r.gpus_per_node} cpus/task={r.cpus_per_task} mem={r.mem_gb or '-'}G time={r.timeout_min}m")
-        for group in groups.values():
+        for group in batches:
             res = group[0].resources
             params = executor_parameters(res, kind, sweep.name)
             shape = f"job array of {len(group)} runs" if len(group) > 1 else "job of 1 run"  # submitit's choice too
@@ -212,7 +214,7 @@ def submit(sweep: Sweep, results: Path, executor_kind: str = "auto", dry_run: bo
     from .worker import Worker
 
     jobs = []
-    for group in groups.values():
+    for group in batches:
         res = group[0].resources
         params = executor_parameters(res, kind, sweep.name)
         executor = make_executor(kind, sweep_dir / SUBMITIT_DIR, params)

@@ -21,8 +21,6 @@ from __future__ import annotations
 import copy
 import os
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ import yaml
 
 from .config import Resources, _build, _Where, validate_resources
 from .errors import ConfigError
+from .limits import slurm_config
 
 # The resources keys that belong to a cluster rather than to a sweep's job shape.
 RESOURCE_KEYS = ("partition", "account", "qos", "constraint", "setup", "sbatch", "array_parallelism", "max_requeues")
@@ -60,14 +59,7 @@ def slurm_cluster_name() -> str | None:
     ClusterName from `scontrol show config`; None without Slurm."""
     if os.environ.get("SLURM_CLUSTER_NAME"):
         return os.environ["SLURM_CLUSTER_NAME"]
-    if not shutil.which("scontrol"):
-        return None
-    try:
-        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    match = re.search(r"^ClusterName\s*=\s*(\S+)", out.stdout, re.M)
-    return match[1] if match else None
+    return slurm_config("ClusterName")
 
 
 def load_profiles(path: Path) -> dict[str, Profile]:
