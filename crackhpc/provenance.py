@@ -117,7 +117,11 @@ def runtime(framework: str, backend: str = "auto") -> dict:
 def record_runtime(run_dir: Path, framework: str, backend: str) -> None:
     """Add this process's part to the run's provenance (the submission's part is there already)."""
     recorded = rundir.read_result(run_dir).get("provenance") or {}
-    rundir.update_result(run_dir, provenance={**recorded, **runtime(framework, backend)})
+    try:
+        info = runtime(framework, backend)
+    except Exception as exc:  # a record must never stop a run; the framework's own error comes from training
+        info = {"runtime_error": f"{type(exc).__name__}: {exc}"}
+    rundir.update_result(run_dir, provenance={**recorded, **info})
 
 
 def columns(result: dict) -> dict:
