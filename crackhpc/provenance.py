@@ -108,9 +108,9 @@ def runtime(framework: str, backend: str = "auto") -> dict:
                     framework_version=f"tensorflow {tf.__version__}")
     if backend == "horovod":
         info["horovod"] = _version("horovod")
-    for var in ("SLURM_CLUSTER_NAME", "SLURM_JOB_PARTITION"):
+    for var, key in (("SLURM_CLUSTER_NAME", "slurm_cluster"), ("SLURM_JOB_PARTITION", "slurm_partition")):
         if os.environ.get(var):
-            info[var.lower().removeprefix("slurm_")] = os.environ[var]
+            info[key] = os.environ[var]
     return {**info, **gpus()}
 
 

@@ -102,9 +102,10 @@ def test_logs_of_requeued_slurm_runs_show_each_attempt(tmp_path, tiny_data, slur
 
     from .test_slurm_integration import SLOW, finished, quiet, slurm_yaml, until
 
-    record = submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "sub", defaults=SLOW)), tmp_path, "slurm", **quiet)
+    slow = {**SLOW, "epochs": 4}
+    record = submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "sub", defaults=slow)), tmp_path, "slurm", **quiet)
     ((sub_run, sub_job),) = record["runs"].items()
-    assert main(["sbatch", str(slurm_yaml(tmp_path, tiny_data, "plain", defaults=SLOW)), "--results", str(tmp_path),
+    assert main(["sbatch", str(slurm_yaml(tmp_path, tiny_data, "plain", defaults=slow)), "--results", str(tmp_path),
                  "--submit"]) == 0
     ((plain_run, plain_job),) = json.loads((tmp_path / "plain" / "sweep.json").read_text())["runs"].items()
     # Followed from submission on, in another process, as a user would.
@@ -127,17 +128,19 @@ def test_logs_of_requeued_slurm_runs_show_each_attempt(tmp_path, tiny_data, slur
     for sweep, run, job in (("sub", sub_run, sub_job["job_id"]), ("plain", plain_run, plain_job["job_id"])):
         first, notes = logs(sweep, run, "--attempt", "1")
         assert f"attempt 1 of 2: job {job}, restart 0" in notes
-        assert first.startswith(f"crackhpc: start of job {job}, restart 0, on ") and "epoch 1/6" in first
+        assert first.startswith(f"crackhpc: start of job {job}, restart 0, on ") and "epoch 1/4" in first
         assert "restart 1" not in first and "resumed from checkpoint" not in first
         assert ("submitit INFO" in first) == (sweep == "sub")
         second, notes = logs(sweep, run)
         assert f"attempt 2 of 2: job {job}, restart 1" in notes
-        assert second.startswith(f"crackhpc: start of job {job}, restart 1, on ") and "epoch 1/6" not in second
+        assert second.startswith(f"crackhpc: start of job {job}, restart 1, on ") and "epoch 1/4" not in second
         assert re.search(r"resumed from checkpoint\.pt after epoch \d", second) and "completed: test acc" in second
         err, _ = logs(sweep, run, "--err", "--attempt", "1")
         assert err.startswith(f"crackhpc: start of job {job}, restart 0") and "DUE TO JOB REQUEUE" in err
         worker, _ = logs(sweep, run, "--worker", "--attempt", "2")
         assert worker_start(run, job, 1) in worker.splitlines()[0] and "completed: test acc" in worker
+        provenance = rundir.read_result(tmp_path / sweep / run)["provenance"]
+        assert (provenance["slurm_cluster"], provenance["slurm_partition"], provenance["host"]) == ("crackhpc", "debug", first.split()[8])
     # The follower saw the first attempt, the requeue and the second attempt through to the end.
     assert followed.count("crackhpc: start of job") == 2 and "Requeued job" in followed
     assert "completed: test acc" in followed
