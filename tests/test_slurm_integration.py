@@ -18,7 +18,8 @@ import pytest
 from crackhpc import rundir
 from crackhpc.cli import main
 from crackhpc.config import load_sweep
-from crackhpc.launcher import ACTIVE_SLURM_STATES, submit
+from crackhpc.launcher import submit
+from crackhpc.slurm import ACTIVE_STATES
 from crackhpc.report import write_reports
 from crackhpc.status import collect
 
@@ -52,8 +53,8 @@ def finished(sweep_dir, timeout_s: float = 180):
     its outcome (and submitit's wait returns) a moment before Slurm has ended the job, and slurmdbd
     gets the job's accounting a moment later still."""
     def done():
-        runs = collect(sweep_dir)
-        return not any(r.live or r.slurm_state in ("", *ACTIVE_SLURM_STATES) for r in runs) and runs
+        runs, _ = collect(sweep_dir)
+        return not any(r.live or r.slurm_state in ("", *ACTIVE_STATES) for r in runs) and runs
 
     return until(done, f"runs of {sweep_dir} finishing", timeout_s)
 
@@ -149,11 +150,11 @@ def test_run_that_raises_fails_once_with_its_error_in_status_and_report(tmp_path
     submit(load_sweep(slurm_yaml(tmp_path, data, "broken")), tmp_path, "slurm", wait=True, **quiet)
     (run,) = finished(tmp_path / "broken")
     assert (run.state, run.slurm_state, run.requeues) == ("failed", "FAILED", 0)
-    assert run.error.startswith("DataError: ") and "no readable images" in run.error
+    assert run.note.startswith("DataError: ") and "no readable images" in run.note
     out = cli("status", tmp_path / "broken")
     assert re.search(rf"{run.run_id}\s+failed\s+{run.job_id}\s.*DataError: ", out)
     report = cli("report", tmp_path / "broken")
-    assert f"failed: {run.run_id}: {run.error}" in report
+    assert f"failed: {run.run_id}: {run.note}" in report
 
 
 def test_live_jobs_are_left_alone_until_cancelled(tmp_path, tiny_data):
