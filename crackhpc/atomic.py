@@ -63,10 +63,13 @@ def remove_stale(folder: str | os.PathLike) -> list[Path]:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    with replacing(path) as tmp, open(tmp, "xb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())  # shared file systems: the data is on disk before the rename publishes it
+    try:
+        with replacing(path) as tmp, open(tmp, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())  # shared file systems: the data is on disk before the rename publishes it
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None  # a full disk's write names no file
     return Path(path)
 
 

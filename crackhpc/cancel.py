@@ -40,8 +40,13 @@ def cancel(sweep_dir: str | Path, run_ids: Iterable[str] = (), query: SlurmQuery
         if run.executor == "debug":
             echo(f"  {run.run_id}: runs inside its `crackhpc sweep` process (executor debug): stop that process")
             continue
-        if run.executor == "local" and job and job.process and not procs.stop(job.process):
-            echo(f"  {run.run_id}: local job {run.job_id} is not running any more")
+        if run.executor == "local" and job:
+            try:
+                worker = rundir.read_result(folder.run(run.run_id)).get("process")
+            except DamagedFileError:
+                worker = None
+            if not procs.stop_local_job(worker, job.process):
+                echo(f"  {run.run_id}: local job {run.job_id} is not running any more")
         # A job can end between the look above and the scancel: keep the outcome it recorded.
         try:
             now = rundir.state_of(rundir.read_result(folder.run(run.run_id)))

@@ -102,7 +102,7 @@ def cmd_status(args) -> int:
 
     statuses, problems = collect(args.sweep_dir)
     print(format_status(statuses))
-    for line in problems + [f"{s.run_id}: {s.note}" for s in statuses if s.state.value == "unreadable"]:
+    for line in problems + [line for s in statuses for line in s.damaged]:
         print(f"warning: {line}", file=sys.stderr)
     return 0
 

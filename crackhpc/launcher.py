@@ -20,12 +20,12 @@ from .errors import CrackhpcError, DamagedFileError
 from .grid import expand
 from .record import DATA, SweepFolder, SweepRecord
 from .states import RunState
-from .status import run_statuses
+from .status import RETRY, run_statuses
 
 
-def resolve_executor(kind: str) -> str:
-    if kind != "auto":
-        return kind
+def resolve_executor(executor: str) -> str:
+    if executor != "auto":
+        return executor
     return "slurm" if shutil.which("sbatch") else "local"
 
 
@@ -46,16 +46,16 @@ def prepare_data(sweep: Sweep, results: Path) -> Path:
     return root
 
 
-def make_executor(kind: str, folder: Path, params: dict):
+def make_executor(executor: str, folder: Path, params: dict):
     import submitit
 
-    if kind == "slurm" and not shutil.which("srun"):  # submitit's own check would end in a traceback
+    if executor == "slurm" and not shutil.which("srun"):  # submitit's own check would end in a traceback
         raise CrackhpcError("executor slurm: srun not found on PATH; run this on a Slurm login node, or use --executor local")
     # slurm_max_num_timeout is taken when the executor is made; update_parameters rejects it.
     constructor = {k: params[k] for k in ("slurm_max_num_timeout",) if k in params}
-    executor = submitit.AutoExecutor(folder=folder, cluster=kind, **constructor)
-    executor.update_parameters(**{k: v for k, v in params.items() if k not in constructor})
-    return executor
+    submitter = submitit.AutoExecutor(folder=folder, cluster=executor, **constructor)
+    submitter.update_parameters(**{k: v for k, v in params.items() if k not in constructor})
+    return submitter
 
 
 def plan(specs: list[RunSpec], folder: SweepFolder, record: SweepRecord, retry_failed: bool) -> dict[str, str]:
@@ -113,28 +113,28 @@ def check_weights(specs: list[RunSpec]) -> None:
 
 
 def prepare_runs(sweep: Sweep, results: Path, folder: SweepFolder, specs: list[RunSpec], record: SweepRecord,
-                 kind: str) -> list[RunSpec]:
+                 executor: str) -> list[RunSpec]:
     """Data and run folders for the runs about to be submitted; the specs now name the data folder."""
     check_weights(specs)
     data_root = prepare_data(sweep, results)
     record.sweep, record.yaml, record.overrides = sweep.name, str(Path(sweep.path).resolve()), list(sweep.overrides)
-    record.executor, record.data_root, record.submitted = kind, str(data_root), rundir.now()
+    record.executor, record.data_root, record.submitted = executor, str(data_root), rundir.now()
     return write_run_folders(specs, folder, data_root, sweep)
 
 
-def submit(sweep: Sweep, results: Path, executor_kind: str = "auto", dry_run: bool = False,
+def submit(sweep: Sweep, results: Path, executor: str = "auto", dry_run: bool = False,
            retry_failed: bool = False, wait: bool | None = None, echo=print) -> dict[str, RunState]:
     """Submit every run of `sweep` that needs it. Returns the state of each run this call waited
     for (none when it did not wait); the record is in sweep.json."""
-    kind = resolve_executor(executor_kind if executor_kind != "auto" else sweep.executor)
+    executor = resolve_executor(executor if executor != "auto" else sweep.executor)
     folder, specs, record, actions = plan_sweep(sweep, results, retry_failed)
     groups: dict[str, list[RunSpec]] = defaultdict(list)  # one job array per resource shape
     for spec in specs:
         if actions[spec.run_id] == "submit":
             groups[json.dumps(spec.resources.model_dump(mode="json"), sort_keys=True)].append(spec)
-    echo(f"sweep {sweep.name}: {len(specs)} runs, {sum(map(len, groups.values()))} to submit, executor {kind}, results in {folder.path}")
+    echo(f"sweep {sweep.name}: {len(specs)} runs, {sum(map(len, groups.values()))} to submit, executor {executor}, results in {folder.path}")
     if dry_run:
-        _print_plan(specs, actions, groups, folder, kind, sweep.name, echo)
+        _print_plan(specs, actions, groups, folder, executor, sweep.name, echo)
         return {}
     todo = [s for g in groups.values() for s in g]
     with folder.lock():
@@ -142,43 +142,43 @@ def submit(sweep: Sweep, results: Path, executor_kind: str = "auto", dry_run: bo
         folder.save(record)
         if not todo:
             return {}
-        specs = {s.run_id: s for s in prepare_runs(sweep, results, folder, todo, record, kind)}
+        specs = {s.run_id: s for s in prepare_runs(sweep, results, folder, todo, record, executor)}
         folder.save(record)
         jobs = []
         try:
             for group in groups.values():
-                params = slurm.submitit_parameters(group[0].resources, kind, f"{group[0].resources.job_name}-{sweep.name}")
-                executor = make_executor(kind, folder.submitit, params)
-                jobs += _submit_group(executor, kind, [specs[s.run_id] for s in group], folder, record, echo)
-            if wait if wait is not None else kind != "slurm":
-                if kind == "debug":
+                params = slurm.submitit_parameters(group[0].resources, executor, f"{group[0].resources.job_name}-{sweep.name}")
+                submitter = make_executor(executor, folder.submitit, params)
+                _submit_group(submitter, executor, [specs[s.run_id] for s in group], folder, record, jobs, echo)
+            if wait if wait is not None else executor != "slurm":
+                if executor == "debug":
                     # The debug executor runs each job in this process when it is waited on. torchvision's Triton
                     # segfaults when it loads after TensorFlow 2.21 but not before, so torch runs go first.
                     jobs.sort(key=lambda spec_job: spec_job[0].train.framework != "torch")
-                return wait_for(jobs, folder, kind)
+                return wait_for(jobs, folder, executor)
             return {}
         except KeyboardInterrupt:
-            _interrupted(jobs, [s.run_id for s in todo], kind, folder, record, echo)
+            _interrupted(jobs, [s.run_id for s in todo], executor, folder, record, echo)
             raise
         finally:
             record.finished = rundir.now()
             folder.save(record)
 
 
-def _print_plan(specs, actions, groups, folder: SweepFolder, kind: str, name: str, echo) -> None:
+def _print_plan(specs, actions, groups, folder: SweepFolder, executor: str, name: str, echo) -> None:
     for spec in specs:
         r = spec.resources
         echo(f"  {spec.run_id:<48} {actions[spec.run_id]:<22} nodes={r.nodes} tasks/node={r.ntasks_per_node} "
              f"gpus/node={r.gpus_per_node} cpus/task={r.cpus_per_task} mem={r.mem_gb or '-'}G time={r.timeout_min}m")
     for group in groups.values():
         res = group[0].resources
-        params = slurm.submitit_parameters(res, kind, f"{res.job_name}-{name}")
-        if kind == "slurm":
+        params = slurm.submitit_parameters(res, executor, f"{res.job_name}-{name}")
+        if executor == "slurm":
             shape = f"job array of {len(group)} runs" if len(group) > 1 else "job of 1 run"  # submitit's choice too
         else:
             shape = f"{len(group)} local process{'es' * (len(group) > 1)}, at most {_local_limit(res)} at once"
         echo(f"  {shape}: " + ", ".join(f"{k}={v}" for k, v in sorted(params.items())))
-        if kind == "slurm":
+        if executor == "slurm":
             echo(slurm.preview(make_executor("slurm", folder.submitit, params), len(group)))
 
 
@@ -188,38 +188,39 @@ def _local_limit(res) -> int:
     return max(1, min(res.array_parallelism, (os.cpu_count() or 1) // (res.cpus_per_task * res.ntasks_per_node)))
 
 
-def _submit_group(executor, kind: str, group: list[RunSpec], folder: SweepFolder, record: SweepRecord, echo) -> list:
-    """Submit one resource shape; the record is saved after each job so an interrupt loses none."""
+def _submit_group(submitter, executor: str, group: list[RunSpec], folder: SweepFolder, record: SweepRecord,
+                  jobs: list, echo) -> None:
+    """Submit one resource shape, adding each (spec, job) to `jobs` as it goes out; the record is
+    saved after each job, so an interrupt loses none."""
     from submitit.helpers import as_completed
 
     from .worker import Worker
 
     def recorded(spec, job):
-        process = procs.identity(int(job.job_id)) if kind == "local" else None
-        record.add_job(spec.run_id, job.job_id, kind, job.paths.stdout, job.paths.stderr, process)
+        process = procs.identity(int(job.job_id)) if executor == "local" else None
+        record.add_job(spec.run_id, job.job_id, executor, job.paths.stdout, job.paths.stderr, process)
         echo(f"  {spec.run_id}  job {job.job_id}  logs {job.paths.stdout.with_suffix('')}.{{out,err}}")
-        return spec, job
+        jobs.append((spec, job))
 
-    if kind == "slurm":
-        with executor.batch():
-            submitted = [(s, executor.submit(Worker(folder.run(s.run_id)))) for s in group]
-        out = [recorded(s, j) for s, j in submitted]
+    if executor == "slurm":
+        with submitter.batch():
+            submitted = [(s, submitter.submit(Worker(folder.run(s.run_id)))) for s in group]
+        for spec, job in submitted:
+            recorded(spec, job)
         folder.save(record)
-        return out
-    out, running = [], []
-    limit = _local_limit(group[0].resources) if kind == "local" else len(group)
+        return
+    running = []
+    limit = _local_limit(group[0].resources) if executor == "local" else len(group)
     for spec in group:
         if len(running) >= limit:
-            done = next(as_completed(running, poll_frequency=0.5))
-            running.remove(done)
-        job = executor.submit(Worker(folder.run(spec.run_id)))
-        out.append(recorded(spec, job))
+            running.remove(next(as_completed(running, poll_frequency=0.5)))
+        job = submitter.submit(Worker(folder.run(spec.run_id)))
+        recorded(spec, job)
         running.append(job)
         folder.save(record)
-    return out
 
 
-def _settle(spec: RunSpec, job, folder: SweepFolder, kind: str) -> RunState:
+def _settle(spec: RunSpec, job, folder: SweepFolder, executor: str) -> RunState:
     """The run's state once its local job has ended; a worker that ended without recording an
     outcome (killed, out of memory, a full disk) is recorded failed, with where to look. (Slurm's
     jobs are left to `crackhpc status`, which knows a time-out from a failure.)"""
@@ -228,15 +229,15 @@ def _settle(spec: RunSpec, job, folder: SweepFolder, kind: str) -> RunState:
         state = rundir.state_of(rundir.read_result(run_dir))
     except DamagedFileError:
         return RunState.UNREADABLE
-    if state.live and kind != "slurm":
+    if state.live and executor != "slurm":
         rundir.update_result(run_dir, status=RunState.FAILED, finished=rundir.now(),
-                             error=f"the worker ended without recording an outcome (job {job.job_id} {job.state.lower()}: "
-                                   f"killed, out of memory or disk?); see {job.paths.stderr}")
+                             error=f"the worker died without recording an outcome (killed, out of memory or disk?); "
+                                   f"see {job.paths.stderr}; {RETRY}")
         return RunState.FAILED
     return state
 
 
-def wait_for(jobs, folder: SweepFolder, kind: str, poll_s: float = 2.0) -> dict[str, RunState]:
+def wait_for(jobs, folder: SweepFolder, executor: str, poll_s: float = 2.0) -> dict[str, RunState]:
     from submitit.helpers import as_completed
     from tqdm import tqdm
 
@@ -245,22 +246,26 @@ def wait_for(jobs, folder: SweepFolder, kind: str, poll_s: float = 2.0) -> dict[
         for job in as_completed([job for _, job in jobs], poll_frequency=poll_s):
             spec = by_job[id(job)]
             bar.update(1)
-            bar.write(f"  {spec.run_id}: {_settle(spec, job, folder, kind)}")
+            bar.write(f"  {spec.run_id}: {_settle(spec, job, folder, executor)}")
     return {s.run_id: s.state for s in run_statuses(folder, [spec.run_id for spec, _ in jobs], folder.load())}
 
 
-def _interrupted(jobs, todo: list[str], kind: str, folder: SweepFolder, record: SweepRecord, echo) -> None:
+def _interrupted(jobs, todo: list[str], executor: str, folder: SweepFolder, record: SweepRecord, echo) -> None:
     """Ctrl-C: local jobs are this command's processes, so they stop with it and their runs are
     recorded cancelled; Slurm jobs are left to Slurm, their ids in the record."""
-    if kind == "slurm":
+    if executor == "slurm":
         echo(f"interrupted: {len(jobs)} Slurm job(s) left queued or running, ids in {folder.record_path}; "
              f"`crackhpc status {folder.path}` follows them, `crackhpc cancel {folder.path}` stops them")
         return
     stopped = 0
     for spec, _ in jobs:
         job = record.runs.get(spec.run_id)
-        if kind == "local" and job and job.process:
-            procs.stop(job.process)
+        if executor == "local" and job:
+            try:
+                worker = rundir.read_result(folder.run(spec.run_id)).get("process")
+            except DamagedFileError:
+                worker = None
+            procs.stop_local_job(worker, job.process)
     for run_id in todo:  # started or still waiting for a free core
         try:
             live = rundir.state_of(rundir.read_result(folder.run(run_id))).live

@@ -70,7 +70,7 @@ def wanted(sweeps: Iterable[str | Path] = (), models: str | None = None) -> list
         for spec in expand(load_sweep(path)):
             if spec.train.pretrained:
                 key = (spec.train.framework, spec.train.model)
-                chosen[key] = weights.spec_for(*key)
+                chosen[key] = weights.file_for(*key)
     for entry in filter(None, (e.strip() for e in (models or "").split(","))):
         key = tuple(entry.split(":", 1))
         if key not in weights.CATALOG:

@@ -55,3 +55,14 @@ def stop(ident: dict, timeout_s: float = 10.0) -> bool:
         if not alive(ident):
             return True
     return True
+
+
+def stop_local_job(worker: dict | None, controller: dict | None, timeout_s: float = 10.0) -> bool:
+    """Stop a local executor's job: its worker first (it records the run cancelled and exits, and
+    submitit's controller then ends by itself, quietly), the controller only if it lingers or its
+    worker never started. False if neither was running."""
+    stopped = bool(worker) and stop(worker, timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while stopped and alive(controller) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return (bool(controller) and stop(controller, timeout_s)) or stopped

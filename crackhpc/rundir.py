@@ -21,7 +21,7 @@ import yaml
 
 from . import atomic
 from .config import RunSpec, validate
-from .errors import DamagedFileError
+from .errors import ConfigError, DamagedFileError
 from .states import RunState
 
 CONFIG, SPLIT, METRICS, RESULT, MISCLASSIFIED, LOG = (
@@ -52,7 +52,10 @@ def read_config(run_dir: str | Path) -> RunSpec:
         raise DamagedFileError(path, f"not valid YAML ({getattr(exc, 'problem', exc)})", fix) from None
     if not isinstance(raw, dict):
         raise DamagedFileError(path, "not a run's settings", fix)
-    return validate(RunSpec, raw, str(path))
+    try:
+        return validate(RunSpec, raw, str(path))
+    except ConfigError as exc:  # edited by hand: checked like the sweep it came from
+        raise DamagedFileError(path, str(exc)[len(str(path)) + 2:], fix) from None
 
 
 def read_result(run_dir: str | Path) -> dict[str, Any]:

@@ -74,11 +74,11 @@ _SUBMITIT_NAMES = {"nodes": "nodes", "ntasks-per-node": "tasks_per_node", "gpus-
                    "cpus-per-task": "cpus_per_task", "time": "timeout_min"}
 
 
-def submitit_parameters(res: Resources, kind: str, name: str) -> dict:
+def submitit_parameters(res: Resources, executor: str, name: str) -> dict:
     """AutoExecutor parameters of one job shape for the `slurm` or `local`/`debug` executor."""
-    if kind != "slurm":
+    if executor != "slurm":
         if res.nodes > 1:
-            raise CrackhpcError(f"resources.nodes={res.nodes}: the {kind} executor runs on this machine only; use --executor slurm")
+            raise CrackhpcError(f"resources.nodes={res.nodes}: the {executor} executor runs on this machine only; use --executor slurm")
         return {"timeout_min": res.timeout_min, "nodes": 1, "tasks_per_node": res.ntasks_per_node,
                 "cpus_per_task": res.cpus_per_task, "gpus_per_node": min(res.gpus_per_node, local_gpus()), "name": name}
     opts = options(res)
@@ -95,13 +95,13 @@ def local_gpus() -> int:
     return len(list(Path("/dev").glob("nvidia[0-9]*")))
 
 
-def preview(executor, n_runs: int) -> str:
-    """The submission script submitit writes for `n_runs` runs of this executor, built the way
+def preview(submitter, n_runs: int) -> str:
+    """The submission script submitit writes for `n_runs` runs of this AutoExecutor, built the way
     submitit builds it: one run goes out as a plain job, more as one array. submitit internals
     (pinned in setup.cfg; tests/test_slurm.py checks them)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    slurm = executor._executor
+    slurm = submitter._executor
     params = dict(slurm.parameters, **({"map_count": n_runs} if n_runs > 1 else {}))
     return _make_sbatch_string(command=slurm._submitit_command_str, folder=slurm.folder, **params)
 

@@ -41,6 +41,7 @@ class RunStatus:
     requeues: int = 0
     note: str = ""
     tres: str = ""
+    damaged: tuple[str, ...] = ()  # one line per file of the run that cannot be read, with the fix
 
     @property
     def epoch(self) -> str:
@@ -109,12 +110,12 @@ def run_status(folder: SweepFolder, run_id: str, record: SweepRecord, accounting
     executor = job.executor if job else ""
     on_slurm = executor == "slurm" and bool(job.job_id)
     sjob = accounting.get(job.job_id) if on_slurm else None
-    notes, result = [], {}
+    notes, result, damaged = [], {}, []
     try:
         result = rundir.read_result(run_dir)
         recorded = rundir.state_of(result)
     except DamagedFileError as exc:
-        recorded, notes = RunState.UNREADABLE, [str(exc)]
+        recorded, notes, damaged = RunState.UNREADABLE, [str(exc)], [str(exc)]
     if on_slurm:
         state = merge(recorded, sjob) if recorded is not RunState.UNREADABLE or (sjob and sjob.active) else recorded
         live = bool(sjob and sjob.active and state in LIVE) or (sjob is None and state in LIVE)
@@ -137,17 +138,20 @@ def run_status(folder: SweepFolder, run_id: str, record: SweepRecord, accounting
         pass
     except CrackhpcError as exc:
         notes.append(str(exc))
+        damaged.append(str(exc))
     try:
         val_acc = last_val_acc(run_dir)
     except DamagedFileError as exc:
         notes.append(str(exc))
+        damaged.append(str(exc))
     worker = result.get("process") or {}
     return RunStatus(
         run_id=run_id, state=state, live=live, job_id=job.job_id if job else "", executor=executor,
         slurm_state=sjob.state if sjob else "", elapsed=(sjob.elapsed if sjob else "") or _elapsed(result),
         node=(sjob.node if sjob else "") or ((worker.get("host") or result.get("host", "")) if result.get("started") else ""),
         epochs_done=result.get("epochs_done"), epochs=epochs, val_acc=val_acc, test_acc=result.get("test_acc"),
-        requeues=result.get("requeues", 0) or 0, note="; ".join(n for n in notes if n), tres=sjob.tres if sjob else "")
+        requeues=result.get("requeues", 0) or 0, note="; ".join(n for n in notes if n), tres=sjob.tres if sjob else "",
+        damaged=tuple(damaged))
 
 
 def run_statuses(folder: SweepFolder, run_ids: Iterable[str], record: SweepRecord,

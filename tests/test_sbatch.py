@@ -10,7 +10,7 @@ import pytest
 from crackhpc import rundir
 from crackhpc.cli import main
 from crackhpc.config import DataConfig, Resources, RunSpec, TrainConfig, load_sweep
-from crackhpc.errors import ConfigError
+from crackhpc.errors import ConfigError, DamagedFileError
 from crackhpc.sbatch import render
 
 from .conftest import tiny_sweep
@@ -78,7 +78,7 @@ def test_an_edited_config_yaml_is_checked_like_the_sweep(tmp_path):
     rundir.write_config(tmp_path, spec())
     config = tmp_path / rundir.CONFIG
     config.write_text(config.read_text().replace("sbatch: {}", "sbatch: {wrap: reboot}"))
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(DamagedFileError) as err:
         rundir.read_config(tmp_path)
     assert str(err.value).startswith(f"{config}: resources.sbatch.wrap: not an sbatch option")
 
