@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -22,32 +23,37 @@ def load_with_profile(args):
         print(profile.describe())
         if profile.cache:  # this process's weights checks look where the jobs will
             os.environ.setdefault("CRACKHPC_CACHE", os.path.expandvars(profile.cache))
-    return load_sweep(args.sweep, overrides=args.overrides, edit=lambda raw: apply_profile(raw, profile))
+    limit = {"max_runs": args.max_runs} if hasattr(args, "max_runs") else {}
+    return load_sweep(args.sweep, overrides=args.overrides, edit=lambda raw: apply_profile(raw, profile), **limit)
 
 
 def cmd_sweep(args) -> int:
+    """Exit status: 0 when every run this call waited for completed (or, not waiting, every job was
+    submitted), 1 when one failed, died or was cancelled, so that a script or CI job can tell."""
     from .launcher import submit
     from .report import format_table, write_reports
+    from .states import RunState
 
     from submitit.core.utils import FailedJobError
 
     sweep = load_with_profile(args)
     try:
-        record = submit(sweep, Path(args.results), args.executor, dry_run=args.dry_run, retry_failed=args.retry_failed,
+        states = submit(sweep, Path(args.results), args.executor, dry_run=args.dry_run, retry_failed=args.retry_failed,
                         wait=True if args.wait else None)
     except FailedJobError as exc:  # sbatch's refusal; the run folders stay as they are, ready for a retry
         lines = [line.removeprefix("sbatch: ") for line in str(exc).strip().splitlines()]
         raise CrackhpcError(f"{args.sweep}: Slurm refused the job: {' / '.join(lines)} "
                             "(`crackhpc sweep --dry-run` asks Slurm without submitting)") from None
-    if args.dry_run and record.get("refused"):
-        print(f"error: Slurm would refuse {len(record['refused'])} run(s): see `sbatch --test-only` above", file=sys.stderr)
-        return 1
     sweep_dir = Path(args.results) / sweep.name
     if not args.dry_run and (sweep_dir / "sweep.json").is_file():
         df, comp = write_reports(sweep_dir)
         print(format_table(df, SUMMARY_VIEW))
         print(f"\nwritten: {sweep_dir / 'summary.csv'}, {sweep_dir / 'comparison.csv'}")
-    return 0
+    unfinished = {run_id: state for run_id, state in states.items() if state is not RunState.COMPLETED}
+    if unfinished:
+        print(f"{len(unfinished)} of {len(states)} runs did not complete: "
+              + ", ".join(f"{r} {s}" for r, s in sorted(unfinished.items())), file=sys.stderr)
+    return 1 if unfinished else 0
 
 
 def cmd_report(args) -> int:
@@ -98,15 +104,41 @@ def cmd_prefetch(args) -> int:
     return 1 if any(o.error for o in outcomes) else 0
 
 
-def cmd_status(args) -> int:
-    from .status import collect, format_status
+def format_status(statuses) -> str:
+    """The table `crackhpc status` prints, and a count per state under it."""
+    import pandas as pd
 
-    print(format_status(collect(args.sweep_dir)))
+    from .report import format_table
+
+    table = pd.DataFrame([{
+        "run_id": s.run_id, "state": s.state.value, "job": s.job_id or "-", "elapsed": s.elapsed or "-",
+        "node": s.node or "-", "epoch": s.epoch or "-", "val_acc": s.val_acc, "test_acc": s.test_acc,
+        "requeues": s.requeues, "note": _shorten(s.note) or "-"} for s in statuses])
+    table = table.astype({"val_acc": float, "test_acc": float})  # None → NaN, printed as "-"
+    counts: dict[str, int] = {}
+    for s in statuses:
+        counts[s.state.value] = counts.get(s.state.value, 0) + 1
+    return format_table(table) + f"\n\n{len(statuses)} runs: " + ", ".join(f"{n} {state}" for state, n in counts.items())
+
+
+def _shorten(text: str, width: int = 60) -> str:
+    lines = text.strip().splitlines()
+    line = lines[0] if lines else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def cmd_status(args) -> int:
+    from .status import collect
+
+    statuses, problems = collect(args.sweep_dir)
+    print(format_status(statuses))
+    for line in problems + [line for s in statuses for line in s.damaged]:
+        print(f"warning: {line}", file=sys.stderr)
     return 0
 
 
 def cmd_cancel(args) -> int:
-    from .status import cancel
+    from .cancel import cancel
 
     cancelled = cancel(args.sweep_dir, args.run_ids)
     print(f"{len(cancelled)} run(s) cancelled" + ("; `crackhpc sweep --retry-failed` resubmits them" if cancelled else ""))
@@ -192,6 +224,8 @@ def _add_set_option(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import MAX_RUNS
+
     parser = argparse.ArgumentParser(prog="crackhpc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -203,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print runs and requested resources, submit nothing")
     p.add_argument("--retry-failed", action="store_true", help="resubmit runs whose last attempt failed")
     p.add_argument("--wait", action="store_true", help="with slurm: wait for the jobs and print the report")
+    p.add_argument("--max-runs", type=int, default=MAX_RUNS, metavar="N",
+                   help=f"refuse sweeps of more than N runs (default {MAX_RUNS}), a guard against runaway grids")
     _add_set_option(p)
     _add_cluster_option(p)
     p.set_defaults(func=cmd_sweep)
@@ -296,6 +332,16 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except CrackhpcError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        # A read-only or full file system, a name too long: what the system said, about which file.
+        hint = {errno.ENOSPC: "; free some space and run it again (finished work is kept)",
+                errno.EROFS: "; use --results on a writable file system", errno.EACCES: "; check the folder's permissions",
+                errno.ENAMETOOLONG: "; use a shorter name"}.get(exc.errno, "")
+        print(f"error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}{hint}", file=sys.stderr)
         return 2
 
 

@@ -20,6 +20,7 @@ from typing import Callable
 from . import rundir
 from .attempts import START_RE, WORKER_START_RE
 from .errors import CrackhpcError
+from .record import Job, SweepFolder, SweepRecord
 
 SOURCES = ("out", "err", "worker")
 
@@ -36,17 +37,16 @@ class Attempt:
         return f"attempt {self.number} of {total}: {job}" + ("" if self.restart is None else f", restart {self.restart}")
 
 
-def _job_files(entry: dict, job_id: str) -> dict:
+def _job_files(entry: Job, job_id: str) -> dict:
     """The .out/.err of one of the run's jobs: the recorded ones for the latest, the same names with
     the job id replaced for an earlier one."""
     files = {}
-    for source, key in (("out", "stdout"), ("err", "stderr")):
-        path = entry.get(key)
+    for source, path in (("out", entry.stdout), ("err", entry.stderr)):
         if not path:
             files[source] = None
             continue
         path = Path(path)
-        files[source] = path if job_id == entry["job_id"] else path.with_name(path.name.replace(entry["job_id"], job_id))
+        files[source] = path if job_id == entry.job_id else path.with_name(path.name.replace(entry.job_id, job_id))
     return files
 
 
@@ -62,14 +62,14 @@ def _read(path: Path | None) -> str:
         return ""
 
 
-def attempts(sweep_dir: Path, run_id: str, record: dict) -> list[Attempt]:
+def attempts(folder: SweepFolder, run_id: str, record: SweepRecord) -> list[Attempt]:
     """Every start of the run's jobs, oldest first."""
-    entry = record.get("runs", {}).get(run_id)
-    worker = sweep_dir / run_id / rundir.LOG
-    if not entry or not entry.get("job_id"):
+    entry = record.runs.get(run_id)
+    worker = folder.run(run_id) / rundir.LOG
+    if not entry or not entry.job_id:
         return [Attempt(1, "", None, {"out": None, "err": None, "worker": worker})]
     found = []
-    for job_id in [*entry.get("history", []), entry["job_id"]]:
+    for job_id in [*entry.history, entry.job_id]:
         files = _job_files(entry, job_id)
         restarts = sorted({r for source in ("out", "err") for j, r, _ in _segments(_read(files[source]), START_RE) if j == job_id}
                           | {r for j, r, _ in _segments(_read(worker), WORKER_START_RE) if j == job_id})
@@ -91,22 +91,17 @@ def cut(text: str, attempt: Attempt, source: str) -> tuple[str, bool]:
     return "", True
 
 
-def choose(sweep_dir: str | Path, run_id: str) -> tuple[Path, dict, list[Attempt]]:
+def choose(sweep_dir: str | Path, run_id: str) -> tuple[SweepFolder, SweepRecord, list[Attempt]]:
     """The sweep folder, its record and the run's attempts; one-line errors for a sweep folder or
     run id that does not exist (with the run ids that come close)."""
-    from .launcher import load_sweep_record
-    from .report import run_dirs
-
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        raise CrackhpcError(f"{sweep_dir}: no such sweep folder (run `crackhpc sweep jobs/<name>.yaml` first)")
-    record = load_sweep_record(sweep_dir)
-    known = [p.name for p in run_dirs(sweep_dir)]
+    folder = SweepFolder(sweep_dir).check()
+    record = folder.load()
+    known = folder.run_ids(record)
     if run_id not in known:
         close = difflib.get_close_matches(run_id, known, n=5, cutoff=0.6)
-        hint = f"did you mean {', '.join(close)}?" if close else f"`crackhpc status {sweep_dir}` lists its {len(known)} runs"
-        raise CrackhpcError(f"{sweep_dir}: no run {run_id!r}; {hint}")
-    return sweep_dir, record, attempts(sweep_dir, run_id, record)
+        hint = f"did you mean {', '.join(close)}?" if close else f"`crackhpc status {folder.path}` lists its {len(known)} runs"
+        raise CrackhpcError(f"{folder.path}: no run {run_id!r}; {hint}")
+    return folder, record, attempts(folder, run_id, record)
 
 
 def pick(found: list[Attempt], number: int | None) -> Attempt:
@@ -141,7 +136,7 @@ def show(sweep_dir, run_id: str, source: str = "out", number: int | None = None,
          note=_note) -> tuple[Attempt, Path | None, int]:
     """Write one attempt's part of a log; returns the attempt, the file shown and how many of its
     bytes were read."""
-    sweep_dir, _, found = choose(sweep_dir, run_id)
+    _, _, found = choose(sweep_dir, run_id)
     attempt = pick(found, number)
     path = source_path(attempt, source)
     note(f"==> {path} ({attempt.describe(len(found))}) <==")
@@ -164,7 +159,7 @@ def follow(sweep_dir, run_id: str, source: str = "out", write=_write, note=_note
     to the same file (its start line shows where); a new job (--retry-failed), or a log that appears
     once a queued job starts, switches files."""
     attempt, path, offset = show(sweep_dir, run_id, source, None, write, note)
-    sweep_dir, is_live = Path(sweep_dir), is_live or _is_live
+    is_live = is_live or _is_live
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a chunk may end inside a character
     checked, live = time.monotonic(), True
     while True:
@@ -192,4 +187,5 @@ def follow(sweep_dir, run_id: str, source: str = "out", write=_write, note=_note
 def _is_live(sweep_dir: Path, run_id: str) -> bool:
     from .status import run_statuses
 
-    return run_statuses(sweep_dir, [run_id])[0].live
+    folder = SweepFolder(sweep_dir)
+    return run_statuses(folder, [run_id], folder.load())[0].live

@@ -25,9 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .config import Resources, _build, _Where, validate_resources
+from .config import Resources, read_yaml, validate
 from .errors import ConfigError
 from .limits import slurm_config
 
@@ -64,32 +62,25 @@ def slurm_cluster_name() -> str | None:
 
 def load_profiles(path: Path) -> dict[str, Profile]:
     """Every profile of the file, validated."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the cluster profiles ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
-    where = _Where(str(path))
+    raw = read_yaml(path)
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise where.error("expected a mapping of cluster names to their settings, e.g. `mycluster: {partition: gpu}`")
+        raise ConfigError(f"{path}: <top>: expected a mapping of cluster names to their settings, "
+                          "e.g. `mycluster: {partition: gpu}`")
     profiles = {}
     for name, settings in raw.items():
-        w = where.child(str(name))
         if not isinstance(settings, dict):
-            raise w.error(f"expected a mapping of {', '.join(KEYS)}")
+            raise ConfigError(f"{path}: {name}: expected a mapping of {', '.join(KEYS)}")
         for key in settings:
             if key not in KEYS:
-                raise w.child(str(key)).error(f"unknown key (allowed: {', '.join(KEYS)})")
+                raise ConfigError(f"{path}: {name}.{key}: unknown key (allowed: {', '.join(KEYS)})")
         resources = {k: v for k, v in settings.items() if k in RESOURCE_KEYS}
-        validate_resources(_build(Resources, resources, w), w)  # the checks a sweep's resources get
+        validate(Resources, resources, str(path), [str(name)])  # the checks a sweep's resources get
         cache = settings.get("cache")
         if cache is not None and (not isinstance(cache, str) or not cache or _SHELL_UNSAFE.search(cache)):
-            raise w.child("cache").error(f"expected a folder path without quotes, backslashes or backticks, got {cache!r}")
+            raise ConfigError(f"{path}: {name}.cache: expected a folder path without quotes, backslashes or "
+                              f"backticks, got {cache!r}")
         profiles[str(name)] = Profile(str(name), path, resources, os.path.expanduser(cache) if cache else None)
     return profiles
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterable
 
 from . import __version__, rundir
+from .errors import CrackhpcError
 
 # The summary.csv columns taken from a run's provenance.
 COLUMNS = ("git_commit", "git_dirty", "framework_version", "gpu", "cuda")
@@ -133,12 +134,15 @@ def columns(result: dict) -> dict:
     return out
 
 
-def report_rows(results: Iterable[dict]) -> tuple[list[str], list[list]]:
+def report_rows(run_dirs: Iterable[Path]) -> tuple[list[str], list[list]]:
     """The report's provenance table: one row per distinct setting that produced runs, with their count."""
     header = ["runs", "git commit", "crackhpc", "python", "framework", "submitit", "GPU", "CUDA", "hosts"]
     groups: dict[tuple, list[str]] = {}
-    for result in results:
-        prov = result.get("provenance") or {}
+    for run_dir in run_dirs:
+        try:
+            prov = rundir.read_result(run_dir).get("provenance") or {}
+        except CrackhpcError:  # a damaged result.json: the runs table says so
+            continue
         if "python" not in prov:
             continue  # the worker has not started yet
         commit = prov.get("git_commit")

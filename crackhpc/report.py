@@ -20,7 +20,9 @@ import pandas as pd
 from . import atomic, plots, provenance, rundir
 from .data.layout import CLASSES
 from .data.split import read_manifest
-from .errors import CrackhpcError
+from .errors import CrackhpcError, DamagedFileError
+from .record import SweepFolder, SweepRecord
+from .states import RunState
 
 HPARAMS = ("pretrained", "freeze_backbone", "epochs", "batch_size", "optimizer", "lr", "input_size", "seed", "backend")
 SUMMARY_COLUMNS = ("run_id", "framework", "model", *HPARAMS, "status", "epochs_done", "best_val_acc", "test_loss",
@@ -39,14 +41,13 @@ STUDY = {
 
 
 def run_dirs(sweep_dir: Path, everything: bool = True) -> list[Path]:
-    """The runs of a sweep folder: those in sweep.json and those with a run folder. Without
-    `everything`, only the runs of the sweep file as last submitted: an edited YAML (another lr,
-    a model dropped) leaves its earlier runs' folders behind, which a comparison should not mix in."""
-    record = atomic.read_json(sweep_dir / "sweep.json") if (sweep_dir / "sweep.json").is_file() else {}
-    if not everything and "current_runs" in record:
-        return [sweep_dir / name for name in sorted(record["current_runs"])]
-    found = {p.name for p in sweep_dir.iterdir() if (p / rundir.CONFIG).is_file()}
-    return [sweep_dir / name for name in sorted(set(record.get("runs", {})) | found)]
+    """The run folders of a sweep (see SweepFolder.run_ids); a damaged sweep.json leaves the folders on disk."""
+    folder = SweepFolder(sweep_dir)
+    try:
+        record = folder.load()
+    except DamagedFileError:
+        record = SweepRecord()
+    return [folder.run(run_id) for run_id in folder.run_ids(record, everything)]
 
 
 def _compute_hours(spec, result: dict) -> tuple[float | None, str | None]:
@@ -72,12 +73,18 @@ def summary(sweep_dir: str | Path, everything: bool = False) -> pd.DataFrame:
     rows = []
     for run_dir in run_dirs(sweep_dir, everything):
         row = {"run_id": run_dir.name}
-        result = rundir.read_result(run_dir)
+        try:
+            result = rundir.read_result(run_dir)
+        except DamagedFileError as exc:
+            result = {"status": RunState.UNREADABLE.value, "error": str(exc)}
         row.update({k: result.get(k) for k in SUMMARY_COLUMNS if k in result and k != "run_id"})
         row["status"] = result.get("status", "pending")
         row.update(provenance.columns(result))
-        if (run_dir / rundir.CONFIG).is_file():
-            spec = rundir.read_config(run_dir)
+        try:
+            spec = rundir.read_config(run_dir) if (run_dir / rundir.CONFIG).is_file() else None
+        except CrackhpcError as exc:
+            spec, row["status"], row["error"] = None, RunState.UNREADABLE.value, str(exc)
+        if spec is not None:
             row.update(framework=spec.train.framework, model=spec.train.model,
                        **{k: getattr(spec.train, k) for k in HPARAMS})
             row["compute_hours"], row["compute_unit"] = _compute_hours(spec, result)
@@ -376,7 +383,7 @@ class Report:
         self.doc.para("Positive = crack. TP/FP/FN/TN come from the run's test split and misclassified.csv.")
 
     def _provenance(self) -> None:
-        header, rows = provenance.report_rows(rundir.read_result(self.sweep_dir / r) for r in self.df["run_id"])
+        header, rows = provenance.report_rows(self.sweep_dir / r for r in self.df["run_id"])
         self.doc.heading(2, "Provenance")
         if not rows:
             self.doc.para("No run has started yet: each records what it ran with once it starts.")

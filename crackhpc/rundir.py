@@ -4,10 +4,11 @@
         config.yaml        resolved settings (the worker reads only this)
         split.csv          the manifest: which image is in which split
         metrics.csv        one row per epoch
-        result.json        status (pending/running/completed/failed) and final numbers
+        result.json        status (see crackhpc.states) and final numbers
         misclassified.csv  test images the model got wrong
-        checkpoint.pt      last finished epoch, for resume and requeue
+        checkpoint.pt      last finished epoch, for resume and requeue (checkpoint.npz for Keras)
         worker.log         the worker's log
+        job.sbatch         the plain sbatch script (`crackhpc sbatch`), its logs slurm-<job id>.out/.err
 """
 from __future__ import annotations
 
@@ -19,13 +20,17 @@ from typing import Any
 import yaml
 
 from . import atomic
-from .config import DataConfig, Resources, TrainConfig, from_plain
-from .grid import RunSpec
+from .config import RunSpec, validate
+from .errors import ConfigError, DamagedFileError
+from .states import RunState
 
 CONFIG, SPLIT, METRICS, RESULT, MISCLASSIFIED, LOG = (
     "config.yaml", "split.csv", "metrics.csv", "result.json", "misclassified.csv", "worker.log")
+CHECKPOINT = {"torch": "checkpoint.pt", "keras": "checkpoint.npz"}
+SBATCH_SCRIPT, SBATCH_LOG = "job.sbatch", "slurm-%j"
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "images_per_s")
-TERMINAL = ("completed", "failed")
+RERUN = "delete it and rerun the run with `crackhpc sweep --retry-failed`"
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # 1,000 config.yaml files in a report
 
 
 def now() -> str:
@@ -40,30 +45,55 @@ def read_config(run_dir: str | Path) -> RunSpec:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not a crackhpc run folder (config.yaml missing)")
-    raw = yaml.safe_load(path.read_text())
-    return RunSpec(
-        run_id=raw["run_id"],
-        sweep=raw["sweep"],
-        train=from_plain(TrainConfig, raw["train"], f"{path}: train"),
-        data=from_plain(DataConfig, raw["data"], f"{path}: data"),
-        resources=from_plain(Resources, raw["resources"], f"{path}: resources"),
-    )
+    fix = "rerun `crackhpc sweep` on its sweep file to rewrite it"
+    try:
+        raw = yaml.load(path.read_bytes(), Loader=_Loader)
+    except yaml.YAMLError as exc:
+        raise DamagedFileError(path, f"not valid YAML ({getattr(exc, 'problem', exc)})", fix) from None
+    if not isinstance(raw, dict):
+        raise DamagedFileError(path, "not a run's settings", fix)
+    try:
+        return validate(RunSpec, raw, str(path))
+    except ConfigError as exc:  # edited by hand: checked like the sweep it came from
+        raise DamagedFileError(path, str(exc)[len(str(path)) + 2:], fix) from None
 
 
 def read_result(run_dir: str | Path) -> dict[str, Any]:
-    """The run's result.json, or {"status": "pending"} when the worker has not started."""
+    """The run's result.json, or {"status": "pending"} when the worker has not started; a
+    DamagedFileError when it cannot be read."""
     path = Path(run_dir) / RESULT
     if not path.is_file():
-        return {"status": "pending"}
-    return atomic.read_json(path)
+        return {"status": RunState.PENDING.value}
+    return atomic.read_json(path, RERUN)
+
+
+def state_of(result: dict) -> RunState:
+    return RunState.parse(str(result.get("status", RunState.PENDING.value)))
 
 
 def update_result(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
-    result = read_result(run_dir)
-    result.update(fields, updated=now(), host=socket.gethostname())
+    """result.json with `fields` changed; a damaged one is replaced (what it said is lost already)."""
+    try:
+        result = read_result(run_dir)
+    except DamagedFileError:
+        result = {}
+    return _write_result(run_dir, {**result, **fields})
+
+
+def reset_result(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
+    """A new attempt's result.json, keeping only the earlier attempts' requeue count."""
+    return _write_result(run_dir, {"requeues": update_result(run_dir).get("requeues", 0), **fields})
+
+
+def _write_result(run_dir: str | Path, result: dict) -> dict:
+    result = {k: (v.value if isinstance(v, RunState) else v) for k, v in result.items()}
+    result.update(updated=now(), host=socket.gethostname())
     atomic.write_json(Path(run_dir) / RESULT, result)
     return result
 
 
 def is_completed(run_dir: str | Path) -> bool:
-    return read_result(run_dir).get("status") == "completed"
+    try:
+        return state_of(read_result(run_dir)) is RunState.COMPLETED
+    except DamagedFileError:
+        return False

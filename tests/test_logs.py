@@ -12,6 +12,7 @@ from crackhpc import atomic, rundir
 from crackhpc.attempts import START_SHELL, worker_start
 from crackhpc.cli import main
 from crackhpc.logs import attempts, follow, show
+from crackhpc.record import SweepFolder
 
 
 def start_line(job: str, restart: int | None, array: str = "") -> str:
@@ -53,7 +54,8 @@ def text_of(sweep, *args) -> tuple[str, str]:
 
 
 def test_attempts_run_over_the_jobs_history_then_each_requeue(sweep_dir):
-    found = attempts(sweep_dir, "r1", json.loads((sweep_dir / "sweep.json").read_text()))
+    folder = SweepFolder(sweep_dir)
+    found = attempts(folder, "r1", folder.load())
     assert [(a.number, a.job_id, a.restart) for a in found] == [(1, "5", 0), (2, "7_1", 0), (3, "7_1", 1)]
     assert found[0].files["out"] == sweep_dir / "submitit" / "5_0_log.out"
 

@@ -83,7 +83,7 @@ def test_profile_errors_name_the_file_and_key(profiles, text, error, tiny_data, 
 
 
 def test_unknown_cluster_and_missing_file(profiles, tmp_path, monkeypatch):
-    path = profiles()
+    profiles()
     with pytest.raises(ConfigError, match=r"clusters.yaml: nope: no such cluster profile \(profiles: big, small\)"):
         select_profile("nope")
     monkeypatch.setenv("CRACKHPC_CLUSTERS", str(tmp_path / "none.yaml"))

@@ -11,9 +11,8 @@ from PIL import Image
 
 from crackhpc import atomic, rundir
 from crackhpc.cli import main
-from crackhpc.config import DataConfig, Resources, TrainConfig
+from crackhpc.config import DataConfig, Resources, RunSpec, TrainConfig
 from crackhpc.data.split import make_manifest, write_manifest
-from crackhpc.grid import RunSpec
 from crackhpc.report import SUMMARY_COLUMNS, comparison, confusion, summary, write_document, write_reports
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -27,9 +26,9 @@ def make_run(sweep_dir: Path, data: Path, run_id: str, status: str = "completed"
     """A run folder as the launcher and a worker leave it, split from the dataset `data` (config.yaml
     says `root` instead when given). `wrong`: (negatives called positive, positives called negative)
     among the 10 test images (5 per class) of the 40-image tiny dataset."""
-    spec = RunSpec(run_id, sweep_dir.name, TrainConfig(framework=framework, model=model, seed=seed, pretrained=False,
-                                                       epochs=2, input_size=32),
-                   DataConfig(root=str(root or data)), resources)
+    spec = RunSpec(run_id=run_id, sweep=sweep_dir.name,
+                   train=TrainConfig(framework=framework, model=model, seed=seed, pretrained=False, epochs=2, input_size=32),
+                   data=DataConfig(root=str(root or data)), resources=resources)
     run_dir = sweep_dir / run_id
     rundir.write_config(run_dir, spec)
     items = make_manifest(data, (0.5, 0.25, 0.25), 0)
