@@ -1,4 +1,6 @@
 """Cluster limits: a job shape with more runs than MaxArraySize goes out as several arrays."""
+import json
+
 import pytest
 
 from crackhpc import limits
@@ -28,8 +30,8 @@ def test_shape_beyond_max_array_size_goes_out_as_several_arrays(tmp_path, tiny_d
     submit(load_sweep(path), tmp_path, "slurm", dry_run=True, echo=lines.append)
     shapes = [line.split(":")[0].strip() for line in lines if line.startswith("  job ")]
     assert shapes == ["job array of 2 runs", "job of 1 run"]
-    record = submit(load_sweep(path), tmp_path, "slurm", wait=True, **quiet)
-    jobs = sorted(e["job_id"] for e in record["runs"].values())
+    submit(load_sweep(path), tmp_path, "slurm", wait=True, **quiet)
+    jobs = sorted(e["job_id"] for e in json.loads((tmp_path / "split" / "sweep.json").read_text())["runs"].values())
     arrays = sorted({j.split("_")[0] for j in jobs if "_" in j})
     assert len(arrays) == 1 and sorted(j for j in jobs if "_" in j) == [f"{arrays[0]}_0", f"{arrays[0]}_1"]
     assert len([j for j in jobs if "_" not in j]) == 1

@@ -105,8 +105,8 @@ def test_logs_of_requeued_slurm_runs_show_each_attempt(tmp_path, tiny_data, slur
     from .test_slurm_integration import SLOW, finished, quiet, slurm_yaml, until
 
     slow = {**SLOW, "epochs": 4}
-    record = submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "sub", defaults=slow)), tmp_path, "slurm", **quiet)
-    ((sub_run, sub_job),) = record["runs"].items()
+    submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "sub", defaults=slow)), tmp_path, "slurm", **quiet)
+    ((sub_run, sub_job),) = json.loads((tmp_path / "sub" / "sweep.json").read_text())["runs"].items()
     assert main(["sbatch", str(slurm_yaml(tmp_path, tiny_data, "plain", defaults=slow)), "--results", str(tmp_path),
                  "--submit"]) == 0
     ((plain_run, plain_job),) = json.loads((tmp_path / "plain" / "sweep.json").read_text())["runs"].items()

@@ -43,7 +43,7 @@ def test_slurm_answers_test_only_for_each_job_shape(tmp_path, tiny_data, slurm_c
     assert "sbatch --test-only: REFUSED: error: invalid partition specified: nope" in answers[0]
     assert re.search(r"accepted: Job \d+ to start at \d{4}-\d\d-\d\dT[\d:]+ using 1 processors on nodes \S+ in partition debug",
                      answers[1])
-    assert code == 1 and captured.err == "error: Slurm would refuse 2 run(s): see `sbatch --test-only` above\n"
+    assert code == 2 and captured.err == "error: Slurm would refuse 2 run(s): see `sbatch --test-only` above\n"
     assert not (tmp_path / "pre").exists()
     # The real submission: sbatch's refusal (submitit echoes sbatch's lines first), no traceback.
     path = slurm_yaml(tmp_path, tiny_data, "bad", resources={"partition": "nope"})
