@@ -181,7 +181,8 @@ def _print_plan(specs, actions, groups, folder: SweepFolder, executor: str, name
             shape = f"job array of {len(group)} runs" if len(group) > 1 else "job of 1 run"  # submitit's choice too
         else:
             shape = f"{len(group)} local process{'es' * (len(group) > 1)}, at most {_local_limit(res)} at once"
-        echo(f"  {shape}: " + ", ".join(f"{k}={v}" for k, v in sorted(params.items())))
+        # Setup lines (the attempt start line first) are in the script printed below.
+        echo(f"  {shape}: " + ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if k != "slurm_setup"))
         if executor == "slurm":
             script = slurm.preview(make_executor("slurm", folder.submitit, params), len(group))
             echo(script)

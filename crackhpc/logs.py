@@ -22,9 +22,6 @@ from .attempts import START_RE, WORKER_START_RE
 from .errors import CrackhpcError
 from .record import Job, SweepFolder, SweepRecord
 
-SOURCES = ("out", "err", "worker")
-
-
 @dataclass(frozen=True)
 class Attempt:
     number: int
@@ -58,7 +55,7 @@ def _segments(text: str, pattern) -> list[tuple[str, int, int]]:
 def _read(path: Path | None) -> str:
     try:
         return path.read_text(errors="replace") if path else ""
-    except (FileNotFoundError, IsADirectoryError):
+    except OSError:  # not written yet, or not readable from here: shown as empty
         return ""
 
 
@@ -68,11 +65,11 @@ def attempts(folder: SweepFolder, run_id: str, record: SweepRecord) -> list[Atte
     worker = folder.run(run_id) / rundir.LOG
     if not entry or not entry.job_id:
         return [Attempt(1, "", None, {"out": None, "err": None, "worker": worker})]
-    found = []
+    found, worker_starts = [], _segments(_read(worker), WORKER_START_RE)
     for job_id in [*entry.history, entry.job_id]:
         files = _job_files(entry, job_id)
         restarts = sorted({r for source in ("out", "err") for j, r, _ in _segments(_read(files[source]), START_RE) if j == job_id}
-                          | {r for j, r, _ in _segments(_read(worker), WORKER_START_RE) if j == job_id})
+                          | {r for j, r, _ in worker_starts if j == job_id})
         for restart in restarts or [None]:
             found.append(Attempt(len(found) + 1, job_id, restart, {**files, "worker": worker}))
     return found
