@@ -261,7 +261,7 @@ def test_status_answers_when_sacct_hangs_or_talks_garbage(tmp_path, finished, fa
     assert any(note in s.note for s in statuses)
 
 
-def test_results_that_are_a_file_or_a_full_disk_are_one_line(tmp_path, write_yaml, tiny_data, capsys):
+def test_results_that_are_a_file_a_full_or_a_read_only_disk_are_one_line(tmp_path, write_yaml, tiny_data, capsys):
     path = write_yaml(tiny_sweep(tiny_data))
     (tmp_path / "afile").write_text("")
     assert main(["sweep", str(path), "--results", str(tmp_path / "afile"), "--executor", "local"]) == 2
@@ -277,6 +277,11 @@ def test_results_that_are_a_file_or_a_full_disk_are_one_line(tmp_path, write_yam
         assert main(["sweep", str(path), "--results", str(full), "--executor", "local"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "No space left on device; free some space and run it again" in err
+        assert err.startswith(f"error: {full}/")  # the file it could not write
+        subprocess.run(["mount", "-o", "remount,ro", str(full)], check=True)
+        assert main(["sweep", str(path), "--results", str(full), "--executor", "local"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Read-only file system; use --results on a writable file system" in err
     finally:
         subprocess.run(["umount", str(full)], check=True)
 
