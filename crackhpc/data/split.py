@@ -20,7 +20,7 @@ from .layout import CLASSES, SPLITS, Item, list_items
 COLUMNS = ("path", "label", "split")
 # What to do about a damaged manifest: the launcher writes the sweep's manifest again into the
 # sweep folder and into each run folder it submits.
-REWRITE = ("delete it and run `crackhpc sweep --retry-failed`, which writes it again for each run it resubmits "
+REWRITE = ("delete it and run `crackhpc sweep <sweep file> --retry-failed`, which writes it again for each run it resubmits "
            "(a completed run is resubmitted once its result.json is deleted)")
 
 
@@ -64,15 +64,15 @@ def write_manifest(path: str | Path, items: Sequence[Item]) -> Path:
 
 def read_manifest(path: str | Path) -> list[Item]:
     """The manifest at `path`; a DataError naming the file and the first bad line if it is not one."""
+    return parse_manifest(Path(path).read_bytes(), path)
+
+
+def parse_manifest(data: bytes, path: str | Path) -> list[Item]:
+    """The manifest in `data`, the bytes of the file `path` (named in errors)."""
     try:
-        text = Path(path).read_bytes().decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise DataError(f"{path}: not a split manifest (binary or not UTF-8 text); {REWRITE}") from None
-    return parse_manifest(text, path)
-
-
-def parse_manifest(text: str, path: str | Path) -> list[Item]:
-    """The manifest in `text`, read from `path` (named in errors)."""
     reader = csv.reader(io.StringIO(text, newline=""))
     items = []
     try:
