@@ -341,3 +341,19 @@ def test_tables_need_no_figures_and_no_matplotlib(complete):
             "assert 'matplotlib' not in sys.modules")
     subprocess.run([sys.executable, "-c", code, str(complete)], check=True, capture_output=True)
     assert not (complete / "report").exists()
+
+
+def test_what_was_read_is_cached_until_the_file_changes(complete):
+    first = summary(complete).set_index("run_id")
+    assert (complete / ".report-cache.json").is_file()
+    split = complete / "torch-resnet18-s1" / rundir.SPLIT
+    assert first.loc["torch-resnet18-s1", "tp"] == 3
+    # The same manifest with one test positive moved to train: rewritten in place, same inode.
+    lines = split.read_text().splitlines()
+    moved = next(k for k, line in enumerate(lines) if line.endswith(",1,test"))
+    lines[moved] = lines[moved].replace(",1,test", ",1,train")
+    split.write_text("\n".join(lines) + "\n")
+    assert summary(complete).set_index("run_id").loc["torch-resnet18-s1", "tp"] == 2
+    config = complete / "torch-resnet18-s1" / rundir.CONFIG
+    config.write_text(config.read_text().replace("lr: 0.001", "lr: 0.01"))
+    assert summary(complete).set_index("run_id").loc["torch-resnet18-s1", "lr"] == 0.01
