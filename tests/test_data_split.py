@@ -59,4 +59,4 @@ def test_damaged_manifest_is_one_data_error(tmp_path, content, problem):
         read_manifest(path)
     message = str(info.value)
     assert message.startswith(f"{path}: ") and problem in message and "\n" not in message
-    assert "crackhpc sweep --retry-failed" in message
+    assert "crackhpc sweep <sweep file> --retry-failed" in message
