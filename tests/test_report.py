@@ -268,7 +268,7 @@ BINARY = bytes(range(256)) * 4  # not UTF-8, NUL bytes included
 def test_a_damaged_file_is_one_line_and_the_other_runs_are_reported(complete, capsys, name, damage, problem):
     bad = complete / "torch-resnet18-s0" / name
     bad.write_bytes(damage(bad))
-    assert main(["report", str(complete), "--misclassified", "1", "--figures", "torch-resnet18-s0"]) == 1
+    assert main(["report", str(complete), "--misclassified", "0", "--figures", "torch-resnet18-s0"]) == 1
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
     [line] = err.splitlines()
@@ -357,3 +357,18 @@ def test_what_was_read_is_cached_until_the_file_changes(complete):
     config = complete / "torch-resnet18-s1" / rundir.CONFIG
     config.write_text(config.read_text().replace("lr: 0.001", "lr: 0.01"))
     assert summary(complete).set_index("run_id").loc["torch-resnet18-s1", "lr"] == 0.01
+
+
+def test_a_damaged_misclassified_image_is_a_problem_not_a_traceback(tmp_path, tiny_data, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    run = make_run(tmp_path / "s", data, "r", wrong=(1, 0))
+    image = data / (run / rundir.MISCLASSIFIED).read_text().splitlines()[1].split(",")[0]
+    image.write_bytes(b"not a jpeg")
+    assert main(["report", str(tmp_path / "s")]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"problem: {image}: ") and "crackhpc data verify" in line
+    assert not (tmp_path / "s" / "report" / "misclassified-r.png").exists()
+    assert (tmp_path / "s" / "report" / "confusion-r.png").is_file()
