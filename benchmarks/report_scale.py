@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         f"case of each code version. Read cache: cold, the first report reads every config.yaml and split.csv; "
         f"warm, {READ_CACHE} from an earlier report spares the unchanged ones. "
         f"Run folders made in {made:.0f} s (reused when already there).",
-        "Target: the tables of 1,000 runs in under 2 s.",
+        (f"before: the crackhpc package in {args.before}; now: this tree. " if args.before else "")
+        + "Target: the tables of 1,000 runs in under 2 s.",
         "",
         *table,
     ]) + "\n"
