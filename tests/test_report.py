@@ -372,3 +372,28 @@ def test_a_damaged_misclassified_image_is_a_problem_not_a_traceback(tmp_path, ti
     assert line.startswith(f"problem: {image}: ") and "crackhpc data verify" in line
     assert not (tmp_path / "s" / "report" / "misclassified-r.png").exists()
     assert (tmp_path / "s" / "report" / "confusion-r.png").is_file()
+
+
+@pytest.mark.parametrize("text", [
+    "run_id: r\nsweep: s\ntrain:\n  lr: 0.001\n  seed: 1\ndata:\n  split:\n  - 0.6\n  - 0.4\nresources: {}\n",
+    "# comment\ntrain:\n  note: |\n    two\n\n    lines\n  list:\n  - a\nb: 'quoted: x'\n\"c\": yes\n",
+    "---\ntrain: {lr: 1e-3}\n...\n",
+    "a: 1\na: 2\n",                              # duplicate keys: YAML's last one wins
+    "a: &x {k: 1}\nb: *x\n",                    # an alias into another block
+    "a: [1,\n2]\nb: 2\n",                        # a flow list over two lines
+])
+def test_config_yaml_read_block_by_block_is_yaml(text):
+    import yaml
+
+    from crackhpc.report import _load_yaml_mapping
+
+    assert _load_yaml_mapping(text) == yaml.safe_load(text)
+
+
+def test_config_yaml_read_block_by_block_matches_write_config(complete):
+    import yaml
+
+    from crackhpc.report import _load_yaml_mapping
+
+    text = (complete / "keras-vgg16-s0" / rundir.CONFIG).read_text()
+    assert _load_yaml_mapping(text) == yaml.safe_load(text)
