@@ -91,3 +91,23 @@ def test_a_class_of_dangling_links_only_is_empty(tmp_path):
     (tmp_path / "Positive" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
     with pytest.raises(DataError, match="Positive: no images"):
         list_items(tmp_path)
+
+
+def test_a_sweep_on_a_one_class_dataset_stops_before_any_job(tmp_path, write_yaml, tiny_data, capsys):
+    import shutil
+
+    from crackhpc.cli import main
+
+    from .conftest import tiny_sweep
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    for image in (data / "Positive").iterdir():
+        image.unlink()
+    sweep = write_yaml(tiny_sweep(data))
+    assert main(["sweep", str(sweep), "--executor", "debug", "--results", str(tmp_path / "results")]) == 2
+    [error] = capsys.readouterr().err.splitlines()
+    assert error == (f"error: {data / 'Positive'}: no images (.jpg, .jpeg, .png) in this class folder; every class "
+                     f"needs images: add them, or point data.root at the whole dataset (`crackhpc data verify` lists "
+                     f"what it found)")
+    assert not list((tmp_path / "results" / "tiny").glob("*/result.json")), "no run started"
