@@ -57,14 +57,16 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import (REPORT_HTML, REPORT_MD, format_table, run_dirs, sort_runs, to_json, write_document,
-                         write_reports)
+    from .report import (REPORT_HTML, REPORT_MD, format_table, parse_figures, run_dirs, sort_runs, to_json,
+                         write_document, write_reports)
 
     if args.misclassified < 0:
         raise CrackhpcError(f"--misclassified {args.misclassified}: give 0 (none) or more images per run")
-    df, comp = write_reports(args.sweep_dir, everything=args.all)
+    problems: list[str] = []  # one line per damaged file; every other run is still reported
+    df, comp = write_reports(args.sweep_dir, everything=args.all, notes=problems)
     df = sort_runs(df, args.sort, args.desc)
-    markdown = write_document(args.sweep_dir, df, comp, examples=args.misclassified)
+    markdown = write_document(args.sweep_dir, df, comp, examples=args.misclassified,
+                              figures=None if args.no_figures else parse_figures(args.figures), notes=problems)
     if args.format == "text":
         print(format_table(df, SUMMARY_VIEW) + "\n\n" + format_table(comp))
     else:
@@ -80,7 +82,9 @@ def cmd_report(args) -> int:
     older = len(run_dirs(sweep_dir)) - len(df)
     if older > 0:
         print(f"not shown: {older} run{'s' * (older > 1)} of earlier versions of the sweep file (--all includes them)", file=notes)
-    return 0
+    for line in dict.fromkeys(problems):
+        print(f"problem: {line}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def cmd_prefetch(args) -> int:
@@ -295,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also the runs of earlier versions of the sweep file (default: the runs it has now)")
     p.add_argument("--misclassified", type=int, default=4, metavar="N",
                    help="misclassified test images shown per run (default 4, as in the study)")
+    figures = p.add_mutually_exclusive_group()
+    figures.add_argument("--figures", nargs="+", metavar="N|RUN_ID",
+                         help="per-run figures for the N best and N worst runs by test accuracy (default 3), "
+                              "or for the runs named; figures of unchanged runs are kept, not redrawn")
+    figures.add_argument("--no-figures", action="store_true", help="tables and text only, no figures (fastest)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("prefetch", help="on the login node: put the ImageNet weights sweeps need in the offline cache")

@@ -40,7 +40,7 @@ def _yaml_block(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
-def _load_config_yaml(text: str):
+def load_config_yaml(text: str):
     """yaml.safe_load of a block-style mapping, one top-level key at a time, each distinct block
     parsed once: the runs of a sweep share their data and resources blocks, which are two thirds of
     a config.yaml. Anything else (a block that is not a mapping or does not parse alone) is parsed
@@ -77,7 +77,7 @@ def read_config(run_dir: str | Path) -> RunSpec:
         raise FileNotFoundError(f"{path}: not a crackhpc run folder (config.yaml missing)")
     fix = "rerun `crackhpc sweep` on its sweep file to rewrite it"
     try:
-        raw = _load_config_yaml(path.read_bytes().decode("utf-8"))
+        raw = load_config_yaml(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
         raise DamagedFileError(path, "binary, not YAML text", fix) from None
     except yaml.YAMLError as exc:
