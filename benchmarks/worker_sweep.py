@@ -16,6 +16,7 @@ import yaml
 from crackhpc import atomic, rundir, worker
 from crackhpc.config import load_sweep
 from crackhpc.grid import expand
+from crackhpc.record import SweepFolder
 from crackhpc.launcher import write_run_folders
 
 
@@ -41,7 +42,7 @@ def run_sweep(work: Path, text: str) -> list[dict]:
     sweep_dir = work / "runs" / sweep.name
     shutil.rmtree(sweep_dir, ignore_errors=True)  # crackhpc pays for building its caches, every time
     results = []
-    for spec in write_run_folders(expand(sweep), sweep_dir, Path(sweep.data.root), sweep):
+    for spec in write_run_folders(expand(sweep), SweepFolder(sweep_dir), Path(sweep.data.root), sweep):
         t0 = time.perf_counter()
         metrics = worker.run(sweep_dir / spec.run_id)
         run_s = time.perf_counter() - t0

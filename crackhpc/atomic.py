@@ -1,33 +1,76 @@
 """Atomic file writes: a reader sees the old file or the new one, never half of one.
 
-Every file a report or a resumed run reads goes through here, because jobs are
-killed (time limit, preemption) at arbitrary points.
+Every file a report or a resumed run reads goes through here, because jobs are killed (time
+limit, preemption, a full disk) at arbitrary points. A write goes to a hidden temporary file
+beside its target, named after the writing host and process, and is renamed into place when
+complete; a writer killed before that leaves only the temporary file, which `remove_stale`
+deletes once its process is gone. Files get the usual permissions (0666 less the umask), so a
+project group on a shared file system can read the results.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import itertools
 import json
 import os
-import tempfile
+import socket
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
+
+from .errors import DamagedFileError
+
+HOST = socket.gethostname()
+_SEQ = itertools.count()
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; renamed to `path` when the block ends without
+    error, removed when it raises (or is interrupted)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}~{HOST}~{os.getpid()}~{next(_SEQ)}.tmp"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of writers on this host that died before renaming them (a
+    killed worker's half checkpoint, a half image cache): nothing else would ever remove them."""
+    removed = []
+    for tmp in Path(folder).glob(".*~*~*~*.tmp"):
+        _, host, pid, _ = tmp.name.rsplit("~", 3)
+        if host == HOST and pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with replacing(path) as tmp, open(tmp, "xb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+            os.fsync(fh.fileno())  # shared file systems: the data is on disk before the rename publishes it
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None  # a full disk's write names no file
+    return Path(path)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -46,6 +89,15 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Seq
     return write_text(path, buf.getvalue())
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+def read_json(path: str | os.PathLike, fix: str) -> dict:
+    """A JSON object written by crackhpc, or a DamagedFileError naming the file and `fix`."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            obj = json.load(fh)
+    except UnicodeDecodeError:
+        raise DamagedFileError(path, "binary or not UTF-8 text, not JSON", fix) from None
+    except json.JSONDecodeError as exc:
+        raise DamagedFileError(path, f"not valid JSON ({exc}): truncated or overwritten", fix) from None
+    if not isinstance(obj, dict):
+        raise DamagedFileError(path, f"expected a JSON object, got {type(obj).__name__}", fix)
+    return obj

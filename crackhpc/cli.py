@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -10,31 +11,62 @@ from .errors import CrackhpcError
 SUMMARY_VIEW = ["run_id", "status", "epochs_done", "best_val_acc", "test_loss", "test_acc", "wall_time_s", "images_per_s"]
 
 
-def cmd_sweep(args) -> int:
+def load_with_profile(args):
+    """The sweep file with --set edits and the cluster profile (--cluster, else Slurm's cluster name)."""
+    import os
+
     from .config import load_sweep
+    from .profiles import apply_profile, select_profile
+
+    profile = select_profile(args.cluster)
+    if profile is not None:
+        print(profile.describe())
+        if profile.cache:  # this process's weights checks look where the jobs will
+            os.environ.setdefault("CRACKHPC_CACHE", os.path.expandvars(profile.cache))
+    limit = {"max_runs": args.max_runs} if hasattr(args, "max_runs") else {}
+    return load_sweep(args.sweep, overrides=args.overrides, edit=lambda raw: apply_profile(raw, profile), **limit)
+
+
+def cmd_sweep(args) -> int:
+    """Exit status: 0 when every run this call waited for completed (or, not waiting, every job was
+    submitted), 1 when one failed, died or was cancelled, so that a script or CI job can tell."""
     from .launcher import submit
     from .report import format_table, write_reports
+    from .states import RunState
 
-    sweep = load_sweep(args.sweep, overrides=args.overrides)
-    submit(sweep, Path(args.results), args.executor, dry_run=args.dry_run, retry_failed=args.retry_failed,
-           wait=True if args.wait else None)
+    from submitit.core.utils import FailedJobError
+
+    sweep = load_with_profile(args)
+    try:
+        states = submit(sweep, Path(args.results), args.executor, dry_run=args.dry_run, retry_failed=args.retry_failed,
+                        wait=True if args.wait else None)
+    except FailedJobError as exc:  # sbatch's refusal; the run folders stay as they are, ready for a retry
+        lines = [line.removeprefix("sbatch: ") for line in str(exc).strip().splitlines()]
+        raise CrackhpcError(f"{args.sweep}: Slurm refused the job: {' / '.join(lines)} "
+                            "(`crackhpc sweep --dry-run` asks Slurm without submitting)") from None
     sweep_dir = Path(args.results) / sweep.name
     if not args.dry_run and (sweep_dir / "sweep.json").is_file():
         df, comp = write_reports(sweep_dir)
         print(format_table(df, SUMMARY_VIEW))
         print(f"\nwritten: {sweep_dir / 'summary.csv'}, {sweep_dir / 'comparison.csv'}")
-    return 0
+    unfinished = {run_id: state for run_id, state in states.items() if state is not RunState.COMPLETED}
+    if unfinished:
+        print(f"{len(unfinished)} of {len(states)} runs did not complete: "
+              + ", ".join(f"{r} {s}" for r, s in sorted(unfinished.items())), file=sys.stderr)
+    return 1 if unfinished else 0
 
 
 def cmd_report(args) -> int:
-    from .report import (REPORT_HTML, REPORT_MD, format_table, run_dirs, sort_runs, to_json, write_document,
-                         write_reports)
+    from .report import (REPORT_HTML, REPORT_MD, format_table, parse_figures, run_dirs, sort_runs, to_json,
+                         write_document, write_reports)
 
     if args.misclassified < 0:
         raise CrackhpcError(f"--misclassified {args.misclassified}: give 0 (none) or more images per run")
-    df, comp = write_reports(args.sweep_dir, everything=args.all)
+    problems: list[str] = []  # one line per damaged file; every other run is still reported
+    df, comp = write_reports(args.sweep_dir, everything=args.all, notes=problems)
     df = sort_runs(df, args.sort, args.desc)
-    markdown = write_document(args.sweep_dir, df, comp, examples=args.misclassified)
+    markdown = write_document(args.sweep_dir, df, comp, examples=args.misclassified,
+                              figures=None if args.no_figures else parse_figures(args.figures), notes=problems)
     if args.format == "text":
         print(format_table(df, SUMMARY_VIEW) + "\n\n" + format_table(comp))
     else:
@@ -50,12 +82,22 @@ def cmd_report(args) -> int:
     older = len(run_dirs(sweep_dir)) - len(df)
     if older > 0:
         print(f"not shown: {older} run{'s' * (older > 1)} of earlier versions of the sweep file (--all includes them)", file=notes)
-    return 0
+    for line in dict.fromkeys(problems):
+        print(f"problem: {line}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def cmd_prefetch(args) -> int:
-    from .prefetch import cache_note, prefetch, table, wanted
+    import os
 
+    from .prefetch import cache_note, prefetch, table, wanted
+    from .profiles import select_profile
+
+    if args.cache is None and not os.environ.get("CRACKHPC_CACHE"):
+        profile = select_profile(args.cluster)
+        if profile is not None and profile.cache:  # where that cluster's jobs look
+            args.cache = os.path.expandvars(profile.cache)
+            print(f"{profile.describe()}: cache {args.cache}")
     outcomes = prefetch(wanted(args.sweeps, args.models), args.cache, args.base_url, args.from_dir)
     print(table(outcomes))
     if note := cache_note(args.cache):
@@ -66,15 +108,83 @@ def cmd_prefetch(args) -> int:
     return 1 if any(o.error for o in outcomes) else 0
 
 
-def cmd_status(args) -> int:
-    from .status import collect, format_status
+def format_status(statuses, resources: bool = False) -> str:
+    """The table `crackhpc status` prints, with a count per state and the epochs done under it."""
+    import pandas as pd
 
-    print(format_status(collect(args.sweep_dir)))
-    return 0
+    from .report import format_table
+
+    rows = []
+    for s in statuses:
+        row = {"run_id": s.run_id, "state": s.state.value, "job": s.job_id or "-", "elapsed": s.elapsed or "-",
+               "node": s.node or "-", "epoch": s.epoch or "-", "val_acc": s.val_acc, "test_acc": s.test_acc,
+               "requeues": s.requeues}
+        if resources:
+            row.update(s.usage.columns() if s.usage else dict.fromkeys(("mem peak/req", "cpu eff", "time used/limit", "gpus"), "-"))
+        rows.append({**row, "note": _shorten(s.note) or "-"})
+    table = pd.DataFrame(rows).astype({"val_acc": float, "test_acc": float})  # None → NaN, printed as "-"
+    return format_table(table) + "\n\n" + summary_line(statuses)
+
+
+def summary_line(statuses) -> str:
+    """`12 runs: 3 completed, 9 running; epochs 41/72 [#####-----] 57%`"""
+    counts: dict[str, int] = {}
+    for s in statuses:
+        counts[s.state.value] = counts.get(s.state.value, 0) + 1
+    done = sum(min(s.epochs_done or 0, s.epochs or 0) for s in statuses)
+    planned = sum(s.epochs or 0 for s in statuses)
+    share = done / planned if planned else 0.0
+    bar = "#" * round(20 * share) + "-" * (20 - round(20 * share))
+    return (f"{len(statuses)} runs: " + ", ".join(f"{n} {state}" for state, n in counts.items())
+            + f"; epochs {done}/{planned} [{bar}] {share:.0%}")
+
+
+def _shorten(text: str, width: int = 60) -> str:
+    lines = text.strip().splitlines()
+    line = lines[0] if lines else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def cmd_status(args) -> int:
+    """Once, or with --watch until every run has ended: exit 0 if all completed, else 1."""
+    import datetime as dt
+    import json
+    import time
+
+    from .states import RunState
+    from .status import collect
+
+    redraw = args.watch is not None and sys.stdout.isatty()
+    while True:
+        statuses, problems = collect(args.sweep_dir)
+        ended = not any(s.live for s in statuses)
+        if args.json:
+            print(json.dumps({"time": dt.datetime.now().isoformat(timespec="seconds"), "summary": summary_line(statuses),
+                              "runs": [_status_dict(s) for s in statuses]}), flush=True)
+        elif args.watch is None or redraw or ended:
+            print(("\x1b[H\x1b[J" if redraw else "") + format_status(statuses, args.resources), flush=True)
+        else:  # piped: one plain line per refresh
+            print(f"{dt.datetime.now():%H:%M:%S} {summary_line(statuses)}", flush=True)
+        if args.watch is None or ended:
+            break
+        time.sleep(args.watch)
+    for line in problems + [line for s in statuses for line in s.damaged]:
+        print(f"warning: {line}", file=sys.stderr)
+    if args.watch is None:
+        return 0
+    return 0 if all(s.state is RunState.COMPLETED for s in statuses) else 1
+
+
+def _status_dict(s) -> dict:
+    out = {k: v for k, v in vars(s).items() if k not in ("usage", "damaged")}
+    out.update(state=s.state.value, epoch=s.epoch, damaged=list(s.damaged))
+    if s.usage:
+        out["usage"] = {**vars(s.usage), "cpu_efficiency": s.usage.cpu_efficiency, "hints": s.usage.hints()}
+    return out
 
 
 def cmd_cancel(args) -> int:
-    from .status import cancel
+    from .cancel import cancel
 
     cancelled = cancel(args.sweep_dir, args.run_ids)
     print(f"{len(cancelled)} run(s) cancelled" + ("; `crackhpc sweep --retry-failed` resubmits them" if cancelled else ""))
@@ -106,11 +216,26 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_logs(args) -> int:
+    from .logs import follow, show
+
+    source = "err" if args.err else "worker" if args.worker else "out"
+    if args.follow and args.attempt is not None:
+        raise CrackhpcError("--follow shows the latest attempt as it grows; leave out --attempt")
+    try:
+        if args.follow:
+            follow(args.sweep_dir, args.run_id, source)
+        else:
+            show(args.sweep_dir, args.run_id, source, args.attempt)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def cmd_sbatch(args) -> int:
-    from .config import load_sweep
     from .sbatch import write_scripts
 
-    write_scripts(load_sweep(args.sweep, overrides=args.overrides), Path(args.results), Path(args.out) if args.out else None,
+    write_scripts(load_with_profile(args), Path(args.results), Path(args.out) if args.out else None,
                   submit=args.submit, retry_failed=args.retry_failed)
     return 0
 
@@ -171,6 +296,13 @@ def cmd_data_fetch(args) -> int:
     return 0 if report.ok else 1
 
 
+def _add_cluster_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", metavar="NAME",
+                   help="take partition, account, qos, constraint, setup, sbatch options and the weights cache this "
+                        "cluster's profile sets in $CRACKHPC_CLUSTERS or ~/.config/crackhpc/clusters.yaml (the sweep's "
+                        "own resources win; default: the profile named like Slurm's ClusterName, if there is one)")
+
+
 def _add_set_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="edit the sweep for this call, repeatable: --set defaults.epochs=2 --set data.root=null "
@@ -178,6 +310,8 @@ def _add_set_option(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import MAX_RUNS
+
     parser = argparse.ArgumentParser(prog="crackhpc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -189,7 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print runs and requested resources, submit nothing")
     p.add_argument("--retry-failed", action="store_true", help="resubmit runs whose last attempt failed")
     p.add_argument("--wait", action="store_true", help="with slurm: wait for the jobs and print the report")
+    p.add_argument("--max-runs", type=int, default=MAX_RUNS, metavar="N",
+                   help=f"refuse sweeps of more than N runs (default {MAX_RUNS}), a guard against runaway grids")
     _add_set_option(p)
+    _add_cluster_option(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="summary.csv, comparison.csv, report.md/.html and figures of a sweep's runs")
@@ -202,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also the runs of earlier versions of the sweep file (default: the runs it has now)")
     p.add_argument("--misclassified", type=int, default=4, metavar="N",
                    help="misclassified test images shown per run (default 4, as in the study)")
+    figures = p.add_mutually_exclusive_group()
+    figures.add_argument("--figures", nargs="+", metavar="N|RUN_ID",
+                         help="per-run figures for the N best and N worst runs by test accuracy (default 3), "
+                              "or for the runs named; figures of unchanged runs are kept, not redrawn")
+    figures.add_argument("--no-figures", action="store_true", help="tables and text only, no figures (fastest)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("prefetch", help="on the login node: put the ImageNet weights sweeps need in the offline cache")
@@ -211,10 +353,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "else $TORCH_HOME/hub/checkpoints and ~/.keras/models)")
     p.add_argument("--from", dest="from_dir", metavar="DIR", help="import files copied here by hand instead of downloading")
     p.add_argument("--base-url", help="mirror: fetch BASE_URL/<filename> instead of the published URLs")
+    p.add_argument("--cluster", metavar="NAME", help="without --cache and $CRACKHPC_CACHE: the cache of this cluster "
+                                                     "profile (default: the profile of Slurm's ClusterName, if any)")
     p.set_defaults(func=cmd_prefetch)
 
     p = sub.add_parser("status", help="each run's state, from Slurm's accounting (sacct) and the run folders")
     p.add_argument("sweep_dir", help="results/<sweep name>")
+    p.add_argument("--watch", nargs="?", type=float, const=10.0, metavar="SECONDS",
+                   help="refresh every SECONDS (default 10) until every run has ended; exit 0 if all completed, else 1")
+    p.add_argument("--json", action="store_true", help="JSON for scripts (one document per refresh with --watch)")
+    p.add_argument("--resources", action="store_true",
+                   help="memory peak/requested, CPU efficiency and time used/limit from Slurm's accounting")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("cancel", help="cancel runs' jobs and mark the runs cancelled")
@@ -249,6 +398,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="default: RUN/export-FORMAT")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("logs", help="a run's Slurm stdout (default), stderr or worker.log, per attempt; -f follows it",
+                       description="Attempts are numbered from 1: every start of the run's jobs, requeues included.")
+    p.add_argument("sweep_dir", help="results/<sweep name>")
+    p.add_argument("run_id", metavar="RUN_ID", help="a run of the sweep (`crackhpc status` lists them)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing what the latest attempt writes until the run ends")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--err", action="store_true", help="the job's stderr (tracebacks, warnings) instead of its stdout")
+    which.add_argument("--worker", action="store_true", help="the run folder's worker.log (rank 0's lines only)")
+    p.add_argument("--attempt", type=int, metavar="N", help="the Nth attempt (default: the latest)")
+    p.set_defaults(func=cmd_logs)
+
     p = sub.add_parser("sbatch", help="write a plain sbatch script per run (slurm_templates/), and submit them with --submit")
     p.add_argument("sweep", help="sweep file, e.g. jobs/smoke.yaml")
     p.add_argument("--results", default="results", help="results root; runs go to RESULTS/<sweep name>/")
@@ -256,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--submit", action="store_true", help="sbatch each script and record the job ids for status and cancel")
     p.add_argument("--retry-failed", action="store_true", help="also write runs whose last attempt failed or was cancelled")
     _add_set_option(p)
+    _add_cluster_option(p)
     p.set_defaults(func=cmd_sbatch)
 
     data = sub.add_parser("data", help="datasets: synth, synth-photo, verify, split, fetch").add_subparsers(dest="data_command", required=True)
@@ -302,6 +463,16 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except CrackhpcError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        # A read-only or full file system, a name too long: what the system said, about which file.
+        hint = {errno.ENOSPC: "; free some space and run it again (finished work is kept)",
+                errno.EROFS: "; use --results on a writable file system", errno.EACCES: "; check the folder's permissions",
+                errno.ENAMETOOLONG: "; use a shorter name"}.get(exc.errno, "")
+        print(f"error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}{hint}", file=sys.stderr)
         return 2
 
 

@@ -1,4 +1,4 @@
-"""Sweep configuration: YAML → frozen dataclasses, validated at load time.
+"""Sweep configuration: YAML → frozen pydantic models, validated at load time, and the run it makes.
 
 A sweep file has these top-level keys:
 
@@ -10,36 +10,39 @@ A sweep file has these top-level keys:
     runs:      [{key: value}]  explicit runs, each crossed with the grid
     resources: Resources       per job; a run may override it with its own `resources:`
 
-Every problem is reported as one line naming the file, the key and what is allowed.
+Every problem is reported as one line naming the file, the key and what is allowed:
+`<file>: <key.path>: <problem> (allowed: …)`.
 """
 from __future__ import annotations
 
-import collections.abc
-import dataclasses
 import itertools
+import math
 import re
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Any, Callable, Mapping, Sequence
 
 import yaml
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr,
+                      ValidationError, ValidationInfo, field_validator, model_validator)
+from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
 
 MODELS = {"torch": ("resnet18", "resnet50", "vgg16"), "keras": ("vgg16", "resnet50")}
 BACKENDS = {"torch": ("auto", "ddp", "horovod"), "keras": ("auto", "tf-distribute", "horovod")}
 EXECUTORS = ("auto", "local", "debug", "slurm")
-OPTIMIZERS = ("adam", "sgd")
-LOSSES = ("cross_entropy",)
-PRECISIONS = ("auto", "fp32", "bf16")
 STUDY_SPLIT = (0.75, 0.2375, 0.0125)
+# A sweep larger than this is refused before its grid is crossed (`--max-runs` lifts it): a typo
+# such as a 100-value list crossed with two more would otherwise hang the login node, then flood
+# the queue. Slurm's default MaxArraySize is 1001.
+MAX_RUNS = 1000
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds
 
 # Values that end up in #SBATCH lines: no quotes, spaces, `;`, `$` or backticks.
 _SLURM_WORD = re.compile(r"^[A-Za-z0-9_.,:+\-=/@]+$")
 _CONSTRAINT = re.compile(r"^[A-Za-z0-9_.,:+\-&|\[\]*()]+$")
-_SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# Folder names: the sweep's, and under it the run ids made from it (with room for both under NAME_MAX).
+_SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 # sbatch long options a sweep may add; the ones crackhpc sets itself are not among them.
 SBATCH_EXTRA_OPTIONS = frozenset(
     """acctg-freq begin chdir comment core-spec cores-per-socket delay-boot dependency
@@ -51,60 +54,146 @@ SBATCH_EXTRA_OPTIONS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class SynthConfig:
+def _problem(text: str) -> PydanticCustomError:
+    return PydanticCustomError("crackhpc", text)
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise _problem(f"expected a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            return float(value)  # YAML reads `1e-3` (no dot) as a string
+        except ValueError:
+            raise _problem(f"expected a number, got {value!r}") from None
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
+Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
+
+
+def _slurm_word(value: str | None) -> str | None:
+    if value is not None and not _SLURM_WORD.match(value):
+        raise _problem(f"{value!r} has characters Slurm names cannot hold (use letters, digits, _ . , : + - = / @)")
+    return value
+
+
+SlurmWord = Annotated[StrictStr, BeforeValidator(lambda v: v if not isinstance(v, str) else _slurm_word(v))]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SynthConfig(_Model):
     """A synthetic dataset made by `crackhpc data synth` before the jobs start."""
 
-    n: int = 400
-    size: int = 227
-    seed: int = 0
+    n: StrictInt = Field(400, ge=2)
+    size: StrictInt = Field(227, ge=16)
+    seed: Seed = 0
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    root: str | None = None
+def _three(value: Any) -> Any:
+    if isinstance(value, (list, tuple)) and len(value) != 3:
+        raise _problem(f"expected a list of 3 values, got {len(value)}")
+    return value
+
+
+class DataConfig(_Model):
+    root: StrictStr | None = None
     synthetic: SynthConfig | None = None
-    split: tuple[float, float, float] = STUDY_SPLIT
-    split_seed: int = 0
+    split: Annotated[tuple[Number, Number, Number], BeforeValidator(_three)] = STUDY_SPLIT
+    split_seed: Seed = 0
+
+    @field_validator("split")
+    @classmethod
+    def _fractions(cls, split):
+        if any(f < 0 for f in split) or abs(sum(split) - 1.0) > 1e-6 or split[0] == 0 or split[2] == 0:
+            raise _problem(f"train/valid/test fractions must be >= 0, sum to 1 with train and test > 0, got {list(split)}")
+        return split
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    framework: str = "torch"
-    model: str = "resnet18"
-    pretrained: bool = True
-    freeze_backbone: bool = True
-    epochs: int = 5
-    batch_size: int = 100
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    loss: str = "cross_entropy"
-    input_size: int = 224
-    seed: int = 0
-    backend: str = "auto"
-    precision: str = "auto"
+def _one_of(value: str, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise _problem(f"unknown value {value!r} (allowed: {', '.join(allowed)})")
+    return value
+
+
+class TrainConfig(_Model):
+    framework: StrictStr = "torch"
+    model: StrictStr = "resnet18"
+    pretrained: StrictBool = True
+    freeze_backbone: StrictBool = True
+    epochs: StrictInt = Field(5, ge=1)
+    batch_size: StrictInt = Field(100, ge=1)
+    optimizer: StrictStr = "adam"
+    lr: Number = Field(1e-3, gt=0)
+    loss: StrictStr = "cross_entropy"
+    input_size: StrictInt = Field(224, ge=32)
+    seed: Seed = 0
+    backend: StrictStr = "auto"
+    precision: StrictStr = "auto"
     # Frozen backbone without augmentation: backbone features are computed once and reused.
-    feature_cache: bool = True
-    num_workers: int | None = None
+    feature_cache: StrictBool = True
+    num_workers: StrictInt | None = Field(None, ge=0)
+
+    @field_validator("framework", "optimizer", "loss", "precision")
+    @classmethod
+    def _choice(cls, value: str, info: ValidationInfo) -> str:
+        allowed = {"framework": tuple(MODELS), "optimizer": ("adam", "sgd"), "loss": ("cross_entropy",),
+                   "precision": ("auto", "fp32", "bf16")}
+        return _one_of(value, allowed[info.field_name])
+
+    @field_validator("model", "backend")
+    @classmethod
+    def _framework_choice(cls, value: str, info: ValidationInfo) -> str:
+        framework = info.data.get("framework")
+        if framework is None:  # already reported
+            return value
+        return _one_of(value, (MODELS if info.field_name == "model" else BACKENDS)[framework])
 
 
-@dataclass(frozen=True)
-class Resources:
-    nodes: int = 1
-    gpus_per_node: int = 1
-    tasks_per_node: int | None = None
-    cpus_per_task: int = 4
-    mem_gb: float | None = None
-    timeout_min: int = 120
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    job_name: str = "crackhpc"
-    array_parallelism: int = 64
-    max_requeues: int = 3
-    sbatch: Mapping[str, str] = field(default_factory=dict)
-    setup: tuple[str, ...] = ()
+class Resources(_Model):
+    nodes: StrictInt = Field(1, ge=1)
+    gpus_per_node: StrictInt = Field(1, ge=0)
+    tasks_per_node: StrictInt | None = Field(None, ge=1)
+    cpus_per_task: StrictInt = Field(4, ge=1)
+    mem_gb: Number | None = Field(None, gt=0)
+    timeout_min: StrictInt = Field(120, ge=1)
+    partition: SlurmWord | None = None
+    account: SlurmWord | None = None
+    qos: SlurmWord | None = None
+    constraint: StrictStr | None = None
+    job_name: SlurmWord = "crackhpc"
+    array_parallelism: StrictInt = Field(64, ge=1)
+    max_requeues: StrictInt = Field(3, ge=0)
+    sbatch: dict[str, Any] = Field(default_factory=dict)
+    setup: tuple[StrictStr, ...] = ()
+
+    @field_validator("constraint")
+    @classmethod
+    def _constraint(cls, value):
+        if value is not None and not _CONSTRAINT.match(value):
+            raise _problem(f"{value!r} is not a Slurm constraint expression (letters, digits and & | [ ] * ( ) , only)")
+        return value
+
+    @field_validator("sbatch")
+    @classmethod
+    def _sbatch(cls, options: dict) -> dict:
+        for opt, value in options.items():
+            if opt not in SBATCH_EXTRA_OPTIONS:
+                raise _problem(f"{opt}: not an sbatch option crackhpc passes through (see "
+                               "crackhpc.config.SBATCH_EXTRA_OPTIONS); resources such as time, partition and gpus have their own keys")
+            if not _SLURM_WORD.match(str(value)):
+                raise _problem(f"{opt}: value {value!r} has shell metacharacters or spaces")
+        return {str(k): str(v) for k, v in options.items()}
+
+    @model_validator(mode="after")
+    def _one_task_per_gpu(self):
+        if self.gpus_per_node and self.tasks_per_node and self.tasks_per_node != self.gpus_per_node:
+            raise _problem(f"tasks_per_node: one task per GPU: set it to gpus_per_node ({self.gpus_per_node}) or leave it out")
+        return self
 
     @property
     def ntasks_per_node(self) -> int:
@@ -116,176 +205,155 @@ class Resources:
         return self.nodes * self.ntasks_per_node
 
 
-@dataclass(frozen=True)
-class Sweep:
+class RunSpec(_Model):
+    """One run: what its config.yaml holds and its worker reads."""
+
+    run_id: StrictStr
+    sweep: StrictStr
+    train: TrainConfig
+    data: DataConfig
+    resources: Resources
+
+    def to_plain(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+class _SweepFile(_Model):
+    """The top level of a sweep file; the training settings are checked per run once crossed."""
+
+    name: Annotated[StrictStr, Field(pattern=_SWEEP_NAME.pattern)]
+    description: StrictStr | None = None
+    executor: StrictStr = "auto"
+    data: DataConfig
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, Any] = Field(default_factory=dict)
+    runs: list[dict[str, Any]] | None = None
+    resources: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("executor")
+    @classmethod
+    def _executor(cls, value):
+        return _one_of(value, EXECUTORS)
+
+    @field_validator("data")
+    @classmethod
+    def _one_source(cls, data: DataConfig) -> DataConfig:
+        # A run's config.yaml names both: the synthetic dataset's folder, once made, and how it was made.
+        if (data.root is None) == (data.synthetic is None):
+            raise _problem("give exactly one of `root` (a dataset folder) or `synthetic` ({n, size, seed})")
+        return data
+
+    @field_validator("defaults", "resources", "grid", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value):
+        return {} if value is None else value
+
+
+class Sweep(_Model):
     name: str
     path: str
     executor: str
     data: DataConfig
-    defaults: Mapping[str, Any]
-    grid: Mapping[str, tuple]
-    runs: tuple[Mapping[str, Any], ...]
-    resources: Resources
+    resources: Resources  # sweep-wide; a run's own `resources:` is in its entry
+    # Every run of the sweep, crossed once at load: (the explicit run's index or None, its settings).
+    entries: tuple[tuple[int | None, TrainConfig, Resources], ...]
     overrides: tuple[str, ...] = ()  # the command line's --set edits, kept for sweep.json
 
 
-_TOP_KEYS = ("name", "description", "executor", "data", "defaults", "grid", "runs", "resources")
+# -- errors -------------------------------------------------------------------------------------
+
+def _key(loc: Sequence) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
 
 
-class _Where:
-    """Builds error messages of the form `<file>: <key path>: <problem>`."""
-
-    def __init__(self, path: str, key: str = ""):
-        self.path, self.key = path, key
-
-    def child(self, key: str | int) -> "_Where":
-        sub = f"[{key}]" if isinstance(key, int) else (f".{key}" if self.key else str(key))
-        return _Where(self.path, self.key + sub)
-
-    def error(self, problem: str) -> ConfigError:
-        return ConfigError(f"{self.path}: {self.key or '<top>'}: {problem}")
+_MESSAGES = {
+    "int_type": "expected an integer", "int_parsing": "expected an integer", "int_from_float": "expected an integer",
+    "bool_type": "expected true or false", "bool_parsing": "expected true or false",
+    "string_type": "expected a string", "float_type": "expected a number", "float_parsing": "expected a number",
+    "dict_type": "expected a mapping", "list_type": "expected a list", "tuple_type": "expected a list",
+    "model_type": "expected a mapping", "model_attributes_type": "expected a mapping",
+}
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
+def _allowed(model: type[BaseModel] | None, loc: Sequence) -> str:
+    """The keys a mapping at `loc` of `model` may hold."""
+    for part in loc:
+        field = model.model_fields.get(part) if model and isinstance(part, str) else None
+        ann = getattr(field, "annotation", None)
+        model = next((a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return ", ".join(model.model_fields) if model else ""
 
 
-def _coerce(value: Any, tp: Any, where: _Where) -> Any:
-    """Check `value` against the annotation `tp`, converting only where lossless."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise where.error(f"expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], where.child(i)) for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise where.error(f"expected a list of {len(args)} values, got {len(value)}")
-        return tuple(_coerce(v, a, where.child(i)) for i, (v, a) in enumerate(zip(value, args)))
-    if origin in (dict, collections.abc.Mapping):
-        if not isinstance(value, dict):
-            raise where.error(f"expected a mapping, got {value!r}")
-        return {str(k): str(v) for k, v in value.items()}
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise where.error(f"expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise where.error(f"expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):
-            try:
-                value = float(value)  # YAML reads `1e-3` (no dot) as a string
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise where.error(f"expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise where.error(f"expected a string, got {value!r}")
-        return value
-    raise where.error(f"unsupported type {_type_name(tp)}")  # pragma: no cover
+def _describe(err: dict, model: type[BaseModel] | None) -> tuple[str, str]:
+    """(key path, problem) of one pydantic error, in crackhpc's words."""
+    loc, kind = list(err["loc"]), err["type"]
+    if kind == "crackhpc":
+        message = err["msg"]
+        if loc and loc[-1] == "sbatch" or message.startswith("tasks_per_node:"):
+            key, _, message = message.partition(": ")  # the offending sub-key goes in the path
+            loc.append(key)
+        return _key(loc), message
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        return _key(loc), f"unknown key (allowed: {_allowed(model, loc[:-1])})"
+    if kind == "missing":
+        return _key(loc), "required"
+    if kind in ("greater_than_equal", "greater_than"):
+        op, bound = (">=", err["ctx"]["ge"]) if kind == "greater_than_equal" else (">", err["ctx"]["gt"])
+        return _key(loc), f"must be {op} {bound}, got {value}"
+    if kind == "less_than_equal":
+        return _key(loc), f"must be <= {err['ctx']['le']}, got {value}"
+    if kind == "finite_number":
+        return _key(loc), f"must be a finite number, got {value}"
+    if kind == "string_pattern_mismatch" and loc == ["name"]:
+        return "name", f"letters, digits, _ . - only, at most 100 characters, got {value!r}"
+    if kind in _MESSAGES:
+        return _key(loc), f"{_MESSAGES[kind]}, got {value!r}"
+    return _key(loc), err["msg"]
 
 
-def _check_keys(cls_or_keys, data: Mapping, where: _Where) -> None:
-    allowed = [f.name for f in dataclasses.fields(cls_or_keys)] if dataclasses.is_dataclass(cls_or_keys) else list(cls_or_keys)
-    for key in data:
-        if key not in allowed:
-            raise where.child(str(key)).error(f"unknown key (allowed: {', '.join(allowed)})")
+def validate(model: type[BaseModel], data: Any, where: str, prefix: Sequence = ()):
+    """`model` from plain data, or a ConfigError `<where>: <key path>: <problem>` on the first problem."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        key, problem = _describe(exc.errors()[0], model)
+        full = _key([*prefix, *([key] if key else [])])
+        raise ConfigError(f"{where}: {full or '<top>'}: {problem}") from None
 
 
-def _build(cls: type, data: Any, where: _Where):
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise where.error(f"expected a mapping of {', '.join(f.name for f in dataclasses.fields(cls))}")
-    _check_keys(cls, data, where)
-    hints = typing.get_type_hints(cls)
-    return cls(**{k: _coerce(v, hints[k], where.child(k)) for k, v in data.items()})
+# -- loading ------------------------------------------------------------------------------------
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML whose mappings refuse a key given twice: PyYAML keeps the last silently (`epochs: 1` … `epochs: 50`)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
-def _one_of(value: str, allowed, where: _Where) -> None:
-    if value not in allowed:
-        raise where.error(f"unknown value {value!r} (allowed: {', '.join(allowed)})")
-
-
-def _positive(value, where: _Where, minimum=1) -> None:
-    if value is not None and value < minimum:
-        raise where.error(f"must be >= {minimum}, got {value}")
-
-
-def validate_train(cfg: TrainConfig, where: _Where) -> TrainConfig:
-    _one_of(cfg.framework, tuple(MODELS), where.child("framework"))
-    _one_of(cfg.model, MODELS[cfg.framework], where.child("model"))
-    _one_of(cfg.backend, BACKENDS[cfg.framework], where.child("backend"))
-    _one_of(cfg.optimizer, OPTIMIZERS, where.child("optimizer"))
-    _one_of(cfg.loss, LOSSES, where.child("loss"))
-    _one_of(cfg.precision, PRECISIONS, where.child("precision"))
-    for key in ("epochs", "batch_size"):
-        _positive(getattr(cfg, key), where.child(key))
-    _positive(cfg.input_size, where.child("input_size"), 32)
-    _positive(cfg.num_workers, where.child("num_workers"), 0)
-    if not cfg.lr > 0:
-        raise where.child("lr").error(f"must be > 0, got {cfg.lr}")
-    return cfg
-
-
-def validate_resources(res: Resources, where: _Where) -> Resources:
-    for key in ("nodes", "cpus_per_task", "timeout_min", "array_parallelism"):
-        _positive(getattr(res, key), where.child(key))
-    for key in ("gpus_per_node", "max_requeues"):
-        _positive(getattr(res, key), where.child(key), 0)
-    _positive(res.tasks_per_node, where.child("tasks_per_node"))
-    if res.mem_gb is not None and res.mem_gb <= 0:
-        raise where.child("mem_gb").error(f"must be > 0, got {res.mem_gb}")
-    if res.gpus_per_node and res.tasks_per_node and res.tasks_per_node != res.gpus_per_node:
-        raise where.child("tasks_per_node").error(
-            f"one task per GPU: set it to gpus_per_node ({res.gpus_per_node}) or leave it out"
-        )
-    for key in ("partition", "account", "qos", "job_name"):
-        value = getattr(res, key)
-        if value is not None and not _SLURM_WORD.match(value):
-            raise where.child(key).error(f"{value!r} has characters Slurm names cannot hold (use letters, digits, _ . , : + - = / @)")
-    if res.constraint is not None and not _CONSTRAINT.match(res.constraint):
-        raise where.child("constraint").error(f"{res.constraint!r} is not a Slurm constraint expression (letters, digits and & | [ ] * ( ) , only)")
-    for opt, value in res.sbatch.items():
-        if opt not in SBATCH_EXTRA_OPTIONS:
-            raise where.child("sbatch").child(opt).error(
-                "not an sbatch option crackhpc passes through (see crackhpc.config.SBATCH_EXTRA_OPTIONS); "
-                "resources such as time, partition and gpus have their own keys"
-            )
-        if not _SLURM_WORD.match(value):
-            raise where.child("sbatch").child(opt).error(f"value {value!r} has shell metacharacters or spaces")
-    return res
-
-
-def validate_data(data: DataConfig, where: _Where, base: Path) -> DataConfig:
-    if (data.root is None) == (data.synthetic is None):
-        raise where.error("give exactly one of `root` (a dataset folder) or `synthetic` ({n, size, seed})")
-    if data.synthetic is not None:
-        _positive(data.synthetic.n, where.child("synthetic").child("n"), 2)
-        _positive(data.synthetic.size, where.child("synthetic").child("size"), 16)
-    split = data.split
-    if any(f < 0 for f in split) or abs(sum(split) - 1.0) > 1e-6 or split[0] == 0 or split[2] == 0:
-        raise where.child("split").error(f"train/valid/test fractions must be >= 0, sum to 1 with train and test > 0, got {list(split)}")
-    if data.root is not None:
-        root = Path(data.root).expanduser()
-        data = dataclasses.replace(data, root=str(root if root.is_absolute() else (base / root).resolve()))
-    return data
-
-
-def train_config(values: Mapping[str, Any], where: _Where) -> TrainConfig:
-    """Build and validate a TrainConfig from the study defaults plus `values`."""
-    return validate_train(_build(TrainConfig, dict(values), where), where)
+def read_yaml(path: Path) -> Any:
+    """A YAML file crackhpc reads from a person (sweeps, profiles), or a one-line ConfigError."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
 
 
 def apply_overrides(raw: Any, overrides: Sequence[str], path: Path) -> Any:
@@ -298,7 +366,7 @@ def apply_overrides(raw: Any, overrides: Sequence[str], path: Path) -> Any:
         if not sep or not all(parts):
             raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. defaults.epochs=2 or data.synthetic={{n: 400}}")
         try:
-            value = yaml.safe_load(text)
+            value = yaml.load(text, Loader=_UniqueKeyLoader)
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML: {getattr(exc, 'problem', exc)}") from None
         node = raw
@@ -320,114 +388,69 @@ def apply_overrides(raw: Any, overrides: Sequence[str], path: Path) -> Any:
     return raw
 
 
-def load_sweep(path: str | Path, base: Path | None = None, overrides: Sequence[str] = ()) -> Sweep:
-    """Load and validate a sweep YAML, with `--set` overrides applied first.
-    Relative data paths are taken from `base` (default: cwd)."""
-    path = Path(path)
-    where = _Where(f"{path} (with --set)" if overrides else str(path))
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such sweep file (sweeps live in jobs/, e.g. jobs/smoke.yaml)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(raw, dict):
-        raise where.error("a sweep file must be a mapping with at least `name` and `data`")
-    raw = apply_overrides(raw, overrides, path)
-    _check_keys(_TOP_KEYS, raw, where)
-    name = raw.get("name")
-    if not isinstance(name, str) or not _SWEEP_NAME.match(name):
-        raise where.child("name").error(f"required; letters, digits, _ . - only, got {name!r}")
-    executor = _coerce(raw.get("executor", "auto"), str, where.child("executor"))
-    _one_of(executor, EXECUTORS, where.child("executor"))
-    if "data" not in raw:
-        raise where.child("data").error("required: `root: /path/to/dataset` or `synthetic: {n: 400, size: 64}`")
-    data = validate_data(_build(DataConfig, raw["data"], where.child("data")), where.child("data"), base or Path.cwd())
-
-    defaults = raw.get("defaults") or {}
-    if not isinstance(defaults, dict):
-        raise where.child("defaults").error("expected a mapping of training settings")
-    train_config(defaults, where.child("defaults"))
-
-    grid_raw = raw.get("grid") or {}
-    if not isinstance(grid_raw, dict):
-        raise where.child("grid").error("expected a mapping of key: [values]")
-    hints = typing.get_type_hints(TrainConfig)
-    grid: dict[str, tuple] = {}
-    for key, values in grid_raw.items():
-        w = where.child("grid").child(str(key))
-        _check_keys(TrainConfig, {key: None}, where.child("grid"))
+def _grid(raw: Mapping[str, Any], where: str) -> dict[str, list]:
+    grid = {}
+    for key, values in raw.items():
+        if key not in TrainConfig.model_fields:
+            raise ConfigError(f"{where}: grid.{key}: unknown key (allowed: {', '.join(TrainConfig.model_fields)})")
         values = values if isinstance(values, list) else [values]
         if not values:
-            raise w.error("empty list: give at least one value or remove the key")
-        grid[key] = tuple(_coerce(v, hints[key], w.child(i)) for i, v in enumerate(values))
+            raise ConfigError(f"{where}: grid.{key}: empty list: give at least one value or remove the key")
+        grid[key] = values
+    return grid
 
-    runs_raw = raw.get("runs", [])
-    if not isinstance(runs_raw, list):
-        raise where.child("runs").error("expected a list of mappings")
-    if "runs" in raw and not runs_raw:
-        raise where.child("runs").error("empty list: give at least one run or remove the key")
-    runs = []
-    for i, entry in enumerate(runs_raw):
-        w = where.child("runs").child(i)
+
+def load_sweep(path: str | Path, base: Path | None = None, overrides: Sequence[str] = (),
+               max_runs: int = MAX_RUNS, edit: Callable[[dict], dict] | None = None) -> Sweep:
+    """Load and validate a sweep YAML, with `--set` overrides applied first, then `edit` (a cluster
+    profile's defaults: crackhpc.profiles.apply_profile), and cross its grid.
+    Relative data paths are taken from `base` (default: cwd)."""
+    path = Path(path)
+    where = f"{path} (with --set)" if overrides else str(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such sweep file (sweeps live in jobs/, e.g. jobs/smoke.yaml)")
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: <top>: a sweep file must be a mapping with at least `name` and `data`")
+    raw = apply_overrides(raw, overrides, path)
+    if edit is not None:
+        raw = edit(raw)
+    if "data" not in raw and "name" in raw:
+        raise ConfigError(f"{where}: data: required: `root: /path/to/dataset` or `synthetic: {{n: 400, size: 64}}`")
+    top = validate(_SweepFile, raw, where)
+    data = top.data
+    if data.root is not None:
+        root = Path(data.root).expanduser()
+        data = data.model_copy(update={"root": str(root if root.is_absolute() else ((base or Path.cwd()) / root).resolve())})
+    validate(TrainConfig, top.defaults, where, ["defaults"])
+    grid = _grid(top.grid, where)
+    if top.runs is not None and not top.runs:
+        raise ConfigError(f"{where}: runs: empty list: give at least one run or remove the key")
+    explicit = top.runs or [{}]
+    total = len(explicit) * math.prod(len(v) for v in grid.values())
+    if total > max_runs:
+        sizes = " x ".join(str(n) for n in [len(explicit)] * bool(top.runs) + [len(v) for v in grid.values()])
+        raise ConfigError(f"{where}: grid: {total:,} runs ({sizes}), more than the limit of {max_runs:,}: "
+                          f"shrink the grid or pass --max-runs {total}")
+    sweep_resources = validate(Resources, top.resources, where, ["resources"])
+    entries = []
+    for i, entry in enumerate(explicit):
+        prefix = ["runs", i] if top.runs else []
         if not isinstance(entry, dict):
-            raise w.error("expected a mapping of training settings")
-        _check_keys([f.name for f in dataclasses.fields(TrainConfig)] + ["resources"], entry, w)
-        overlap = sorted(set(entry) & set(grid))
-        if overlap:
-            raise w.child(overlap[0]).error("also set in grid: set it in one place")
+            raise ConfigError(f"{where}: runs[{i}]: expected a mapping of training settings")
+        if overlap := sorted(set(entry) & set(grid)):
+            raise ConfigError(f"{where}: {_key([*prefix, overlap[0]])}: also set in grid: set it in one place")
         settings = {k: v for k, v in entry.items() if k != "resources"}
-        for combo in itertools.product(*([(k, v) for v in vs] for k, vs in grid.items())):
-            train_config({**defaults, **settings, **dict(combo)}, w if not combo else where.child("grid"))
-        runs.append(entry)
-    if not runs_raw:
-        for combo in itertools.product(*([(k, v) for v in vs] for k, vs in grid.items())):
-            train_config({**defaults, **dict(combo)}, where.child("grid"))
-
-    resources = validate_resources(_build(Resources, raw.get("resources"), where.child("resources")), where.child("resources"))
-    return Sweep(
-        name=name,
-        path=str(path),
-        executor=executor,
-        data=data,
-        defaults=defaults,
-        grid=grid,
-        runs=tuple(runs),
-        resources=resources,
-        overrides=tuple(overrides),
-    )
-
-
-def resources_for(sweep: Sweep, entry: Mapping[str, Any], where: _Where) -> Resources:
-    """Sweep-wide resources with a run's own `resources:` overrides applied."""
-    override = entry.get("resources") or {}
-    merged = {**_as_dict(sweep.resources), **(override if isinstance(override, dict) else {})}
-    if not isinstance(override, dict):
-        raise where.child("resources").error("expected a mapping")
-    return validate_resources(_build(Resources, merged, where.child("resources")), where.child("resources"))
-
-
-def _as_dict(obj) -> dict[str, Any]:
-    out = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        out[f.name] = list(value) if isinstance(value, tuple) else (dict(value) if isinstance(value, Mapping) else value)
-    return out
-
-
-def to_plain(obj) -> Any:
-    """A dataclass tree as plain YAML/JSON-able values."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, tuple):
-        return [to_plain(v) for v in obj]
-    if isinstance(obj, Mapping):
-        return {k: to_plain(v) for k, v in obj.items()}
-    return obj
-
-
-def from_plain(cls: type, data: Mapping[str, Any], source: str):
-    """Inverse of to_plain for a run folder's config.yaml; validated like a sweep."""
-    return _build(cls, data, _Where(source))
+        resources = sweep_resources
+        if "resources" in entry:
+            override = entry["resources"]
+            if not isinstance(override, dict):
+                raise ConfigError(f"{where}: {_key([*prefix, 'resources'])}: expected a mapping")
+            resources = validate(Resources, {**top.resources, **override}, where, [*prefix, "resources"])
+        for combo in itertools.product(*grid.values()):
+            combo = dict(zip(grid, combo))
+            train = validate(TrainConfig, {**top.defaults, **settings, **combo}, where, ["grid"] if combo else prefix)
+            entries.append((i if top.runs else None, train, resources))
+    return Sweep(name=top.name, path=str(path), executor=top.executor, data=data, resources=sweep_resources,
+                 entries=tuple(entries),
+                 overrides=tuple(overrides))

@@ -1,4 +1,7 @@
 """Errors that end a command with one clear line instead of a traceback."""
+from __future__ import annotations
+
+import os
 
 
 class CrackhpcError(Exception):
@@ -15,3 +18,11 @@ class DataError(CrackhpcError):
 
 class WeightsError(CrackhpcError):
     """Pretrained weights are not in the offline cache or fail their checksum."""
+
+
+class DamagedFileError(CrackhpcError):
+    """A file crackhpc wrote earlier cannot be read back (truncated, overwritten, not ours)."""
+
+    def __init__(self, path: str | os.PathLike, problem: str, fix: str):
+        self.path = path
+        super().__init__(f"{path}: {problem}; {fix}")

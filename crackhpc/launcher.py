@@ -2,39 +2,36 @@
 
 Runs with the same resources go out as one job array. Completed runs are skipped, runs whose
 job is still queued or running are left alone, failed runs are resubmitted only on request.
+One `crackhpc sweep` at a time submits to a sweep folder (its lock), and the record is saved
+after every submission, so an interrupted command loses no job id.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
-import time
 from collections import defaultdict
 from pathlib import Path
 
-from . import atomic, rundir
-from .config import Resources, Sweep, to_plain
+from . import atomic, limits, preflight, procs, rundir, slurm
+from .config import RunSpec, Sweep
 from .data.split import make_manifest, write_manifest
-from .grid import RunSpec, expand
-from .errors import CrackhpcError
-
-SWEEP_JSON = "sweep.json"
-SUBMITIT_DIR = "submitit"  # submitit's scripts, pickles and logs, in the sweep folder
-# Job states that are not final: the job may still run, so its run must not be submitted again.
-ACTIVE_SLURM_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
-                       "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SPECIAL_EXIT", "SIGNALING", "STAGE_OUT", "STOPPED")
+from .errors import CrackhpcError, DamagedFileError
+from .grid import expand
+from .record import DATA, SweepFolder, SweepRecord
+from .states import RunState
+from .status import RETRY, run_statuses
 
 
-def resolve_executor(kind: str) -> str:
-    if kind != "auto":
-        return kind
+def resolve_executor(executor: str) -> str:
+    if executor != "auto":
+        return executor
     return "slurm" if shutil.which("sbatch") else "local"
 
 
 def synthetic_root(results: Path, sweep: Sweep) -> Path:
     s = sweep.data.synthetic
-    return results / ".data" / f"synth-n{s.n}-{s.size}px-seed{s.seed}"
+    return results / DATA / f"synth-n{s.n}-{s.size}px-seed{s.seed}"
 
 
 def prepare_data(sweep: Sweep, results: Path) -> Path:
@@ -49,215 +46,248 @@ def prepare_data(sweep: Sweep, results: Path) -> Path:
     return root
 
 
-def executor_parameters(res: Resources, kind: str, sweep_name: str) -> dict:
-    """submitit parameters for one resource shape (AutoExecutor names)."""
-    params = {"timeout_min": res.timeout_min, "nodes": res.nodes, "tasks_per_node": res.ntasks_per_node,
-              "cpus_per_task": res.cpus_per_task, "name": f"{res.job_name}-{sweep_name}"}
-    if kind == "slurm":
-        params.update(gpus_per_node=res.gpus_per_node, mem_gb=res.mem_gb, slurm_partition=res.partition,
-                      slurm_account=res.account, slurm_qos=res.qos, slurm_constraint=res.constraint,
-                      slurm_array_parallelism=res.array_parallelism, slurm_max_num_timeout=res.max_requeues,
-                      slurm_setup=list(res.setup),
-                      # submitit requeues with `scontrol requeue`, which Slurm refuses for a job that is not
-                      # requeueable: the default where a cluster sets JobRequeue=0.
-                      slurm_additional_parameters={"requeue": True, **res.sbatch})
-    else:
-        params["gpus_per_node"] = min(res.gpus_per_node, _local_gpus())
-        if res.nodes > 1:
-            raise CrackhpcError(f"resources.nodes={res.nodes}: the {kind} executor runs on this machine only; use --executor slurm")
-    return {k: v for k, v in params.items() if v is not None}
-
-
-def _local_gpus() -> int:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip()])
-    return len([d for d in Path("/dev").glob("nvidia[0-9]*")])
-
-
-# Parameters submitit takes when the executor is made; update_parameters rejects them.
-_CONSTRUCTOR_PARAMETERS = ("slurm_max_num_timeout",)
-
-
-def make_executor(kind: str, folder: Path, params: dict):
+def make_executor(executor: str, folder: Path, params: dict):
     import submitit
 
-    if kind == "slurm" and not shutil.which("srun"):  # submitit's own check would end in a traceback
+    if executor == "slurm" and not shutil.which("srun"):  # submitit's own check would end in a traceback
         raise CrackhpcError("executor slurm: srun not found on PATH; run this on a Slurm login node, or use --executor local")
-    executor = submitit.AutoExecutor(folder=folder, cluster=kind,
-                                     **{k: v for k, v in params.items() if k in _CONSTRUCTOR_PARAMETERS})
-    executor.update_parameters(**{k: v for k, v in params.items() if k not in _CONSTRUCTOR_PARAMETERS})
-    return executor
+    # slurm_max_num_timeout is taken when the executor is made; update_parameters rejects it.
+    constructor = {k: params[k] for k in ("slurm_max_num_timeout",) if k in params}
+    submitter = submitit.AutoExecutor(folder=folder, cluster=executor, **constructor)
+    submitter.update_parameters(**{k: v for k, v in params.items() if k not in constructor})
+    return submitter
 
 
-def sbatch_preview(executor, n_runs: int) -> str:
-    """The submission script submitit writes for `n_runs` runs of this executor (dry-run), built
-    the way submitit builds it: one run goes out as a plain job, more as one array."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    slurm = executor._executor
-    params = dict(slurm.parameters, **({"map_count": n_runs} if n_runs > 1 else {}))
-    return _make_sbatch_string(command=slurm._submitit_command_str, folder=slurm.folder, **params)
-
-
-def load_sweep_record(sweep_dir: Path) -> dict:
-    path = sweep_dir / SWEEP_JSON
-    return atomic.read_json(path) if path.is_file() else {"runs": {}}
-
-
-def plan(specs: list[RunSpec], sweep_dir: Path, record: dict, retry_failed: bool) -> dict[str, str]:
+def plan(specs: list[RunSpec], folder: SweepFolder, record: SweepRecord, retry_failed: bool) -> dict[str, str]:
     """What to do with each run: submit, or why not. States are `crackhpc status`'s, so a job
-    that Slurm killed (time limit, out of memory) counts as failed even if its worker could not say so."""
-    from .status import run_statuses
-
+    that Slurm killed (time limit, out of memory) or a local worker that died counts as failed
+    even if its worker could not say so."""
     actions = {}
-    for run in run_statuses(sweep_dir, [s.run_id for s in specs], record):
-        if run.state == "completed":
+    for run in run_statuses(folder, [s.run_id for s in specs], record):
+        if run.state is RunState.COMPLETED:
             actions[run.run_id] = "skip: completed"
-        elif run.slurm_state in ACTIVE_SLURM_STATES:
-            actions[run.run_id] = f"skip: job {run.job_id} {run.slurm_state.lower()}"
-        elif not run.live and not retry_failed:
+        elif run.live:
+            what = f"job {run.job_id} {(run.slurm_state or run.state.value).lower()}" if run.job_id else f"{run.state}"
+            actions[run.run_id] = f"skip: {what}"
+        elif run.state is not RunState.PENDING and not retry_failed:
             actions[run.run_id] = f"skip: {run.state} (use --retry-failed)"
         else:
             actions[run.run_id] = "submit"
     return actions
 
 
-def write_run_folders(specs: list[RunSpec], sweep_dir: Path, data_root: Path, sweep: Sweep) -> list[RunSpec]:
+def write_run_folders(specs: list[RunSpec], folder: SweepFolder, data_root: Path, sweep: Sweep,
+                      provenance: dict | None = None) -> list[RunSpec]:
     manifest = make_manifest(data_root, sweep.data.split, sweep.data.split_seed)
-    write_manifest(sweep_dir / rundir.SPLIT, manifest)
+    write_manifest(folder.split, manifest)
     resolved = []
     for spec in specs:
-        spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, root=str(data_root)))
-        run_dir = sweep_dir / spec.run_id
+        spec = spec.model_copy(update={"data": spec.data.model_copy(update={"root": str(data_root)})})
+        run_dir = folder.run(spec.run_id)
         if not rundir.is_completed(run_dir):
+            atomic.remove_stale(run_dir)
             rundir.write_config(run_dir, spec)
             write_manifest(run_dir / rundir.SPLIT, manifest)
             # A new attempt: status, plan and cancel read result.json as the state of the latest job.
-            rundir.update_result(run_dir, run_id=spec.run_id, status="pending", error=None, traceback=None,
-                                 started=None, finished=None)
+            rundir.reset_result(run_dir, run_id=spec.run_id, status=RunState.PENDING, epochs=spec.train.epochs,
+                                provenance=provenance)
         resolved.append(spec)
     return resolved
 
 
-def plan_sweep(sweep: Sweep, results: Path, retry_failed: bool) -> tuple[Path, list[RunSpec], dict, dict[str, str]]:
+def plan_sweep(sweep: Sweep, results: Path, retry_failed: bool) -> tuple[SweepFolder, list[RunSpec], SweepRecord, dict[str, str]]:
     """The sweep folder, every run, the sweep record and what to do with each run."""
-    from .weights import locate
-
-    sweep_dir = (results / sweep.name).resolve()
+    if results.exists() and not results.is_dir():
+        raise CrackhpcError(f"--results {results}: a file, not a folder; give a folder for the sweeps' results")
+    folder = SweepFolder((results / sweep.name).resolve())
     specs = expand(sweep)
-    for spec in specs:
-        if spec.train.pretrained:
-            locate(spec.train.framework, spec.train.model)  # fail here, not after hours in the queue
-    record = load_sweep_record(sweep_dir)
-    record["current_runs"] = [s.run_id for s in specs]  # what the report compares; older runs stay on disk
-    return sweep_dir, specs, record, plan(specs, sweep_dir, record, retry_failed)
+    record = folder.load()
+    record.current_runs = [s.run_id for s in specs]
+    return folder, specs, record, plan(specs, folder, record, retry_failed)
 
 
-def prepare_runs(sweep: Sweep, results: Path, sweep_dir: Path, specs: list[RunSpec], record: dict,
-                 kind: str) -> list[RunSpec]:
+def check_weights(specs: list[RunSpec]) -> None:
+    """Fail here, not after hours in the queue."""
+    preflight.require_weights(specs)
+
+
+def prepare_runs(sweep: Sweep, results: Path, folder: SweepFolder, specs: list[RunSpec], record: SweepRecord,
+                 executor: str) -> list[RunSpec]:
     """Data and run folders for the runs about to be submitted; the specs now name the data folder."""
+    from .provenance import submission
+
+    check_weights(specs)
     data_root = prepare_data(sweep, results)
-    record.update(sweep=sweep.name, yaml=str(Path(sweep.path).resolve()), overrides=list(sweep.overrides), executor=kind,
-                  data_root=str(data_root), submitted=rundir.now())
-    return write_run_folders(specs, sweep_dir, data_root, sweep)
+    record.sweep, record.yaml, record.overrides = sweep.name, str(Path(sweep.path).resolve()), list(sweep.overrides)
+    record.executor, record.data_root, record.submitted = executor, str(data_root), rundir.now()
+    record.provenance = submission(sweep.path)
+    return write_run_folders(specs, folder, data_root, sweep, record.provenance)
 
 
-def record_job(record: dict, run_id: str, job_id: str, kind: str, stdout: Path, stderr: Path) -> None:
-    """A run's new job in the sweep record; its earlier job ids stay in its history."""
-    previous = record["runs"].get(run_id, {})
-    history = previous.get("history", []) + ([previous["job_id"]] if previous.get("job_id") else [])
-    record["runs"][run_id] = {"job_id": str(job_id), "executor": kind, "submitted": rundir.now(),
-                              "stdout": str(stdout), "stderr": str(stderr), "history": history}
-
-
-def submit(sweep: Sweep, results: Path, executor_kind: str = "auto", dry_run: bool = False,
-           retry_failed: bool = False, wait: bool | None = None, echo=print) -> dict:
-    """Submit every run of `sweep` that needs it; returns the sweep record (also in sweep.json)."""
-    kind = resolve_executor(executor_kind if executor_kind != "auto" else sweep.executor)
-    sweep_dir, specs, record, actions = plan_sweep(sweep, results, retry_failed)
+def submit(sweep: Sweep, results: Path, executor: str = "auto", dry_run: bool = False,
+           retry_failed: bool = False, wait: bool | None = None, echo=print) -> dict[str, RunState]:
+    """Submit every run of `sweep` that needs it. Returns the state of each run this call waited
+    for (none when it did not wait); the record is in sweep.json."""
+    executor = resolve_executor(executor if executor != "auto" else sweep.executor)
+    folder, specs, record, actions = plan_sweep(sweep, results, retry_failed)
     groups: dict[str, list[RunSpec]] = defaultdict(list)  # one job array per resource shape
     for spec in specs:
         if actions[spec.run_id] == "submit":
-            groups[json.dumps(to_plain(spec.resources), sort_keys=True)].append(spec)
-
-    echo(f"sweep {sweep.name}: {len(specs)} runs, {sum(map(len, groups.values()))} to submit, executor {kind}, results in {sweep_dir}")
+            groups[json.dumps(spec.resources.model_dump(mode="json"), sort_keys=True)].append(spec)
+    # A shape with more runs than the cluster's MaxArraySize goes out as several arrays.
+    batches = limits.arrays(list(groups.values()), limits.max_array_size() if executor == "slurm" else None)
+    echo(f"sweep {sweep.name}: {len(specs)} runs, {sum(map(len, groups.values()))} to submit, executor {executor}, results in {folder.path}")
     if dry_run:
-        for spec in specs:
-            r = spec.resources
-            echo(f"  {spec.run_id:<48} {actions[spec.run_id]:<22} nodes={r.nodes} tasks/node={r.ntasks_per_node} "
-                 f"gpus/node={r.gpus_per_node} cpus/task={r.cpus_per_task} mem={r.mem_gb or '-'}G time={r.timeout_min}m")
-        for group in groups.values():
-            res = group[0].resources
-            params = executor_parameters(res, kind, sweep.name)
-            shape = f"job array of {len(group)} runs" if len(group) > 1 else "job of 1 run"  # submitit's choice too
-            echo(f"  {shape}: " + ", ".join(f"{k}={v}" for k, v in sorted(params.items())))
-            if kind == "slurm":
-                echo(sbatch_preview(make_executor("slurm", sweep_dir / SUBMITIT_DIR, params), len(group)))
-        return record
+        _print_plan(specs, actions, batches, folder, executor, sweep.name, echo)
+        return {}
+    todo = [s for g in groups.values() for s in g]
+    with folder.lock():
+        record.owner = {**procs.identity(), "since": rundir.now()}
+        folder.save(record)
+        if not todo:
+            return {}
+        specs = {s.run_id: s for s in prepare_runs(sweep, results, folder, todo, record, executor)}
+        folder.save(record)
+        jobs = []
+        try:
+            for group in batches:
+                params = slurm.submitit_parameters(group[0].resources, executor, f"{group[0].resources.job_name}-{sweep.name}")
+                submitter = make_executor(executor, folder.submitit, params)
+                _submit_group(submitter, executor, [specs[s.run_id] for s in group], folder, record, jobs, echo)
+            if wait if wait is not None else executor != "slurm":
+                if executor == "debug":
+                    # The debug executor runs each job in this process when it is waited on. torchvision's Triton
+                    # segfaults when it loads after TensorFlow 2.21 but not before, so torch runs go first.
+                    jobs.sort(key=lambda spec_job: spec_job[0].train.framework != "torch")
+                return wait_for(jobs, folder, executor)
+            return {}
+        except KeyboardInterrupt:
+            _interrupted(jobs, [s.run_id for s in todo], executor, folder, record, echo)
+            raise
+        finally:
+            record.finished = rundir.now()
+            folder.save(record)
 
-    specs = prepare_runs(sweep, results, sweep_dir, [s for g in groups.values() for s in g], record, kind)
-    by_id = {s.run_id: s for s in specs}
-    from .worker import Worker
 
-    jobs = []
-    for group in groups.values():
+def _print_plan(specs, actions, groups, folder: SweepFolder, executor: str, name: str, echo) -> None:
+    for spec in specs:
+        r = spec.resources
+        echo(f"  {spec.run_id:<48} {actions[spec.run_id]:<22} nodes={r.nodes} tasks/node={r.ntasks_per_node} "
+             f"gpus/node={r.gpus_per_node} cpus/task={r.cpus_per_task} mem={r.mem_gb or '-'}G time={r.timeout_min}m")
+    refused = []
+    for group in groups:
         res = group[0].resources
-        params = executor_parameters(res, kind, sweep.name)
-        executor = make_executor(kind, sweep_dir / SUBMITIT_DIR, params)
-        group = [by_id[s.run_id] for s in group]
-        if kind == "local":
-            submitted = _submit_local(executor, group, sweep_dir, res)
+        params = slurm.submitit_parameters(res, executor, f"{res.job_name}-{name}")
+        if executor == "slurm":
+            shape = f"job array of {len(group)} runs" if len(group) > 1 else "job of 1 run"  # submitit's choice too
         else:
-            with executor.batch():
-                submitted = [(s, executor.submit(Worker(sweep_dir / s.run_id))) for s in group]
-        for spec, job in submitted:
-            record_job(record, spec.run_id, job.job_id, kind, job.paths.stdout, job.paths.stderr)
-            echo(f"  {spec.run_id}  job {job.job_id}  logs {job.paths.stdout.with_suffix('')}.{{out,err}}")
-            jobs.append((spec, job))
-    atomic.write_json(sweep_dir / SWEEP_JSON, record)
-    if kind == "debug":
-        # The debug executor runs each job in this process when it is waited on. torchvision's Triton
-        # segfaults when it loads after TensorFlow 2.21 but not before, so torch runs go first.
-        jobs.sort(key=lambda spec_job: spec_job[0].train.framework != "torch")
-    if wait if wait is not None else kind != "slurm":
-        wait_for(jobs, sweep_dir, echo)
-        record["finished"] = rundir.now()
-        atomic.write_json(sweep_dir / SWEEP_JSON, record)
-    return record
+            shape = f"{len(group)} local process{'es' * (len(group) > 1)}, at most {_local_limit(res)} at once"
+        # Setup lines (the attempt start line first) are in the script printed below.
+        echo(f"  {shape}: " + ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if k != "slurm_setup"))
+        if executor == "slurm":
+            script = slurm.preview(make_executor("slurm", folder.submitit, params), len(group))
+            echo(script)
+            if answer := preflight.ask_slurm(script):
+                echo(f"  {answer}")
+                refused += [] if answer.accepted else [s.run_id for s in group]
+    for warning in preflight.weights_warnings([s for group in groups for s in group]):
+        echo(warning)
+    if refused:
+        raise CrackhpcError(f"Slurm would refuse {len(refused)} run(s): see `sbatch --test-only` above")
 
 
-def _submit_local(executor, group: list[RunSpec], sweep_dir: Path, res: Resources):
-    """Local processes share this machine's cores: keep at most cores/cpus_per_task running,
-    the local counterpart of a Slurm array's parallelism limit."""
+def _local_limit(res) -> int:
+    """Local processes share this machine's cores: at most cores/cpus_per_task run at once, the
+    local counterpart of a Slurm array's parallelism limit."""
+    return max(1, min(res.array_parallelism, (os.cpu_count() or 1) // (res.cpus_per_task * res.ntasks_per_node)))
+
+
+def _submit_group(submitter, executor: str, group: list[RunSpec], folder: SweepFolder, record: SweepRecord,
+                  jobs: list, echo) -> None:
+    """Submit one resource shape, adding each (spec, job) to `jobs` as it goes out; the record is
+    saved after each job, so an interrupt loses none."""
+    from submitit.helpers import as_completed
+
     from .worker import Worker
 
-    limit = max(1, min(res.array_parallelism, (os.cpu_count() or 1) // (res.cpus_per_task * res.ntasks_per_node)))
-    running, submitted = [], []
+    def recorded(spec, job):
+        process = procs.identity(int(job.job_id)) if executor == "local" else None
+        record.add_job(spec.run_id, job.job_id, executor, job.paths.stdout, job.paths.stderr, process)
+        echo(f"  {spec.run_id}  job {job.job_id}  logs {job.paths.stdout.with_suffix('')}.{{out,err}}")
+        jobs.append((spec, job))
+
+    if executor == "slurm":
+        with submitter.batch():
+            submitted = [(s, submitter.submit(Worker(folder.run(s.run_id)))) for s in group]
+        for spec, job in submitted:
+            recorded(spec, job)
+        folder.save(record)
+        return
+    running = []
+    limit = _local_limit(group[0].resources) if executor == "local" else len(group)
     for spec in group:
-        while len(running) >= limit:
-            running = [j for j in running if not j.done()]
-            time.sleep(0.5)
-        job = executor.submit(Worker(sweep_dir / spec.run_id))
+        if len(running) >= limit:
+            running.remove(next(as_completed(running, poll_frequency=0.5)))
+        job = submitter.submit(Worker(folder.run(spec.run_id)))
+        recorded(spec, job)
         running.append(job)
-        submitted.append((spec, job))
-    return submitted
+        folder.save(record)
 
 
-def wait_for(jobs, sweep_dir: Path, echo=print, poll_s: float = 2.0) -> None:
+def _settle(spec: RunSpec, job, folder: SweepFolder, executor: str) -> RunState:
+    """The run's state once its local job has ended; a worker that ended without recording an
+    outcome (killed, out of memory, a full disk) is recorded failed, with where to look. (Slurm's
+    jobs are left to `crackhpc status`, which knows a time-out from a failure.)"""
+    run_dir = folder.run(spec.run_id)
+    try:
+        state = rundir.state_of(rundir.read_result(run_dir))
+    except DamagedFileError:
+        return RunState.UNREADABLE
+    if state.live and executor != "slurm":
+        rundir.update_result(run_dir, status=RunState.FAILED, finished=rundir.now(),
+                             error=f"the worker died without recording an outcome (killed, out of memory or disk?); "
+                                   f"see {job.paths.stderr}; {RETRY}")
+        return RunState.FAILED
+    return state
+
+
+def wait_for(jobs, folder: SweepFolder, executor: str, poll_s: float = 2.0) -> dict[str, RunState]:
+    from submitit.helpers import as_completed
     from tqdm import tqdm
 
-    pending = list(jobs)
+    by_job = {id(job): spec for spec, job in jobs}
     with tqdm(total=len(jobs), desc="runs", unit="run") as bar:
-        while pending:
-            still = []
-            for spec, job in pending:
-                if job.done():
-                    status = rundir.read_result(sweep_dir / spec.run_id).get("status", "pending")
-                    bar.update(1)
-                    bar.write(f"  {spec.run_id}: {status}")
-                else:
-                    still.append((spec, job))
-            pending = still
-            if pending:
-                time.sleep(poll_s)
+        for job in as_completed([job for _, job in jobs], poll_frequency=poll_s):
+            spec = by_job[id(job)]
+            bar.update(1)
+            bar.write(f"  {spec.run_id}: {_settle(spec, job, folder, executor)}")
+    return {s.run_id: s.state for s in run_statuses(folder, [spec.run_id for spec, _ in jobs], folder.load())}
+
+
+def _interrupted(jobs, todo: list[str], executor: str, folder: SweepFolder, record: SweepRecord, echo) -> None:
+    """Ctrl-C: local jobs are this command's processes, so they stop with it and their runs are
+    recorded cancelled; Slurm jobs are left to Slurm, their ids in the record."""
+    if executor == "slurm":
+        echo(f"interrupted: {len(jobs)} Slurm job(s) left queued or running, ids in {folder.record_path}; "
+             f"`crackhpc status {folder.path}` follows them, `crackhpc cancel {folder.path}` stops them")
+        return
+    stopped = 0
+    for spec, _ in jobs:
+        job = record.runs.get(spec.run_id)
+        if executor == "local" and job:
+            try:
+                worker = rundir.read_result(folder.run(spec.run_id)).get("process")
+            except DamagedFileError:
+                worker = None
+            procs.stop_local_job(worker, job.process)
+    for run_id in todo:  # started or still waiting for a free core
+        try:
+            live = rundir.state_of(rundir.read_result(folder.run(run_id))).live
+        except DamagedFileError:
+            live = False
+        if live:
+            rundir.update_result(folder.run(run_id), status=RunState.CANCELLED, cancelled=rundir.now(),
+                                 error="interrupted (Ctrl-C)")
+            stopped += 1
+    echo(f"interrupted: {stopped} run(s) stopped or never started, recorded cancelled "
+         f"(`crackhpc sweep --retry-failed` resumes them from their checkpoints)")

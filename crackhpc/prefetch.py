@@ -9,47 +9,43 @@ from __future__ import annotations
 
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
-from . import weights
+from . import atomic, weights
 from .errors import CrackhpcError, WeightsError
 
 
-def download(url: str, folder: Path, hint: str, timeout: float = 60) -> Path:
-    """Stream `url` into a new temporary file in `folder`; the caller checks it, then renames or deletes it.
-
-    The file is made in the destination folder so the rename that publishes it is atomic."""
+def download(url: str, target: Path, hint: str, check: Callable[[Path], None] | None = None,
+             timeout: float = 60) -> Path:
+    """Stream `url` to `target`, published by an atomic rename only once complete and once `check`
+    (given the temporary file) has not raised."""
     from tqdm import tqdm
 
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".download-", suffix=".part")
-    except OSError as exc:
-        raise CrackhpcError(f"{folder}: cannot write there ({exc.strerror}); choose another folder") from None
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            size = int(response.headers.get("Content-Length") or 0) or None
-            name = Path(urllib.parse.urlparse(url).path).name
-            with tqdm(total=size, unit="B", unit_scale=True, desc=name, leave=False, disable=None) as bar:
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    out.write(block)
-                    bar.update(len(block))
-            out.flush()
-            os.fsync(out.fileno())  # shared file systems: the data is on disk before the rename publishes it
-    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-        Path(tmp).unlink(missing_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic.replacing(target) as tmp:
+            with open(tmp, "xb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+                size = int(response.headers.get("Content-Length") or 0) or None
+                name = Path(urllib.parse.urlparse(url).path).name
+                with tqdm(total=size, unit="B", unit_scale=True, desc=name, leave=False, disable=None) as bar:
+                    for block in iter(lambda: response.read(1 << 20), b""):
+                        out.write(block)
+                        bar.update(len(block))
+                out.flush()
+                os.fsync(out.fileno())  # shared file systems: the data is on disk before the rename publishes it
+            if check is not None:
+                check(tmp)
+    except (urllib.error.URLError, http.client.HTTPException, ValueError) as exc:
         reason = f"HTTP {exc.code} {exc.reason}" if isinstance(exc, urllib.error.HTTPError) else getattr(exc, "reason", exc)
         raise CrackhpcError(f"{url}: download failed ({reason}); {hint}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
+    except OSError as exc:
+        raise CrackhpcError(f"{exc.filename or target.parent}: cannot write there ({exc.strerror}); choose another folder") from None
+    return target
 
 
 @dataclass(frozen=True)
@@ -74,7 +70,7 @@ def wanted(sweeps: Iterable[str | Path] = (), models: str | None = None) -> list
         for spec in expand(load_sweep(path)):
             if spec.train.pretrained:
                 key = (spec.train.framework, spec.train.model)
-                chosen[key] = weights.spec_for(*key)
+                chosen[key] = weights.file_for(*key)
     for entry in filter(None, (e.strip() for e in (models or "").split(","))):
         key = tuple(entry.split(":", 1))
         if key not in weights.CATALOG:
@@ -112,13 +108,13 @@ def fetch_one(wf: weights.WeightsFile, folder: Path, base_url: str | None = None
         source, status = src.resolve().as_uri(), "imported"
     else:
         source, status = source_url(wf, base_url), "downloaded"
-    tmp = download(source, folder, hint=f"copy {wf.filename} by hand into a folder and use `--from FOLDER`")
-    if not wf.matches(tmp):
-        actual = weights.file_digest(tmp, wf.algo)
-        tmp.unlink()
-        raise WeightsError(f"{wf.filename} from {source}: expected {_expected(wf)}, got {actual}; not kept "
-                           f"(an interrupted download or another file: fetch it again from {wf.url})")
-    os.replace(tmp, dest)
+
+    def check(tmp: Path) -> None:
+        if not wf.matches(tmp):
+            raise WeightsError(f"{wf.filename} from {source}: expected {_expected(wf)}, got {weights.file_digest(tmp, wf.algo)}; "
+                               f"not kept (an interrupted download or another file: fetch it again from {wf.url})")
+
+    download(source, dest, hint=f"copy {wf.filename} by hand into a folder and use `--from FOLDER`", check=check)
     return Outcome(wf, dest, status)
 
 

@@ -4,14 +4,16 @@
         config.yaml        resolved settings (the worker reads only this)
         split.csv          the manifest: which image is in which split
         metrics.csv        one row per epoch
-        result.json        status (pending/running/completed/failed) and final numbers
+        result.json        status (see crackhpc.states) and final numbers
         misclassified.csv  test images the model got wrong
-        checkpoint.pt      last finished epoch, for resume and requeue
+        checkpoint.pt      last finished epoch, for resume and requeue (checkpoint.npz for Keras)
         worker.log         the worker's log
+        job.sbatch         the plain sbatch script (`crackhpc sbatch`), its logs slurm-<job id>.out/.err
 """
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import socket
 from pathlib import Path
 from typing import Any
@@ -19,13 +21,46 @@ from typing import Any
 import yaml
 
 from . import atomic
-from .config import DataConfig, Resources, TrainConfig, from_plain
-from .grid import RunSpec
+from .config import RunSpec, validate
+from .errors import ConfigError, DamagedFileError
+from .states import RunState
 
 CONFIG, SPLIT, METRICS, RESULT, MISCLASSIFIED, LOG = (
     "config.yaml", "split.csv", "metrics.csv", "result.json", "misclassified.csv", "worker.log")
+CHECKPOINT = {"torch": "checkpoint.pt", "keras": "checkpoint.npz"}
+SBATCH_SCRIPT, SBATCH_LOG = "job.sbatch", "slurm-%j"
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "images_per_s")
-TERMINAL = ("completed", "failed")
+RERUN = "delete it and rerun the run with `crackhpc sweep --retry-failed`"
+# libyaml's parser where PyYAML has it: `status` and `report` read a config.yaml per run (1,000 of them).
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@functools.lru_cache(maxsize=256)
+def _yaml_block(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
+def load_config_yaml(text: str):
+    """yaml.safe_load of a block-style mapping, one top-level key at a time, each distinct block
+    parsed once: the runs of a sweep share their data and resources blocks, which are two thirds of
+    a config.yaml. Anything else (a block that is not a mapping or does not parse alone) is parsed
+    whole, so a damaged file fails as it would."""
+    blocks: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if blocks and line[:1] in " -#\t\r\n":  # indented, a list item, a comment, blank: the same key
+            blocks[-1] += line
+        else:
+            blocks.append(line)
+    raw: dict = {}  # its values are shared with the cache: read them, never change them
+    try:
+        for block in blocks:
+            part = _yaml_block(block)
+            if not isinstance(part, dict) or raw.keys() & part.keys():
+                raise ValueError
+            raw.update(part)
+    except (ValueError, yaml.YAMLError):
+        return yaml.load(text, Loader=_Loader)
+    return raw
 
 
 def now() -> str:
@@ -40,30 +75,57 @@ def read_config(run_dir: str | Path) -> RunSpec:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not a crackhpc run folder (config.yaml missing)")
-    raw = yaml.safe_load(path.read_text())
-    return RunSpec(
-        run_id=raw["run_id"],
-        sweep=raw["sweep"],
-        train=from_plain(TrainConfig, raw["train"], f"{path}: train"),
-        data=from_plain(DataConfig, raw["data"], f"{path}: data"),
-        resources=from_plain(Resources, raw["resources"], f"{path}: resources"),
-    )
+    fix = "rerun `crackhpc sweep` on its sweep file to rewrite it"
+    try:
+        raw = load_config_yaml(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DamagedFileError(path, "binary, not YAML text", fix) from None
+    except yaml.YAMLError as exc:
+        raise DamagedFileError(path, f"not valid YAML ({getattr(exc, 'problem', exc)})", fix) from None
+    if not isinstance(raw, dict):
+        raise DamagedFileError(path, "not a run's settings", fix)
+    try:
+        return validate(RunSpec, raw, str(path))
+    except ConfigError as exc:  # edited by hand: checked like the sweep it came from
+        raise DamagedFileError(path, str(exc)[len(str(path)) + 2:], fix) from None
 
 
 def read_result(run_dir: str | Path) -> dict[str, Any]:
-    """The run's result.json, or {"status": "pending"} when the worker has not started."""
+    """The run's result.json, or {"status": "pending"} when the worker has not started; a
+    DamagedFileError when it cannot be read."""
     path = Path(run_dir) / RESULT
     if not path.is_file():
-        return {"status": "pending"}
-    return atomic.read_json(path)
+        return {"status": RunState.PENDING.value}
+    return atomic.read_json(path, RERUN)
+
+
+def state_of(result: dict) -> RunState:
+    return RunState.parse(str(result.get("status", RunState.PENDING.value)))
 
 
 def update_result(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
-    result = read_result(run_dir)
-    result.update(fields, updated=now(), host=socket.gethostname())
+    """result.json with `fields` changed; a damaged one is replaced (what it said is lost already)."""
+    try:
+        result = read_result(run_dir)
+    except DamagedFileError:
+        result = {}
+    return _write_result(run_dir, {**result, **fields})
+
+
+def reset_result(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
+    """A new attempt's result.json, keeping only the earlier attempts' requeue count."""
+    return _write_result(run_dir, {"requeues": update_result(run_dir).get("requeues", 0), **fields})
+
+
+def _write_result(run_dir: str | Path, result: dict) -> dict:
+    result = {k: (v.value if isinstance(v, RunState) else v) for k, v in result.items()}
+    result.update(updated=now(), host=socket.gethostname())
     atomic.write_json(Path(run_dir) / RESULT, result)
     return result
 
 
 def is_completed(run_dir: str | Path) -> bool:
-    return read_result(run_dir).get("status") == "completed"
+    try:
+        return state_of(read_result(run_dir)) is RunState.COMPLETED
+    except DamagedFileError:
+        return False

@@ -13,43 +13,34 @@ resources.setup lines are written as the sweep gives them, since they are shell 
 from __future__ import annotations
 
 import shlex
-import shutil
-import subprocess
 import sys
 import sysconfig
 from pathlib import Path
 from string import Template
 
-from . import atomic, rundir
-from .config import Resources, Sweep, _Where, validate_resources
+from . import atomic, rundir, slurm
+from .attempts import START_SHELL
+from .config import RunSpec, Sweep
 from .errors import CrackhpcError
-from .grid import RunSpec
-from .launcher import SWEEP_JSON, plan_sweep, prepare_runs, record_job
+from .launcher import plan_sweep, prepare_runs
 
 # slurm_templates/ of the source checkout (an editable install), else the copy a wheel installs.
 TEMPLATE_DIRS = (Path(__file__).resolve().parent.parent / "slurm_templates",
                  Path(sysconfig.get_path("data")) / "share" / "crackhpc" / "slurm_templates")
 SIGNAL_LEAD_S = 90  # time left when Slurm warns the job, as for submitit's jobs
-SCRIPT = "job.sbatch"
-LOG = "slurm-%j"
 
 
 def template_name(spec: RunSpec) -> str:
     return "keras_horovod.sbatch" if spec.train.backend == "horovod" else "torch_srun.sbatch"
 
 
-def sbatch_lines(res: Resources, job_name: str, run_dir: Path) -> list[str]:
-    """The #SBATCH lines of one run's script; the sweep's own `resources.sbatch` options come last."""
-    options = {
-        "job-name": job_name, "nodes": res.nodes, "ntasks-per-node": res.ntasks_per_node,
-        "gpus-per-node": res.gpus_per_node or None, "cpus-per-task": res.cpus_per_task,
-        "mem": f"{int(res.mem_gb * 1024)}M" if res.mem_gb else None, "time": res.timeout_min,
-        "partition": res.partition, "account": res.account, "qos": res.qos, "constraint": res.constraint,
-        "output": run_dir / f"{LOG}.out", "error": run_dir / f"{LOG}.err",
-        "signal": f"B:USR2@{SIGNAL_LEAD_S}", "requeue": True, "open-mode": "append", **res.sbatch,
-    }
-    return [f"#SBATCH --{k}" if v is True else f"#SBATCH --{k}={shlex.quote(str(v))}"
-            for k, v in options.items() if v is not None]
+def sbatch_lines(spec: RunSpec, run_dir: Path) -> list[str]:
+    """The #SBATCH lines of one run's script: this script's own, then its resources as for submitit
+    (where the sweep's `resources.sbatch` may replace ours, e.g. `signal`)."""
+    options = {"job-name": f"{spec.resources.job_name}-{spec.sweep}",
+               "output": run_dir / f"{rundir.SBATCH_LOG}.out", "error": run_dir / f"{rundir.SBATCH_LOG}.err",
+               "signal": f"B:USR2@{SIGNAL_LEAD_S}", "open-mode": "append", **slurm.options(spec.resources)}
+    return [f"#SBATCH --{k}" if v is True else f"#SBATCH --{k}={shlex.quote(str(v))}" for k, v in options.items()]
 
 
 def _template(name: str) -> Template:
@@ -62,50 +53,39 @@ def _template(name: str) -> Template:
 
 def render(spec: RunSpec, run_dir: Path) -> str:
     """The sbatch script of one run folder."""
-    # Checked again here: a run folder's config.yaml is read back without the sweep's validation.
-    res = validate_resources(spec.resources, _Where(str(run_dir / rundir.CONFIG), "resources"))
+    res = spec.resources
     srun_step = _template("srun_step.sh").substitute(max_requeues=res.max_requeues, signal_lead_s=SIGNAL_LEAD_S)
     return _template(template_name(spec)).substitute(
-        run_id=spec.run_id, sweep=spec.sweep, srun_step=srun_step.rstrip("\n"),
-        sbatch_options="\n".join(sbatch_lines(res, f"{res.job_name}-{spec.sweep}", run_dir)),
+        run_id=spec.run_id, sweep=spec.sweep, srun_step=srun_step.rstrip("\n"), start_line=START_SHELL,
+        sbatch_options="\n".join(sbatch_lines(spec, run_dir)),
         setup="\n".join(res.setup) or "# (none)", python=shlex.quote(sys.executable), run_dir=shlex.quote(str(run_dir)))
-
-
-def submit_script(script: Path) -> str:
-    """sbatch the script; returns the job id."""
-    if not shutil.which("sbatch"):
-        raise CrackhpcError("sbatch not found: --submit works on a Slurm login node; without it the scripts are only written")
-    out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
-    if out.returncode:
-        why = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
-        raise CrackhpcError(f"{script}: sbatch refused it: {why}")
-    return out.stdout.strip().split(";")[0]  # --parsable prints `id` or `id;cluster`
 
 
 def write_scripts(sweep: Sweep, results: Path, out: Path | None = None, submit: bool = False,
                   retry_failed: bool = False, echo=print) -> list[Path]:
     """Run folders and a script for each run that needs one (as `crackhpc sweep` would submit);
     with `submit`, sbatch each and record the job ids in sweep.json for status and cancel."""
-    sweep_dir, specs, record, actions = plan_sweep(sweep, results, retry_failed)
+    folder, specs, record, actions = plan_sweep(sweep, results, retry_failed)
     todo = [s for s in specs if actions[s.run_id] == "submit"]
-    echo(f"sweep {sweep.name}: {len(specs)} runs, {len(todo)} to write, results in {sweep_dir}")
+    echo(f"sweep {sweep.name}: {len(specs)} runs, {len(todo)} to write, results in {folder.path}")
     for spec in specs:
         if actions[spec.run_id] != "submit":
             echo(f"  {spec.run_id}  {actions[spec.run_id]}")
     if not todo:
         return []
     scripts = []
-    for spec in prepare_runs(sweep, results, sweep_dir, todo, record, "slurm"):
-        run_dir = sweep_dir / spec.run_id
-        script = out / f"{spec.run_id}.sbatch" if out else run_dir / SCRIPT
-        atomic.write_text(script, render(spec, run_dir))
-        scripts.append(script)
-        if not submit:
-            echo(f"  {script}")
-            continue
-        job_id = submit_script(script)
-        logs = [run_dir / f"{LOG.replace('%j', job_id)}{ext}" for ext in (".out", ".err")]
-        record_job(record, spec.run_id, job_id, "slurm", *logs)
-        atomic.write_json(sweep_dir / SWEEP_JSON, record)  # after each: a later sbatch failure loses no job id
-        echo(f"  {script}  job {job_id}  log {logs[0]}")
+    with folder.lock():
+        for spec in prepare_runs(sweep, results, folder, todo, record, "slurm"):
+            run_dir = folder.run(spec.run_id)
+            script = out / f"{spec.run_id}.sbatch" if out else run_dir / rundir.SBATCH_SCRIPT
+            atomic.write_text(script, render(spec, run_dir))
+            scripts.append(script)
+            if not submit:
+                echo(f"  {script}")
+                continue
+            job_id = slurm.sbatch(script)
+            logs = [run_dir / f"{rundir.SBATCH_LOG.replace('%j', job_id)}{ext}" for ext in (".out", ".err")]
+            record.add_job(spec.run_id, job_id, "slurm", *logs)
+            folder.save(record)  # after each: a later sbatch failure loses no job id
+            echo(f"  {script}  job {job_id}  log {logs[0]}")
     return scripts

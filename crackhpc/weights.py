@@ -70,7 +70,7 @@ def search_dirs(framework: str) -> list[Path]:
     return dirs
 
 
-def spec_for(framework: str, model: str) -> WeightsFile:
+def file_for(framework: str, model: str) -> WeightsFile:
     try:
         return CATALOG[(framework, model)]
     except KeyError:
@@ -79,7 +79,7 @@ def spec_for(framework: str, model: str) -> WeightsFile:
 
 def locate(framework: str, model: str) -> tuple[Path, WeightsFile]:
     """The verified weights file for a model, or a WeightsError saying where to place it."""
-    wf = spec_for(framework, model)
+    wf = file_for(framework, model)
     dirs = search_dirs(framework)
     for folder in dirs:
         path = folder / wf.filename

@@ -54,6 +54,12 @@ def test_minimal_sweep_gets_the_study_defaults(write_yaml):
     (BASE + "resources: {gpus_per_node: 4, tasks_per_node: 2}\n", "resources.tasks_per_node: one task per GPU"),
     ("name: t\n data: [\n", "not valid YAML at line"),
     ("- a\n- b\n", "<top>: a sweep file must be a mapping"),
+    # values that load but cannot run
+    (BASE + "defaults: {epochs: 1, lr: 0.1, epochs: 50}\n", "not valid YAML at line 4: key 'epochs' given twice"),
+    (BASE + "defaults: {lr: .inf}\n", "defaults.lr: must be a finite number"),
+    (BASE + "defaults: {seed: 1.0e+23}\n", "defaults.seed: expected an integer"),
+    (BASE + "defaults: {seed: 99999999999}\n", "defaults.seed: must be <= 4294967295"),
+    (BASE.replace("name: t", "name: " + "x" * 300), "name: letters, digits, _ . - only, at most 100 characters"),
 ])
 def test_bad_input_gives_one_line_naming_file_and_key(write_yaml, text, expected):
     assert expected in _error(write_yaml, text)
@@ -65,8 +71,7 @@ def test_missing_file_says_where_sweeps_live(tmp_path):
 
 
 def test_float_written_without_dot_is_accepted(write_yaml):
-    sweep = load_sweep(write_yaml(BASE + "defaults: {lr: 1e-4}\n"))
-    assert sweep.defaults["lr"] == "1e-4"  # raw; the resolved run has the float
+    sweep = load_sweep(write_yaml(BASE + "defaults: {lr: 1e-4}\n"))  # YAML reads 1e-4 as a string
     from crackhpc.grid import expand
     assert expand(sweep)[0].train.lr == 1e-4
 
@@ -120,3 +125,26 @@ def test_set_values_are_validated_like_the_file(write_yaml):
         load_sweep(path, overrides=["defaults.epochs=two"])
     with pytest.raises(ConfigError, match="defaults.modle: unknown key"):
         load_sweep(path, overrides=["defaults.modle=vgg16"])
+
+
+def test_a_sweep_file_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(BASE.encode() + "description: b\xe9ton\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text \(byte \d+\): save it as UTF-8"):
+        load_sweep(path)
+
+
+def test_absurd_grids_are_refused_before_crossing(write_yaml):
+    import time
+
+    values = ", ".join(str(i) for i in range(100))
+    path = write_yaml(BASE + f"grid: {{seed: [{values}], epochs: [{values}], batch_size: [{values}]}}\n")
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"grid: 1,000,000 runs \(100 x 100 x 100\), more than the limit of 1,000: "
+                                          r"shrink the grid or pass --max-runs 1000000"):
+        load_sweep(path)
+    assert time.perf_counter() - t0 < 1  # refused from the list sizes, not by crossing them
+    small = write_yaml(BASE + "grid: {seed: [0, 1, 2]}\nruns: [{model: vgg16}, {model: resnet18}]\n", "small.yaml")
+    with pytest.raises(ConfigError, match=r"6 runs \(2 x 3\)"):
+        load_sweep(small, max_runs=5)
+    assert len(load_sweep(small, max_runs=6).entries) == 6

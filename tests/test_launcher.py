@@ -16,9 +16,9 @@ TWO_SEEDS = {"seed": [0, 1]}
 
 def test_local_sweep_runs_every_config_and_skips_completed_on_resubmission(tmp_path, write_yaml, tiny_data):
     sweep = load_sweep(write_yaml(tiny_sweep(tiny_data, grid=TWO_SEEDS)))
-    record = submit(sweep, tmp_path / "results", "local", echo=lambda *_: None)
+    states = submit(sweep, tmp_path / "results", "local", echo=lambda *_: None)
     sweep_dir = tmp_path / "results" / "tiny"
-    assert len(record["runs"]) == 2
+    assert list(states.values()) == ["completed", "completed"]
     saved = json.loads((sweep_dir / "sweep.json").read_text())
     assert saved["executor"] == "local" and saved["finished"]
     assert sorted(saved["current_runs"]) == sorted(saved["runs"])
@@ -27,9 +27,9 @@ def test_local_sweep_runs_every_config_and_skips_completed_on_resubmission(tmp_p
         assert (sweep_dir / run_id / "split.csv").read_text() == (sweep_dir / "split.csv").read_text()
         assert entry["job_id"]
     lines = []
-    again = submit(sweep, tmp_path / "results", "local", echo=lines.append)
+    assert submit(sweep, tmp_path / "results", "local", echo=lines.append) == {}
     assert "2 runs, 0 to submit" in lines[0]
-    assert again["runs"] == saved["runs"]
+    assert json.loads((sweep_dir / "sweep.json").read_text())["runs"] == saved["runs"]
 
 
 def test_failed_run_is_recorded_and_resubmitted_only_on_request(tmp_path, write_yaml, tiny_data):
@@ -57,7 +57,7 @@ def test_dry_run_submits_nothing(tmp_path, write_yaml, tiny_data, capsys):
     path = write_yaml(tiny_sweep(tiny_data, grid=TWO_SEEDS))
     assert main(["sweep", str(path), "--executor", "local", "--results", str(tmp_path / "r"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "2 runs, 2 to submit" in out and "tasks/node=1" in out and "job array of 2" in out
+    assert "2 runs, 2 to submit" in out and "tasks/node=1" in out and "2 local processes, at most" in out
     assert not (tmp_path / "r").exists()
 
 

@@ -34,7 +34,6 @@ data: {{root: {REAL_DATA}, split: [0.75, 0.2, 0.05]}}
 defaults: {{framework: torch, model: resnet18, pretrained: true, freeze_backbone: true, epochs: 3}}
 resources: {{gpus_per_node: 0, cpus_per_task: 2, timeout_min: 120}}
 """))
-    record = submit(sweep, tmp_path / "results", "local", echo=lambda *_: None)
-    (run_id,) = record["runs"]
+    (run_id,) = submit(sweep, tmp_path / "results", "local", echo=lambda *_: None)
     result = rundir.read_result(tmp_path / "results" / "real" / run_id)
     assert result["status"] == "completed" and result["test_acc"] >= 0.99, result

@@ -9,10 +9,9 @@ import pytest
 
 from crackhpc import rundir
 from crackhpc.cli import main
-from crackhpc.config import DataConfig, Resources, TrainConfig, load_sweep
-from crackhpc.errors import ConfigError
-from crackhpc.grid import RunSpec
-from crackhpc.sbatch import SCRIPT, render
+from crackhpc.config import DataConfig, Resources, RunSpec, TrainConfig, load_sweep
+from crackhpc.errors import ConfigError, DamagedFileError
+from crackhpc.sbatch import render
 
 from .conftest import tiny_sweep
 
@@ -20,7 +19,8 @@ RUN_DIR = "/scratch/my results/s/torch-resnet18-abc"  # a space: must stay one w
 
 
 def spec(train: dict | None = None, **resources) -> RunSpec:
-    return RunSpec("torch-resnet18-abc", "s", TrainConfig(**(train or {})), DataConfig(root="/data"), Resources(**resources))
+    return RunSpec(run_id="torch-resnet18-abc", sweep="s", train=TrainConfig(**(train or {})),
+                   data=DataConfig(root="/data"), resources=Resources(**resources))
 
 
 def sbatch_options(script: str) -> dict[str, str]:
@@ -73,10 +73,14 @@ def test_template_follows_the_backend(tmp_path):
     assert keras == torch  # same script: the worker picks the framework from config.yaml
 
 
-def test_an_unknown_sbatch_option_is_refused_naming_the_run_folder(tmp_path):
-    with pytest.raises(ConfigError) as err:
-        render(spec(sbatch={"wrap": "reboot"}), tmp_path)
-    assert str(err.value).startswith(f"{tmp_path / rundir.CONFIG}: resources.sbatch.wrap: not an sbatch option")
+def test_an_edited_config_yaml_is_checked_like_the_sweep(tmp_path):
+    """A run folder's config.yaml, edited by hand, is validated when read: nothing unchecked reaches a script."""
+    rundir.write_config(tmp_path, spec())
+    config = tmp_path / rundir.CONFIG
+    config.write_text(config.read_text().replace("sbatch: {}", "sbatch: {wrap: reboot}"))
+    with pytest.raises(DamagedFileError) as err:
+        rundir.read_config(tmp_path)
+    assert str(err.value).startswith(f"{config}: resources.sbatch.wrap: not an sbatch option")
 
 
 @pytest.mark.parametrize("resources, key", [
@@ -97,7 +101,7 @@ def test_sbatch_command_writes_run_folders_and_a_script_each(tmp_path, write_yam
     path = write_yaml(tiny_sweep(tiny_data, grid={"seed": [0, 1]}))
     assert main(["sbatch", str(path), "--results", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out.splitlines()
-    scripts = sorted((tmp_path / "r" / "tiny").glob(f"*/{SCRIPT}"))
+    scripts = sorted((tmp_path / "r" / "tiny").glob(f"*/{rundir.SBATCH_SCRIPT}"))
     assert out[0].startswith("sweep tiny: 2 runs, 2 to write") and [line.strip() for line in out[1:]] == [str(s) for s in scripts]
     for script in scripts:
         run_dir = script.parent
@@ -113,7 +117,7 @@ def test_sbatch_command_writes_run_folders_and_a_script_each(tmp_path, write_yam
 def test_sbatch_command_skips_completed_runs(tmp_path, write_yaml, tiny_data, capsys):
     path = write_yaml(tiny_sweep(tiny_data))
     assert main(["sbatch", str(path), "--results", str(tmp_path)]) == 0
-    (run_dir,) = [p.parent for p in (tmp_path / "tiny").glob(f"*/{SCRIPT}")]
+    (run_dir,) = [p.parent for p in (tmp_path / "tiny").glob(f"*/{rundir.SBATCH_SCRIPT}")]
     rundir.update_result(run_dir, status="completed")
     assert main(["sbatch", str(path), "--results", str(tmp_path)]) == 0
     assert f"{run_dir.name}  skip: completed" in capsys.readouterr().out

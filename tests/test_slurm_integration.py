@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import time
 from types import SimpleNamespace
 
@@ -18,7 +19,8 @@ import pytest
 from crackhpc import rundir
 from crackhpc.cli import main
 from crackhpc.config import load_sweep
-from crackhpc.launcher import ACTIVE_SLURM_STATES, submit
+from crackhpc.launcher import submit
+from crackhpc.slurm import ACTIVE_STATES
 from crackhpc.report import write_reports
 from crackhpc.status import collect
 
@@ -52,10 +54,14 @@ def finished(sweep_dir, timeout_s: float = 180):
     its outcome (and submitit's wait returns) a moment before Slurm has ended the job, and slurmdbd
     gets the job's accounting a moment later still."""
     def done():
-        runs = collect(sweep_dir)
-        return not any(r.live or r.slurm_state in ("", *ACTIVE_SLURM_STATES) for r in runs) and runs
+        runs, _ = collect(sweep_dir)
+        return not any(r.live or r.slurm_state in ("", *ACTIVE_STATES) for r in runs) and runs
 
     return until(done, f"runs of {sweep_dir} finishing", timeout_s)
+
+
+def record_of(sweep_dir) -> dict:
+    return json.loads((sweep_dir / "sweep.json").read_text())
 
 
 def cli(*args) -> str:
@@ -71,7 +77,8 @@ def array_sweep(tmp_path_factory, tiny_data, slurm_cluster):
     folder = tmp_path_factory.mktemp("array")
     path = slurm_yaml(folder, tiny_data, "array", resources={"array_parallelism": 2}, grid={"seed": [0, 1, 2, 3]})
     preview = cli("sweep", path, "--executor", "slurm", "--results", folder / "results", "--dry-run")
-    record = submit(load_sweep(path), folder / "results", "slurm", wait=True, **quiet)
+    submit(load_sweep(path), folder / "results", "slurm", wait=True, **quiet)
+    record = record_of(folder / "results" / "array")
     array_id = record["runs"][next(iter(record["runs"]))]["job_id"].split("_")[0]
     return SimpleNamespace(path=path, results=folder / "results", sweep_dir=folder / "results" / "array",
                            record=record, preview=preview, array_id=array_id)
@@ -106,8 +113,8 @@ def test_report_of_slurm_runs_matches_the_local_executors(array_sweep, tmp_path,
 
 def test_sweeping_again_skips_completed_runs(array_sweep):
     lines = []
-    again = submit(load_sweep(array_sweep.path), array_sweep.results, "slurm", echo=lines.append)
-    assert "4 runs, 0 to submit" in lines[0] and again["runs"] == array_sweep.record["runs"]
+    assert submit(load_sweep(array_sweep.path), array_sweep.results, "slurm", echo=lines.append) == {}
+    assert "4 runs, 0 to submit" in lines[0] and record_of(array_sweep.sweep_dir)["runs"] == array_sweep.record["runs"]
 
 
 def test_two_tasks_train_data_parallel(tmp_path, tiny_data):
@@ -127,8 +134,8 @@ def test_gpu_job_is_scheduled_on_the_nodes_gpus(tmp_path, tiny_data):
 
 
 def test_preempted_run_is_requeued_and_resumes_from_its_checkpoint(tmp_path, tiny_data):
-    record = submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "preempt", defaults=SLOW)), tmp_path, "slurm", **quiet)
-    ((run_id, job),) = record["runs"].items()
+    submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "preempt", defaults=SLOW)), tmp_path, "slurm", **quiet)
+    ((run_id, job),) = record_of(tmp_path / "preempt")["runs"].items()
     run_dir = tmp_path / "preempt" / run_id
     until(lambda: rundir.read_result(run_dir).get("epochs_done"), "first epoch", 120)
     # Preemption as submitit's own tests simulate it: USR2 to the job's steps.
@@ -149,17 +156,17 @@ def test_run_that_raises_fails_once_with_its_error_in_status_and_report(tmp_path
     submit(load_sweep(slurm_yaml(tmp_path, data, "broken")), tmp_path, "slurm", wait=True, **quiet)
     (run,) = finished(tmp_path / "broken")
     assert (run.state, run.slurm_state, run.requeues) == ("failed", "FAILED", 0)
-    assert run.error.startswith("DataError: ") and "no readable images" in run.error
+    assert run.note.startswith("DataError: ") and "no readable images" in run.note
     out = cli("status", tmp_path / "broken")
     assert re.search(rf"{run.run_id}\s+failed\s+{run.job_id}\s.*DataError: ", out)
     report = cli("report", tmp_path / "broken")
-    assert f"failed: {run.run_id}: {run.error}" in report
+    assert f"failed: {run.run_id}: {run.note}" in report
 
 
 def test_live_jobs_are_left_alone_until_cancelled(tmp_path, tiny_data):
     sweep = load_sweep(slurm_yaml(tmp_path, tiny_data, "cancel", defaults={**SLOW, "epochs": 30}))
-    record = submit(sweep, tmp_path, "slurm", **quiet)
-    ((run_id, job),) = record["runs"].items()
+    submit(sweep, tmp_path, "slurm", **quiet)
+    ((run_id, job),) = record_of(tmp_path / sweep.name)["runs"].items()
     lines = []
     submit(sweep, tmp_path, "slurm", dry_run=True, echo=lines.append)
     assert "1 runs, 0 to submit" in lines[0] and re.search(rf"skip: job {job['job_id']} (pending|running)", lines[1])
@@ -205,3 +212,46 @@ def test_plain_sbatch_script_requeues_itself_on_usr2_and_resumes(tmp_path, tiny_
     (run,) = finished(tmp_path / "plainpre")
     assert (run.state, run.epoch, run.requeues) == ("completed", "6/6", 1)
     assert re.search(r"resumed from checkpoint\.pt after epoch [1-5]", (run_dir / rundir.LOG).read_text())
+
+
+def test_status_watch_follows_a_sweep_to_completion(tmp_path, tiny_data):
+    path = slurm_yaml(tmp_path, tiny_data, "watch", grid={"seed": [0, 1]})
+    assert main(["sweep", str(path), "--executor", "slurm", "--results", str(tmp_path)]) == 0
+    watch = subprocess.run([sys.executable, "-m", "crackhpc.cli", "status", str(tmp_path / "watch"), "--watch", "1"],
+                           capture_output=True, text=True, timeout=300)
+    lines = watch.stdout.splitlines()
+    assert watch.returncode == 0, watch.stdout + watch.stderr
+    assert re.match(r"\d\d:\d\d:\d\d 2 runs: .*; epochs \d+/4 \[[#-]{20}\] \d+%$", lines[0])  # piped: plain lines
+    assert lines[-1] == "2 runs: 2 completed; epochs 4/4 [####################] 100%"
+    assert sum(" completed " in line for line in lines) == 2  # the final table
+    follow = json.loads(subprocess.run([sys.executable, "-m", "crackhpc.cli", "status", str(tmp_path / "watch"), "--json"],
+                                       capture_output=True, text=True, check=True).stdout)
+    assert [r["state"] for r in follow["runs"]] == ["completed", "completed"]
+
+
+def test_status_resources_of_a_finished_job(array_sweep):
+    finished(array_sweep.sweep_dir)
+    out = cli("status", array_sweep.sweep_dir, "--resources")
+    header, *rows = out.splitlines()[:5]
+    assert "mem peak/req" in header and "cpu eff" in header and "time used/limit" in header
+    for row in rows:
+        # 1 GB and one CPU asked for, a 10 minute limit: what the sweep's resources say
+        assert re.search(r"/1G\s+\d+% of 1\s+0:00:\d\d/0:10:00\s+0 ", row), row
+
+
+def test_a_pending_job_shows_slurms_reason(tmp_path, tiny_data):
+    import os
+
+    holder = subprocess.run(["sbatch", "--parsable", "-c", str(os.cpu_count()), "--mem=1G", "--wrap", "sleep 120"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        until(lambda: subprocess.run(["squeue", "-h", "-j", holder, "-o", "%T"], capture_output=True,
+                                     text=True).stdout.strip() == "RUNNING", "the node held", 60)
+        submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "waits")), tmp_path, "slurm", **quiet)
+        run = until(lambda: next((r for r in collect(tmp_path / "waits")[0] if "waiting:" in r.note), None),
+                    "a pending reason", 60)
+        assert run.state == "pending" and run.note == "waiting: Resources"
+        assert "waiting: Resources" in cli("status", tmp_path / "waits")
+    finally:
+        subprocess.run(["scancel", holder])
+        cli("cancel", tmp_path / "waits")

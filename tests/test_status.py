@@ -5,12 +5,15 @@ import sys
 
 import pytest
 
-from crackhpc import atomic, rundir
-from crackhpc.cli import main
-from crackhpc.config import DataConfig, Resources, TrainConfig
+from crackhpc import atomic, procs, rundir
+from crackhpc.cancel import cancel
+from crackhpc.cli import format_status, main
+from crackhpc.config import DataConfig, Resources, RunSpec, TrainConfig
 from crackhpc.errors import CrackhpcError
-from crackhpc.grid import RunSpec
-from crackhpc.status import cancel, collect, format_status, kill_local, merge, parse_sacct, run_statuses
+from crackhpc.record import SweepFolder
+from crackhpc.slurm import SlurmJob, parse_sacct
+from crackhpc.states import RunState
+from crackhpc.status import collect, merge, run_statuses
 
 ERROR = "DataError: /data: no readable images in the train or test split (40 of 40 failed to decode; run `crackhpc data verify`)"
 
@@ -23,7 +26,8 @@ def make_sweep(sweep_dir, executor, runs: dict[str, dict], metrics: dict[str, li
         job_id = result.pop("job", f"4{i}")
         if job_id:
             record["runs"][run_id] = {"job_id": job_id, "executor": executor, "stderr": f"/logs/{job_id}.err"}
-        rundir.write_config(sweep_dir / run_id, RunSpec(run_id, "s", TrainConfig(epochs=2), DataConfig(root="/data"), Resources()))
+        rundir.write_config(sweep_dir / run_id, RunSpec(run_id=run_id, sweep="s", train=TrainConfig(epochs=2),
+                                                        data=DataConfig(root="/data"), resources=Resources()))
         if result:
             atomic.write_json(sweep_dir / run_id / rundir.RESULT, result)
     for run_id, rows in (metrics or {}).items():
@@ -45,16 +49,17 @@ def test_status_of_a_local_sweep_comes_from_the_run_folders(tmp_path):
         "queued": {"job": ""},
     }, metrics={"done": [[1, 0.6, 0.6, 0.6, 0.55, 1.0, 10], [2, 0.5, 0.7, 0.5, 0.75, 1.0, 10]],
                 "training": [[1, 0.6, 0.6, 0.6, 0.5, 1.0, 10]]})
-    runs = {s.run_id: s for s in collect(sweep_dir, sacct_fn=no_sacct)}
+    runs = {s.run_id: s for s in collect(sweep_dir, query=no_sacct)[0]}
     assert {r: s.state for r, s in runs.items()} == {"broken": "failed", "done": "completed", "queued": "pending",
                                                      "training": "running"}
     assert (runs["done"].elapsed, runs["done"].node, runs["done"].val_acc, runs["done"].test_acc) == ("01:02:03", "n1", 0.75, 0.9)
     assert runs["training"].val_acc == 0.5 and runs["training"].node == "n2" and runs["queued"].node == ""
     assert (runs["done"].epoch, runs["training"].epoch, runs["queued"].epoch) == ("2/2", "1/2", "0/2")
-    assert runs["broken"].error == ERROR
+    assert runs["broken"].note == ERROR
     table = format_status(list(runs.values()))
     assert ERROR[:59] + "…" in table
-    assert ERROR not in table and table.endswith("4 runs: 1 failed, 1 completed, 1 pending, 1 running")
+    assert ERROR not in table and table.endswith("4 runs: 1 failed, 1 completed, 1 pending, 1 running; "
+                                                 "epochs 3/8 [########------------] 38%")
 
 
 def test_epoch_shows_progress_against_the_configured_epochs(tmp_path, tiny_data, write_yaml):
@@ -64,14 +69,15 @@ def test_epoch_shows_progress_against_the_configured_epochs(tmp_path, tiny_data,
     from .conftest import tiny_sweep
 
     sweep = load_sweep(write_yaml(tiny_sweep(tiny_data, defaults={"epochs": 5})))
-    sweep_dir, specs, record, _ = plan_sweep(sweep, tmp_path, retry_failed=False)
-    (spec,) = prepare_runs(sweep, tmp_path, sweep_dir, specs, record, "local")
-    rundir.update_result(sweep_dir / spec.run_id, status="running", epochs_done=3)
-    (run,) = collect(sweep_dir, sacct_fn=no_sacct)
+    folder, specs, record, _ = plan_sweep(sweep, tmp_path, retry_failed=False)
+    (spec,) = prepare_runs(sweep, tmp_path, folder, specs, record, "local")
+    rundir.update_result(folder.run(spec.run_id), status="running", epochs_done=3)
+    (run,), _ = collect(folder.path, query=no_sacct)
     assert run.state == "running" and run.epoch == "3/5"
 
 
 SACCT = """\
+JobID|State|Elapsed|NodeList|AllocTRES|Reason
 70_0|COMPLETED|00:01:00|n1|billing=1,cpu=1,mem=1G,node=1|None
 70_1|CANCELLED by 0|00:00:30|n1|cpu=1|None
 70_2|TIMEOUT|00:10:00|n2|cpu=1|None
@@ -85,7 +91,7 @@ SACCT = """\
 
 def test_sacct_rows_expand_pending_array_ranges():
     jobs = parse_sacct(SACCT)
-    assert jobs["70_3"] is jobs["70_4"] and jobs["70_4"].state == "PENDING" and jobs["70_4"].reason == "Resources"
+    assert jobs["70_3"] == jobs["70_4"] and jobs["70_4"].state == "PENDING" and jobs["70_4"].reason == "Resources"
     assert jobs["70_1"].state == "CANCELLED" and jobs["71"].tres == "cpu=2,gres/gpu=1" and jobs["70_3"].node == ""
     assert "70_8" not in jobs
 
@@ -105,7 +111,7 @@ def test_sacct_rows_expand_pending_array_ranges():
     ("running", "", "running"),  # no sacct: the run folder is all there is
 ])
 def test_merge_rules(recorded, slurm, merged):
-    assert merge(recorded, slurm) == merged
+    assert merge(RunState(recorded), SlurmJob(slurm) if slurm else None) is RunState(merged)
 
 
 def test_status_merges_sacct_with_the_run_folders(tmp_path):
@@ -113,7 +119,7 @@ def test_status_merges_sacct_with_the_run_folders(tmp_path):
 
     def sacct(job_ids):
         asked.append(sorted(job_ids))
-        return SACCT
+        return parse_sacct(SACCT)
 
     sweep_dir = make_sweep(tmp_path / "s", "slurm", {
         "done": {"job": "70_0", "status": "completed", "test_acc": 0.8},
@@ -126,16 +132,17 @@ def test_status_merges_sacct_with_the_run_folders(tmp_path):
         "setup_failed": {"job": "70_7", "status": "pending"},
         "gpu": {"job": "71", "status": "running"},
     })
-    runs = {s.run_id: s for s in run_statuses(sweep_dir, ["done", "scancelled", "slow", "queued", "preempted", "raised",
-                                                          "vanished", "setup_failed", "gpu"], sacct_fn=sacct)}
+    folder = SweepFolder(sweep_dir)
+    runs = {s.run_id: s for s in run_statuses(folder, ["done", "scancelled", "slow", "queued", "preempted", "raised",
+                                                      "vanished", "setup_failed", "gpu"], folder.load(), sacct)}
     assert asked == [["70_0", "70_1", "70_2", "70_3", "70_4", "70_5", "70_6", "70_7", "71"]]  # one sacct call
     assert {r: s.state for r, s in runs.items()} == {
         "done": "completed", "scancelled": "cancelled", "slow": "timeout", "queued": "pending",
         "preempted": "requeued", "raised": "failed", "vanished": "failed", "setup_failed": "failed", "gpu": "running"}
-    assert runs["slow"].error == "job 70_2 ended TIMEOUT before the worker recorded a result; see /logs/70_2.err"
-    assert runs["setup_failed"].error.startswith("job 70_7 ended FAILED before the worker recorded a result")
-    assert runs["raised"].error == ERROR and runs["queued"].error == "waiting: Resources"
-    assert runs["scancelled"].error == "" and runs["done"].error == ""
+    assert runs["slow"].note == "job 70_2 ended TIMEOUT before the worker recorded a result; see /logs/70_2.err"
+    assert runs["setup_failed"].note.startswith("job 70_7 ended FAILED before the worker recorded a result")
+    assert runs["raised"].note == ERROR and runs["queued"].note == "waiting: Resources"
+    assert runs["scancelled"].note == "" and runs["done"].note == ""
     assert (runs["gpu"].node, runs["gpu"].elapsed, runs["gpu"].tres) == ("n3", "00:00:05", "cpu=2,gres/gpu=1")
     assert [r for r, s in runs.items() if s.live] == ["queued", "preempted", "gpu"]
 
@@ -148,7 +155,7 @@ def test_cancel_scancels_live_jobs_and_records_cancelled(tmp_path):
         "never_submitted": {"job": ""},
     })
     scancelled, lines = [], []
-    cancelled = cancel(sweep_dir, sacct_fn=lambda ids: SACCT, scancel_fn=lambda ids, echo: scancelled.extend(ids),
+    cancelled = cancel(sweep_dir, query=lambda ids: parse_sacct(SACCT), scancel=lambda ids, echo: scancelled.extend(ids),
                        echo=lines.append)
     assert sorted(scancelled) == ["70_3", "71"] and cancelled == ["gpu", "never_submitted", "queued"]
     assert {r: rundir.read_result(sweep_dir / r)["status"] for r in ("done", "queued", "gpu", "never_submitted")} == {
@@ -157,13 +164,13 @@ def test_cancel_scancels_live_jobs_and_records_cancelled(tmp_path):
 
 
 def test_cancel_named_runs_only_and_keeps_finished_ones(tmp_path, capsys, monkeypatch):
-    import crackhpc.status as status
+    import crackhpc.slurm as slurm
 
     sweep_dir = make_sweep(tmp_path / "s", "slurm", {
         "done": {"job": "70_0", "status": "completed"}, "queued": {"job": "70_3"}, "gpu": {"job": "71", "status": "running"}})
     scancelled = []
-    monkeypatch.setattr(status, "sacct", lambda ids: SACCT)
-    monkeypatch.setattr(status, "scancel", lambda ids, echo: scancelled.extend(ids))
+    monkeypatch.setattr(slurm, "sacct", lambda ids: parse_sacct(SACCT))
+    monkeypatch.setattr(slurm, "scancel", lambda ids, echo: scancelled.extend(ids))
     assert main(["cancel", str(sweep_dir), "done", "gpu"]) == 0
     out = capsys.readouterr().out
     assert "done: already completed, left as it is" in out and "1 run(s) cancelled" in out
@@ -178,40 +185,40 @@ def test_a_job_that_finishes_while_being_cancelled_keeps_its_outcome(tmp_path):
     def finishes_first(ids, echo):
         rundir.update_result(sweep_dir / "gpu", status="completed")
 
-    assert cancel(sweep_dir, sacct_fn=lambda ids: SACCT, scancel_fn=finishes_first, echo=lambda *_: None) == []
+    assert cancel(sweep_dir, query=lambda ids: parse_sacct(SACCT), scancel=finishes_first, echo=lambda *_: None) == []
     assert rundir.read_result(sweep_dir / "gpu")["status"] == "completed"
 
 
-def fake_controller(folder):
-    """A process whose command line looks like submitit's local controller for `folder`; it exits 0
-    on SIGINT. Returned once it runs, with Python's SIGINT handler in place."""
+def fake_controller():
+    """A process standing in for submitit's local controller: it exits 0 on SIGINT. Returned once it
+    runs, with Python's SIGINT handler in place."""
     code = "import time\ntry:\n    print('ready', flush=True)\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    pass"
-    proc = subprocess.Popen([sys.executable, "-c", code, "submitit.local._local", str(folder)], stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
     assert proc.stdout.readline() == b"ready\n"
     return proc
 
 
-def test_kill_local_stops_only_this_sweeps_controller(tmp_path):
-    other = fake_controller(tmp_path / "other" / "submitit")
-    ours = fake_controller(tmp_path / "s" / "submitit")
+def test_a_process_is_known_by_its_start_time_not_its_pid(tmp_path):
+    proc = fake_controller()
     try:
-        assert not kill_local(str(other.pid), tmp_path / "s" / "submitit")
-        assert kill_local(str(ours.pid), tmp_path / "s" / "submitit")
-        assert ours.wait(timeout=5) == 0 and other.poll() is None  # SIGINT: KeyboardInterrupt, as LocalJob.cancel
-        assert not kill_local("999999999", tmp_path / "s" / "submitit")
+        ident = procs.identity(proc.pid)
+        assert procs.alive(ident) is True
+        assert procs.alive({**ident, "pid_start": "1"}) is False  # the pid, reused by another process
+        assert procs.alive({**ident, "host": "elsewhere"}) is None  # cannot be told from here
+        assert procs.stop(ident) and proc.wait(timeout=5) == 0  # SIGINT: KeyboardInterrupt, as LocalJob.cancel
+        assert procs.alive(ident) is False and not procs.stop(ident)
     finally:
-        other.kill()
-        ours.kill()
+        proc.kill()
 
 
-def test_cancel_of_a_local_run_kills_its_controller(tmp_path):
+def test_cancel_of_a_local_run_stops_its_controller(tmp_path):
     sweep_dir = make_sweep(tmp_path / "s", "local", {"r": {"job": "", "status": "running"}})
-    proc = fake_controller(sweep_dir.resolve() / "submitit")
+    proc = fake_controller()
     record = json.loads((sweep_dir / "sweep.json").read_text())
-    record["runs"]["r"] = {"job_id": str(proc.pid), "executor": "local"}
+    record["runs"]["r"] = {"job_id": str(proc.pid), "executor": "local", "process": procs.identity(proc.pid)}
     atomic.write_json(sweep_dir / "sweep.json", record)
     try:
-        assert cancel(sweep_dir, sacct_fn=no_sacct, echo=lambda *_: None) == ["r"]
+        assert cancel(sweep_dir, query=no_sacct, echo=lambda *_: None) == ["r"]
         assert proc.wait(timeout=5) == 0 and rundir.read_result(sweep_dir / "r")["status"] == "cancelled"
     finally:
         proc.kill()
@@ -222,4 +229,4 @@ def test_status_of_a_missing_folder_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'}: no such sweep folder (run `crackhpc sweep jobs/<name>.yaml` first)"
     (tmp_path / "empty").mkdir()
     with pytest.raises(CrackhpcError, match="no runs in it"):
-        collect(tmp_path / "empty", sacct_fn=no_sacct)
+        collect(tmp_path / "empty", query=no_sacct)

@@ -8,6 +8,7 @@ from crackhpc.cli import main
 from crackhpc.config import load_sweep
 from crackhpc.errors import CrackhpcError
 from crackhpc.grid import expand
+from crackhpc.record import SweepFolder
 from crackhpc.launcher import submit, write_run_folders
 from crackhpc.worker import run
 from crackhpc.worker.backends import resolve
@@ -48,7 +49,7 @@ def test_two_process_ddp_run_stays_in_sync_and_matches_one_process(tmp_path, wri
 
 def test_torch_horovod_backend_without_horovod_is_one_clear_line(tmp_path, write_yaml, tiny_data):
     sweep = load_sweep(write_yaml(tiny_sweep(tiny_data, defaults={"backend": "horovod"})))
-    (spec,) = write_run_folders(expand(sweep), tmp_path / "results" / sweep.name, tiny_data, sweep)
+    (spec,) = write_run_folders(expand(sweep), SweepFolder(tmp_path / "results" / sweep.name), tiny_data, sweep)
     run_dir = tmp_path / "results" / sweep.name / spec.run_id
     with pytest.raises(CrackhpcError, match=r"HOROVOD_WITH_PYTORCH=1"):
         run(run_dir)

@@ -16,6 +16,7 @@ from crackhpc import rundir  # noqa: E402
 from crackhpc.config import load_sweep  # noqa: E402
 from crackhpc.errors import CrackhpcError, WeightsError  # noqa: E402
 from crackhpc.grid import expand  # noqa: E402
+from crackhpc.record import SweepFolder
 from crackhpc.launcher import submit, write_run_folders  # noqa: E402
 from crackhpc.worker import run  # noqa: E402
 
@@ -33,7 +34,7 @@ RESULT_KEYS = {"epochs_done", "best_val_acc", "best_epoch", "test_loss", "test_a
 
 def _run_folders(tmp_path, write_yaml, data_root, defaults, name="tiny", **top):
     sweep = load_sweep(write_yaml(tiny_sweep(data_root, name=name, defaults={**KERAS, **defaults}, **top), f"{name}.yaml"))
-    specs = write_run_folders(expand(sweep), tmp_path / "results" / sweep.name, data_root, sweep)
+    specs = write_run_folders(expand(sweep), SweepFolder(tmp_path / "results" / sweep.name), data_root, sweep)
     return [tmp_path / "results" / sweep.name / spec.run_id for spec in specs]
 
 

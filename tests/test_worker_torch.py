@@ -9,6 +9,7 @@ from crackhpc import rundir
 from crackhpc.config import load_sweep
 from crackhpc.errors import WeightsError
 from crackhpc.grid import expand
+from crackhpc.record import SweepFolder
 from crackhpc.launcher import write_run_folders
 from crackhpc.worker import run
 
@@ -17,7 +18,7 @@ from .conftest import tiny_sweep
 
 def _run_folder(tmp_path, write_yaml, data_root, defaults=None):
     sweep = load_sweep(write_yaml(tiny_sweep(data_root, defaults=defaults)))
-    (spec,) = write_run_folders(expand(sweep), tmp_path / "results" / sweep.name, data_root, sweep)
+    (spec,) = write_run_folders(expand(sweep), SweepFolder(tmp_path / "results" / sweep.name), data_root, sweep)
     return tmp_path / "results" / sweep.name / spec.run_id
 
 

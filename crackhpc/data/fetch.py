@@ -92,9 +92,9 @@ def fetch(dest: str | Path, url: str | None = None, archive: str | Path | None =
         unpack(archive, dest)
         return find_root(dest)
     url = url or COURSE_URL
-    tmp = download(url, dest, hint="download the archive some other way and pass it with --archive FILE")
     # Named after the URL so that a .rar, kept to be unpacked by hand, is recognisable.
-    saved = tmp.rename(dest / (Path(urllib.parse.urlparse(url).path).name or "dataset-archive"))
+    saved = download(url, dest / (Path(urllib.parse.urlparse(url).path).name or "dataset-archive"),
+                     hint="download the archive some other way and pass it with --archive FILE")
     try:
         unpack(saved, dest)
     except DataError:

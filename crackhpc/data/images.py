@@ -15,6 +15,7 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image, UnidentifiedImageError
 
+from .. import atomic
 from .layout import Item
 from .split import manifest_hash
 
@@ -62,8 +63,13 @@ class ImageCache:
         key = f"images-{manifest_hash(items)}-{size}px"
         final, mask = cache_dir / f"{key}.npy", cache_dir / f"{key}.ok.npy"
         with FileLock(str(cache_dir / f"{key}.lock")):
-            if not mask.exists():
-                tmp = cache_dir / f".{key}.{os.getpid()}.npy"
+            atomic.remove_stale(cache_dir)  # a killed build's half array (GBs at the study's size)
+            try:
+                return cls(np.load(final, mmap_mode="r"), np.load(mask))
+            except (OSError, ValueError, EOFError):
+                pass  # not built yet, or damaged: derived data, built again
+            mask.unlink(missing_ok=True)
+            with atomic.replacing(final) as tmp:
                 np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(items), size, size, 3)).flush()
                 paths = [i.path for i in items]
                 jobs = [(str(tmp), str(root), paths[s:s + chunk], s, size) for s in range(0, len(paths), chunk)]
@@ -72,10 +78,8 @@ class ImageCache:
                         bad = [b for part in pool.map(_decode_chunk, jobs) for b in part]
                 else:
                     bad = [b for job in jobs for b in _decode_chunk(job)]
-                ok = np.ones(len(items), dtype=bool)
-                ok[bad] = False
-                os.replace(tmp, final)
-                tmp_mask = cache_dir / f".{key}.{os.getpid()}.ok.npy"
-                np.save(tmp_mask, ok)
-                os.replace(tmp_mask, mask)  # the mask last: its presence means the cache is whole
-        return cls(np.load(final, mmap_mode="r"), np.load(mask))
+            ok = np.ones(len(items), dtype=bool)
+            ok[bad] = False
+            with atomic.replacing(mask) as tmp, open(tmp, "xb") as fh:
+                np.save(fh, ok)  # the mask last: its presence means the cache is whole
+            return cls(np.load(final, mmap_mode="r"), np.load(mask))

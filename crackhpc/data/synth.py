@@ -38,11 +38,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["CLASSES", "CLASS_IDS", "render", "render_index", "synthesize", "filename", "render_photo", "synthesize_photos"]
+from .. import atomic
+from .layout import CLASSES
+
+__all__ = ["FOLDERS", "CLASS_IDS", "render", "render_index", "synthesize", "filename", "render_photo", "synthesize_photos"]
 
 #: Class folder names, in the order used for ``n`` splitting and for seeding.
-CLASSES = ("Negative", "Positive")
-CLASS_IDS = {"Negative": 0, "Positive": 1}
+FOLDERS = tuple(c.capitalize() for c in CLASSES)  # the published archive's Negative/ and Positive/
+CLASS_IDS = {folder: label for label, folder in enumerate(FOLDERS)}
 
 _REF = 227.0  # the real dataset's image size; all lengths are given at this scale
 _SS = 2  # supersampling factor for line drawings (anti-aliasing)
@@ -407,10 +410,8 @@ def _write_one(root: str, cls: str, index: int, size: int, seed: int, quality: i
     except OSError:
         pass
     arr = render_index(seed, cls, index, size)
-    # hidden temporary name (not *.jpg), renamed into place once complete
-    tmp = os.path.join(root, cls, f".{filename(index, width)}.{os.getpid()}.tmp")
-    Image.fromarray(arr).save(tmp, format="JPEG", quality=int(quality))
-    os.replace(tmp, path)
+    with atomic.replacing(path) as tmp:  # a hidden name, not *.jpg, until complete
+        Image.fromarray(arr).save(tmp, format="JPEG", quality=int(quality))
     return True
 
 
@@ -441,9 +442,9 @@ def synthesize(root, n: int, size: int = 227, seed: int = 0, quality: int = 90,
     counts = {"Positive": n - n // 2, "Negative": n // 2}
     width = max(5, len(str(max(counts.values()))))
     root = os.fspath(Path(root))
-    for cls in CLASSES:
+    for cls in FOLDERS:
         os.makedirs(os.path.join(root, cls), exist_ok=True)
-    jobs = [(cls, i) for cls in CLASSES for i in range(1, counts[cls] + 1)]
+    jobs = [(cls, i) for cls in FOLDERS for i in range(1, counts[cls] + 1)]
     if workers == 1 or len(jobs) < 64:
         _write_chunk((root, jobs, size, seed, quality, width))
     else:
@@ -504,8 +505,6 @@ def synthesize_photos(root, n: int, width: int, height: int, scale: float = 1.0,
     """Write n photos `photo-0001.jpg`... and their masks `photo-0001.mask.png` (255 = crack) to
     root, and `photos.csv` (photo, mask, width, height, crack_fraction); returns its rows.
     Existing photos are kept, as `synthesize` does."""
-    from .. import atomic
-
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     if min(width, height) < 16 or max(width, height) > 8192:

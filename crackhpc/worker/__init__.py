@@ -12,7 +12,11 @@ from pathlib import Path
 
 import submitit
 
-from .. import rundir
+from .. import atomic, procs, rundir
+from ..attempts import worker_start
+from ..errors import CrackhpcError
+from ..provenance import record_runtime
+from ..states import RunState
 from .distributed import DistEnv, from_environment
 
 
@@ -33,14 +37,23 @@ def run(run_dir: str | Path) -> dict:
     """Train the run in `run_dir`; result.json says completed (with metrics) or failed (with the error)."""
     run_dir = Path(run_dir).resolve()
     env = from_environment()
-    spec = rundir.read_config(run_dir)
+    try:
+        spec = rundir.read_config(run_dir)
+    except CrackhpcError as exc:
+        if env.is_main and run_dir.is_dir():
+            rundir.update_result(run_dir, status=RunState.FAILED, error=str(exc), finished=rundir.now())
+        raise
     log = _logger(run_dir, env)
     if env.is_main:
+        atomic.remove_stale(run_dir)  # a killed attempt's half-written checkpoint
         # Slurm's own count covers requeues that no Worker.checkpoint saw: a plain sbatch script's
         # USR2 trap, or an administrator's `scontrol requeue`.
-        requeues = max(rundir.read_result(run_dir).get("requeues", 0), env.restarts)
-        rundir.update_result(run_dir, run_id=spec.run_id, status="running", started=rundir.now(),
-                             job_id=env.job_id, world_size=env.world_size, error=None, requeues=requeues)
+        result = rundir.update_result(run_dir, run_id=spec.run_id, status=RunState.RUNNING, started=rundir.now(),
+                                      job_id=env.job_id, world_size=env.world_size, error=None, process=procs.identity())
+        if env.restarts > result.get("requeues", 0):
+            rundir.update_result(run_dir, requeues=env.restarts)
+        record_runtime(run_dir, spec.train.framework, spec.train.backend)
+    log(worker_start(spec.run_id, env.job_id, env.restarts))  # where `crackhpc logs --worker` cuts worker.log
     log(f"{spec.run_id}: {spec.train.framework} {spec.train.model}, {spec.train.epochs} epochs, world size {env.world_size}")
     try:
         if spec.train.framework == "torch":
@@ -48,14 +61,20 @@ def run(run_dir: str | Path) -> dict:
         else:
             from .keras_worker import train
         metrics = train(spec, run_dir, env, log)
+    except KeyboardInterrupt:
+        # Ctrl-C, or `crackhpc cancel` stopping a local job: the run was stopped, it did not fail.
+        if env.is_main:
+            rundir.update_result(run_dir, status=RunState.CANCELLED, error="interrupted", finished=rundir.now())
+        log("interrupted")
+        raise
     except Exception as exc:
         if env.is_main:
-            rundir.update_result(run_dir, status="failed", error=f"{type(exc).__name__}: {exc}",
+            rundir.update_result(run_dir, status=RunState.FAILED, error=f"{type(exc).__name__}: {exc}",
                                  traceback=traceback.format_exc(), finished=rundir.now())
         log(f"failed: {type(exc).__name__}: {exc}")
         raise
     if env.is_main:
-        rundir.update_result(run_dir, status="completed", finished=rundir.now(), **metrics)
+        rundir.update_result(run_dir, status=RunState.COMPLETED, finished=rundir.now(), **metrics)
     log(f"completed: test acc {metrics['test_acc']:.4f}, test loss {metrics['test_loss']:.4f}")
     return metrics
 
@@ -72,7 +91,7 @@ class Worker(submitit.helpers.Checkpointable):
 
     def checkpoint(self, *args, **kwargs):
         result = rundir.read_result(self.run_dir)
-        rundir.update_result(self.run_dir, status="requeued", requeues=result.get("requeues", 0) + 1)
+        rundir.update_result(self.run_dir, status=RunState.REQUEUED, requeues=result.get("requeues", 0) + 1)
         return super().checkpoint(*args, **kwargs)
 
 
@@ -83,9 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         run(args[0])
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, CrackhpcError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception:
+        return 2 if isinstance(exc, FileNotFoundError) else 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        print(f"error: {type(exc).__name__}: {exc} (traceback in {Path(args[0]) / rundir.RESULT})", file=sys.stderr)
         return 1
     return 0

@@ -12,12 +12,14 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .. import atomic, rundir
+from ..config import RunSpec
 from ..data.images import ImageCache
 from ..data.layout import CLASSES, Item
 from ..data.split import manifest_hash, read_manifest
-from ..errors import DataError
-from ..grid import RunSpec
+from ..errors import DamagedFileError, DataError
+from ..record import CACHE
 from .distributed import DistEnv
+from .features import cache_key, cached_features
 
 # (position in the manifest, predicted class, probability of that class)
 Record = tuple[int, int, float]
@@ -45,7 +47,7 @@ def cpu_workers(spec: RunSpec) -> int:
 def load_data(spec: RunSpec, run_dir: Path, workers: int, log) -> RunData:
     """The run's split manifest decoded at the run's input size (once per sweep, then reused)."""
     items = read_manifest(run_dir / rundir.SPLIT)
-    cache_dir = run_dir.parent / ".cache"
+    cache_dir = run_dir.parent / CACHE
     t0 = time.perf_counter()
     images = ImageCache.build(items, spec.data.root, spec.train.input_size, cache_dir / "images", workers)
     log(f"image cache ready in {time.perf_counter() - t0:.1f}s ({images.n_corrupt} unreadable images skipped)")
@@ -56,6 +58,47 @@ def load_data(spec: RunSpec, run_dir: Path, workers: int, log) -> RunData:
                         f"({images.n_corrupt} of {len(items)} failed to decode; run `crackhpc data verify`)")
     return RunData(items, images.images, np.array([i.label for i in items], dtype=np.int64), index,
                    images.n_corrupt, cache_dir)
+
+
+def per_rank_batch(batch_size: int, env: DistEnv) -> int:
+    """This rank's share of the global batch (`batch_size`, as in the study)."""
+    return max(1, -(-batch_size // env.world_size))
+
+
+def features(data: RunData, model: str, weights_id: str, input_size: int, precision: str,
+             compute: Callable[[], np.ndarray], log) -> tuple[np.ndarray, str]:
+    """The frozen backbone's features of every image, and whether this run "computed" or "reused" them."""
+    key = cache_key(model, weights_id, input_size, data.manifest, precision)
+    t0 = time.perf_counter()
+    feats, computed = cached_features(data.cache_dir / "features", key, compute)
+    status = "computed" if computed else "reused"
+    log(f"features {status} ({feats.shape[1]}-d) in {time.perf_counter() - t0:.1f}s")
+    return feats, status
+
+
+def bookkeeping(epoch: int, rows: list, elapsed: float, data: RunData) -> dict:
+    """What a checkpoint holds besides the weights: where the run is, and on which split it trained."""
+    return {"epoch": epoch, "rows": rows, "elapsed": elapsed, "manifest": data.manifest}
+
+
+def resume(path: Path, data: RunData, log, read: Callable[[Path], dict]) -> dict:
+    """The bookkeeping of the checkpoint at `path` (a fresh start without one). `read` loads the
+    framework's file into the model and optimizer and returns its bookkeeping."""
+    if not path.exists():
+        return {"epoch": 0, "rows": [], "elapsed": 0.0}
+    try:
+        state = read(path)
+    except (DataError, DamagedFileError):
+        raise
+    except Exception as exc:  # truncated, overwritten, from another model: each framework has its own words
+        raise DamagedFileError(path, f"cannot be read ({type(exc).__name__}: {exc})",
+                               "delete it to restart the run from its first epoch, then `crackhpc sweep --retry-failed`") from None
+    if state.get("manifest", data.manifest) != data.manifest:
+        # A dataset changed between a kill and the resume re-draws the split: resuming would test on trained images.
+        raise DataError(f"{path}: trained on another split of the data (manifest {state['manifest']}, now {data.manifest}): "
+                        f"the dataset changed since; restore it, or delete the checkpoint to train this run afresh")
+    log(f"resumed from {path.name} after epoch {state['epoch']}")
+    return state
 
 
 def finish_epoch(run_dir: Path, env: DistEnv, log, rows: list, epoch: int, epochs: int,

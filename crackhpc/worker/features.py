@@ -9,12 +9,13 @@ each worker brings its own extraction (torch_models.extract, the Keras worker's 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from filelock import FileLock
+
+from .. import atomic
 
 
 def cache_key(model: str, weights_id: str, input_size: int, manifest: str, precision: str) -> str:
@@ -24,15 +25,19 @@ def cache_key(model: str, weights_id: str, input_size: int, manifest: str, preci
 
 def cached_features(cache_dir: str | Path, key: str, compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
     """(features, computed_here): loads the cache, or calls `compute` and stores its result.
-    Framework-neutral: the torch and Keras workers pass their own extraction."""
+    Framework-neutral: the torch and Keras workers pass their own extraction. A damaged file
+    (a disk that filled, a copy cut short) is computed again: it is derived data."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{key}.npy"
     with FileLock(str(cache_dir / f"{key}.lock")):
+        atomic.remove_stale(cache_dir)
         if path.exists():
-            return np.load(path), False
+            try:
+                return np.load(path), False
+            except (OSError, ValueError, EOFError):
+                path.unlink()
         feats = compute()
-        tmp = cache_dir / f".{key}.{os.getpid()}.npy"
-        np.save(tmp, feats)
-        os.replace(tmp, path)
+        with atomic.replacing(path) as tmp, open(tmp, "xb") as fh:
+            np.save(fh, feats)
         return feats, True

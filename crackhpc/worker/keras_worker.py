@@ -29,14 +29,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .. import atomic
-from ..grid import RunSpec
+from .. import atomic, rundir
+from ..config import RunSpec
 from ..weights import locate
 from . import backends, common
 from .distributed import DistEnv
-from .features import cache_key, cached_features
-
-CHECKPOINT = "checkpoint.npz"
 APPLICATIONS = {"vgg16": (keras.applications.VGG16, keras.applications.vgg16.preprocess_input),
                 "resnet50": (keras.applications.ResNet50, keras.applications.resnet50.preprocess_input)}
 AUTOTUNE = tf.data.AUTOTUNE
@@ -150,12 +147,9 @@ class Trainer:
         self.inputs, self.preprocess, self.feature_cache = data.images, preprocess, "off"
         if self.feature_mode:
             extractor = _inference(backbone())  # outside the strategy: it runs forward only, on one rank at a time
-            key = cache_key(f"keras-{cfg.model}", weights_id, size, data.manifest, self.policy)
-            t0 = time.perf_counter()
-            feats, computed = cached_features(data.cache_dir / "features", key,
-                                              lambda: self.predict(extractor, np.arange(len(data.items))))
-            self.feature_cache = "computed" if computed else "reused"
-            self.log(f"features {self.feature_cache} ({feats.shape[1]}-d) in {time.perf_counter() - t0:.1f}s")
+            feats, self.feature_cache = common.features(
+                data, f"keras-{cfg.model}", weights_id, size, self.policy,
+                lambda: self.predict(extractor, np.arange(len(data.items))), self.log)
             self.inputs, self.preprocess = feats, None
         with self.comm.scope():
             x = keras.Input(self.inputs.shape[1:])
@@ -213,9 +207,8 @@ class Trainer:
         return order[self.env.rank::world]
 
     def train_epoch(self, epoch: int) -> tuple[float, float, int]:
-        per_rank = max(1, -(-self.cfg.batch_size // self.env.world_size))
         sums = tf.zeros(3, tf.float64)
-        for x, y in self._dataset(self._shard(epoch), per_rank):
+        for x, y in self._dataset(self._shard(epoch), common.per_rank_batch(self.cfg.batch_size, self.env)):
             sums += self.train_step(x, y)
         loss, correct, seen = self.comm.all_sum(sums.numpy())
         return loss / max(seen, 1), correct / max(seen, 1), int(seen)
@@ -245,23 +238,21 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------
     def load_checkpoint(self) -> dict:
-        path = self.run_dir / CHECKPOINT
-        if not path.exists():
-            return {"epoch": 0, "rows": [], "elapsed": 0.0}
-        with np.load(path) as saved:
-            state = json.loads(str(saved["state"]))
-            self.model.set_weights([saved[f"w{i}"] for i in range(len(self.model.weights))])
-            for i, variable in enumerate(self.optimizer.variables):
-                variable.assign(saved[f"o{i}"])
-        self.log(f"resumed from {path.name} after epoch {state['epoch']}")
-        return state
+        def read(path):
+            with np.load(path) as saved:
+                self.model.set_weights([saved[f"w{i}"] for i in range(len(self.model.weights))])
+                for i, variable in enumerate(self.optimizer.variables):
+                    variable.assign(saved[f"o{i}"])
+                return json.loads(str(saved["state"]))
+
+        return common.resume(self.run_dir / rundir.CHECKPOINT["keras"], self.data, self.log, read)
 
     def save_checkpoint(self, epoch: int, rows: list, elapsed: float) -> None:
         arrays = {f"w{i}": w for i, w in enumerate(self.model.get_weights())}
         arrays.update({f"o{i}": v.numpy() for i, v in enumerate(self.optimizer.variables)})
         buf = io.BytesIO()
-        np.savez(buf, state=np.array(json.dumps({"epoch": epoch, "rows": rows, "elapsed": elapsed})), **arrays)
-        atomic.write_bytes(self.run_dir / CHECKPOINT, buf.getvalue())
+        np.savez(buf, state=np.array(json.dumps(common.bookkeeping(epoch, rows, elapsed, self.data))), **arrays)
+        atomic.write_bytes(self.run_dir / rundir.CHECKPOINT["keras"], buf.getvalue())
 
     # -- the run --------------------------------------------------------------------------
     def run(self) -> dict:

@@ -18,14 +18,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
-from .. import atomic
-from ..grid import RunSpec
+from .. import atomic, rundir
+from ..config import RunSpec
 from . import backends, common
 from .distributed import DistEnv
-from .features import cache_key, cached_features
 from .torch_models import build, extract
-
-CHECKPOINT = "checkpoint.pt"
 
 
 class _Gather(torch.utils.data.Dataset):
@@ -129,12 +126,9 @@ class Trainer:
         self.feature_mode = cfg.freeze_backbone and cfg.feature_cache
         if self.feature_mode:
             weights = weights_id if cfg.pretrained else f"random-seed{cfg.seed}"
-            key = cache_key(cfg.model, weights, cfg.input_size, data.manifest, str(self.autocast))
-            t0 = time.perf_counter()
-            feats, computed = cached_features(data.cache_dir / "features", key,
-                                              lambda: extract(backbone, data.images, self.device, autocast_dtype=self.autocast))
-            self.feature_cache = "computed" if computed else "reused"
-            self.log(f"features {self.feature_cache} ({feats.shape[1]}-d) in {time.perf_counter() - t0:.1f}s")
+            feats, self.feature_cache = common.features(
+                data, cfg.model, weights, cfg.input_size, str(self.autocast),
+                lambda: extract(backbone, data.images, self.device, autocast_dtype=self.autocast), self.log)
             self.inputs = torch.from_numpy(feats)
             self.model = head
         else:
@@ -162,8 +156,7 @@ class Trainer:
             order = positions[list(sampler)]
         else:  # evaluation: an exact, unpadded shard
             order = positions[self.env.rank::self.env.world_size]
-        per_rank = max(1, -(-self.cfg.batch_size // self.env.world_size))
-        batches = list(BatchSampler(order.tolist(), per_rank, drop_last=False))
+        batches = list(BatchSampler(order.tolist(), common.per_rank_batch(self.cfg.batch_size, self.env), drop_last=False))
         on_disk = not isinstance(self.inputs, torch.Tensor)
         return DataLoader(_Gather(self.inputs, self.labels), sampler=batches, batch_size=None,
                           num_workers=self.workers if on_disk and self.workers > 1 else 0,
@@ -214,21 +207,20 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------
     def load_checkpoint(self) -> dict:
-        path = self.run_dir / CHECKPOINT
-        if not path.exists():
-            return {"epoch": 0, "rows": [], "elapsed": 0.0}
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        self.log(f"resumed from {path.name} after epoch {state['epoch']}")
-        return state
+        def read(path):
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"])
+            return state
+
+        return common.resume(self.run_dir / rundir.CHECKPOINT["torch"], self.data, self.log, read)
 
     def save_checkpoint(self, epoch: int, rows: list, elapsed: float) -> None:
         buf = io.BytesIO()
-        torch.save({"epoch": epoch, "rows": rows, "elapsed": elapsed, "model": self.model.state_dict(),
+        torch.save({**common.bookkeeping(epoch, rows, elapsed, self.data), "model": self.model.state_dict(),
                     "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state()}, buf)
-        atomic.write_bytes(self.run_dir / CHECKPOINT, buf.getvalue())
+        atomic.write_bytes(self.run_dir / rundir.CHECKPOINT["torch"], buf.getvalue())
 
     # -- the run --------------------------------------------------------------------------
     def run(self) -> dict:

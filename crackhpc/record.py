@@ -1,0 +1,144 @@
+"""The sweep folder and its record, sweep.json: which job runs each run, readable from any shell later.
+
+    <results>/<sweep>/
+        sweep.json      this record: the runs of the sweep file as last submitted, each run's latest job
+                        (and its earlier job ids), the `crackhpc sweep` process that owns local jobs
+        split.csv       the sweep's split manifest (each run folder has its copy)
+        <run_id>/       one run folder per run (crackhpc.rundir)
+        submitit/       submitit's scripts, pickles and logs
+        .cache/         decoded images and backbone features shared by the sweep's runs
+        .lock           held by the `crackhpc sweep` that submits (and, locally, runs) the jobs
+    <results>/.data/    synthetic datasets, shared by sweeps
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Iterator
+
+from filelock import FileLock, Timeout
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import atomic, procs, rundir
+from .errors import CrackhpcError, DamagedFileError
+
+RECORD, SUBMITIT, CACHE, LOCK = "sweep.json", "submitit", ".cache", ".lock"
+DATA = ".data"
+_FIX = ("move it aside and run `crackhpc sweep` again: it rebuilds the record from the run folders "
+        "(jobs still queued are then not known to `status` and `cancel`)")
+
+
+class Job(BaseModel):
+    """A run's latest job. `process` is the local executor's controller (host, pid, start time)."""
+
+    model_config = ConfigDict(extra="allow")
+    job_id: str = ""
+    executor: str = ""
+    submitted: str | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    history: list[str] = Field(default_factory=list)
+    process: dict | None = None
+
+
+class SweepRecord(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    runs: dict[str, Job] = Field(default_factory=dict)
+    current_runs: list[str] | None = None  # what the report compares; older runs stay on disk
+    owner: dict | None = None              # the `crackhpc sweep` process that submits and, locally, runs them
+    sweep: str | None = None
+    yaml: str | None = None                # the sweep file, and the command line's --set edits of it
+    overrides: list[str] = Field(default_factory=list)
+    executor: str | None = None
+    data_root: str | None = None
+    submitted: str | None = None
+    finished: str | None = None
+    provenance: dict | None = None         # the submission's part (crackhpc.provenance), also in each run's result.json
+
+    def add_job(self, run_id: str, job_id: str, executor: str, stdout=None, stderr=None, process=None) -> Job:
+        """A run's new job; its earlier job ids go to its history."""
+        previous = self.runs.get(run_id)
+        history = (previous.history + [previous.job_id]) if previous and previous.job_id else []
+        job = Job(job_id=str(job_id), executor=executor, submitted=rundir.now(), stdout=str(stdout) if stdout else None,
+                  stderr=str(stderr) if stderr else None, history=history, process=process)
+        self.runs[run_id] = job
+        return job
+
+
+class SweepFolder:
+    """A sweep's folder: where its record, runs, caches and logs are."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def record_path(self) -> Path:
+        return self.path / RECORD
+
+    @property
+    def submitit(self) -> Path:
+        return self.path / SUBMITIT
+
+    @property
+    def cache(self) -> Path:
+        return self.path / CACHE
+
+    @property
+    def split(self) -> Path:
+        return self.path / rundir.SPLIT
+
+    def run(self, run_id: str) -> Path:
+        return self.path / run_id
+
+    def check(self) -> "SweepFolder":
+        if self.path.exists() and not self.path.is_dir():
+            raise CrackhpcError(f"{self.path}: not a sweep folder but a file")
+        if not self.path.is_dir():
+            raise CrackhpcError(f"{self.path}: no such sweep folder (run `crackhpc sweep jobs/<name>.yaml` first)")
+        return self
+
+    def load(self) -> SweepRecord:
+        """The record, empty before the first submission; a DamagedFileError if it cannot be read."""
+        if not self.record_path.is_file():
+            return SweepRecord()
+        try:
+            return SweepRecord.model_validate(atomic.read_json(self.record_path, _FIX))
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            raise DamagedFileError(self.record_path, f"{'.'.join(map(str, problem['loc']))}: {problem['msg']}", _FIX) from None
+
+    def save(self, record: SweepRecord) -> None:
+        atomic.write_text(self.record_path, json.dumps(record.model_dump(exclude_none=True), indent=2, sort_keys=True) + "\n")
+
+    def run_ids(self, record: SweepRecord, everything: bool = True) -> list[str]:
+        """The runs of the sweep: those in its record and those with a run folder. Without
+        `everything`, only the runs of the sweep file as last submitted: an edited YAML (another lr,
+        a model dropped) leaves its earlier runs' folders behind, which a comparison should not mix in."""
+        if not everything and record.current_runs is not None:
+            return sorted(record.current_runs)
+        found = {p.name for p in self.path.iterdir() if (p / rundir.CONFIG).is_file()} if self.path.is_dir() else set()
+        return sorted(set(record.runs) | found)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Held by the one `crackhpc sweep` that may submit to this folder: two at once would train
+        every run twice into the same folders, and the last to save the record would lose the
+        other's job ids. The kernel releases it when its process dies, so it never goes stale."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.path / LOCK), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            owner = self.load().owner or {}
+            who = f"pid {owner.get('pid')} on {owner.get('host')}, since {owner.get('since')}" if owner else "another process"
+            raise CrackhpcError(f"{self.path}: another `crackhpc sweep` ({who}) is submitting or running this sweep's "
+                                f"jobs; wait for it (`crackhpc status {self.path}`) or stop it first") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+
+def owner_alive(record: SweepRecord) -> bool:
+    return bool(procs.alive(record.owner))

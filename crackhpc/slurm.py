@@ -1,0 +1,211 @@
+"""The one adapter between crackhpc and Slurm: resources → sbatch options (for submitit and for the
+plain templates alike), and the sacct/squeue/scancel/sbatch calls, each with a time limit.
+
+submitit is used through its public API; the dry-run's exact-script preview needs three of its
+internals, isolated in `preview` (setup.cfg pins submitit's minor version, and
+tests/test_slurm.py fails loudly if an upgrade changes them).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .attempts import START_SHELL
+from .config import Resources
+from .errors import CrackhpcError
+from .states import RunState
+from .usage import Usage, seconds, size_mb
+
+# Job states that are not final: the job may still run, so its run must not be submitted again.
+ACTIVE_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
+                           "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SPECIAL_EXIT", "SIGNALING", "STAGE_OUT",
+                           "STOPPED"})
+SACCT_FIELDS = ("JobID", "State", "Elapsed", "NodeList", "AllocTRES", "Reason")
+# What each job used against what it asked for (crackhpc.usage); MaxRSS is a step's, not the job's.
+USAGE_FIELDS = ("ElapsedRaw", "TotalCPU", "MaxRSS", "ReqMem", "AllocCPUS", "TimelimitRaw")
+# A hung slurmctld or slurmdbd must not hang `crackhpc status`.
+TIMEOUT_S = float(os.environ.get("CRACKHPC_SLURM_TIMEOUT", 30))
+
+
+class SlurmUnavailable(CrackhpcError):
+    """Slurm's accounting did not answer, or answered what crackhpc cannot read."""
+
+
+@dataclass(frozen=True)
+class SlurmJob:
+    """A job as sacct shows its allocation, with what its steps used."""
+
+    state: str
+    elapsed: str = ""
+    node: str = ""
+    tres: str = ""
+    reason: str = ""
+    usage: Usage | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    def run_state(self) -> RunState:
+        """Slurm's word for the job as a run state; held and requeued jobs wait like pending ones."""
+        if self.active:
+            return RunState.RUNNING if self.state in ("RUNNING", "COMPLETING") else RunState.PENDING
+        return RunState.parse(self.state.lower())
+
+
+# -- resources → options ------------------------------------------------------------------------
+
+def options(res: Resources) -> dict:
+    """The sbatch long options of one job shape; the sweep's own `resources.sbatch` come last.
+    submitit jobs and `crackhpc sbatch` scripts both get exactly these."""
+    opts = {"nodes": res.nodes, "ntasks-per-node": res.ntasks_per_node, "gpus-per-node": res.gpus_per_node or None,
+            "cpus-per-task": res.cpus_per_task, "mem": f"{int(res.mem_gb * 1024)}M" if res.mem_gb else None,
+            "time": res.timeout_min, "partition": res.partition, "account": res.account, "qos": res.qos,
+            "constraint": res.constraint,
+            # submitit requeues with `scontrol requeue`, which Slurm refuses for a job that is not
+            # requeueable: the default where a cluster sets JobRequeue=0.
+            "requeue": True, **res.sbatch}
+    return {k: v for k, v in opts.items() if v is not None}
+
+
+# submitit's own names for the options it writes itself (it also needs them: srun's tasks, the
+# signal's timing); every other option goes through slurm_additional_parameters.
+_SUBMITIT_NAMES = {"nodes": "nodes", "ntasks-per-node": "tasks_per_node", "gpus-per-node": "gpus_per_node",
+                   "cpus-per-task": "cpus_per_task", "time": "timeout_min"}
+
+
+def submitit_parameters(res: Resources, executor: str, name: str) -> dict:
+    """AutoExecutor parameters of one job shape for the `slurm` or `local`/`debug` executor."""
+    if executor != "slurm":
+        if res.nodes > 1:
+            raise CrackhpcError(f"resources.nodes={res.nodes}: the {executor} executor runs on this machine only; use --executor slurm")
+        return {"timeout_min": res.timeout_min, "nodes": 1, "tasks_per_node": res.ntasks_per_node,
+                "cpus_per_task": res.cpus_per_task, "gpus_per_node": min(res.gpus_per_node, local_gpus()), "name": name}
+    opts = options(res)
+    params = {submitit: opts.pop(option) for option, submitit in _SUBMITIT_NAMES.items() if option in opts}
+    params.update(name=name, slurm_array_parallelism=res.array_parallelism, slurm_max_num_timeout=res.max_requeues,
+                  # The start line first: each start of a requeued job appends to the same logs.
+                  slurm_setup=[START_SHELL, *res.setup], slurm_additional_parameters=opts)
+    return params
+
+
+def local_gpus() -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip()])
+    return len(list(Path("/dev").glob("nvidia[0-9]*")))
+
+
+def preview(submitter, n_runs: int) -> str:
+    """The submission script submitit writes for `n_runs` runs of this AutoExecutor, built the way
+    submitit builds it: one run goes out as a plain job, more as one array. submitit internals
+    (pinned in setup.cfg; tests/test_slurm.py checks them)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    slurm = submitter._executor
+    params = dict(slurm.parameters, **({"map_count": n_runs} if n_runs > 1 else {}))
+    return _make_sbatch_string(command=slurm._submitit_command_str, folder=slurm.folder, **params)
+
+
+# -- Slurm's commands ---------------------------------------------------------------------------
+
+def _run(cmd: list[str], may_fail: bool = False) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise SlurmUnavailable(f"`{cmd[0]}` did not answer in {TIMEOUT_S:.0f} s (set CRACKHPC_SLURM_TIMEOUT to wait longer)") from None
+    if out.returncode and not may_fail:
+        why = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+        raise SlurmUnavailable(f"`{' '.join(cmd[:3])} …` failed: {why} (is slurmdbd running?)")
+    return out.stdout if not out.returncode else ""
+
+
+def sacct(job_ids: list[str]) -> dict[str, SlurmJob]:
+    """Slurm's view of these jobs: one sacct call, and at most one squeue call for what accounting
+    does not know yet (slurmctld tells slurmdbd about new jobs in its own time, and a job submitted
+    a moment ago must not look unsubmitted) or does not say (why a job is pending). Empty where
+    there is no sacct."""
+    if not job_ids or not shutil.which("sacct"):
+        return {}
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    jobs = parse_sacct(_run(["sacct", "-P", "-o", ",".join(SACCT_FIELDS + USAGE_FIELDS), "-j", ",".join(arrays)]))
+    ask = [j for j in job_ids if j not in jobs or (jobs[j].state == "PENDING" and not jobs[j].reason)]
+    if ask and shutil.which("squeue"):
+        # squeue fails when it knows none of the ids: all of them have left the queue.
+        rows = _run(["squeue", "-h", "-r", "-o", "%i|%T|%M|%N||%r", "-j", ",".join(ask)], may_fail=True)
+        queued = parse_sacct("|".join(SACCT_FIELDS) + "\n" + rows)
+        for job_id, job in queued.items():
+            known = jobs.get(job_id)
+            jobs[job_id] = dataclasses.replace(known, reason=job.reason) if known else job
+    return jobs
+
+
+def parse_sacct(text: str) -> dict[str, SlurmJob]:
+    """Job id → its row, from sacct -P output with its header: the allocations through submitit's
+    parser (a pending array shows as one row, `123_[2-5%2]`, which each task gets), with the usage
+    of their steps where sacct gave USAGE_FIELDS. Rows that cannot be read are left out."""
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    header = text.split("\n", 1)[0].split("|")
+    if text.strip() and not set(SACCT_FIELDS) <= set(header):
+        raise SlurmUnavailable(f"sacct answered something crackhpc cannot read: {text.strip().splitlines()[0][:80]!r}")
+    peaks: dict[str, float] = {}
+    for line in text.splitlines()[1:]:
+        row = dict(zip(header, line.split("|")))
+        job_id, _, step = row.get("JobID", "").partition(".")
+        if step and (mb := size_mb(row.get("MaxRSS", ""))) is not None:
+            peaks[job_id] = max(mb, peaks.get(job_id, 0.0))
+    jobs = {}
+    for job_id, row in SlurmInfoWatcher().read_info(text).items():
+        if len(row) != len(header) or not row.get("State"):
+            continue
+        jobs[job_id] = SlurmJob(state=row["State"].split()[0], elapsed=row["Elapsed"],
+                                node="" if row["NodeList"] in ("None assigned", "(null)") else row["NodeList"],
+                                tres=row["AllocTRES"], reason="" if row["Reason"] == "None" else row["Reason"],
+                                usage=_usage(row, peaks.get(job_id)) if "ElapsedRaw" in row else None)
+    return jobs
+
+
+def _usage(row: dict, peak_mb: float | None) -> Usage:
+    cpus = int(row["AllocCPUS"]) if row["AllocCPUS"].isdigit() else None
+    gpus = re.search(r"gres/gpu=(\d+)", row["AllocTRES"])
+    return Usage(elapsed_s=float(row["ElapsedRaw"]) if row["ElapsedRaw"].isdigit() else None,
+                 limit_s=float(row["TimelimitRaw"]) * 60 if row["TimelimitRaw"].isdigit() else None,
+                 cpus=cpus, cpu_s=seconds(row["TotalCPU"]), req_mem_mb=size_mb(row["ReqMem"], cpus or 1),
+                 peak_mem_mb=peak_mb, gpus=int(gpus[1]) if gpus else 0)
+
+
+def scancel(job_ids: list[str], echo: Callable = print, poll_s: float = 1.0, timeout_s: float = 180.0) -> None:
+    """Cancel the jobs in one call and wait until their processes are gone. (submitit's Job.cancel
+    runs one scancel per job and does not wait.) Slurm sends SIGTERM, which submitit's jobs ignore,
+    and SIGKILL KillWait seconds later: until then a worker may still write result.json."""
+    if not shutil.which("scancel"):
+        raise CrackhpcError("scancel not found: cancel Slurm runs on the cluster that runs them (its login node)")
+    out = subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=TIMEOUT_S)
+    for line in out.stderr.strip().splitlines():
+        echo(f"  {line}")  # e.g. a job that ended meanwhile; the others are cancelled all the same
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        queue = _run(["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)], may_fail=True)
+        if not queue.strip():  # squeue fails once no id is known any more
+            return
+        time.sleep(poll_s)
+    echo(f"  jobs still stopping after {timeout_s:.0f}s: {' '.join(queue.split())}")
+
+
+def sbatch(script: Path) -> str:
+    """Submit a script; returns the job id."""
+    if not shutil.which("sbatch"):
+        raise CrackhpcError("sbatch not found: --submit works on a Slurm login node; without it the scripts are only written")
+    out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, timeout=TIMEOUT_S)
+    if out.returncode:
+        why = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+        raise CrackhpcError(f"{script}: sbatch refused it: {why}")
+    return out.stdout.strip().split(";")[0]  # --parsable prints `id` or `id;cluster`
