@@ -183,11 +183,23 @@ def _status_dict(s) -> dict:
     return out
 
 
+def _record_kind(sweep_dir) -> str | None:
+    """sweep.json's `kind`: "prediction" for a `crackhpc predict` folder, None for a sweep's."""
+    from .record import SweepFolder
+
+    try:
+        return getattr(SweepFolder(sweep_dir).load(), "kind", None)
+    except CrackhpcError:  # a damaged record: cancel has said so already
+        return None
+
+
 def cmd_cancel(args) -> int:
     from .cancel import cancel
 
     cancelled = cancel(args.sweep_dir, args.run_ids)
-    print(f"{len(cancelled)} run(s) cancelled" + ("; `crackhpc sweep --retry-failed` resubmits them" if cancelled else ""))
+    again = "rerun `crackhpc predict …` with the same arguments" if _record_kind(args.sweep_dir) == "prediction" \
+        else "`crackhpc sweep --retry-failed`"
+    print(f"{len(cancelled)} run(s) cancelled" + (f"; {again} resubmits them" if cancelled else ""))
     return 0
 
 

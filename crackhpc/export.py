@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 from . import atomic
+from .data.layout import CLASSES
 from .errors import CrackhpcError
 
 FORMATS = {"torchscript": ("torch", "model.pt"), "onnx": ("torch", "model.onnx"), "keras": ("keras", "model.keras")}
@@ -75,7 +76,7 @@ def describe(spec, result: dict, fmt: str, filename: str) -> dict:
     doc = {
         "format": fmt, "file": filename, "run_id": spec.run_id, "sweep": spec.sweep,
         "framework": spec.train.framework, "model": spec.train.model, "pretrained": spec.train.pretrained,
-        "classes": ["negative", "positive"], "crack_class": 1,
+        "classes": list(CLASSES), "crack_class": CLASSES.index("positive"),
         "input": {"shape": ["N", size, size, 3], "layout": "NHWC", "colour": "RGB",
                   "resize": f"each image (or each patch of a large photo: 227 px, the dataset's crops, by default) "
                             f"resized to {size}x{size} with bilinear filtering (PIL Image.resize(..., Image.BILINEAR)), "

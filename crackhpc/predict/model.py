@@ -13,16 +13,18 @@ from typing import Callable
 import numpy as np
 
 from .. import rundir
+from ..config import RunSpec
+from ..data.layout import CLASSES
 from ..errors import CrackhpcError
-from ..grid import RunSpec
+from ..record import RECORD
+from ..states import RunState
 
-TORCH_CHECKPOINT, KERAS_CHECKPOINT = "checkpoint.pt", "checkpoint.npz"  # the workers' CHECKPOINT
-CRACK = 1  # the class index of "positive" (crackhpc.data.layout.CLASSES)
+CRACK = CLASSES.index("positive")
 ASCENDING = ("test_loss", "wall_time_s", "compute_hours")  # --best metrics where less is better
 
 
 def checkpoint_path(run_dir: Path, spec: RunSpec) -> Path:
-    return run_dir / (TORCH_CHECKPOINT if spec.train.framework == "torch" else KERAS_CHECKPOINT)
+    return run_dir / rundir.CHECKPOINT[spec.train.framework]
 
 
 def check_run(run_dir: str | Path) -> tuple[Path, RunSpec, dict]:
@@ -31,15 +33,15 @@ def check_run(run_dir: str | Path) -> tuple[Path, RunSpec, dict]:
     if not run_dir.is_dir():
         raise CrackhpcError(f"{run_dir}: no such run folder")
     if not (run_dir / rundir.CONFIG).is_file():
-        if (run_dir / "sweep.json").is_file():
+        if (run_dir / RECORD).is_file():
             raise CrackhpcError(f"{run_dir}: a sweep folder: name one of its run folders (predict also takes --best [METRIC])")
         raise CrackhpcError(f"{run_dir}: not a crackhpc run folder (no {rundir.CONFIG})")
     spec = rundir.read_config(run_dir)
     result = rundir.read_result(run_dir)
-    status = result.get("status", "pending")
-    if status != "completed":
-        why = f": {result['error']}" if status == "failed" and result.get("error") else ""
-        raise CrackhpcError(f"{run_dir}: the run is {status}{why}; predict uses completed runs only "
+    status = rundir.state_of(result)
+    if status is not RunState.COMPLETED:
+        why = f": {result['error']}" if status is RunState.FAILED and result.get("error") else ""
+        raise CrackhpcError(f"{run_dir}: the run is {status.value}{why}; predict uses completed runs only "
                             f"(`crackhpc status {run_dir.parent}` shows where it stands)")
     if not checkpoint_path(run_dir, spec).is_file():
         raise CrackhpcError(f"{run_dir}: no {checkpoint_path(run_dir, spec).name}: the trained weights are missing "
@@ -53,8 +55,8 @@ def best_run(sweep_dir: str | Path, metric: str = "best_val_acc") -> tuple[Path,
     from ..report import summary
 
     sweep_dir = Path(sweep_dir).resolve()
-    if not (sweep_dir / "sweep.json").is_file():
-        raise CrackhpcError(f"{sweep_dir}: not a sweep folder (no sweep.json); --best needs results/<sweep name>")
+    if not (sweep_dir / RECORD).is_file():
+        raise CrackhpcError(f"{sweep_dir}: not a sweep folder (no {RECORD}); --best needs results/<sweep name>")
     df = summary(sweep_dir)
     if metric not in df.columns or metric in ("run_id", "status"):
         numeric = [c for c in df.columns if df[c].dtype.kind in "fi"]

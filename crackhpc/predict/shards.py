@@ -6,7 +6,9 @@ state in shard-NNN/result.json, so `crackhpc status` and `crackhpc cancel` work 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
+import os
 import re
 import time
 import traceback
@@ -16,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import submitit
 
-from .. import atomic, rundir
-from ..config import Resources, apply_overrides, from_plain, to_plain
+from .. import atomic, procs, rundir
+from ..config import Resources, apply_overrides, validate
 from ..errors import CrackhpcError
+from ..record import SweepFolder
+from ..states import RunState
 from . import inputs, maps
 
 PLAN, PREDICTIONS, SUMMARY, ERRORS, INDEX_MD, INDEX_HTML = (
@@ -28,6 +32,8 @@ PREDICTION_COLUMNS = ("image", *maps.PATCH_COLUMNS)
 ERROR_COLUMNS = ("image", "reason")
 # What makes two predictions the same: a rerun with these unchanged resumes, anything else is refused.
 PLAN_KEYS = ("model", "photos", "settings", "shards")
+REPLAN = "delete the prediction folder (or give another --out) and run `crackhpc predict` again"
+KIND = "prediction"  # sweep.json's `kind` of a prediction folder (a sweep's record has none)
 
 
 @dataclass(frozen=True)
@@ -66,19 +72,19 @@ def make_plan(run_dir: Path, photos: list[Path], input_errors: list[tuple[str, s
               n_shards: int, resources: Resources) -> dict:
     chunks = np.array_split(np.arange(len(photos)), n_shards)
     return {"model": str(run_dir), "photos": [{"path": str(p), "id": i} for p, i in zip(photos, photo_ids(photos))],
-            "settings": to_plain(settings), "shards": {s: c.tolist() for s, c in zip(shard_ids(n_shards), chunks)},
+            "settings": dataclasses.asdict(settings), "shards": {s: c.tolist() for s, c in zip(shard_ids(n_shards), chunks)},
             "input_errors": [list(e) for e in input_errors], "cpus_per_task": resources.cpus_per_task}
 
 
 def prediction_resources(trained: Resources, overrides: list[str]) -> Resources:
     """The run's own resources, one task on at most one GPU (a shard is one process), with the
     command line's `--set resources.KEY=VALUE` edits."""
-    plain = dict(to_plain(trained), nodes=1, tasks_per_node=1, gpus_per_node=min(1, trained.gpus_per_node))
+    plain = dict(trained.model_dump(mode="json"), nodes=1, tasks_per_node=1, gpus_per_node=min(1, trained.gpus_per_node))
     for item in overrides:
         if not item.startswith("resources."):
             raise CrackhpcError(f"--set {item}: predict takes resources.KEY=VALUE only, e.g. resources.gpus_per_node=1")
     raw = apply_overrides({"resources": plain}, overrides, Path("the run's resources"))
-    return from_plain(Resources, raw["resources"], "--set resources")
+    return validate(Resources, raw["resources"], "--set", ("resources",))
 
 
 # -- one shard: the job's work --------------------------------------------------------------
@@ -177,9 +183,12 @@ class _Shard:
 def run_shard(out_dir: str | Path, shard_id: str) -> dict:
     """Classify one shard's photos; its result.json says completed (with counts) or failed (with the error)."""
     out_dir = Path(out_dir).resolve()
-    plan = atomic.read_json(out_dir / PLAN)
+    plan = atomic.read_json(out_dir / PLAN, REPLAN)
     shard_dir = out_dir / shard_id
-    rundir.update_result(shard_dir, run_id=shard_id, status="running", started=rundir.now(), error=None)
+    # Its own process, as the worker records it: `crackhpc status` tells a local shard that died
+    # from one still running, and `crackhpc cancel` stops it.
+    rundir.update_result(shard_dir, run_id=shard_id, status=RunState.RUNNING, started=rundir.now(), error=None,
+                         process=procs.identity())
     try:
         if rundir.read_config(plan["model"]).train.framework == "torch":
             import torch
@@ -187,10 +196,10 @@ def run_shard(out_dir: str | Path, shard_id: str) -> dict:
             torch.set_num_threads(max(1, plan.get("cpus_per_task") or 1))  # the task's CPUs, as the worker does
         counts = _Shard(out_dir, plan, shard_id).run()
     except Exception as exc:
-        rundir.update_result(shard_dir, status="failed", error=f"{type(exc).__name__}: {exc}",
+        rundir.update_result(shard_dir, status=RunState.FAILED, error=f"{type(exc).__name__}: {exc}",
                              traceback=traceback.format_exc(), finished=rundir.now())
         raise
-    rundir.update_result(shard_dir, status="completed", finished=rundir.now(), **counts)
+    rundir.update_result(shard_dir, status=RunState.COMPLETED, finished=rundir.now(), **counts)
     return counts
 
 
@@ -204,7 +213,8 @@ class ShardJob(submitit.helpers.Checkpointable):
         return run_shard(self.out_dir, self.shard_id)
 
     def checkpoint(self, *args, **kwargs):
-        rundir.update_result(Path(self.out_dir) / self.shard_id, status="requeued")
+        shard_dir = Path(self.out_dir) / self.shard_id
+        rundir.update_result(shard_dir, status=RunState.REQUEUED, requeues=rundir.read_result(shard_dir).get("requeues", 0) + 1)
         return super().checkpoint(*args, **kwargs)
 
 
@@ -221,7 +231,7 @@ def _check_same(out_dir: Path, plan: dict) -> None:
     path = out_dir / PLAN
     if not path.is_file():
         return
-    old = atomic.read_json(path)
+    old = atomic.read_json(path, REPLAN)
     changed = [k for k in PLAN_KEYS if old.get(k) != plan.get(k)]
     if changed:
         raise CrackhpcError(f"{out_dir}: holds a prediction with other {', '.join(changed)} ({path}); "
@@ -239,8 +249,8 @@ def predict(run_dir: Path, images: list[str], out_dir: Path, executor_kind: str 
             echo=print) -> int:
     """Plan, submit the shards that need it, wait (unless Slurm without --wait), merge when every
     shard is done. Returns the exit code: 0 all photos done, 1 some photo or shard failed."""
-    from ..launcher import (SUBMITIT_DIR, SWEEP_JSON, executor_parameters, load_sweep_record, make_executor, plan,
-                            record_job, resolve_executor, wait_for)
+    from .. import slurm
+    from ..launcher import make_executor, plan, resolve_executor, wait_for
     from ..status import run_statuses
     from .model import check_run
 
@@ -251,50 +261,49 @@ def predict(run_dir: Path, images: list[str], out_dir: Path, executor_kind: str 
         raise CrackhpcError("no photos to predict: " + "; ".join(f"{a}: {r}" for a, r in input_errors[:3])
                             if input_errors else f"no photos ({', '.join(inputs.PHOTO_SUFFIXES)}) in {' '.join(images)}")
     kind = resolve_executor(executor_kind)
-    out_dir = Path(out_dir).resolve()
+    folder = SweepFolder(Path(out_dir).resolve())
+    out_dir = folder.path
     resources = prediction_resources(spec.resources, list(overrides))
     the_plan = make_plan(run_dir, photos, input_errors, settings, n_shards_for(len(photos), shards, per_task), resources)
     _check_same(out_dir, the_plan)
-    atomic.write_json(out_dir / PLAN, the_plan)
     units = [_Unit(s) for s in the_plan["shards"]]
-    record = load_sweep_record(out_dir)
-    record.update(kind="prediction", model=str(run_dir), executor=kind, current_runs=[u.run_id for u in units])
-    actions = plan(units, out_dir, record, retry_failed=True)
-    todo = [u for u in units if actions[u.run_id] == "submit"]
-    echo(f"predict: {len(photos)} photos with {spec.run_id} ({spec.train.framework} {spec.train.model}, "
-         f"{spec.train.input_size} px), {len(units)} shards, {len(todo)} to submit, executor {kind}, out {out_dir}")
-    jobs = []
-    if todo:
-        params = executor_parameters(resources, kind, "predict")
-        executor = make_executor(kind, out_dir / SUBMITIT_DIR, params)
-        for unit in todo:  # a new attempt: status and cancel read result.json as the latest job's state
-            rundir.update_result(out_dir / unit.run_id, run_id=unit.run_id, status="pending", error=None,
-                                 traceback=None, started=None, finished=None)
-        if kind == "local":
-            jobs = _submit_local(executor, todo, out_dir, resources)
-        else:
-            with executor.batch():  # one job array
-                jobs = [(u, executor.submit(ShardJob(out_dir, u.run_id))) for u in todo]
-        for unit, job in jobs:
-            record_job(record, unit.run_id, job.job_id, kind, job.paths.stdout, job.paths.stderr)
-        record["submitted"] = rundir.now()
-        echo(f"  jobs {', '.join(str(j.job_id) for _, j in jobs)}; logs in {out_dir / SUBMITIT_DIR}")
-    atomic.write_json(out_dir / SWEEP_JSON, record)
-    if jobs and (wait if wait is not None else kind != "slurm"):
-        wait_for(jobs, out_dir, echo)
+    with folder.lock():  # one command at a time submits to the folder, as for a sweep
+        atomic.write_json(out_dir / PLAN, the_plan)
+        record = folder.load()
+        record.kind, record.model = KIND, str(run_dir)
+        record.executor, record.current_runs = kind, [u.run_id for u in units]
+        actions = plan(units, folder, record, retry_failed=True)  # before this process is the owner
+        record.owner = {**procs.identity(), "since": rundir.now()}
+        folder.save(record)
+        todo = [u for u in units if actions[u.run_id] == "submit"]
+        echo(f"predict: {len(photos)} photos with {spec.run_id} ({spec.train.framework} {spec.train.model}, "
+             f"{spec.train.input_size} px), {len(units)} shards, {len(todo)} to submit, executor {kind}, out {out_dir}")
+        jobs = []
+        if todo:
+            executor = make_executor(kind, folder.submitit, slurm.submitit_parameters(resources, kind, "predict"))
+            for unit in todo:  # a new attempt: status and cancel read result.json as the latest job's state
+                rundir.reset_result(folder.run(unit.run_id), run_id=unit.run_id, status=RunState.PENDING)
+            record.submitted = rundir.now()
+            jobs = _submit(executor, kind, todo, folder, record, resources)
+            echo(f"  jobs {', '.join(str(j.job_id) for _, j in jobs)}; logs in {folder.submitit}")
+        if jobs and (wait if wait is not None else kind != "slurm"):
+            wait_for(jobs, folder, kind)
+            record.finished = rundir.now()
+            folder.save(record)
     # The merged state, as `crackhpc status` shows it: a job Slurm killed (time limit, memory) is
     # not left waiting as "running" when its worker could not record the end.
-    states = {r.run_id: r for r in run_statuses(out_dir, [u.run_id for u in units], record)}
-    failed = [r for r in states.values() if r.state != "completed" and not r.live]
+    states = {r.run_id: r for r in run_statuses(folder, [u.run_id for u in units], record)}
+    failed = [r for r in states.values() if r.state is not RunState.COMPLETED and not r.live]
     for r in failed:
-        echo(f"  {r.run_id}: {r.state}" + (f": {r.error}" if r.error else ""))
-    if any(r.state != "completed" for r in states.values()):
+        echo(f"  {r.run_id}: {r.state.value}" + (f": {r.note}" if r.note else ""))
+    if any(r.state is not RunState.COMPLETED for r in states.values()):
         unfinished = sum(r.live for r in states.values())
         if unfinished:
             echo(f"{unfinished} shard(s) queued or running: `crackhpc status {out_dir}`; run this command again "
                  f"to merge once they are done")
         if failed:
-            echo(f"{len(failed)} shard(s) {'/'.join(sorted({r.state for r in failed}))}: run this command again to resubmit them")
+            echo(f"{len(failed)} shard(s) {'/'.join(sorted({r.state.value for r in failed}))}: "
+                 f"run this command again to resubmit them")
         return 1 if failed else 0
     n_done, n_errors = merge(out_dir)
     echo(f"{n_done} photos done, {n_errors} not ({out_dir / ERRORS}); written: {out_dir / PREDICTIONS}, "
@@ -302,19 +311,30 @@ def predict(run_dir: Path, images: list[str], out_dir: Path, executor_kind: str 
     return 1 if n_errors else 0
 
 
-def _submit_local(executor, units: list[_Unit], out_dir: Path, res: Resources):
-    """Local processes share this machine's cores: at most cores/cpus_per_task at a time."""
-    import os
+def _submit(executor, kind: str, units: list[_Unit], folder: SweepFolder, record, res: Resources) -> list:
+    """The shards' jobs, each recorded (and the record saved) as it goes out, so an interrupt
+    loses no job id: one job array on Slurm; local processes share this machine's cores, at most
+    cores/cpus_per_task at a time."""
+    from submitit.helpers import as_completed
 
-    limit = max(1, min(res.array_parallelism, (os.cpu_count() or 1) // res.cpus_per_task))
+    def recorded(unit, job):
+        process = procs.identity(int(job.job_id)) if kind == "local" else None
+        record.add_job(unit.run_id, job.job_id, kind, job.paths.stdout, job.paths.stderr, process)
+        folder.save(record)
+        return unit, job
+
+    if kind == "slurm":
+        with executor.batch():
+            submitted = [(u, executor.submit(ShardJob(folder.path, u.run_id))) for u in units]
+        return [recorded(u, j) for u, j in submitted]
+    limit = max(1, min(res.array_parallelism, (os.cpu_count() or 1) // res.cpus_per_task)) if kind == "local" else len(units)
     running, submitted = [], []
     for unit in units:
-        while len(running) >= limit:
-            running = [j for j in running if not j.done()]
-            time.sleep(0.5)
-        job = executor.submit(ShardJob(out_dir, unit.run_id))
+        if len(running) >= limit:
+            running.remove(next(as_completed(running, poll_frequency=0.5)))
+        job = executor.submit(ShardJob(folder.path, unit.run_id))
         running.append(job)
-        submitted.append((unit, job))
+        submitted.append(recorded(unit, job))
     return submitted
 
 
@@ -327,7 +347,7 @@ def merge(out_dir: str | Path) -> tuple[int, int]:
     """The shards' parts → predictions.csv, summary.csv, errors.csv (photo order) and the page of
     overlays, most cracked first. Returns (photos done, photos not)."""
     out_dir = Path(out_dir)
-    plan = atomic.read_json(out_dir / PLAN)
+    plan = atomic.read_json(out_dir / PLAN, REPLAN)
     predictions, summary, errors = [], [], []
     for shard in plan["shards"]:
         predictions += _read_rows(out_dir / shard / PREDICTIONS)
