@@ -185,7 +185,7 @@ def test_three_shards_run_as_one_job_array_and_merge_to_the_local_tables(trained
     jobs = sorted(r["job_id"] for r in record["runs"].values())
     assert len({j.split("_")[0] for j in jobs}) == 1 and [j.split("_")[1] for j in jobs] == ["0", "1", "2"]
     deadline = time.monotonic() + 240
-    while any(r.live for r in collect(tmp_path / "slurm")):
+    while any(r.live for r in collect(tmp_path / "slurm")[0]):
         assert time.monotonic() < deadline, "the array's shards did not finish in 240 s"
         time.sleep(1)
     code, out, err = cli("predict", *args, "--out", tmp_path / "slurm", "--executor", "slurm", *on_slurm)
@@ -196,6 +196,7 @@ def test_three_shards_run_as_one_job_array_and_merge_to_the_local_tables(trained
 
 @pytest.mark.slurm
 def test_cancel_stops_a_queued_prediction_and_a_rerun_resubmits_it(trained, photos, tmp_path, slurm_cluster):
+    from crackhpc.states import RunState
     from crackhpc.status import collect
 
     _, runs = trained
@@ -203,9 +204,9 @@ def test_cancel_stops_a_queued_prediction_and_a_rerun_resubmits_it(trained, phot
     args = [runs[1], photos, "--tile", "32", "--shards", "2", "--out", out, "--executor", "slurm",
             "--set", "resources.partition=debug", "--set", "resources.mem_gb=1"]
     assert cli("predict", *args, "--set", "resources.sbatch={begin: now+1hour}")[0] == 0  # stays queued
-    assert {r.state for r in collect(out)} == {"pending"}
+    assert {r.state for r in collect(out)[0]} == {RunState.PENDING}
     code, cancelled, _ = cli("cancel", out)
-    assert code == 0 and "2 run(s) cancelled" in cancelled
+    assert code == 0 and "2 run(s) cancelled; rerun `crackhpc predict …` with the same arguments resubmits them" in cancelled
     assert [rundir.read_result(out / s)["status"] for s in ("shard-000", "shard-001")] == ["cancelled"] * 2
     code, again, _ = cli("predict", *args, "--wait")
     assert code == 0 and "2 shards, 2 to submit" in again and len(rows(out / "summary.csv")) == 3
