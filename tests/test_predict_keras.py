@@ -31,15 +31,24 @@ def cli(*args) -> tuple[int, str, str]:
     return out.returncode, out.stdout, out.stderr
 
 
+@pytest.fixture(scope="module")
+def keras_runs(tmp_path_factory, tiny_data) -> dict:
+    """freeze_backbone → run folder: a head on cached features, and a network trained end to end,
+    from one sweep (one TensorFlow start-up for both)."""
+    folder = tmp_path_factory.mktemp("keras")
+    (folder / "k.yaml").write_text(tiny_sweep(tiny_data, "k", defaults={"framework": "keras", "model": "vgg16"},
+                                              runs=[{"freeze_backbone": True}, {"freeze_backbone": False}]))
+    code, _, err = cli("sweep", folder / "k.yaml", "--executor", "debug", "--results", folder / "results")
+    assert code == 0, err
+    runs = [p for p in (folder / "results" / "k").iterdir() if (p / rundir.CONFIG).is_file()]
+    return {rundir.read_config(r).train.freeze_backbone: r for r in runs}
+
+
 @pytest.mark.parametrize("frozen", [True, False])
-def test_keras_run_predicts_at_its_accuracy_and_exports_the_same_probabilities(tmp_path, tiny_data, frozen):
+def test_keras_run_predicts_at_its_accuracy_and_exports_the_same_probabilities(keras_runs, tmp_path, tiny_data, frozen):
     import keras
 
-    (tmp_path / "k.yaml").write_text(tiny_sweep(tiny_data, "k", defaults={"framework": "keras", "model": "vgg16",
-                                                                           "freeze_backbone": frozen}))
-    code, _, err = cli("sweep", tmp_path / "k.yaml", "--executor", "debug", "--results", tmp_path / "results")
-    assert code == 0, err
-    (run,) = [p for p in (tmp_path / "results" / "k").iterdir() if (p / rundir.CONFIG).is_file()]
+    run = keras_runs[frozen]
     test = [i for i in read_manifest(run / rundir.SPLIT) if i.split == "test"]
     (tmp_path / "test.txt").write_text("".join(f"{tiny_data / i.path}\n" for i in test))
     code, _, err = cli("predict", run, tmp_path / "test.txt", "--out", tmp_path / "pred", "--executor", "debug")
