@@ -7,6 +7,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import shutil
 import time
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crackhpc import rundir
+from crackhpc import procs, rundir
 from crackhpc.cli import main
 from crackhpc.data.split import read_manifest
 from crackhpc.predict.inputs import grid, open_photo, patches
@@ -118,6 +119,13 @@ def test_photos_become_maps_tables_and_a_page_and_bad_input_is_listed(trained, p
     # ...and other settings in the same folder are refused, not mixed in
     code, _, err = cli("predict", runs[0], photos, "--out", out, "--tile", "48", "--executor", "local")
     assert code == 2 and "holds a prediction with other" in err
+
+    # each local shard recorded its own process: one that died mid-way is failed, not running forever
+    shard = rundir.read_result(out / "shard-001")
+    assert procs.alive(shard["process"]) is False and shard["process"]["pid"] != os.getpid()
+    rundir.update_result(out / "shard-001", status="running")
+    code, status, _ = cli("status", out)
+    assert f"worker process {shard['process']['pid']} on {shard['process']['host']} died without recording" in status
 
 
 def test_a_run_that_cannot_predict_is_one_line_on_stderr(trained, photos, tmp_path):
