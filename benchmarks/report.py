@@ -87,8 +87,11 @@ def report(rows: list[dict], runs: list[dict], argv: list[str]) -> str:
     return "\n\n".join([
         "# Frozen-backbone sweep: naive loop vs crackhpc",
         f"`python -m benchmarks.frozen_backbone {' '.join(argv)}` on {os.cpu_count()} CPUs, "
-        f"{first['threads']} threads, {', '.join(sorted({r['versions'] for r in rows}))}, {first['date']}; "
-        f"1-minute load average {load} (above {os.cpu_count()}: other processes competed for the CPUs).",
+        f"{first['threads']} threads, {', '.join(sorted({r['versions'] for r in rows}))}, "
+        f"{', '.join(sorted({str(r['date']) for r in rows}))}; "
+        f"1-minute load average {load} (above {os.cpu_count()}: other processes competed for the CPUs)."
+        + (" With --merge: only the models named were run; the other rows are kept from the earlier run "
+           "(its command and date: the `date` column of latest.csv and git history)." if "--merge" in argv else ""),
         "Weights: " + "; ".join(f"{r['model']} {r['weights']}" for r in rows) + ".",
         markdown(speed, [[r[k] for k in speed] for r in rows]),
         markdown(other, [[r[k] for k in other] for r in rows]),
