@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= torch,tf,dev
+EXTRAS ?= torch,tf,dev,pretrained
 
 .PHONY: demo install test slurm-up slurm-down bench
 
