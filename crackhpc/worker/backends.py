@@ -13,6 +13,10 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import os
+import socket
+import threading
+import time
 
 from ..errors import CrackhpcError
 from .distributed import DistEnv
@@ -20,6 +24,13 @@ from .distributed import DistEnv
 SINGLE = "single"
 _NATIVE = {"torch": "ddp", "keras": "tf-distribute"}
 _HOROVOD_BUILD_FLAG = {"horovod.torch": "HOROVOD_WITH_PYTORCH=1", "horovod.tensorflow": "HOROVOD_WITH_TENSORFLOW=1"}
+# Bounds on Horovod's waits, so that a job which lost a rank ends failed instead of hanging:
+# Gloo's connect/collective timeout (Horovod's default is 30 s), and the stall inspector,
+# which by default only warns about a rank that stopped sending tensors and never shuts down.
+# The stall limit is long because ranks legitimately drift apart (one computes the feature
+# cache while the others wait). Set in the job's environment, the site's values win.
+HOROVOD_TIMEOUTS = {"HOROVOD_GLOO_TIMEOUT_SECONDS": "60", "HOROVOD_STALL_CHECK_TIME_SECONDS": "60",
+                    "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "600"}
 
 
 class BackendError(CrackhpcError):
@@ -53,5 +64,70 @@ def init_horovod(module: str, env: DistEnv):
     """(hvd, env): Horovod started, and the ranks as Horovod numbers them (under horovodrun or
     mpirun they are the only numbering there is)."""
     hvd = import_horovod(module)
+    for key, value in HOROVOD_TIMEOUTS.items():
+        os.environ.setdefault(key, value)
+    if _wires_gloo_itself(hvd, env):
+        start_gloo(env)
     hvd.init()
     return hvd, dataclasses.replace(env, rank=hvd.rank(), local_rank=hvd.local_rank(), world_size=hvd.size())
+
+
+def _wires_gloo_itself(hvd, env: DistEnv) -> bool:
+    """A multi-task job that horovodrun did not start (it sets HOROVOD_RANK), e.g. an srun step or
+    submitit's tasks: Horovod built without MPI (or told HOROVOD_CONTROLLER=gloo) has no world to
+    join until the tasks meet at a Gloo rendezvous. An MPI build joins srun's PMI world by itself."""
+    if env.world_size == 1 or "HOROVOD_RANK" in os.environ:
+        return False
+    return os.environ.get("HOROVOD_CONTROLLER") == "gloo" or not hvd.mpi_built()
+
+
+def gloo_env(env: DistEnv) -> dict[str, str]:
+    """What horovodrun's Gloo launcher (horovod/runner/gloo_run.py) gives each rank, from the
+    job's own ranks and hosts; the rendezvous is at master_addr:master_port, served by rank 0.
+    Local ranks count the tasks on one host; cross ranks the hosts holding the same local rank."""
+    hosts = [env.host_of(r) for r in range(env.world_size)]
+    host = hosts[env.rank]
+    local_rank = hosts[:env.rank].count(host)
+    cross = [r for r in range(env.world_size) if hosts[:r].count(hosts[r]) == local_rank]
+    return {"HOROVOD_GLOO_RENDEZVOUS_ADDR": env.master_addr, "HOROVOD_GLOO_RENDEZVOUS_PORT": str(env.master_port),
+            "HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo", "HOROVOD_HOSTNAME": host,
+            "HOROVOD_RANK": str(env.rank), "HOROVOD_SIZE": str(env.world_size),
+            "HOROVOD_LOCAL_RANK": str(local_rank), "HOROVOD_LOCAL_SIZE": str(hosts.count(host)),
+            "HOROVOD_CROSS_RANK": str(cross.index(env.rank)), "HOROVOD_CROSS_SIZE": str(len(cross))}
+
+
+def start_gloo(env: DistEnv) -> None:
+    """Export this rank's Gloo variables; rank 0 serves the rendezvous (horovodrun's server, on
+    the job's port instead of a random one, so every rank knows it without asking), the other
+    ranks wait until it answers: Horovod's own client gives up after three tries in 1.5 s."""
+    os.environ.update(gloo_env(env))
+    timeout_s = int(os.environ["HOROVOD_GLOO_TIMEOUT_SECONDS"])
+    where = f"{env.master_addr}:{env.master_port}"
+    if env.is_main:
+        from horovod.runner.common.util.hosts import SlotInfo
+        from horovod.runner.http.http_server import RendezvousHandler, RendezvousHTTPServer
+
+        try:
+            server = RendezvousHTTPServer(("", env.master_port), RendezvousHandler, False)
+        except OSError as exc:
+            raise BackendError(f"backend horovod: rank 0 cannot serve the Gloo rendezvous on port {env.master_port} "
+                               f"({exc.strerror}); resubmit the job (the port follows the job id)") from None
+        slots = []
+        for rank in range(env.world_size):
+            v = gloo_env(dataclasses.replace(env, rank=rank))
+            slots.append(SlotInfo(v["HOROVOD_HOSTNAME"], rank, int(v["HOROVOD_LOCAL_RANK"]),
+                                  int(v["HOROVOD_CROSS_RANK"]), env.world_size, int(v["HOROVOD_LOCAL_SIZE"]),
+                                  int(v["HOROVOD_CROSS_SIZE"])))
+        server.init(slots)
+        threading.Thread(target=server.serve_forever, name="gloo-rendezvous", daemon=True).start()
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((env.master_addr, env.master_port), timeout=2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise BackendError(f"backend horovod: rank 0's Gloo rendezvous at {where} did not answer in "
+                                   f"{timeout_s} s (HOROVOD_GLOO_TIMEOUT_SECONDS); see rank 0's log") from None
+            time.sleep(0.2)

@@ -192,7 +192,8 @@ class Trainer:
                 probs = model(x, training=True)
                 losses = keras.losses.categorical_crossentropy(tf.one_hot(y, 2), probs)
                 loss = tf.reduce_mean(losses) / comm.loss_divisor
-            optimizer.apply(comm.gradient(tape, loss, model.trainable_variables), model.trainable_variables)
+            optimizer.apply_gradients(zip(comm.gradient(tape, loss, model.trainable_variables),
+                                          model.trainable_variables))
             correct = tf.reduce_sum(tf.cast(tf.argmax(probs, 1) == y, tf.float64))
             return tf.stack([tf.reduce_sum(tf.cast(losses, tf.float64)), correct, tf.cast(tf.size(y), tf.float64)])
 
