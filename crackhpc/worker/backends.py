@@ -10,6 +10,7 @@ honoured at any size, since under horovodrun/mpirun only hvd.init() knows the wo
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
@@ -70,6 +71,20 @@ def init_horovod(module: str, env: DistEnv):
         start_gloo(env)
     hvd.init()
     return hvd, dataclasses.replace(env, rank=hvd.rank(), local_rank=hvd.local_rank(), world_size=hvd.size())
+
+
+@contextlib.contextmanager
+def horovod_failures():
+    """A collective that fails because a rank died (or Horovod's timeouts gave up on it) raises
+    the framework's error (TensorFlow's UnknownError, with graph node names over several lines;
+    torch's HorovodInternalError): turned into one line saying what happened."""
+    try:
+        yield
+    except Exception as exc:
+        if "Horovod has been shut down" not in str(exc):
+            raise
+        raise BackendError("backend horovod: Horovod shut down during the run: another rank ended or failed "
+                           "(killed, out of memory, node lost?); its own error is in the job's log") from exc
 
 
 def _wires_gloo_itself(hvd, env: DistEnv) -> bool:
