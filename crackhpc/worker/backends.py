@@ -7,6 +7,9 @@ launcher-side checks and both workers agree on the same rules.
 backend (DDP, tf.distribute.MultiWorkerMirroredStrategy). A one-task job never builds a
 process group for ddp or tf-distribute either: there is nothing to synchronise. Horovod is
 honoured at any size, since under horovodrun/mpirun only hvd.init() knows the world.
+
+Tasks that srun (or submitit) starts have no horovodrun to wire them up: a Horovod built with
+Gloo and without MPI meets at a rendezvous that rank 0 serves, as horovodrun would (start_gloo).
 """
 from __future__ import annotations
 
@@ -96,19 +99,25 @@ def _wires_gloo_itself(hvd, env: DistEnv) -> bool:
     return os.environ.get("HOROVOD_CONTROLLER") == "gloo" or not hvd.mpi_built()
 
 
+def _slot(env: DistEnv, rank: int) -> tuple[str, int, int, int, int]:
+    """(host, local rank, local size, cross rank, cross size) of `rank`, as horovodrun numbers
+    them: local ranks count the tasks on one host, cross ranks the hosts holding the same local rank."""
+    hosts = [env.host_of(r) for r in range(env.world_size)]
+    host = hosts[rank]
+    local_rank = hosts[:rank].count(host)
+    cross = [r for r in range(env.world_size) if hosts[:r].count(hosts[r]) == local_rank]
+    return host, local_rank, hosts.count(host), cross.index(rank), len(cross)
+
+
 def gloo_env(env: DistEnv) -> dict[str, str]:
     """What horovodrun's Gloo launcher (horovod/runner/gloo_run.py) gives each rank, from the
-    job's own ranks and hosts; the rendezvous is at master_addr:master_port, served by rank 0.
-    Local ranks count the tasks on one host; cross ranks the hosts holding the same local rank."""
-    hosts = [env.host_of(r) for r in range(env.world_size)]
-    host = hosts[env.rank]
-    local_rank = hosts[:env.rank].count(host)
-    cross = [r for r in range(env.world_size) if hosts[:r].count(hosts[r]) == local_rank]
+    job's own ranks and hosts; the rendezvous is at master_addr:master_port, served by rank 0."""
+    host, local_rank, local_size, cross_rank, cross_size = _slot(env, env.rank)
     return {"HOROVOD_GLOO_RENDEZVOUS_ADDR": env.master_addr, "HOROVOD_GLOO_RENDEZVOUS_PORT": str(env.master_port),
             "HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo", "HOROVOD_HOSTNAME": host,
             "HOROVOD_RANK": str(env.rank), "HOROVOD_SIZE": str(env.world_size),
-            "HOROVOD_LOCAL_RANK": str(local_rank), "HOROVOD_LOCAL_SIZE": str(hosts.count(host)),
-            "HOROVOD_CROSS_RANK": str(cross.index(env.rank)), "HOROVOD_CROSS_SIZE": str(len(cross))}
+            "HOROVOD_LOCAL_RANK": str(local_rank), "HOROVOD_LOCAL_SIZE": str(local_size),
+            "HOROVOD_CROSS_RANK": str(cross_rank), "HOROVOD_CROSS_SIZE": str(cross_size)}
 
 
 def start_gloo(env: DistEnv) -> None:
@@ -116,26 +125,30 @@ def start_gloo(env: DistEnv) -> None:
     the job's port instead of a random one, so every rank knows it without asking), the other
     ranks wait until it answers: Horovod's own client gives up after three tries in 1.5 s."""
     os.environ.update(gloo_env(env))
-    timeout_s = int(os.environ["HOROVOD_GLOO_TIMEOUT_SECONDS"])
-    where = f"{env.master_addr}:{env.master_port}"
     if env.is_main:
-        from horovod.runner.common.util.hosts import SlotInfo
-        from horovod.runner.http.http_server import RendezvousHandler, RendezvousHTTPServer
+        _serve_rendezvous(env)
+    else:
+        _wait_for_rendezvous(env, int(os.environ["HOROVOD_GLOO_TIMEOUT_SECONDS"]))
 
-        try:
-            server = RendezvousHTTPServer(("", env.master_port), RendezvousHandler, False)
-        except OSError as exc:
-            raise BackendError(f"backend horovod: rank 0 cannot serve the Gloo rendezvous on port {env.master_port} "
-                               f"({exc.strerror}); resubmit the job (the port follows the job id)") from None
-        slots = []
-        for rank in range(env.world_size):
-            v = gloo_env(dataclasses.replace(env, rank=rank))
-            slots.append(SlotInfo(v["HOROVOD_HOSTNAME"], rank, int(v["HOROVOD_LOCAL_RANK"]),
-                                  int(v["HOROVOD_CROSS_RANK"]), env.world_size, int(v["HOROVOD_LOCAL_SIZE"]),
-                                  int(v["HOROVOD_CROSS_SIZE"])))
-        server.init(slots)
-        threading.Thread(target=server.serve_forever, name="gloo-rendezvous", daemon=True).start()
-        return
+
+def _serve_rendezvous(env: DistEnv) -> None:
+    from horovod.runner.common.util.hosts import SlotInfo
+    from horovod.runner.http.http_server import RendezvousHandler, RendezvousHTTPServer
+
+    try:
+        server = RendezvousHTTPServer(("", env.master_port), RendezvousHandler, False)
+    except OSError as exc:
+        raise BackendError(f"backend horovod: rank 0 cannot serve the Gloo rendezvous on port {env.master_port} "
+                           f"({exc.strerror}); resubmit the job (the port follows the job id)") from None
+    slots = []
+    for rank in range(env.world_size):
+        host, local_rank, local_size, cross_rank, cross_size = _slot(env, rank)
+        slots.append(SlotInfo(host, rank, local_rank, cross_rank, env.world_size, local_size, cross_size))
+    server.init(slots)  # the scope sizes, by which the server knows when a rendezvous is complete
+    threading.Thread(target=server.serve_forever, name="gloo-rendezvous", daemon=True).start()
+
+
+def _wait_for_rendezvous(env: DistEnv, timeout_s: int) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -143,6 +156,7 @@ def start_gloo(env: DistEnv) -> None:
             return
         except OSError:
             if time.monotonic() > deadline:
-                raise BackendError(f"backend horovod: rank 0's Gloo rendezvous at {where} did not answer in "
-                                   f"{timeout_s} s (HOROVOD_GLOO_TIMEOUT_SECONDS); see rank 0's log") from None
+                raise BackendError(f"backend horovod: rank 0's Gloo rendezvous at {env.master_addr}:{env.master_port} "
+                                   f"did not answer in {timeout_s} s (HOROVOD_GLOO_TIMEOUT_SECONDS); "
+                                   "see rank 0's log") from None
             time.sleep(0.2)

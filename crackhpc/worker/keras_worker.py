@@ -12,6 +12,9 @@ notebook, it is for a reason:
   rank, metrics over every image.
 - Horovod through horovod.tensorflow's DistributedGradientTape: horovod.tensorflow.keras wraps
   Keras 2 optimizers only.
+- It runs on Keras 3 (TensorFlow >= 2.16) and on Keras 2.15 (TensorFlow 2.15, the newest that
+  Horovod 0.28.1 supports, see README): it calls only what both share, e.g. the optimizer's
+  apply_gradients rather than Keras 3's apply. tests/test_horovod.py runs it on Keras 2.15.
 
 This module imports TensorFlow; the worker imports it only for Keras runs, and the launcher and
 the report never do.
