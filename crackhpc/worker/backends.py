@@ -18,6 +18,7 @@ import dataclasses
 import importlib
 import importlib.util
 import os
+import re
 import socket
 import threading
 import time
@@ -84,10 +85,16 @@ def horovod_failures():
     try:
         yield
     except Exception as exc:
-        if "Horovod has been shut down" not in str(exc):
+        text = str(exc)
+        gloo = re.search(r"gloo/transport/[^\]]*\] ([^\n]+)", text)  # Gloo's own message follows its source line
+        if gloo:
+            what = f"lost contact with another rank (Gloo: {gloo.group(1).strip()})"
+        elif "Horovod has been shut down" in text:
+            what = "Horovod shut down during the run"
+        else:
             raise
-        raise BackendError("backend horovod: Horovod shut down during the run: another rank ended or failed "
-                           "(killed, out of memory, node lost?); its own error is in the job's log") from exc
+        raise BackendError(f"backend horovod: {what}: another rank ended or failed (killed, out of memory, "
+                           "node lost?); its own error is in the job's log") from exc
 
 
 def _wires_gloo_itself(hvd, env: DistEnv) -> bool:
