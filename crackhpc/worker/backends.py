@@ -93,8 +93,8 @@ def horovod_failures():
             what = "Horovod shut down during the run"
         else:
             raise
-        raise BackendError(f"backend horovod: {what}: another rank ended or failed (killed, out of memory, "
-                           "node lost?); its own error is in the job's log") from exc
+        raise BackendError(f"backend horovod: {what}: another rank ended, failed or stopped answering (killed, "
+                           "out of memory, node lost?); its own error, if any, is in the job's log") from exc
 
 
 def _wires_gloo_itself(hvd, env: DistEnv) -> bool:
