@@ -30,10 +30,12 @@ SINGLE = "single"
 _NATIVE = {"torch": "ddp", "keras": "tf-distribute"}
 _HOROVOD_BUILD_FLAG = {"horovod.torch": "HOROVOD_WITH_PYTORCH=1", "horovod.tensorflow": "HOROVOD_WITH_TENSORFLOW=1"}
 # Bounds on Horovod's waits, so that a job which lost a rank ends failed instead of hanging:
-# Gloo's connect/collective timeout (Horovod's default is 30 s), and the stall inspector,
-# which by default only warns about a rank that stopped sending tensors and never shuts down.
-# The stall limit is long because ranks legitimately drift apart (one computes the feature
-# cache while the others wait). Set in the job's environment, the site's values win.
+# Gloo's connect/collective timeout (Horovod's default is 30 s; a rank that stopped answering
+# fails the next collective after it), and the stall inspector, which by default only warns
+# about a rank whose Python stopped submitting tensors and never shuts down. Horovod's background
+# thread keeps the ranks' Gloo traffic going while Python is busy elsewhere (feature cache,
+# checkpoints), so neither limit fires on a slow rank that is still alive; the stall limit is
+# long all the same. Set in the job's environment, the site's values win.
 HOROVOD_TIMEOUTS = {"HOROVOD_GLOO_TIMEOUT_SECONDS": "60", "HOROVOD_STALL_CHECK_TIME_SECONDS": "60",
                     "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "600"}
 
