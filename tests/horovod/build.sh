@@ -8,9 +8,10 @@
 # Where things go (override with the variables):
 #   CRACKHPC_HOROVOD_VENV   the venv                      default: <checkout>/.venv-horovod (git-ignored)
 #   CRACKHPC_HOROVOD_CACHE  the compiled Horovod wheel    default: ~/.cache/crackhpc/horovod
-# The venv is rebuilt only when this script, setup.cfg or pyproject.toml change. The wheel sits
-# outside the checkout, keyed by Python, TensorFlow and Horovod versions and the build flags, so
-# a fresh clone on the same machine installs it instead of compiling Horovod again (~2 min).
+# The venv is rebuilt only when this script, setup.cfg, pyproject.toml or the checkout's path
+# change. The wheel sits outside the checkout, keyed by Python, TensorFlow and Horovod versions
+# and the build flags, so a fresh clone on the same machine installs it instead of compiling
+# Horovod again (~2 min).
 #
 # Why these versions: Horovod 0.28.1 (the last release) compiles against TensorFlow up to 2.18
 # (2.19 moved the XLA headers it includes) and its Keras callbacks break under Keras 3, which
@@ -28,7 +29,8 @@ FLAGS=(HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET
 
 say() { echo "horovod env: $*" >&2; }
 
-inputs=$(cat "${BASH_SOURCE[0]}" "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)
+# The checkout is an input too: the venv's editable install points at it.
+inputs=$( (echo "$ROOT"; cat "${BASH_SOURCE[0]}" "$ROOT/setup.cfg" "$ROOT/pyproject.toml") | sha256sum | cut -c1-16)
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.built" 2>/dev/null)" = "$inputs" ]; then
     say "up to date: $VENV"
     echo "$VENV"
@@ -40,6 +42,11 @@ if ! command -v cmake >/dev/null || ! command -v g++ >/dev/null; then
     say "installing cmake and g++ from Debian"
     sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
     $sudo apt-get update -q && $sudo apt-get install -y -q cmake g++
+fi
+
+if ! "$PYTHON" -c 'import sys; sys.exit(not (3, 9) <= sys.version_info[:2] <= (3, 11))'; then
+    say "tensorflow-cpu 2.15.1 has wheels for Python 3.9 to 3.11 only; run with PYTHON=python3.11 (or 3.10, 3.9)"
+    exit 1
 fi
 
 t0=$SECONDS
@@ -59,6 +66,7 @@ flock 9
 if ! ls "$wheels"/horovod-*.whl >/dev/null 2>&1; then
     say "compiling horovod $HOROVOD against ${TENSORFLOW} (about 2 minutes on 2 cores)"
     tmp=$(mktemp -d "$CACHE/.build.XXXXXX")
+    trap 'rm -rf "$tmp"' EXIT  # a failed build leaves no half-made folder in the cache
     # --no-build-isolation: Horovod compiles against the TensorFlow installed in this venv.
     env "${FLAGS[@]}" MAKEFLAGS="-j$(nproc)" "${pip[@]}" wheel -q --no-build-isolation --no-cache-dir \
         --no-deps -w "$tmp" "horovod==$HOROVOD"
