@@ -94,8 +94,10 @@ def read_json(path: str | os.PathLike, fix: str) -> dict:
     try:
         with open(path, encoding="utf-8") as fh:
             obj = json.load(fh)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DamagedFileError(path, f"not valid JSON ({exc})", fix) from None
+    except UnicodeDecodeError:
+        raise DamagedFileError(path, "binary or not UTF-8 text, not JSON", fix) from None
+    except json.JSONDecodeError as exc:
+        raise DamagedFileError(path, f"not valid JSON ({exc}): truncated or overwritten", fix) from None
     if not isinstance(obj, dict):
         raise DamagedFileError(path, f"expected a JSON object, got {type(obj).__name__}", fix)
     return obj

@@ -57,14 +57,16 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import (REPORT_HTML, REPORT_MD, format_table, run_dirs, sort_runs, to_json, write_document,
-                         write_reports)
+    from .report import (REPORT_HTML, REPORT_MD, format_table, parse_figures, run_dirs, sort_runs, to_json,
+                         write_document, write_reports)
 
     if args.misclassified < 0:
         raise CrackhpcError(f"--misclassified {args.misclassified}: give 0 (none) or more images per run")
-    df, comp = write_reports(args.sweep_dir, everything=args.all)
+    problems: list[str] = []  # one line per damaged file; every other run is still reported
+    df, comp = write_reports(args.sweep_dir, everything=args.all, notes=problems)
     df = sort_runs(df, args.sort, args.desc)
-    markdown = write_document(args.sweep_dir, df, comp, examples=args.misclassified)
+    markdown = write_document(args.sweep_dir, df, comp, examples=args.misclassified,
+                              figures=None if args.no_figures else parse_figures(args.figures), notes=problems)
     if args.format == "text":
         print(format_table(df, SUMMARY_VIEW) + "\n\n" + format_table(comp))
     else:
@@ -80,7 +82,9 @@ def cmd_report(args) -> int:
     older = len(run_dirs(sweep_dir)) - len(df)
     if older > 0:
         print(f"not shown: {older} run{'s' * (older > 1)} of earlier versions of the sweep file (--all includes them)", file=notes)
-    return 0
+    for line in dict.fromkeys(problems):
+        print(f"problem: {line}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def cmd_prefetch(args) -> int:
@@ -104,21 +108,35 @@ def cmd_prefetch(args) -> int:
     return 1 if any(o.error for o in outcomes) else 0
 
 
-def format_status(statuses) -> str:
-    """The table `crackhpc status` prints, and a count per state under it."""
+def format_status(statuses, resources: bool = False) -> str:
+    """The table `crackhpc status` prints, with a count per state and the epochs done under it."""
     import pandas as pd
 
     from .report import format_table
 
-    table = pd.DataFrame([{
-        "run_id": s.run_id, "state": s.state.value, "job": s.job_id or "-", "elapsed": s.elapsed or "-",
-        "node": s.node or "-", "epoch": s.epoch or "-", "val_acc": s.val_acc, "test_acc": s.test_acc,
-        "requeues": s.requeues, "note": _shorten(s.note) or "-"} for s in statuses])
-    table = table.astype({"val_acc": float, "test_acc": float})  # None → NaN, printed as "-"
+    rows = []
+    for s in statuses:
+        row = {"run_id": s.run_id, "state": s.state.value, "job": s.job_id or "-", "elapsed": s.elapsed or "-",
+               "node": s.node or "-", "epoch": s.epoch or "-", "val_acc": s.val_acc, "test_acc": s.test_acc,
+               "requeues": s.requeues}
+        if resources:
+            row.update(s.usage.columns() if s.usage else dict.fromkeys(("mem peak/req", "cpu eff", "time used/limit", "gpus"), "-"))
+        rows.append({**row, "note": _shorten(s.note) or "-"})
+    table = pd.DataFrame(rows).astype({"val_acc": float, "test_acc": float})  # None → NaN, printed as "-"
+    return format_table(table) + "\n\n" + summary_line(statuses)
+
+
+def summary_line(statuses) -> str:
+    """`12 runs: 3 completed, 9 running; epochs 41/72 [#####-----] 57%`"""
     counts: dict[str, int] = {}
     for s in statuses:
         counts[s.state.value] = counts.get(s.state.value, 0) + 1
-    return format_table(table) + f"\n\n{len(statuses)} runs: " + ", ".join(f"{n} {state}" for state, n in counts.items())
+    done = sum(min(s.epochs_done or 0, s.epochs or 0) for s in statuses)
+    planned = sum(s.epochs or 0 for s in statuses)
+    share = done / planned if planned else 0.0
+    bar = "#" * round(20 * share) + "-" * (20 - round(20 * share))
+    return (f"{len(statuses)} runs: " + ", ".join(f"{n} {state}" for state, n in counts.items())
+            + f"; epochs {done}/{planned} [{bar}] {share:.0%}")
 
 
 def _shorten(text: str, width: int = 60) -> str:
@@ -128,13 +146,41 @@ def _shorten(text: str, width: int = 60) -> str:
 
 
 def cmd_status(args) -> int:
+    """Once, or with --watch until every run has ended: exit 0 if all completed, else 1."""
+    import datetime as dt
+    import json
+    import time
+
+    from .states import RunState
     from .status import collect
 
-    statuses, problems = collect(args.sweep_dir)
-    print(format_status(statuses))
+    redraw = args.watch is not None and sys.stdout.isatty()
+    while True:
+        statuses, problems = collect(args.sweep_dir)
+        ended = not any(s.live for s in statuses)
+        if args.json:
+            print(json.dumps({"time": dt.datetime.now().isoformat(timespec="seconds"), "summary": summary_line(statuses),
+                              "runs": [_status_dict(s) for s in statuses]}), flush=True)
+        elif args.watch is None or redraw or ended:
+            print(("\x1b[H\x1b[J" if redraw else "") + format_status(statuses, args.resources), flush=True)
+        else:  # piped: one plain line per refresh
+            print(f"{dt.datetime.now():%H:%M:%S} {summary_line(statuses)}", flush=True)
+        if args.watch is None or ended:
+            break
+        time.sleep(args.watch)
     for line in problems + [line for s in statuses for line in s.damaged]:
         print(f"warning: {line}", file=sys.stderr)
-    return 0
+    if args.watch is None:
+        return 0
+    return 0 if all(s.state is RunState.COMPLETED for s in statuses) else 1
+
+
+def _status_dict(s) -> dict:
+    out = {k: v for k, v in vars(s).items() if k not in ("usage", "damaged")}
+    out.update(state=s.state.value, epoch=s.epoch, damaged=list(s.damaged))
+    if s.usage:
+        out["usage"] = {**vars(s.usage), "cpu_efficiency": s.usage.cpu_efficiency, "hints": s.usage.hints()}
+    return out
 
 
 def cmd_cancel(args) -> int:
@@ -253,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also the runs of earlier versions of the sweep file (default: the runs it has now)")
     p.add_argument("--misclassified", type=int, default=4, metavar="N",
                    help="misclassified test images shown per run (default 4, as in the study)")
+    figures = p.add_mutually_exclusive_group()
+    figures.add_argument("--figures", nargs="+", metavar="N|RUN_ID",
+                         help="per-run figures for the N best and N worst runs by test accuracy (default 3), "
+                              "or for the runs named; figures of unchanged runs are kept, not redrawn")
+    figures.add_argument("--no-figures", action="store_true", help="tables and text only, no figures (fastest)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("prefetch", help="on the login node: put the ImageNet weights sweeps need in the offline cache")
@@ -268,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="each run's state, from Slurm's accounting (sacct) and the run folders")
     p.add_argument("sweep_dir", help="results/<sweep name>")
+    p.add_argument("--watch", nargs="?", type=float, const=10.0, metavar="SECONDS",
+                   help="refresh every SECONDS (default 10) until every run has ended; exit 0 if all completed, else 1")
+    p.add_argument("--json", action="store_true", help="JSON for scripts (one document per refresh with --watch)")
+    p.add_argument("--resources", action="store_true",
+                   help="memory peak/requested, CPU efficiency and time used/limit from Slurm's accounting")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("cancel", help="cancel runs' jobs and mark the runs cancelled")

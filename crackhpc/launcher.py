@@ -89,7 +89,8 @@ def write_run_folders(specs: list[RunSpec], folder: SweepFolder, data_root: Path
             rundir.write_config(run_dir, spec)
             write_manifest(run_dir / rundir.SPLIT, manifest)
             # A new attempt: status, plan and cancel read result.json as the state of the latest job.
-            rundir.reset_result(run_dir, run_id=spec.run_id, status=RunState.PENDING, provenance=provenance)
+            rundir.reset_result(run_dir, run_id=spec.run_id, status=RunState.PENDING, epochs=spec.train.epochs,
+                                provenance=provenance)
         resolved.append(spec)
     return resolved
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import socket
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,36 @@ CHECKPOINT = {"torch": "checkpoint.pt", "keras": "checkpoint.npz"}
 SBATCH_SCRIPT, SBATCH_LOG = "job.sbatch", "slurm-%j"
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "images_per_s")
 RERUN = "delete it and rerun the run with `crackhpc sweep --retry-failed`"
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # 1,000 config.yaml files in a report
+# libyaml's parser where PyYAML has it: `status` and `report` read a config.yaml per run (1,000 of them).
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@functools.lru_cache(maxsize=256)
+def _yaml_block(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
+def load_config_yaml(text: str):
+    """yaml.safe_load of a block-style mapping, one top-level key at a time, each distinct block
+    parsed once: the runs of a sweep share their data and resources blocks, which are two thirds of
+    a config.yaml. Anything else (a block that is not a mapping or does not parse alone) is parsed
+    whole, so a damaged file fails as it would."""
+    blocks: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if blocks and line[:1] in " -#\t\r\n":  # indented, a list item, a comment, blank: the same key
+            blocks[-1] += line
+        else:
+            blocks.append(line)
+    raw: dict = {}  # its values are shared with the cache: read them, never change them
+    try:
+        for block in blocks:
+            part = _yaml_block(block)
+            if not isinstance(part, dict) or raw.keys() & part.keys():
+                raise ValueError
+            raw.update(part)
+    except (ValueError, yaml.YAMLError):
+        return yaml.load(text, Loader=_Loader)
+    return raw
 
 
 def now() -> str:
@@ -47,7 +77,9 @@ def read_config(run_dir: str | Path) -> RunSpec:
         raise FileNotFoundError(f"{path}: not a crackhpc run folder (config.yaml missing)")
     fix = "rerun `crackhpc sweep` on its sweep file to rewrite it"
     try:
-        raw = yaml.load(path.read_bytes(), Loader=_Loader)
+        raw = load_config_yaml(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DamagedFileError(path, "binary, not YAML text", fix) from None
     except yaml.YAMLError as exc:
         raise DamagedFileError(path, f"not valid YAML ({getattr(exc, 'problem', exc)})", fix) from None
     if not isinstance(raw, dict):

@@ -7,7 +7,9 @@ tests/test_slurm.py fails loudly if an upgrade changes them).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -19,12 +21,15 @@ from .attempts import START_SHELL
 from .config import Resources
 from .errors import CrackhpcError
 from .states import RunState
+from .usage import Usage, seconds, size_mb
 
 # Job states that are not final: the job may still run, so its run must not be submitted again.
 ACTIVE_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
                            "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SPECIAL_EXIT", "SIGNALING", "STAGE_OUT",
                            "STOPPED"})
 SACCT_FIELDS = ("JobID", "State", "Elapsed", "NodeList", "AllocTRES", "Reason")
+# What each job used against what it asked for (crackhpc.usage); MaxRSS is a step's, not the job's.
+USAGE_FIELDS = ("ElapsedRaw", "TotalCPU", "MaxRSS", "ReqMem", "AllocCPUS", "TimelimitRaw")
 # A hung slurmctld or slurmdbd must not hang `crackhpc status`.
 TIMEOUT_S = float(os.environ.get("CRACKHPC_SLURM_TIMEOUT", 30))
 
@@ -35,13 +40,14 @@ class SlurmUnavailable(CrackhpcError):
 
 @dataclass(frozen=True)
 class SlurmJob:
-    """One row of sacct -X: the allocation, not its steps."""
+    """A job as sacct shows its allocation, with what its steps used."""
 
     state: str
     elapsed: str = ""
     node: str = ""
     tres: str = ""
     reason: str = ""
+    usage: Usage | None = None
 
     @property
     def active(self) -> bool:
@@ -122,37 +128,58 @@ def _run(cmd: list[str], may_fail: bool = False) -> str:
 
 
 def sacct(job_ids: list[str]) -> dict[str, SlurmJob]:
-    """Slurm's view of these jobs, in one sacct call (and one squeue call for the jobs accounting
-    does not list yet: slurmctld tells slurmdbd about new jobs in its own time, and a job submitted
-    a moment ago must not look unsubmitted). Empty where there is no sacct."""
+    """Slurm's view of these jobs: one sacct call, and at most one squeue call for what accounting
+    does not know yet (slurmctld tells slurmdbd about new jobs in its own time, and a job submitted
+    a moment ago must not look unsubmitted) or does not say (why a job is pending). Empty where
+    there is no sacct."""
     if not job_ids or not shutil.which("sacct"):
         return {}
     arrays = sorted({j.split("_")[0] for j in job_ids})
-    jobs = parse_sacct(_run(["sacct", "-X", "-P", "-o", ",".join(SACCT_FIELDS), "-j", ",".join(arrays)]))
-    unlisted = [j for j in job_ids if j not in jobs]
-    if unlisted and shutil.which("squeue"):
+    jobs = parse_sacct(_run(["sacct", "-P", "-o", ",".join(SACCT_FIELDS + USAGE_FIELDS), "-j", ",".join(arrays)]))
+    ask = [j for j in job_ids if j not in jobs or (jobs[j].state == "PENDING" and not jobs[j].reason)]
+    if ask and shutil.which("squeue"):
         # squeue fails when it knows none of the ids: all of them have left the queue.
-        rows = _run(["squeue", "-h", "-r", "-o", "%i|%T|%M|%N||%r", "-j", ",".join(unlisted)], may_fail=True)
-        jobs.update(parse_sacct("|".join(SACCT_FIELDS) + "\n" + rows))
+        rows = _run(["squeue", "-h", "-r", "-o", "%i|%T|%M|%N||%r", "-j", ",".join(ask)], may_fail=True)
+        queued = parse_sacct("|".join(SACCT_FIELDS) + "\n" + rows)
+        for job_id, job in queued.items():
+            known = jobs.get(job_id)
+            jobs[job_id] = dataclasses.replace(known, reason=job.reason) if known else job
     return jobs
 
 
 def parse_sacct(text: str) -> dict[str, SlurmJob]:
-    """Job id → its row, from sacct -P output with its header (submitit's parser: a pending array
-    shows as one row, `123_[2-5%2]`, which each task gets). Rows that cannot be read are left out."""
+    """Job id → its row, from sacct -P output with its header: the allocations through submitit's
+    parser (a pending array shows as one row, `123_[2-5%2]`, which each task gets), with the usage
+    of their steps where sacct gave USAGE_FIELDS. Rows that cannot be read are left out."""
     from submitit.slurm.slurm import SlurmInfoWatcher
 
     header = text.split("\n", 1)[0].split("|")
     if text.strip() and not set(SACCT_FIELDS) <= set(header):
         raise SlurmUnavailable(f"sacct answered something crackhpc cannot read: {text.strip().splitlines()[0][:80]!r}")
+    peaks: dict[str, float] = {}
+    for line in text.splitlines()[1:]:
+        row = dict(zip(header, line.split("|")))
+        job_id, _, step = row.get("JobID", "").partition(".")
+        if step and (mb := size_mb(row.get("MaxRSS", ""))) is not None:
+            peaks[job_id] = max(mb, peaks.get(job_id, 0.0))
     jobs = {}
     for job_id, row in SlurmInfoWatcher().read_info(text).items():
-        if len(row) != len(SACCT_FIELDS) or not row.get("State"):
+        if len(row) != len(header) or not row.get("State"):
             continue
         jobs[job_id] = SlurmJob(state=row["State"].split()[0], elapsed=row["Elapsed"],
                                 node="" if row["NodeList"] in ("None assigned", "(null)") else row["NodeList"],
-                                tres=row["AllocTRES"], reason="" if row["Reason"] == "None" else row["Reason"])
+                                tres=row["AllocTRES"], reason="" if row["Reason"] == "None" else row["Reason"],
+                                usage=_usage(row, peaks.get(job_id)) if "ElapsedRaw" in row else None)
     return jobs
+
+
+def _usage(row: dict, peak_mb: float | None) -> Usage:
+    cpus = int(row["AllocCPUS"]) if row["AllocCPUS"].isdigit() else None
+    gpus = re.search(r"gres/gpu=(\d+)", row["AllocTRES"])
+    return Usage(elapsed_s=float(row["ElapsedRaw"]) if row["ElapsedRaw"].isdigit() else None,
+                 limit_s=float(row["TimelimitRaw"]) * 60 if row["TimelimitRaw"].isdigit() else None,
+                 cpus=cpus, cpu_s=seconds(row["TotalCPU"]), req_mem_mb=size_mb(row["ReqMem"], cpus or 1),
+                 peak_mem_mb=peak_mb, gpus=int(gpus[1]) if gpus else 0)
 
 
 def scancel(job_ids: list[str], echo: Callable = print, poll_s: float = 1.0, timeout_s: float = 180.0) -> None:

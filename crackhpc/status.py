@@ -19,6 +19,7 @@ from . import procs, rundir, slurm
 from .errors import CrackhpcError, DamagedFileError
 from .record import Job, SweepFolder, SweepRecord
 from .states import LIVE, RECORDED, RunState
+from .usage import Usage
 
 SlurmQuery = Callable[[list[str]], dict[str, slurm.SlurmJob]]
 RETRY = "`crackhpc sweep --retry-failed` resumes it from its last checkpoint"
@@ -42,6 +43,7 @@ class RunStatus:
     note: str = ""
     tres: str = ""
     damaged: tuple[str, ...] = ()  # one line per file of the run that cannot be read, with the fix
+    usage: Usage | None = None     # what its Slurm job used against what it asked for
 
     @property
     def epoch(self) -> str:
@@ -131,9 +133,10 @@ def run_status(folder: SweepFolder, run_id: str, record: SweepRecord, accounting
         notes.append(f"job {job.job_id} ended {sjob.state} before the worker recorded a result; see {job.stderr}")
     if state is RunState.PENDING and sjob and sjob.reason:
         notes.append(f"waiting: {sjob.reason}")
-    epochs = val_acc = None
+    # The epochs planned are in result.json since submission; runs from before that keep them only in config.yaml.
+    epochs, val_acc = result.get("epochs"), None
     try:
-        epochs = rundir.read_config(run_dir).train.epochs
+        epochs = epochs or rundir.read_config(run_dir).train.epochs
     except FileNotFoundError:
         pass
     except CrackhpcError as exc:
@@ -151,7 +154,7 @@ def run_status(folder: SweepFolder, run_id: str, record: SweepRecord, accounting
         node=(sjob.node if sjob else "") or ((worker.get("host") or result.get("host", "")) if result.get("started") else ""),
         epochs_done=result.get("epochs_done"), epochs=epochs, val_acc=val_acc, test_acc=result.get("test_acc"),
         requeues=result.get("requeues", 0) or 0, note="; ".join(n for n in notes if n), tres=sjob.tres if sjob else "",
-        damaged=tuple(damaged))
+        damaged=tuple(damaged), usage=sjob.usage if sjob else None)
 
 
 def run_statuses(folder: SweepFolder, run_ids: Iterable[str], record: SweepRecord,

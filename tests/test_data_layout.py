@@ -46,3 +46,68 @@ def test_missing_folder_and_empty_layout(tmp_path):
     (tmp_path / "Negative").mkdir()
     with pytest.raises(DataError, match="no images"):
         list_items(tmp_path)
+
+
+@pytest.mark.parametrize("rels, empty", [
+    (("Negative/a.jpg", "Negative/b.jpg"), "Positive"),                                 # original: no cracks
+    ([f"{s}/{c}/x.jpg" for s in ("train", "valid", "test") for c in ("positive", "negative")
+      if (s, c) != ("test", "negative")], "test/negative"),                              # course: one folder empty
+])
+def test_a_class_folder_without_images_is_an_error(tmp_path, rels, empty):
+    _touch(tmp_path, *rels)
+    (tmp_path / empty).mkdir(parents=True, exist_ok=True)
+    (tmp_path / empty / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match=f"{tmp_path / empty}: no images .* in this class folder; every class needs images"):
+        list_items(tmp_path)
+
+
+def test_one_class_items_cannot_be_split():
+    from crackhpc.data.layout import Item
+    from crackhpc.data.split import split_items
+
+    with pytest.raises(DataError, match="3 images, none of them positive: a classifier needs images of both classes"):
+        split_items([Item(f"Negative/{k}.jpg", 0, None) for k in range(3)], (0.6, 0.2, 0.2), 0)
+
+
+def test_dangling_and_looping_symlinks_are_skipped_and_listed(tmp_path):
+    from crackhpc.data.layout import scan
+
+    _touch(tmp_path, "Positive/a.jpg", "Negative/b.jpg", "shared/c.jpg")
+    (tmp_path / "Positive" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (tmp_path / "Negative" / "loop.jpg").symlink_to(tmp_path / "Negative" / "loop.jpg")
+    (tmp_path / "Negative" / "linked.jpg").symlink_to(tmp_path / "shared" / "c.jpg")  # a good link is an image
+    layout, items = list_items(tmp_path)
+    assert [i.path for i in items] == ["Negative/b.jpg", "Negative/linked.jpg", "Positive/a.jpg"]
+    found = scan(tmp_path)
+    assert [p for p, _ in found.broken_links] == ["Negative/loop.jpg", "Positive/gone.jpg"]
+    why = dict(found.broken_links)
+    assert why["Negative/loop.jpg"] == "symlink loop"
+    assert why["Positive/gone.jpg"] == f"dangling symlink (to {tmp_path / 'nowhere.jpg'}, which does not exist)"
+
+
+def test_a_class_of_dangling_links_only_is_empty(tmp_path):
+    _touch(tmp_path, "Negative/b.jpg")
+    (tmp_path / "Positive").mkdir()
+    (tmp_path / "Positive" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    with pytest.raises(DataError, match="Positive: no images"):
+        list_items(tmp_path)
+
+
+def test_a_sweep_on_a_one_class_dataset_stops_before_any_job(tmp_path, write_yaml, tiny_data, capsys):
+    import shutil
+
+    from crackhpc.cli import main
+
+    from .conftest import tiny_sweep
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    for image in (data / "Positive").iterdir():
+        image.unlink()
+    sweep = write_yaml(tiny_sweep(data))
+    assert main(["sweep", str(sweep), "--executor", "debug", "--results", str(tmp_path / "results")]) == 2
+    [error] = capsys.readouterr().err.splitlines()
+    assert error == (f"error: {data / 'Positive'}: no images (.jpg, .jpeg, .png) in this class folder; every class "
+                     f"needs images: add them, or point data.root at the whole dataset (`crackhpc data verify` lists "
+                     f"what it found)")
+    assert not list((tmp_path / "results" / "tiny").glob("*/result.json")), "no run started"

@@ -25,3 +25,23 @@ def test_counts_broken_and_odd_sizes(tiny_data, tmp_path):
 
 def test_clean_dataset_is_ok(tiny_data):
     assert verify(tiny_data).ok
+
+
+def test_empty_class_folder_and_broken_symlinks_fail_verify(tiny_data, tmp_path, capsys):
+    from crackhpc.cli import main
+
+    root = tmp_path / "d"
+    shutil.copytree(tiny_data, root)
+    (root / "Negative" / "gone.jpg").symlink_to(tmp_path / "moved" / "00001.jpg")
+    (root / "Negative" / "loop.jpg").symlink_to("loop.jpg")
+    assert main(["data", "verify", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "broken symlinks, skipped: 2" in out and "Negative/loop.jpg: symlink loop" in out
+    assert f"Negative/gone.jpg: dangling symlink (to {tmp_path / 'moved' / '00001.jpg'}" in out
+    assert "all    negative=20  positive=20  total=40" in out
+
+    for image in (root / "Positive").iterdir():
+        image.unlink()
+    assert main(["data", "verify", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "error: Positive/ has no images (.jpg, .jpeg, .png)" in out and "positive=0" in out

@@ -126,7 +126,7 @@ def test_complete_sweep_report_md_html_and_figures(complete):
     # TP FP FN TN of the run with 1 negative and 2 positives wrong among 5 + 5
     assert "| torch-resnet18-s1 | completed | 2 | 0.7000 | 0.6 | 0.7000 | 3 | 1 | 2 | 4 |" in md
     assert "No misclassified test images." in md  # keras-vgg16-s0 got everything right
-    figures = sorted(p.name for p in (complete / "report").iterdir())
+    figures = sorted(p.name for p in (complete / "report").glob("*.png"))
     assert figures == sorted(["curves-all.png", "test-accuracy.png"]
                              + [f"{kind}-{run}.png" for kind in ("curves", "confusion")
                                 for run in ("keras-vgg16-s0", "torch-resnet18-s0", "torch-resnet18-s1")]
@@ -151,7 +151,7 @@ def test_partial_and_failed_runs_are_rows_without_figures(partial):
     assert "| torch-resnet18-s1 | failed | - |" in md and "RuntimeError: out of memory \\| try batch 50" in md
     assert "| torch-resnet18-s2 | pending | - |" in md and "| torch-resnet18-s3 | pending | - |" in md
     assert "4 runs: 1 completed, 1 failed, 2 pending." in md
-    assert sorted(p.name for p in (partial / "report").iterdir()) == [
+    assert sorted(p.name for p in (partial / "report").glob("*.png")) == [
         "confusion-torch-resnet18-s0.png", "curves-all.png", "curves-torch-resnet18-s0.png",
         "misclassified-torch-resnet18-s0.png", "test-accuracy.png"], "no figures for pending or failed runs, stale ones gone"
 
@@ -175,9 +175,9 @@ def test_confusion_from_split_and_misclassified(tmp_path, tiny_data):
 def test_bad_misclassified_csv_is_one_line(tmp_path, tiny_data, capsys):
     run = make_run(tmp_path / "s", tiny_data, "r", wrong=(1, 0))
     (run / rundir.MISCLASSIFIED).write_text("file,label\nx.jpg,1\n")
-    assert main(["report", str(tmp_path / "s")]) == 2
+    assert main(["report", str(tmp_path / "s")]) == 1  # the report is written; exit 1 says a file was damaged
     [error] = capsys.readouterr().err.splitlines()
-    assert str(run / rundir.MISCLASSIFIED) in error and "path, true, predicted, probability" in error
+    assert error.startswith(f"problem: {run / rundir.MISCLASSIFIED}: ") and "path, true, predicted, probability" in error
 
 
 def test_missing_dataset_skips_the_image_grid_with_a_note(tmp_path, tiny_data):
@@ -237,3 +237,158 @@ def test_runs_of_an_earlier_sweep_file_are_left_out_unless_asked(complete, capsy
     assert main(["report", str(complete), "--all", "--misclassified", "0"]) == 0
     out = capsys.readouterr().out
     assert "keras-vgg16-s0" in out and "not shown" not in out
+
+
+# -- damaged files: each is one line naming it and what to do; every other run is still reported ----
+
+def _truncated(path: Path) -> bytes:
+    return path.read_bytes()[: path.stat().st_size // 2]
+
+
+BINARY = bytes(range(256)) * 4  # not UTF-8, NUL bytes included
+
+
+@pytest.mark.parametrize("name, damage, problem", [
+    ("result.json", _truncated, "not valid JSON"),
+    ("result.json", lambda p: b"[1, 2, 3]\n", "expected a JSON object, got list"),
+    ("result.json", lambda p: BINARY, "binary or not UTF-8 text"),
+    ("result.json", lambda p: b'{"status": "completed", "test_acc": "high"}', "test_acc: 'high' is not a number"),
+    ("config.yaml", lambda p: b"train: [framework: torch\nmodel", "not YAML"),
+    ("config.yaml", lambda p: b"- just\n- a list\n", "not a run's config.yaml"),
+    ("config.yaml", lambda p: BINARY, "binary or not UTF-8 text"),
+    ("metrics.csv", lambda p: BINARY, ""),
+    ("metrics.csv", lambda p: b"step,loss\n1,0.5\n", "missing column(s) epoch, train_loss"),
+    ("metrics.csv", _truncated, ""),
+    ("misclassified.csv", lambda p: BINARY, "not a misclassified list (binary or not UTF-8 text)"),
+    ("misclassified.csv", lambda p: _truncated(p)[:-3], "line 2: classes must be"),
+    ("split.csv", lambda p: BINARY, "not a split manifest (binary or not UTF-8 text)"),
+    ("split.csv", _truncated, "not `path,label,split`"),
+])
+def test_a_damaged_file_is_one_line_and_the_other_runs_are_reported(complete, capsys, name, damage, problem):
+    bad = complete / "torch-resnet18-s0" / name
+    bad.write_bytes(damage(bad))
+    assert main(["report", str(complete), "--misclassified", "0", "--figures", "torch-resnet18-s0"]) == 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    [line] = err.splitlines()
+    assert line.startswith(f"problem: {bad}: ") and problem in line, line
+    assert "crackhpc sweep" in line and "--retry-failed" in line  # what to do
+    rows = pd.read_csv(complete / "summary.csv").set_index("run_id")
+    assert len(rows) == 3
+    assert list(rows.loc[["keras-vgg16-s0", "torch-resnet18-s1"], "status"]) == ["completed", "completed"]
+    assert rows.loc["torch-resnet18-s1", ["tp", "fp", "fn", "tn"]].tolist() == [3, 1, 2, 4]
+    if name == "result.json":
+        assert rows.loc["torch-resnet18-s0", "status"] == "unreadable"
+    md = (complete / "report.md").read_text()
+    assert "## Problems" in md and str(bad) in md and "| torch-resnet18-s1 | completed |" in md
+
+
+def test_a_damaged_sweep_json_still_reports_every_run_folder(complete, capsys):
+    (complete / "sweep.json").write_text('{"runs": {"torch-resnet18-s0": {"job_id": "1"')
+    assert main(["report", str(complete), "--no-figures"]) == 1
+    out, err = capsys.readouterr()
+    [line] = err.splitlines()
+    assert line.startswith(f"problem: {complete / 'sweep.json'}: not valid JSON") and "move it aside" in line
+    assert len(pd.read_csv(complete / "summary.csv")) == 3
+
+
+# -- figures: only for the best and worst runs, and kept while their run is unchanged ----------------
+
+def _pngs(sweep: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (sweep / "report").glob("*.png")}
+
+
+def test_figures_for_best_and_worst_only_and_reused_while_unchanged(tmp_path, tiny_data, capsys):
+    sweep = tmp_path / "many"
+    for k in range(8):  # test accuracy 1.0, 0.9, ... 0.3
+        make_run(sweep, tiny_data, f"run{k}", seed=k, wrong=(k // 2, k - k // 2))
+    assert main(["report", str(sweep), "--figures", "2", "--misclassified", "0"]) == 0
+    first = _pngs(sweep)
+    per_run = {n.split("-", 1)[1][:-4] for n in first if n.startswith(("curves-run", "confusion-"))}
+    assert per_run == {"run0", "run1", "run6", "run7"}, "the 2 best and the 2 worst"
+    assert set(first) == {"curves-all.png", "test-accuracy.png"} | {f"{kind}-{run}.png" for kind in ("curves", "confusion")
+                                                                     for run in per_run}
+    md = (sweep / "report.md").read_text()
+    assert "Per-run figures for 4 of the 8 completed runs: the 2 best and the 2 worst by test accuracy" in md
+    assert "| run3 | completed |" in md and "### run3" not in md
+
+    assert main(["report", str(sweep), "--figures", "2", "--misclassified", "0"]) == 0
+    assert _pngs(sweep) == first, "nothing changed: no figure redrawn (same inode, same mtime)"
+
+    metrics = sweep / "run7" / rundir.METRICS
+    atomic.write_bytes(metrics, metrics.read_bytes().replace(b"0.7,", b"0.65,"))
+    assert main(["report", str(sweep), "--figures", "2", "--misclassified", "0"]) == 0
+    third = _pngs(sweep)
+    assert {n for n in third if third[n] != first[n]} == {"curves-run7.png", "curves-all.png"}
+
+    (sweep / "report" / "confusion-run0.png").write_bytes(b"scribbled on")  # a PNG changed by hand is redrawn
+    assert main(["report", str(sweep), "--figures", "run3", "--misclassified", "0"]) == 0
+    named = _pngs(sweep)
+    assert set(named) == {"curves-all.png", "test-accuracy.png", "curves-run3.png", "confusion-run3.png"}
+    assert named["test-accuracy.png"] == first["test-accuracy.png"]
+    capsys.readouterr()
+
+    assert main(["report", str(sweep), "--no-figures"]) == 0
+    assert _pngs(sweep) == named, "--no-figures leaves report/ alone"
+    assert "![" not in (sweep / "report.md").read_text() and "Figures not drawn (--no-figures)" in (sweep / "report.md").read_text()
+    assert main(["report", str(sweep), "--figures", "nosuchrun"]) == 2
+    assert "--figures nosuchrun: no such run" in capsys.readouterr().err
+
+
+def test_tables_need_no_figures_and_no_matplotlib(complete):
+    code = ("import sys; from crackhpc.cli import main; assert main(['report', sys.argv[1], '--no-figures']) == 0; "
+            "assert 'matplotlib' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code, str(complete)], check=True, capture_output=True)
+    assert not (complete / "report").exists()
+
+
+def test_what_was_read_is_cached_until_the_file_changes(complete):
+    first = summary(complete).set_index("run_id")
+    assert (complete / ".report-cache.json").is_file()
+    split = complete / "torch-resnet18-s1" / rundir.SPLIT
+    assert first.loc["torch-resnet18-s1", "tp"] == 3
+    # The same manifest with one test positive moved to train: rewritten in place, same inode.
+    lines = split.read_text().splitlines()
+    moved = next(k for k, line in enumerate(lines) if line.endswith(",1,test"))
+    lines[moved] = lines[moved].replace(",1,test", ",1,train")
+    split.write_text("\n".join(lines) + "\n")
+    assert summary(complete).set_index("run_id").loc["torch-resnet18-s1", "tp"] == 2
+    config = complete / "torch-resnet18-s1" / rundir.CONFIG
+    config.write_text(config.read_text().replace("lr: 0.001", "lr: 0.01"))
+    assert summary(complete).set_index("run_id").loc["torch-resnet18-s1", "lr"] == 0.01
+
+
+def test_a_damaged_misclassified_image_is_a_problem_not_a_traceback(tmp_path, tiny_data, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    run = make_run(tmp_path / "s", data, "r", wrong=(1, 0))
+    image = data / (run / rundir.MISCLASSIFIED).read_text().splitlines()[1].split(",")[0]
+    image.write_bytes(b"not a jpeg")
+    assert main(["report", str(tmp_path / "s")]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"problem: {image}: ") and "crackhpc data verify" in line
+    assert not (tmp_path / "s" / "report" / "misclassified-r.png").exists()
+    assert (tmp_path / "s" / "report" / "confusion-r.png").is_file()
+
+
+@pytest.mark.parametrize("text", [
+    "run_id: r\nsweep: s\ntrain:\n  lr: 0.001\n  seed: 1\ndata:\n  split:\n  - 0.6\n  - 0.4\nresources: {}\n",
+    "# comment\ntrain:\n  note: |\n    two\n\n    lines\n  list:\n  - a\nb: 'quoted: x'\n\"c\": yes\n",
+    "---\ntrain: {lr: 1e-3}\n...\n",
+    "a: 1\na: 2\n",                              # duplicate keys: YAML's last one wins
+    "a: &x {k: 1}\nb: *x\n",                    # an alias into another block
+    "a: [1,\n2]\nb: 2\n",                        # a flow list over two lines
+])
+def test_config_yaml_read_block_by_block_is_yaml(text):
+    import yaml
+
+    assert rundir.load_config_yaml(text) == yaml.safe_load(text)
+
+
+def test_config_yaml_read_block_by_block_matches_write_config(complete):
+    import yaml
+
+    text = (complete / "keras-vgg16-s0" / rundir.CONFIG).read_text()
+    assert rundir.load_config_yaml(text) == yaml.safe_load(text)

@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import time
 from types import SimpleNamespace
 
@@ -211,3 +212,46 @@ def test_plain_sbatch_script_requeues_itself_on_usr2_and_resumes(tmp_path, tiny_
     (run,) = finished(tmp_path / "plainpre")
     assert (run.state, run.epoch, run.requeues) == ("completed", "6/6", 1)
     assert re.search(r"resumed from checkpoint\.pt after epoch [1-5]", (run_dir / rundir.LOG).read_text())
+
+
+def test_status_watch_follows_a_sweep_to_completion(tmp_path, tiny_data):
+    path = slurm_yaml(tmp_path, tiny_data, "watch", grid={"seed": [0, 1]})
+    assert main(["sweep", str(path), "--executor", "slurm", "--results", str(tmp_path)]) == 0
+    watch = subprocess.run([sys.executable, "-m", "crackhpc.cli", "status", str(tmp_path / "watch"), "--watch", "1"],
+                           capture_output=True, text=True, timeout=300)
+    lines = watch.stdout.splitlines()
+    assert watch.returncode == 0, watch.stdout + watch.stderr
+    assert re.match(r"\d\d:\d\d:\d\d 2 runs: .*; epochs \d+/4 \[[#-]{20}\] \d+%$", lines[0])  # piped: plain lines
+    assert lines[-1] == "2 runs: 2 completed; epochs 4/4 [####################] 100%"
+    assert sum(" completed " in line for line in lines) == 2  # the final table
+    follow = json.loads(subprocess.run([sys.executable, "-m", "crackhpc.cli", "status", str(tmp_path / "watch"), "--json"],
+                                       capture_output=True, text=True, check=True).stdout)
+    assert [r["state"] for r in follow["runs"]] == ["completed", "completed"]
+
+
+def test_status_resources_of_a_finished_job(array_sweep):
+    finished(array_sweep.sweep_dir)
+    out = cli("status", array_sweep.sweep_dir, "--resources")
+    header, *rows = out.splitlines()[:5]
+    assert "mem peak/req" in header and "cpu eff" in header and "time used/limit" in header
+    for row in rows:
+        # 1 GB and one CPU asked for, a 10 minute limit: what the sweep's resources say
+        assert re.search(r"/1G\s+\d+% of 1\s+0:00:\d\d/0:10:00\s+0 ", row), row
+
+
+def test_a_pending_job_shows_slurms_reason(tmp_path, tiny_data):
+    import os
+
+    holder = subprocess.run(["sbatch", "--parsable", "-c", str(os.cpu_count()), "--mem=1G", "--wrap", "sleep 120"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        until(lambda: subprocess.run(["squeue", "-h", "-j", holder, "-o", "%T"], capture_output=True,
+                                     text=True).stdout.strip() == "RUNNING", "the node held", 60)
+        submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "waits")), tmp_path, "slurm", **quiet)
+        run = until(lambda: next((r for r in collect(tmp_path / "waits")[0] if "waiting:" in r.note), None),
+                    "a pending reason", 60)
+        assert run.state == "pending" and run.note == "waiting: Resources"
+        assert "waiting: Resources" in cli("status", tmp_path / "waits")
+    finally:
+        subprocess.run(["scancel", holder])
+        cli("cancel", tmp_path / "waits")

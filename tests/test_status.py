@@ -58,7 +58,8 @@ def test_status_of_a_local_sweep_comes_from_the_run_folders(tmp_path):
     assert runs["broken"].note == ERROR
     table = format_status(list(runs.values()))
     assert ERROR[:59] + "…" in table
-    assert ERROR not in table and table.endswith("4 runs: 1 failed, 1 completed, 1 pending, 1 running")
+    assert ERROR not in table and table.endswith("4 runs: 1 failed, 1 completed, 1 pending, 1 running; "
+                                                 "epochs 3/8 [########------------] 38%")
 
 
 def test_epoch_shows_progress_against_the_configured_epochs(tmp_path, tiny_data, write_yaml):

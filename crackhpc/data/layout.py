@@ -4,10 +4,15 @@
 - course: `train|valid|test/{positive,negative}/`, already split.
 
 Labels: 0 = negative (no crack), 1 = positive (crack).
+
+Image names that are symlinks to nothing (dangling, or looping back on themselves) are skipped and
+listed, never read: a dataset linked from a shared area loses files when that area moves.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import errno
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
@@ -28,9 +33,43 @@ def _subdirs(folder: Path) -> dict[str, Path]:
     return {p.name.lower(): p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")}
 
 
-def _images(folder: Path, root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+@dataclass
+class Scan:
+    """What a dataset folder holds: its images, the class folders without any, the broken links."""
+    layout: str
+    items: list[Item] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)                    # class folders, relative to the root
+    broken_links: list[tuple[str, str]] = field(default_factory=list)  # (path, why) relative to the root
+
+
+def _link_problem(path: Path) -> str | None:
+    """Why the symlink `path` cannot be read as an image, or None when it leads to a file."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return f"dangling symlink (to {os.readlink(path)}, which does not exist)"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop"
+        return f"unreadable symlink ({exc.strerror})"
+    return None if path.is_file() else f"symlink to a non-file ({os.readlink(path)})"
+
+
+def _images(folder: Path, root: Path, scan: Scan) -> list[str]:
+    found = []
+    with os.scandir(folder) as entries:  # the folder's own file types: no stat per image unless a link
+        for entry in entries:
+            if os.path.splitext(entry.name)[1].lower() not in IMAGE_SUFFIXES:
+                continue
+            rel = (folder / entry.name).relative_to(root).as_posix()
+            why = _link_problem(Path(entry.path)) if entry.is_symlink() else None
+            if why:
+                scan.broken_links.append((rel, why))
+            elif entry.is_file():
+                found.append(rel)
+    if not found:
+        scan.empty.append(folder.relative_to(root).as_posix())
+    return sorted(found)
 
 
 def detect(root: str | Path) -> str:
@@ -49,20 +88,34 @@ def detect(root: str | Path) -> str:
                     f"(original) or train|valid|test/{{positive,negative}}/ (course)")
 
 
-def list_items(root: str | Path) -> tuple[str, list[Item]]:
-    """The layout name and every image, in a deterministic order."""
+def scan(root: str | Path) -> Scan:
+    """Every image in a deterministic order, and what is wrong with the folder; raises only when
+    the layout is unknown."""
     root = Path(root)
-    layout = detect(root)
+    out = Scan(detect(root))
     subs = _subdirs(root)
-    items: list[Item] = []
-    if layout == "original":
+    if out.layout == "original":
         for label, cls in enumerate(CLASSES):
-            items += [Item(p, label, None) for p in _images(subs[cls], root)]
+            out.items += [Item(p, label, None) for p in _images(subs[cls], root, out)]
     else:
         for split in SPLITS:
             classes = _subdirs(subs[split])
             for label, cls in enumerate(CLASSES):
-                items += [Item(p, label, split) for p in _images(classes[cls], root)]
-    if not items:
-        raise DataError(f"{root}: {layout} layout but no images (.jpg, .jpeg, .png) in it")
-    return layout, items
+                out.items += [Item(p, label, split) for p in _images(classes[cls], root, out)]
+    out.broken_links.sort()
+    return out
+
+
+def list_items(root: str | Path) -> tuple[str, list[Item]]:
+    """The layout name and every image, in a deterministic order. A class folder without images
+    is an error: a classifier trained on one class scores 1.0 on a test set of that class."""
+    root = Path(root)
+    found = scan(root)
+    if not found.items:
+        raise DataError(f"{root}: {found.layout} layout but no images (.jpg, .jpeg, .png) in it")
+    if found.empty:
+        raise DataError(f"{root / found.empty[0]}: no images (.jpg, .jpeg, .png) in this class folder"
+                        + (f" (nor in {', '.join(found.empty[1:])})" if found.empty[1:] else "")
+                        + "; every class needs images: add them, or point data.root at the whole dataset "
+                          "(`crackhpc data verify` lists what it found)")
+    return found.layout, found.items

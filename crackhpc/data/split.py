@@ -5,7 +5,9 @@ exactly which images it was trained, validated and tested on.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 from pathlib import Path
 from typing import Sequence
 
@@ -13,9 +15,13 @@ import numpy as np
 
 from .. import atomic
 from ..errors import DataError
-from .layout import SPLITS, Item, list_items
+from .layout import CLASSES, SPLITS, Item, list_items
 
 COLUMNS = ("path", "label", "split")
+# What to do about a damaged manifest: the launcher writes the sweep's manifest again into the
+# sweep folder and into each run folder it submits.
+REWRITE = ("delete it and run `crackhpc sweep <sweep file> --retry-failed`, which writes it again for each run it resubmits "
+           "(a completed run is resubmitted once its result.json is deleted)")
 
 
 def _counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
@@ -26,6 +32,10 @@ def _counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
 
 def split_items(items: Sequence[Item], fractions: Sequence[float], seed: int) -> list[Item]:
     """Assign splits per class from `seed`; items that already have one (course layout) keep it."""
+    missing = [c for label, c in enumerate(CLASSES) if not any(i.label == label for i in items)]
+    if missing:
+        raise DataError(f"{len(items)} images, none of them {' or '.join(missing)}: a classifier needs "
+                        f"images of both classes ({', '.join(CLASSES)})")
     if all(item.split for item in items):
         return list(items)
     out: list[Item] = []
@@ -53,13 +63,30 @@ def write_manifest(path: str | Path, items: Sequence[Item]) -> Path:
 
 
 def read_manifest(path: str | Path) -> list[Item]:
-    import csv
+    """The manifest at `path`; a DataError naming the file and the first bad line if it is not one."""
+    return parse_manifest(Path(path).read_bytes(), path)
 
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        if tuple(reader.fieldnames or ()) != COLUMNS:
-            raise DataError(f"{path}: not a split manifest (columns must be {', '.join(COLUMNS)})")
-        return [Item(row["path"], int(row["label"]), row["split"]) for row in reader]
+
+def parse_manifest(data: bytes, path: str | Path) -> list[Item]:
+    """The manifest in `data`, the bytes of the file `path` (named in errors)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a split manifest (binary or not UTF-8 text); {REWRITE}") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    items = []
+    try:
+        header = tuple(next(reader, ()))
+        if header != COLUMNS:
+            raise DataError(f"{path}: not a split manifest (columns must be {', '.join(COLUMNS)}); {REWRITE}")
+        for row in reader:
+            if len(row) != 3 or row[1] not in ("0", "1") or row[2] not in SPLITS or not row[0]:
+                raise DataError(f"{path}: line {reader.line_num}: not `path,label,split` with label 0 or 1 and "
+                                f"split {' or '.join(SPLITS)} (got {','.join(row)[:80]!r}); {REWRITE}")
+            items.append(Item(row[0], int(row[1]), row[2]))
+    except csv.Error as exc:
+        raise DataError(f"{path}: line {reader.line_num}: not CSV ({exc}); {REWRITE}") from None
+    return items
 
 
 def manifest_hash(items: Sequence[Item]) -> str:

@@ -1,4 +1,5 @@
-"""`crackhpc data verify`: counts per class, unreadable or truncated files, odd sizes."""
+"""`crackhpc data verify`: counts per class, class folders without images, unreadable or truncated
+files, broken symlinks, odd sizes."""
 from __future__ import annotations
 
 from collections import Counter
@@ -9,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from .images import DECODE_ERRORS
-from .layout import CLASSES, list_items
+from .layout import CLASSES, SPLITS, scan
 
 EXPECTED_SIZE = (227, 227)
 
@@ -30,10 +31,12 @@ class VerifyReport:
     counts: dict[str, dict[str, int]]
     sizes: Counter
     broken: list[tuple[str, str]] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)                    # class folders without images
+    broken_links: list[tuple[str, str]] = field(default_factory=list)  # skipped: (path, why)
 
     @property
     def ok(self) -> bool:
-        return not self.broken
+        return not (self.broken or self.empty or self.broken_links)
 
     def lines(self) -> list[str]:
         out = [f"{self.root}: {self.layout} layout"]
@@ -44,17 +47,22 @@ class VerifyReport:
         out.append("  sizes: " + ", ".join(f"{w}x{h}: {n}" for (w, h), n in self.sizes.most_common()))
         if odd:
             out.append(f"  note: {sum(odd.values())} images are not {EXPECTED_SIZE[0]}x{EXPECTED_SIZE[1]} (they are resized when read)")
-        out.append(f"  unreadable or truncated: {len(self.broken)}")
-        out += [f"    {path}: {why}" for path, why in self.broken[:20]]
-        if len(self.broken) > 20:
-            out.append(f"    ... and {len(self.broken) - 20} more")
+        for folder in self.empty:
+            out.append(f"  error: {folder}/ has no images (.jpg, .jpeg, .png): a classifier needs images of every "
+                       f"class, and a sweep refuses this dataset")
+        for title, problems in (("unreadable or truncated", self.broken), ("broken symlinks, skipped", self.broken_links)):
+            out.append(f"  {title}: {len(problems)}")
+            out += [f"    {path}: {why}" for path, why in problems[:20]]
+            if len(problems) > 20:
+                out.append(f"    ... and {len(problems) - 20} more")
         return out
 
 
 def verify(root: str | Path, workers: int = 1) -> VerifyReport:
     root = Path(root)
-    layout, items = list_items(root)
-    counts: dict[str, dict[str, int]] = {}
+    found = scan(root)
+    items = found.items
+    counts = {group: {c: 0 for c in CLASSES} for group in (SPLITS if found.layout == "course" else ("all",))}
     for item in items:
         group = counts.setdefault(item.split or "all", {c: 0 for c in CLASSES})
         group[CLASSES[item.label]] += 1
@@ -66,4 +74,4 @@ def verify(root: str | Path, workers: int = 1) -> VerifyReport:
         checked = [_check(p) for p in paths]
     sizes = Counter(size for _, size, _ in checked if size)
     broken = [(str(Path(p).relative_to(root)), why) for p, _, why in checked if why]
-    return VerifyReport(str(root), layout, counts, sizes, broken)
+    return VerifyReport(str(root), found.layout, counts, sizes, broken, found.empty, found.broken_links)
