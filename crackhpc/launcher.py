@@ -106,17 +106,11 @@ def plan_sweep(sweep: Sweep, results: Path, retry_failed: bool) -> tuple[SweepFo
     return folder, specs, record, plan(specs, folder, record, retry_failed)
 
 
-def check_weights(specs: list[RunSpec]) -> None:
-    """Fail here, not after hours in the queue."""
-    preflight.require_weights(specs)
-
-
 def prepare_runs(sweep: Sweep, results: Path, folder: SweepFolder, specs: list[RunSpec], record: SweepRecord,
                  executor: str) -> list[RunSpec]:
     """Data and run folders for the runs about to be submitted; the specs now name the data folder."""
     from .provenance import submission
 
-    check_weights(specs)
     data_root = prepare_data(sweep, results)
     record.sweep, record.yaml, record.overrides = sweep.name, str(Path(sweep.path).resolve()), list(sweep.overrides)
     record.executor, record.data_root, record.submitted = executor, str(data_root), rundir.now()
@@ -141,6 +135,7 @@ def submit(sweep: Sweep, results: Path, executor: str = "auto", dry_run: bool = 
         _print_plan(specs, actions, batches, folder, executor, sweep.name, echo)
         return {}
     todo = [s for g in groups.values() for s in g]
+    preflight.require_weights(todo)  # fail here, not after hours in the queue
     with folder.lock():
         record.owner = {**procs.identity(), "since": rundir.now()}
         folder.save(record)
