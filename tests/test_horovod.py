@@ -22,6 +22,7 @@ from crackhpc import rundir
 from crackhpc.config import load_sweep
 from crackhpc.grid import expand
 from crackhpc.launcher import write_run_folders
+from crackhpc.record import SweepFolder
 from crackhpc.worker.backends import BackendError, gloo_env, horovod_failures
 from crackhpc.worker.distributed import DistEnv
 
@@ -62,7 +63,7 @@ def _sweep(folder: Path, data: Path, name: str, resources: dict, defaults: dict 
 
 def _run_folder(folder: Path, data: Path, name: str, resources: dict, defaults: dict | None = None) -> Path:
     sweep = load_sweep(_sweep(folder, data, name, resources, defaults))
-    (spec,) = write_run_folders(expand(sweep), folder / "results" / name, data, sweep)
+    (spec,) = write_run_folders(expand(sweep), SweepFolder(folder / "results" / name), data, sweep)
     return folder / "results" / name / spec.run_id
 
 

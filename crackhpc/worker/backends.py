@@ -60,9 +60,11 @@ def import_horovod(module: str):
         return importlib.import_module(module)
     except ImportError as exc:
         if importlib.util.find_spec("horovod") is None:
+            # pip's isolated build cannot see TensorFlow, so no plain `pip install horovod` builds it.
             raise BackendError(
-                f"backend horovod: horovod is not installed; install the extra with `pip install 'crackhpc[horovod]'` "
-                f"({flag}) or load your cluster's Horovod module in resources.setup") from None
+                f"backend horovod: horovod is not installed; build it with tests/horovod/build.sh (a venv with "
+                f"TensorFlow 2.15.1 and horovod 0.28.1, {flag}; see README, Horovod) or load your cluster's "
+                f"Horovod module in resources.setup") from None
         # installed, but built without this framework (or against another version of it)
         raise BackendError(f"backend horovod: {module} does not import ({exc}); rebuild horovod with {flag}") from None
 
