@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -124,7 +123,7 @@ def read(out: Path, exclude: Sequence[str] = ()) -> tuple[list[dict], list[dict]
     md = out.with_suffix(".md")
     if md.exists():
         table = md.read_text(encoding="utf-8").partition("## Runs")[2]
-        for line in table.splitlines()[3:]:
+        for line in [line for line in table.splitlines() if line.startswith("|")][2:]:  # below header and rule
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             if len(cells) == len(RUNS) and cells[0] not in exclude:
                 runs.append({k: _value(c) for k, c in zip(RUNS, cells)})
