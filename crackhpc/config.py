@@ -28,7 +28,7 @@ from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
 
-MODELS = {"torch": ("resnet18", "resnet50", "vgg16"), "keras": ("vgg16", "resnet50")}
+MODELS = {"torch": ("resnet18", "resnet50", "vgg16", "efficientnet_lite0"), "keras": ("vgg16", "resnet50")}
 BACKENDS = {"torch": ("auto", "ddp", "horovod"), "keras": ("auto", "tf-distribute", "horovod")}
 EXECUTORS = ("auto", "local", "debug", "slurm")
 STUDY_SPLIT = (0.75, 0.2375, 0.0125)

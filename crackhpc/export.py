@@ -22,11 +22,10 @@ MODEL_JSON = "model.json"
 def _torch_probabilities(run_dir: Path, spec):
     """The module predict runs (BatchNorm folded), with the softmax: uint8 NHWC → (N, 2), on the CPU."""
     import torch
-    from torch.fx.experimental.optimization import fuse
 
-    from .predict.model import torch_module
+    from .predict.model import folded, torch_module
 
-    return torch.nn.Sequential(fuse(torch_module(run_dir, spec), inplace=True), torch.nn.Softmax(dim=1)).eval()
+    return torch.nn.Sequential(folded(torch_module(run_dir, spec)), torch.nn.Softmax(dim=1)).eval()
 
 
 def _write_torchscript(run_dir: Path, spec, path: Path) -> None:
@@ -86,11 +85,12 @@ def describe(spec, result: dict, fmt: str, filename: str) -> dict:
         "best_val_acc": result.get("best_val_acc"), "n_test": result.get("n_test"), "trained": result.get("finished"),
     }
     if spec.train.framework == "torch":
-        from .worker.torch_models import MEAN, STD
+        from .worker.torch_models import normalization
 
+        mean, std = normalization(spec.train.model)
         doc["input"]["dtype"] = "uint8"
         doc["normalisation"] = {"inside_model": True, "formula": "(x / 255 - mean) / std, per channel",
-                                "mean": list(MEAN), "std": list(STD)}
+                                "mean": list(mean), "std": list(std)}
     else:
         doc["input"]["dtype"] = "float32 (0..255)"
         doc["normalisation"] = {"inside_model": False,

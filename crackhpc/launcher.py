@@ -13,7 +13,7 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
-from . import atomic, limits, preflight, procs, rundir, slurm
+from . import atomic, preflight, procs, rundir, slurm
 from .config import RunSpec, Sweep
 from .data.split import make_manifest, write_manifest
 from .errors import CrackhpcError, DamagedFileError
@@ -106,17 +106,11 @@ def plan_sweep(sweep: Sweep, results: Path, retry_failed: bool) -> tuple[SweepFo
     return folder, specs, record, plan(specs, folder, record, retry_failed)
 
 
-def check_weights(specs: list[RunSpec]) -> None:
-    """Fail here, not after hours in the queue."""
-    preflight.require_weights(specs)
-
-
 def prepare_runs(sweep: Sweep, results: Path, folder: SweepFolder, specs: list[RunSpec], record: SweepRecord,
                  executor: str) -> list[RunSpec]:
     """Data and run folders for the runs about to be submitted; the specs now name the data folder."""
     from .provenance import submission
 
-    check_weights(specs)
     data_root = prepare_data(sweep, results)
     record.sweep, record.yaml, record.overrides = sweep.name, str(Path(sweep.path).resolve()), list(sweep.overrides)
     record.executor, record.data_root, record.submitted = executor, str(data_root), rundir.now()
@@ -135,12 +129,13 @@ def submit(sweep: Sweep, results: Path, executor: str = "auto", dry_run: bool = 
         if actions[spec.run_id] == "submit":
             groups[json.dumps(spec.resources.model_dump(mode="json"), sort_keys=True)].append(spec)
     # A shape with more runs than the cluster's MaxArraySize goes out as several arrays.
-    batches = limits.arrays(list(groups.values()), limits.max_array_size() if executor == "slurm" else None)
+    batches = slurm.split_arrays(list(groups.values()), slurm.max_array_size() if executor == "slurm" else None)
     echo(f"sweep {sweep.name}: {len(specs)} runs, {sum(map(len, groups.values()))} to submit, executor {executor}, results in {folder.path}")
     if dry_run:
         _print_plan(specs, actions, batches, folder, executor, sweep.name, echo)
         return {}
     todo = [s for g in groups.values() for s in g]
+    preflight.require_weights(todo)  # fail here, not after hours in the queue
     with folder.lock():
         record.owner = {**procs.identity(), "since": rundir.now()}
         folder.save(record)
@@ -187,7 +182,7 @@ def _print_plan(specs, actions, groups, folder: SweepFolder, executor: str, name
         if executor == "slurm":
             script = slurm.preview(make_executor("slurm", folder.submitit, params), len(group))
             echo(script)
-            if answer := preflight.ask_slurm(script):
+            if answer := slurm.ask_test_only(script):
                 echo(f"  {answer}")
                 refused += [] if answer.accepted else [s.run_id for s in group]
     for warning in preflight.weights_warnings([s for group in groups for s in group]):

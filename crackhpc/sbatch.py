@@ -18,7 +18,7 @@ import sysconfig
 from pathlib import Path
 from string import Template
 
-from . import atomic, rundir, slurm
+from . import atomic, preflight, rundir, slurm
 from .attempts import START_SHELL
 from .config import RunSpec, Sweep
 from .errors import CrackhpcError
@@ -74,6 +74,7 @@ def write_scripts(sweep: Sweep, results: Path, out: Path | None = None, submit: 
     if not todo:
         return []
     scripts = []
+    preflight.require_weights(todo)
     with folder.lock():
         for spec in prepare_runs(sweep, results, folder, todo, record, "slurm"):
             run_dir = folder.run(spec.run_id)

@@ -1,5 +1,6 @@
 """The one adapter between crackhpc and Slurm: resources → sbatch options (for submitit and for the
-plain templates alike), and the sacct/squeue/scancel/sbatch calls, each with a time limit.
+plain templates alike), the cluster's limits, and the sacct/squeue/scancel/sbatch/scontrol calls,
+each with a time limit.
 
 submitit is used through its public API; the dry-run's exact-script preview needs three of its
 internals, isolated in `preview` (setup.cfg pins submitit's minor version, and
@@ -12,10 +13,11 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence, TypeVar
 
 from .attempts import START_SHELL
 from .config import Resources
@@ -30,6 +32,7 @@ ACTIVE_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COM
 SACCT_FIELDS = ("JobID", "State", "Elapsed", "NodeList", "AllocTRES", "Reason")
 # What each job used against what it asked for (crackhpc.usage); MaxRSS is a step's, not the job's.
 USAGE_FIELDS = ("ElapsedRaw", "TotalCPU", "MaxRSS", "ReqMem", "AllocCPUS", "TimelimitRaw")
+T = TypeVar("T")
 # A hung slurmctld or slurmdbd must not hang `crackhpc status`.
 TIMEOUT_S = float(os.environ.get("CRACKHPC_SLURM_TIMEOUT", 30))
 
@@ -198,6 +201,57 @@ def scancel(job_ids: list[str], echo: Callable = print, poll_s: float = 1.0, tim
             return
         time.sleep(poll_s)
     echo(f"  jobs still stopping after {timeout_s:.0f}s: {' '.join(queue.split())}")
+
+
+def config_value(key: str) -> str | None:
+    """One value of `scontrol show config` (None without Slurm, or where it is not set)."""
+    if not shutil.which("scontrol"):
+        return None
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(rf"^{re.escape(key)}\s*=\s*(\S+)", out.stdout, re.M)
+    return match[1] if match else None
+
+
+def max_array_size() -> int | None:
+    """A job array's indices run 0..MaxArraySize-1: a job shape with more runs goes out as several arrays."""
+    value = config_value("MaxArraySize")
+    return int(value) if value and value.isdigit() and int(value) > 0 else None
+
+
+def split_arrays(groups: Sequence[list[T]], limit: int | None) -> list[list[T]]:
+    """Each group cut into arrays of at most `limit` runs (no limit: as they are)."""
+    if not limit:
+        return [list(g) for g in groups]
+    return [list(g[i:i + limit]) for g in groups for i in range(0, len(g), limit)]
+
+
+@dataclass(frozen=True)
+class SlurmAnswer:
+    accepted: bool
+    lines: tuple[str, ...]  # sbatch's own words, without its `sbatch: ` prefix
+
+    def __str__(self) -> str:
+        verdict = "accepted" if self.accepted else "REFUSED"
+        return f"sbatch --test-only: {verdict}: " + " / ".join(self.lines or ("(no answer)",))
+
+
+def ask_test_only(script: str) -> SlurmAnswer | None:
+    """Slurm's answer to `sbatch --test-only` for this job script (partition, account, QOS, GRES,
+    limits, and when it expects to start it; nothing is queued); None where there is no sbatch."""
+    if not shutil.which("sbatch"):
+        return None
+    with tempfile.TemporaryDirectory(prefix="crackhpc-preflight-") as tmp:
+        path = Path(tmp) / "job.sh"
+        path.write_text(script)
+        try:
+            out = subprocess.run(["sbatch", "--test-only", str(path)], capture_output=True, text=True, timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return SlurmAnswer(False, (f"no answer from slurmctld within {TIMEOUT_S:.0f} s",))
+    lines = tuple(line.removeprefix("sbatch: ").strip() for line in (out.stderr + out.stdout).splitlines() if line.strip())
+    return SlurmAnswer(out.returncode == 0, lines)
 
 
 def sbatch(script: Path) -> str:

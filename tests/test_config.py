@@ -32,7 +32,7 @@ def test_minimal_sweep_gets_the_study_defaults(write_yaml):
     (BASE + "defaults: {epochs: three}\n", "defaults.epochs: expected an integer, got 'three'"),
     (BASE + "defaults: {lr: fast}\n", "defaults.lr: expected a number"),
     (BASE + "defaults: {pretrained: 1}\n", "defaults.pretrained: expected true or false"),
-    (BASE + "defaults: {model: resnet19}\n", "defaults.model: unknown value 'resnet19' (allowed: resnet18, resnet50, vgg16)"),
+    (BASE + "defaults: {model: resnet19}\n", "defaults.model: unknown value 'resnet19' (allowed: resnet18, resnet50, vgg16, efficientnet_lite0)"),
     (BASE + "defaults: {framework: keras, model: resnet18}\n", "defaults.model: unknown value 'resnet18' (allowed: vgg16, resnet50)"),
     (BASE + "defaults: {framework: jax}\n", "defaults.framework: unknown value 'jax'"),
     (BASE + "grid: {lr: []}\n", "grid.lr: empty list"),

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from crackhpc import limits
+from crackhpc import slurm
 from crackhpc.config import load_sweep
 from crackhpc.launcher import submit
 
@@ -11,20 +11,20 @@ from .test_slurm_integration import finished, quiet, slurm_yaml
 
 
 def test_groups_are_cut_at_the_limit():
-    assert limits.arrays([[1, 2, 3, 4, 5], [6]], 2) == [[1, 2], [3, 4], [5], [6]]
-    assert limits.arrays([[1, 2, 3]], None) == [[1, 2, 3]]
+    assert slurm.split_arrays([[1, 2, 3, 4, 5], [6]], 2) == [[1, 2], [3, 4], [5], [6]]
+    assert slurm.split_arrays([[1, 2, 3]], None) == [[1, 2, 3]]
 
 
 @pytest.mark.slurm
 def test_max_array_size_comes_from_slurms_configuration(slurm_cluster):
-    assert limits.max_array_size() == 1001  # Slurm's default; tests/slurm/slurm.conf.in does not set it
+    assert slurm.max_array_size() == 1001  # Slurm's default; tests/slurm/slurm.conf.in does not set it
 
 
 @pytest.mark.slurm
 def test_shape_beyond_max_array_size_goes_out_as_several_arrays(tmp_path, tiny_data, slurm_cluster, monkeypatch):
     """The limit is made small here rather than in the shared test cluster's slurm.conf, which every
     other test's arrays go through."""
-    monkeypatch.setattr(limits, "max_array_size", lambda: 2)
+    monkeypatch.setattr(slurm, "max_array_size", lambda: 2)
     path = slurm_yaml(tmp_path, tiny_data, "split", grid={"seed": [0, 1, 2]})
     lines = []
     submit(load_sweep(path), tmp_path, "slurm", dry_run=True, echo=lines.append)

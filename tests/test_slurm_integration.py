@@ -242,7 +242,8 @@ def test_status_resources_of_a_finished_job(array_sweep):
 def test_a_pending_job_shows_slurms_reason(tmp_path, tiny_data):
     import os
 
-    holder = subprocess.run(["sbatch", "--parsable", "-c", str(os.cpu_count()), "--mem=1G", "--wrap", "sleep 120"],
+    holder = subprocess.run(["sbatch", "--parsable", "-c", str(os.cpu_count()), "--mem=1G", "-o", "/dev/null",
+                             "--wrap", "sleep 120"],
                             capture_output=True, text=True, check=True).stdout.strip()
     try:
         until(lambda: subprocess.run(["squeue", "-h", "-j", holder, "-o", "%T"], capture_output=True,
@@ -255,3 +256,19 @@ def test_a_pending_job_shows_slurms_reason(tmp_path, tiny_data):
     finally:
         subprocess.run(["scancel", holder])
         cli("cancel", tmp_path / "waits")
+
+
+def test_report_resources_and_device_hours_come_from_slurms_accounting(array_sweep):
+    finished(array_sweep.sweep_dir)
+    df, _ = write_reports(array_sweep.sweep_dir)
+    accounting = subprocess.run(["sacct", "-X", "-P", "-n", "-o", "JobID,ElapsedRaw", "-j", array_sweep.array_id],
+                                capture_output=True, text=True, check=True).stdout
+    elapsed = dict(line.split("|") for line in accounting.split())
+    record = record_of(array_sweep.sweep_dir)
+    for row in df.to_dict("records"):
+        seconds = float(elapsed[record["runs"][row["run_id"]]["job_id"]])
+        assert row["slurm_elapsed_s"] == seconds and row["compute_hours"] == seconds * 1 / 3600  # one CPU each
+        assert row["mem_requested_gb"] == 1.0
+    cli("report", array_sweep.sweep_dir, "--no-figures")
+    md = (array_sweep.sweep_dir / "report.md").read_text()
+    assert "## Resources" in md and "| memory peak / requested (GB) |" in md

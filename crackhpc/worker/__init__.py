@@ -52,10 +52,11 @@ def run(run_dir: str | Path) -> dict:
                                       job_id=env.job_id, world_size=env.world_size, error=None, process=procs.identity())
         if env.restarts > result.get("requeues", 0):
             rundir.update_result(run_dir, requeues=env.restarts)
-        record_runtime(run_dir, spec.train.framework, spec.train.backend)
     log(worker_start(spec.run_id, env.job_id, env.restarts))  # where `crackhpc logs --worker` cuts worker.log
     log(f"{spec.run_id}: {spec.train.framework} {spec.train.model}, {spec.train.epochs} epochs, world size {env.world_size}")
     try:
+        if env.is_main:  # in here: it imports the framework, which an interrupt may cut short
+            record_runtime(run_dir, spec.train.framework, spec.train.backend)
         if spec.train.framework == "torch":
             from .torch_worker import train
         else:

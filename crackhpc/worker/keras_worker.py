@@ -12,6 +12,9 @@ notebook, it is for a reason:
   rank, metrics over every image.
 - Horovod through horovod.tensorflow's DistributedGradientTape: horovod.tensorflow.keras wraps
   Keras 2 optimizers only.
+- It runs on Keras 3 (TensorFlow >= 2.16) and on Keras 2.15 (TensorFlow 2.15, the newest that
+  Horovod 0.28.1 supports, see README): it calls only what both share, e.g. the optimizer's
+  apply_gradients rather than Keras 3's apply. tests/test_horovod.py runs it on Keras 2.15.
 
 This module imports TensorFlow; the worker imports it only for Keras runs, and the launcher and
 the report never do.
@@ -186,7 +189,8 @@ class Trainer:
                 probs = model(x, training=True)
                 losses = keras.losses.categorical_crossentropy(tf.one_hot(y, 2), probs)
                 loss = tf.reduce_mean(losses) / comm.loss_divisor
-            optimizer.apply(comm.gradient(tape, loss, model.trainable_variables), model.trainable_variables)
+            optimizer.apply_gradients(zip(comm.gradient(tape, loss, model.trainable_variables),
+                                          model.trainable_variables))
             correct = tf.reduce_sum(tf.cast(tf.argmax(probs, 1) == y, tf.float64))
             return tf.stack([tf.reduce_sum(tf.cast(losses, tf.float64)), correct, tf.cast(tf.size(y), tf.float64)])
 
@@ -277,4 +281,5 @@ def train(spec: RunSpec, run_dir: Path, env: DistEnv, log) -> dict:
     device = _configure(env, max(1, spec.resources.cpus_per_task))
     if backend == "tf-distribute":
         comm = _TFDistribute(env)
-    return Trainer(spec, run_dir, env, log, comm, device).run()
+    with backends.horovod_failures() if backend == "horovod" else contextlib.nullcontext():
+        return Trainer(spec, run_dir, env, log, comm, device).run()
