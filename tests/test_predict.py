@@ -211,16 +211,21 @@ def test_three_shards_run_as_one_job_array_and_merge_to_the_local_tables(trained
 
 
 @pytest.mark.slurm
-def test_cancel_stops_a_queued_prediction_and_a_rerun_resubmits_it(trained, photos, tmp_path, slurm_cluster):
+def test_cancel_stops_a_queued_prediction_and_a_rerun_resubmits_it(trained, photos, tmp_path, slurm_cluster,
+                                                                  monkeypatch):
+    from crackhpc import slurm
     from crackhpc.states import RunState
     from crackhpc.status import collect
 
     _, runs = trained
     out = tmp_path / "held"
+    monkeypatch.setattr(slurm, "max_array_size", lambda: 1)  # as on a cluster whose MaxArraySize is 1
     args = [runs[1], photos, "--tile", "32", "--shards", "2", "--out", out, "--executor", "slurm",
             "--set", "resources.partition=debug", "--set", "resources.mem_gb=1"]
     assert cli("predict", *args, "--set", "resources.sbatch={begin: now+1hour}")[0] == 0  # stays queued
     assert {r.state for r in collect(out)[0]} == {RunState.PENDING}
+    jobs = [r["job_id"] for r in json.loads((out / "sweep.json").read_text())["runs"].values()]
+    assert len({j.split("_")[0] for j in jobs}) == 2  # one array per shard, each within the limit
     code, cancelled, _ = cli("cancel", out)
     assert code == 0 and "2 run(s) cancelled; rerun `crackhpc predict …` with the same arguments resubmits them" in cancelled
     assert [rundir.read_result(out / s)["status"] for s in ("shard-000", "shard-001")] == ["cancelled"] * 2

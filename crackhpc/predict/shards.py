@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import submitit
 
-from .. import atomic, procs, rundir
+from .. import atomic, procs, rundir, slurm
 from ..config import Resources, apply_overrides, validate
 from ..errors import CrackhpcError
 from ..record import SweepFolder
@@ -249,7 +249,6 @@ def predict(run_dir: Path, images: list[str], out_dir: Path, executor_kind: str 
             echo=print) -> int:
     """Plan, submit the shards that need it, wait (unless Slurm without --wait), merge when every
     shard is done. Returns the exit code: 0 all photos done, 1 some photo or shard failed."""
-    from .. import slurm
     from ..launcher import make_executor, plan, resolve_executor, wait_for
     from ..status import run_statuses
     from .model import check_run
@@ -313,8 +312,8 @@ def predict(run_dir: Path, images: list[str], out_dir: Path, executor_kind: str 
 
 def _submit(executor, kind: str, units: list[_Unit], folder: SweepFolder, record, res: Resources) -> list:
     """The shards' jobs, each recorded (and the record saved) as it goes out, so an interrupt
-    loses no job id: one job array on Slurm; local processes share this machine's cores, at most
-    cores/cpus_per_task at a time."""
+    loses no job id: one job array on Slurm (several where there are more shards than its
+    MaxArraySize); local processes share this machine's cores, at most cores/cpus_per_task at a time."""
     from submitit.helpers import as_completed
 
     def recorded(unit, job):
@@ -324,9 +323,12 @@ def _submit(executor, kind: str, units: list[_Unit], folder: SweepFolder, record
         return unit, job
 
     if kind == "slurm":
-        with executor.batch():
-            submitted = [(u, executor.submit(ShardJob(folder.path, u.run_id))) for u in units]
-        return [recorded(u, j) for u, j in submitted]
+        jobs = []
+        for array in slurm.split_arrays([units], slurm.max_array_size()):  # more shards than MaxArraySize: several
+            with executor.batch():
+                submitted = [(u, executor.submit(ShardJob(folder.path, u.run_id))) for u in array]
+            jobs += [recorded(u, j) for u, j in submitted]
+        return jobs
     limit = max(1, min(res.array_parallelism, (os.cpu_count() or 1) // res.cpus_per_task)) if kind == "local" else len(units)
     running, submitted = [], []
     for unit in units:
