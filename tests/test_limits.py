@@ -16,23 +16,17 @@ def test_groups_are_cut_at_the_limit():
 
 
 @pytest.mark.slurm
-def test_max_array_size_comes_from_slurms_configuration(slurm_cluster):
-    assert slurm.max_array_size() == 1001  # Slurm's default; tests/slurm/slurm.conf.in does not set it
-
-
-@pytest.mark.slurm
-def test_shape_beyond_max_array_size_goes_out_as_several_arrays(tmp_path, tiny_data, slurm_cluster, monkeypatch):
-    """The limit is made small here rather than in the shared test cluster's slurm.conf, which every
-    other test's arrays go through."""
-    monkeypatch.setattr(slurm, "max_array_size", lambda: 2)
-    path = slurm_yaml(tmp_path, tiny_data, "split", grid={"seed": [0, 1, 2]})
+def test_shape_beyond_max_array_size_goes_out_as_several_arrays(tmp_path, tiny_data, slurm_cluster):
+    """tests/slurm/slurm.conf.in sets MaxArraySize=5: six runs of one shape make two jobs."""
+    assert slurm.max_array_size() == 5
+    path = slurm_yaml(tmp_path, tiny_data, "split", grid={"seed": [0, 1, 2, 3, 4, 5]}, defaults={"epochs": 1})
     lines = []
     submit(load_sweep(path), tmp_path, "slurm", dry_run=True, echo=lines.append)
     shapes = [line.split(":")[0].strip() for line in lines if line.startswith("  job ")]
-    assert shapes == ["job array of 2 runs", "job of 1 run"]
+    assert shapes == ["job array of 5 runs", "job of 1 run"]
     submit(load_sweep(path), tmp_path, "slurm", wait=True, **quiet)
     jobs = sorted(e["job_id"] for e in json.loads((tmp_path / "split" / "sweep.json").read_text())["runs"].values())
     arrays = sorted({j.split("_")[0] for j in jobs if "_" in j})
-    assert len(arrays) == 1 and sorted(j for j in jobs if "_" in j) == [f"{arrays[0]}_0", f"{arrays[0]}_1"]
+    assert len(arrays) == 1 and sorted(j for j in jobs if "_" in j) == [f"{arrays[0]}_{i}" for i in range(5)]
     assert len([j for j in jobs if "_" not in j]) == 1
-    assert [r.state for r in finished(tmp_path / "split")] == ["completed"] * 3
+    assert [r.state for r in finished(tmp_path / "split")] == ["completed"] * 6
