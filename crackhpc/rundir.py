@@ -103,18 +103,21 @@ def state_of(result: dict) -> RunState:
     return RunState.parse(str(result.get("status", RunState.PENDING.value)))
 
 
-def update_result(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
-    """result.json with `fields` changed; a damaged one is replaced (what it said is lost already)."""
+def _result_or_empty(run_dir: str | Path) -> dict[str, Any]:
+    """result.json for a writer: a damaged one is replaced (what it said is lost already)."""
     try:
-        result = read_result(run_dir)
+        return read_result(run_dir)
     except DamagedFileError:
-        result = {}
-    return _write_result(run_dir, {**result, **fields})
+        return {}
+
+
+def update_result(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
+    return _write_result(run_dir, {**_result_or_empty(run_dir), **fields})
 
 
 def reset_result(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
     """A new attempt's result.json, keeping only the earlier attempts' requeue count."""
-    return _write_result(run_dir, {"requeues": update_result(run_dir).get("requeues", 0), **fields})
+    return _write_result(run_dir, {"requeues": _result_or_empty(run_dir).get("requeues", 0), **fields})
 
 
 def _write_result(run_dir: str | Path, result: dict) -> dict:

@@ -117,7 +117,7 @@ def run_status(folder: SweepFolder, run_id: str, record: SweepRecord, accounting
         result = rundir.read_result(run_dir)
         recorded = rundir.state_of(result)
     except DamagedFileError as exc:
-        recorded, notes, damaged = RunState.UNREADABLE, [str(exc)], [str(exc)]
+        recorded, damaged = RunState.UNREADABLE, [str(exc)]
     if on_slurm:
         state = merge(recorded, sjob) if recorded is not RunState.UNREADABLE or (sjob and sjob.active) else recorded
         live = bool(sjob and sjob.active and state in LIVE) or (sjob is None and state in LIVE)
@@ -140,12 +140,10 @@ def run_status(folder: SweepFolder, run_id: str, record: SweepRecord, accounting
     except FileNotFoundError:
         pass
     except CrackhpcError as exc:
-        notes.append(str(exc))
         damaged.append(str(exc))
     try:
         val_acc = last_val_acc(run_dir)
     except DamagedFileError as exc:
-        notes.append(str(exc))
         damaged.append(str(exc))
     worker = result.get("process") or {}
     return RunStatus(
@@ -153,7 +151,7 @@ def run_status(folder: SweepFolder, run_id: str, record: SweepRecord, accounting
         slurm_state=sjob.state if sjob else "", elapsed=(sjob.elapsed if sjob else "") or _elapsed(result),
         node=(sjob.node if sjob else "") or ((worker.get("host") or result.get("host", "")) if result.get("started") else ""),
         epochs_done=result.get("epochs_done"), epochs=epochs, val_acc=val_acc, test_acc=result.get("test_acc"),
-        requeues=result.get("requeues", 0) or 0, note="; ".join(n for n in notes if n), tres=sjob.tres if sjob else "",
+        requeues=result.get("requeues", 0) or 0, note="; ".join(n for n in notes + damaged if n), tres=sjob.tres if sjob else "",
         damaged=tuple(damaged), usage=sjob.usage if sjob else None)
 
 
