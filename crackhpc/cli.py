@@ -76,7 +76,7 @@ def cmd_report(args) -> int:
     notes = sys.stdout if args.format == "text" else sys.stderr
     sweep_dir = Path(args.sweep_dir)
     print("\nwritten: " + ", ".join(str(sweep_dir / f) for f in ("summary.csv", "comparison.csv", REPORT_MD, REPORT_HTML))
-          + f" (figures in {sweep_dir / 'report'})", file=notes)
+          + ("" if args.no_figures else f" (figures in {sweep_dir / 'report'})"), file=notes)
     for _, row in df[df["status"] == "failed"].iterrows():
         print(f"failed: {row['run_id']}: {row['error']}", file=notes)
     older = len(run_dirs(sweep_dir)) - len(df)
@@ -476,13 +476,13 @@ def main(argv: list[str] | None = None) -> int:
     except CrackhpcError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
         return 130
     except OSError as exc:
         # A read-only or full file system, a name too long: what the system said, about which file.
         hint = {errno.ENOSPC: "; free some space and run it again (finished work is kept)",
-                errno.EROFS: "; use --results on a writable file system", errno.EACCES: "; check the folder's permissions",
+                errno.EROFS: "; a read-only file system: write to a folder elsewhere", errno.EACCES: "; check the folder's permissions",
                 errno.ENAMETOOLONG: "; use a shorter name"}.get(exc.errno, "")
         print(f"error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}{hint}", file=sys.stderr)
         return 2

@@ -26,3 +26,7 @@ class DamagedFileError(CrackhpcError):
     def __init__(self, path: str | os.PathLike, problem: str, fix: str):
         self.path = path
         super().__init__(f"{path}: {problem}; {fix}")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what the interrupted command did about it: the CLI prints it as its one line."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from . import atomic, preflight, procs, rundir, slurm
 from .config import RunSpec, Sweep
 from .data.split import make_manifest, write_manifest
-from .errors import CrackhpcError, DamagedFileError
+from .errors import CrackhpcError, DamagedFileError, Interrupted
 from .grid import expand
 from .record import DATA, SweepFolder, SweepRecord
 from .states import RunState
@@ -58,6 +58,9 @@ def make_executor(executor: str, folder: Path, params: dict):
     return submitter
 
 
+RETRY_HINT = " (use --retry-failed)"
+
+
 def plan(specs: list[RunSpec], folder: SweepFolder, record: SweepRecord, retry_failed: bool) -> dict[str, str]:
     """What to do with each run: submit, or why not. States are `crackhpc status`'s, so a job
     that Slurm killed (time limit, out of memory) or a local worker that died counts as failed
@@ -70,7 +73,7 @@ def plan(specs: list[RunSpec], folder: SweepFolder, record: SweepRecord, retry_f
             what = f"job {run.job_id} {(run.slurm_state or run.state.value).lower()}" if run.job_id else f"{run.state}"
             actions[run.run_id] = f"skip: {what}"
         elif run.state is not RunState.PENDING and not retry_failed:
-            actions[run.run_id] = f"skip: {run.state} (use --retry-failed)"
+            actions[run.run_id] = f"skip: {run.state}{RETRY_HINT}"
         else:
             actions[run.run_id] = "submit"
     return actions
@@ -134,6 +137,10 @@ def submit(sweep: Sweep, results: Path, executor: str = "auto", dry_run: bool = 
     if dry_run:
         _print_plan(specs, actions, batches, folder, executor, sweep.name, echo)
         return {}
+    # Said on a real submission too, or a failed or unreadable run would go unmentioned.
+    left = {r: a.removeprefix("skip: ").removesuffix(RETRY_HINT) for r, a in actions.items() if a.endswith(RETRY_HINT)}
+    if left:
+        echo("  not resubmitted without --retry-failed: " + ", ".join(f"{r} ({why})" for r, why in sorted(left.items())))
     todo = [s for g in groups.values() for s in g]
     preflight.require_weights(todo)  # fail here, not after hours in the queue
     with folder.lock():
@@ -157,8 +164,7 @@ def submit(sweep: Sweep, results: Path, executor: str = "auto", dry_run: bool = 
                 return wait_for(jobs, folder, executor)
             return {}
         except KeyboardInterrupt:
-            _interrupted(jobs, [s.run_id for s in todo], executor, folder, record, echo)
-            raise
+            raise Interrupted(_interrupted(jobs, [s.run_id for s in todo], executor, folder, record)) from None
         finally:
             record.finished = rundir.now()
             folder.save(record)
@@ -259,14 +265,12 @@ def wait_for(jobs, folder: SweepFolder, executor: str, poll_s: float = 2.0) -> d
     return {s.run_id: s.state for s in run_statuses(folder, [spec.run_id for spec, _ in jobs], folder.load())}
 
 
-def _interrupted(jobs, todo: list[str], executor: str, folder: SweepFolder, record: SweepRecord, echo) -> None:
+def _interrupted(jobs, todo: list[str], executor: str, folder: SweepFolder, record: SweepRecord) -> str:
     """Ctrl-C: local jobs are this command's processes, so they stop with it and their runs are
-    recorded cancelled; Slurm jobs are left to Slurm, their ids in the record."""
+    recorded cancelled; Slurm jobs are left to Slurm, their ids in the record. Returns what was done."""
     if executor == "slurm":
-        echo(f"interrupted: {len(jobs)} Slurm job(s) left queued or running, ids in {folder.record_path}; "
-             f"`crackhpc status {folder.path}` follows them, `crackhpc cancel {folder.path}` stops them")
-        return
-    stopped = 0
+        return (f"{len(jobs)} Slurm job(s) left queued or running, ids in {folder.record_path}; "
+                f"`crackhpc status {folder.path}` follows them, `crackhpc cancel {folder.path}` stops them")
     for spec, _ in jobs:
         job = record.runs.get(spec.run_id)
         if executor == "local" and job:
@@ -275,14 +279,15 @@ def _interrupted(jobs, todo: list[str], executor: str, folder: SweepFolder, reco
             except DamagedFileError:
                 worker = None
             procs.stop_local_job(worker, job.process)
-    for run_id in todo:  # started or still waiting for a free core
+    cancelled = 0
+    for run_id in todo:  # started (a stopped worker records itself cancelled) or still waiting for a free core
         try:
-            live = rundir.state_of(rundir.read_result(folder.run(run_id))).live
+            state = rundir.state_of(rundir.read_result(folder.run(run_id)))
         except DamagedFileError:
-            live = False
-        if live:
+            continue
+        if state.live:
             rundir.update_result(folder.run(run_id), status=RunState.CANCELLED, cancelled=rundir.now(),
                                  error="interrupted (Ctrl-C)")
-            stopped += 1
-    echo(f"interrupted: {stopped} run(s) stopped or never started, recorded cancelled "
-         f"(`crackhpc sweep --retry-failed` resumes them from their checkpoints)")
+        cancelled += state.live or state is RunState.CANCELLED
+    return (f"{cancelled} run(s) recorded cancelled; `crackhpc sweep --retry-failed` resumes them from their "
+            f"checkpoints")

@@ -53,7 +53,6 @@ NUMBERS = ("epochs_done", "best_val_acc", "test_loss", "test_acc", "n_test", "wa
            "world_size", "skipped_images", "requeues")
 # What to do about a damaged file of a run: `crackhpc sweep` resubmits a run that has no result.json
 # and writes its config.yaml and split.csv again; the worker writes the rest.
-REDO = "delete {run}/result.json and run `crackhpc sweep <sweep file> --retry-failed`, which redoes the run"
 
 # Test figures the study reported (loss, accuracy); None where it gave none.
 STUDY = {
@@ -88,7 +87,7 @@ def _read_or_note(path: Path, reader: Callable[[Path], T], notes: list[str], fix
     except (OSError, ValueError, csv.Error, yaml.YAMLError) as exc:  # ValueError: JSON, UTF-8, pandas, ours
         if isinstance(exc, PermissionError):
             fix = "give the report's user read permission on it"
-        notes.append(f"{path}: {_problem(exc)}; {fix or REDO.format(run=path.parent)}")
+        notes.append(f"{path}: {_problem(exc)}; {fix or rundir.REDO.format(run=path.parent)}")
     return None
 
 
@@ -295,7 +294,7 @@ def read_misclassified(run_dir: Path) -> list[dict[str, str]]:
     path = run_dir / rundir.MISCLASSIFIED
     if not path.is_file():
         return []
-    fix = REDO.format(run=run_dir)
+    fix = rundir.REDO.format(run=run_dir)
     try:
         reader = csv.DictReader(io.StringIO(path.read_bytes().decode("utf-8"), newline=""))
         if tuple(reader.fieldnames or ()) != MISCLASSIFIED_COLUMNS:
@@ -381,7 +380,7 @@ def confusion(run_dir: Path, n_test: int | None, splits: TestSplits | None = Non
     if min(matrix[0][0], matrix[1][1]) < 0:
         raise CrackhpcError(f"{run_dir / rundir.MISCLASSIFIED}: more misclassified images than test images in "
                             f"{run_dir / rundir.SPLIT}; the two files are from different runs: "
-                            + REDO.format(run=run_dir))
+                            + rundir.REDO.format(run=run_dir))
     note = None
     total = negatives + positives
     if n_test is not None and not pd.isna(n_test) and int(n_test) != total:

@@ -31,6 +31,9 @@ CHECKPOINT = {"torch": "checkpoint.pt", "keras": "checkpoint.npz"}
 SBATCH_SCRIPT, SBATCH_LOG = "job.sbatch", "slurm-%j"
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "images_per_s")
 RERUN = "delete it and rerun the run with `crackhpc sweep --retry-failed`"
+# A damaged config.yaml (or other input) of a run: without result.json the run is resubmitted, and
+# its config.yaml and split.csv are written again.
+REDO = "delete {run}/result.json and run `crackhpc sweep <sweep file> --retry-failed`, which redoes the run"
 # libyaml's parser where PyYAML has it: `status` and `report` read a config.yaml per run (1,000 of them).
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -75,7 +78,7 @@ def read_config(run_dir: str | Path) -> RunSpec:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not a crackhpc run folder (config.yaml missing)")
-    fix = "rerun `crackhpc sweep` on its sweep file to rewrite it"
+    fix = REDO.format(run=run_dir)
     try:
         raw = load_config_yaml(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:

@@ -85,7 +85,10 @@ def last_val_acc(run_dir: Path) -> float | None:
     except FileNotFoundError:
         return None
     except (UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as exc:
-        raise DamagedFileError(path, f"not a metrics table ({type(exc).__name__})", rundir.RERUN) from None
+        # The run's result stands without it; only its learning curves are lost.
+        raise DamagedFileError(path, f"not a metrics table ({type(exc).__name__})",
+                               "the run's learning curves are lost; delete the file, or "
+                               + rundir.REDO.format(run=run_dir)) from None
 
 
 def _local_state(recorded: RunState, result: dict, job: Job | None, owner_alive: bool) -> tuple[RunState, bool, str]:

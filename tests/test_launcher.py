@@ -49,6 +49,9 @@ def test_failed_run_is_recorded_and_resubmitted_only_on_request(tmp_path, write_
     submit(sweep, tmp_path / "results", "debug", dry_run=True, echo=lines.append)
     assert "skip: failed (use --retry-failed)" in "\n".join(lines)
     lines = []
+    assert submit(sweep, tmp_path / "results", "local", echo=lines.append) == {}
+    assert lines[1] == f"  not resubmitted without --retry-failed: {run_id} (failed)"
+    lines = []
     submit(sweep, tmp_path / "results", "debug", dry_run=True, retry_failed=True, echo=lines.append)
     assert "1 to submit" in lines[0]
 
