@@ -183,23 +183,21 @@ def _status_dict(s) -> dict:
     return out
 
 
-def _record_kind(sweep_dir) -> str | None:
-    """sweep.json's `kind`: "prediction" for a `crackhpc predict` folder, None for a sweep's."""
-    from .record import SweepFolder
+def _resubmit(sweep_dir) -> str:
+    """How to submit the folder's cancelled runs again: a sweep's or a prediction's command."""
+    from .record import SweepFolder, SweepRecord
 
     try:
-        return getattr(SweepFolder(sweep_dir).load(), "kind", None)
+        return SweepFolder(sweep_dir).load().resubmit
     except CrackhpcError:  # a damaged record: cancel has said so already
-        return None
+        return SweepRecord().resubmit
 
 
 def cmd_cancel(args) -> int:
     from .cancel import cancel
 
     cancelled = cancel(args.sweep_dir, args.run_ids)
-    again = "rerun `crackhpc predict …` with the same arguments" if _record_kind(args.sweep_dir) == "prediction" \
-        else "`crackhpc sweep --retry-failed`"
-    print(f"{len(cancelled)} run(s) cancelled" + (f"; {again} resubmits them" if cancelled else ""))
+    print(f"{len(cancelled)} run(s) cancelled" + (f"; {_resubmit(args.sweep_dir)} resubmits them" if cancelled else ""))
     return 0
 
 

@@ -59,6 +59,7 @@ def make_executor(executor: str, folder: Path, params: dict):
 
 
 RETRY_HINT = " (use --retry-failed)"
+ORPHANED = ", orphaned"
 
 
 def plan(specs: list[RunSpec], folder: SweepFolder, record: SweepRecord, retry_failed: bool) -> dict[str, str]:
@@ -71,7 +72,7 @@ def plan(specs: list[RunSpec], folder: SweepFolder, record: SweepRecord, retry_f
             actions[run.run_id] = "skip: completed"
         elif run.live:
             what = f"job {run.job_id} {(run.slurm_state or run.state.value).lower()}" if run.job_id else f"{run.state}"
-            actions[run.run_id] = f"skip: {what}"
+            actions[run.run_id] = f"skip: {what}" + (ORPHANED if run.orphan else "")
         elif run.state is not RunState.PENDING and not retry_failed:
             actions[run.run_id] = f"skip: {run.state}{RETRY_HINT}"
         else:
@@ -134,6 +135,10 @@ def submit(sweep: Sweep, results: Path, executor: str = "auto", dry_run: bool = 
     # A shape with more runs than the cluster's MaxArraySize goes out as several arrays.
     batches = slurm.split_arrays(list(groups.values()), slurm.max_array_size() if executor == "slurm" else None)
     echo(f"sweep {sweep.name}: {len(specs)} runs, {sum(map(len, groups.values()))} to submit, executor {executor}, results in {folder.path}")
+    if orphans := sorted(r for r, a in actions.items() if a.endswith(ORPHANED)):
+        # Their `crackhpc sweep` was killed: nobody waits for them, and they hold cores this one will also use.
+        echo(f"  still running from a `crackhpc sweep` that has gone: {', '.join(orphans)}; they record their own "
+             f"outcomes; `crackhpc status {folder.path}` follows them, `crackhpc cancel {folder.path}` stops them")
     if dry_run:
         _print_plan(specs, actions, batches, folder, executor, sweep.name, echo)
         return {}
@@ -161,7 +166,7 @@ def submit(sweep: Sweep, results: Path, executor: str = "auto", dry_run: bool = 
                     # The debug executor runs each job in this process when it is waited on. torchvision's Triton
                     # segfaults when it loads after TensorFlow 2.21 but not before, so torch runs go first.
                     jobs.sort(key=lambda spec_job: spec_job[0].train.framework != "torch")
-                return wait_for(jobs, folder, executor)
+                return wait_for(jobs, folder, record, executor)
             return {}
         except KeyboardInterrupt:
             raise Interrupted(_interrupted(jobs, [s.run_id for s in todo], executor, folder, record)) from None
@@ -235,7 +240,7 @@ def _submit_group(submitter, executor: str, group: list[RunSpec], folder: SweepF
         folder.save(record)
 
 
-def _settle(spec: RunSpec, job, folder: SweepFolder, executor: str) -> RunState:
+def _settle(spec: RunSpec, job, folder: SweepFolder, executor: str, again: str) -> RunState:
     """The run's state once its local job has ended; a worker that ended without recording an
     outcome (killed, out of memory, a full disk) is recorded failed, with where to look. (Slurm's
     jobs are left to `crackhpc status`, which knows a time-out from a failure.)"""
@@ -247,12 +252,12 @@ def _settle(spec: RunSpec, job, folder: SweepFolder, executor: str) -> RunState:
     if state.live and executor != "slurm":
         rundir.update_result(run_dir, status=RunState.FAILED, finished=rundir.now(),
                              error=f"the worker died without recording an outcome (killed, out of memory or disk?); "
-                                   f"see {job.paths.stderr}; {RETRY}")
+                                   f"see {job.paths.stderr}; {RETRY.format(again=again)}")
         return RunState.FAILED
     return state
 
 
-def wait_for(jobs, folder: SweepFolder, executor: str, poll_s: float = 2.0) -> dict[str, RunState]:
+def wait_for(jobs, folder: SweepFolder, record: SweepRecord, executor: str, poll_s: float = 2.0) -> dict[str, RunState]:
     from submitit.helpers import as_completed
     from tqdm import tqdm
 
@@ -261,7 +266,7 @@ def wait_for(jobs, folder: SweepFolder, executor: str, poll_s: float = 2.0) -> d
         for job in as_completed([job for _, job in jobs], poll_frequency=poll_s):
             spec = by_job[id(job)]
             bar.update(1)
-            bar.write(f"  {spec.run_id}: {_settle(spec, job, folder, executor)}")
+            bar.write(f"  {spec.run_id}: {_settle(spec, job, folder, executor, record.resubmit)}")
     return {s.run_id: s.state for s in run_statuses(folder, [spec.run_id for spec, _ in jobs], folder.load())}
 
 
@@ -289,5 +294,4 @@ def _interrupted(jobs, todo: list[str], executor: str, folder: SweepFolder, reco
             rundir.update_result(folder.run(run_id), status=RunState.CANCELLED, cancelled=rundir.now(),
                                  error="interrupted (Ctrl-C)")
         cancelled += state.live or state is RunState.CANCELLED
-    return (f"{cancelled} run(s) recorded cancelled; `crackhpc sweep --retry-failed` resumes them from their "
-            f"checkpoints")
+    return f"{cancelled} run(s) recorded cancelled; {record.resubmit} resumes them from their checkpoints"

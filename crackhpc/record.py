@@ -24,6 +24,7 @@ from . import atomic, procs, rundir
 from .errors import CrackhpcError, DamagedFileError
 
 RECORD, SUBMITIT, CACHE, LOCK = "sweep.json", "submitit", ".cache", ".lock"
+PREDICTION = "prediction"  # the record's `kind` for a `crackhpc predict` folder (a sweep's has none)
 DATA = ".data"
 _FIX = ("move it aside and run `crackhpc sweep` again: it rebuilds the record from the run folders "
         "(jobs still queued are then not known to `status` and `cancel`)")
@@ -55,6 +56,18 @@ class SweepRecord(BaseModel):
     submitted: str | None = None
     finished: str | None = None
     provenance: dict | None = None         # the submission's part (crackhpc.provenance), also in each run's result.json
+    kind: str | None = None                # PREDICTION, or None for a sweep
+
+    @property
+    def command(self) -> str:
+        """The command that submits (and, locally, runs) this folder's jobs."""
+        return "crackhpc predict" if self.kind == PREDICTION else "crackhpc sweep"
+
+    @property
+    def resubmit(self) -> str:
+        """How to submit this folder's failed or cancelled runs again."""
+        return "rerun `crackhpc predict …` with the same arguments" if self.kind == PREDICTION \
+            else "`crackhpc sweep --retry-failed`"
 
     def add_job(self, run_id: str, job_id: str, executor: str, stdout=None, stderr=None, process=None) -> Job:
         """A run's new job; its earlier job ids go to its history."""
@@ -130,9 +143,10 @@ class SweepFolder:
         try:
             lock.acquire()
         except Timeout:
-            owner = self.load().owner or {}
+            record = self.load()
+            owner = record.owner or {}
             who = f"pid {owner.get('pid')} on {owner.get('host')}, since {owner.get('since')}" if owner else "another process"
-            raise CrackhpcError(f"{self.path}: another `crackhpc sweep` ({who}) is submitting or running this sweep's "
+            raise CrackhpcError(f"{self.path}: another `{record.command}` ({who}) is submitting or running this folder's "
                                 f"jobs; wait for it (`crackhpc status {self.path}`) or stop it first") from None
         try:
             yield

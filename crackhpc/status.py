@@ -22,7 +22,7 @@ from .states import LIVE, RECORDED, RunState
 from .usage import Usage
 
 SlurmQuery = Callable[[list[str]], dict[str, slurm.SlurmJob]]
-RETRY = "`crackhpc sweep --retry-failed` resumes it from its last checkpoint"
+RETRY = "{again} resumes it from its last checkpoint"
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class RunStatus:
     tres: str = ""
     damaged: tuple[str, ...] = ()  # one line per file of the run that cannot be read, with the fix
     usage: Usage | None = None     # what its Slurm job used against what it asked for
+    orphan: bool = False           # a local job still running whose `crackhpc sweep` has gone
 
     @property
     def epoch(self) -> str:
@@ -91,13 +92,22 @@ def last_val_acc(run_dir: Path) -> float | None:
                                + rundir.REDO.format(run=run_dir)) from None
 
 
-def _local_state(recorded: RunState, result: dict, job: Job | None, owner_alive: bool) -> tuple[RunState, bool, str]:
+def orphaned(record: SweepRecord) -> str:
+    """The note of a local job left running by a `crackhpc sweep` that was killed (kill -9, a closed
+    session): nothing waits for it any more, but its worker still records its own outcome."""
+    return (f"orphaned: its `{record.command}` (pid {record.owner['pid']} on {record.owner['host']}) has gone; "
+            f"the worker runs on and records its outcome; `crackhpc cancel` stops it")
+
+
+def _local_state(recorded: RunState, result: dict, job: Job | None, owner_alive: bool,
+                 again: str) -> tuple[RunState, bool, str]:
     """(state, live, note) of a run of the local or debug executor, from its processes."""
     worker = result.get("process")
     if recorded in (RunState.RUNNING, RunState.REQUEUED):
         if procs.alive(worker) is False:
             return (RunState.FAILED, False, f"worker process {worker['pid']} on {worker['host']} died without recording "
-                                            f"an outcome (killed, out of memory or disk?); {RETRY}")
+                                            f"an outcome (killed, out of memory or disk?); "
+                                            f"{RETRY.format(again=again)}")
         return recorded, True, ""
     if recorded is not RunState.PENDING:
         return recorded, recorded in LIVE, ""
@@ -115,7 +125,7 @@ def run_status(folder: SweepFolder, run_id: str, record: SweepRecord, accounting
     executor = job.executor if job else ""
     on_slurm = executor == "slurm" and bool(job.job_id)
     sjob = accounting.get(job.job_id) if on_slurm else None
-    notes, result, damaged = [], {}, []
+    notes, result, damaged, orphan = [], {}, [], False
     try:
         result = rundir.read_result(run_dir)
         recorded = rundir.state_of(result)
@@ -127,9 +137,11 @@ def run_status(folder: SweepFolder, run_id: str, record: SweepRecord, accounting
         if slurm_note and sjob is None:
             notes.append(slurm_note)
     else:
+        owner_alive = procs.alive(record.owner)
         state, live, note = (recorded, False, "") if recorded is RunState.UNREADABLE else \
-            _local_state(recorded, result, job, procs.alive(record.owner) is True)
-        notes.append(note)
+            _local_state(recorded, result, job, owner_alive is True, record.resubmit)
+        orphan = live and owner_alive is False and executor == "local"
+        notes.append(orphaned(record) if orphan else note)
     if state is RunState.FAILED and result.get("error") and recorded is RunState.FAILED:
         notes.insert(0, result["error"])
     if sjob and recorded not in RECORDED and not sjob.active and sjob.state != "CANCELLED":
@@ -155,7 +167,7 @@ def run_status(folder: SweepFolder, run_id: str, record: SweepRecord, accounting
         node=(sjob.node if sjob else "") or ((worker.get("host") or result.get("host", "")) if result.get("started") else ""),
         epochs_done=result.get("epochs_done"), epochs=epochs, val_acc=val_acc, test_acc=result.get("test_acc"),
         requeues=result.get("requeues", 0) or 0, note="; ".join(n for n in notes + damaged if n), tres=sjob.tres if sjob else "",
-        damaged=tuple(damaged), usage=sjob.usage if sjob else None)
+        damaged=tuple(damaged), usage=sjob.usage if sjob else None, orphan=orphan)
 
 
 def run_statuses(folder: SweepFolder, run_ids: Iterable[str], record: SweepRecord,

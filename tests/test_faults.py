@@ -5,6 +5,8 @@ two processes at once, a full file system), and what `status`, `report` and the 
                                           --retry-failed resumes it from its checkpoint
     Ctrl-C of `crackhpc sweep`          → its local jobs stop, runs recorded cancelled, exit 130, one line
     two `crackhpc sweep` at once        → the second refuses in one line; a dry run sees the live run
+    kill -9 of `crackhpc sweep`         → its running workers are shown orphaned; a new sweep leaves them
+                                          running and says so; `crackhpc cancel` stops them
     damaged result.json, metrics.csv,   → one line each naming the file and the fix; every other run shown
       config.yaml, sweep.json
     a damaged checkpoint                → the run fails naming the file and what to do
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from crackhpc import atomic, rundir
+from crackhpc import atomic, procs, rundir
 from crackhpc.cli import main
 from crackhpc.config import load_sweep
 from crackhpc.launcher import submit
@@ -118,6 +120,34 @@ def test_a_second_sweep_of_a_busy_folder_refuses_and_a_dry_run_sees_the_live_run
     finally:
         first.send_signal(signal.SIGINT)
         first.communicate(timeout=60)
+
+
+def test_workers_left_by_a_killed_sweep_are_named_orphans_and_cancel_stops_them(tmp_path, write_yaml, tiny_data, capsys):
+    path = write_yaml(tiny_sweep(tiny_data, defaults=ENDLESS))
+    sweep_dir = tmp_path / "tiny"
+    # Not piped: the orphans would hold the pipes open.
+    first = subprocess.Popen([sys.executable, "-m", "crackhpc.cli", "sweep", str(path), "--executor", "local",
+                              "--results", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        run = wait_until(lambda: training(sweep_dir), what="an epoch")
+        first.kill()
+        first.wait(timeout=30)
+        out, _ = status_of(sweep_dir, capsys)
+        assert " running " in out and f"orphaned: its `crackhpc sweep` (pid {first.pid} on " in out
+        assert main(["sweep", str(path), "--executor", "local", "--results", str(tmp_path)]) == 0
+        said = capsys.readouterr().out
+        assert "0 to submit" in said and f"still running from a `crackhpc sweep` that has gone: {run['run_dir'].name};" in said
+        assert procs.alive(run["process"])  # left alone: it records its own outcome
+        assert main(["cancel", str(sweep_dir)]) == 0
+        assert procs.alive(run["process"]) is False and rundir.read_result(run["run_dir"])["status"] == "cancelled"
+    finally:
+        first.kill()
+        for pid in [p.name for p in Path("/proc").iterdir() if p.name.isdigit()]:
+            try:  # whatever the test left of the sweep's processes
+                if str(sweep_dir) in Path(f"/proc/{pid}/cmdline").read_text():
+                    os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def make_runs(tmp_path, tiny_data, n: int = 3) -> tuple[Path, list[Path]]:

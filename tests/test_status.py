@@ -230,3 +230,22 @@ def test_status_of_a_missing_folder_is_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CrackhpcError, match="no runs in it"):
         collect(tmp_path / "empty", query=no_sacct)
+
+
+def test_a_prediction_folder_names_crackhpc_predict_in_its_hints(tmp_path):
+    sweep_dir = make_sweep(tmp_path / "p", "local", {"shard-0": {"job": "", "status": "running"}})
+    proc = fake_controller()
+    worker = procs.identity(proc.pid)
+    proc.kill()
+    proc.wait(timeout=5)
+    atomic.write_json(sweep_dir / "shard-0" / rundir.RESULT, {"status": "running", "process": worker})
+    folder = SweepFolder(sweep_dir)
+    record = folder.load()
+    record.kind, record.owner = "prediction", procs.identity()
+    folder.save(record)
+    (run,) = collect(sweep_dir, query=no_sacct)[0]
+    assert run.state == "failed" and run.note.endswith(
+        "; rerun `crackhpc predict …` with the same arguments resumes it from its last checkpoint")
+    with folder.lock(), pytest.raises(CrackhpcError, match=f"another `crackhpc predict` \\(pid {procs.identity()['pid']} on "):
+        with SweepFolder(sweep_dir).lock():
+            pass

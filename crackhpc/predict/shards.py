@@ -21,7 +21,7 @@ import submitit
 from .. import atomic, procs, rundir, slurm
 from ..config import Resources, apply_overrides, validate
 from ..errors import CrackhpcError
-from ..record import SweepFolder
+from ..record import PREDICTION, SweepFolder
 from ..states import RunState
 from . import inputs, maps
 
@@ -33,7 +33,6 @@ ERROR_COLUMNS = ("image", "reason")
 # What makes two predictions the same: a rerun with these unchanged resumes, anything else is refused.
 PLAN_KEYS = ("model", "photos", "settings", "shards")
 REPLAN = "delete the prediction folder (or give another --out) and run `crackhpc predict` again"
-KIND = "prediction"  # sweep.json's `kind` of a prediction folder (a sweep's record has none)
 
 
 @dataclass(frozen=True)
@@ -269,7 +268,7 @@ def predict(run_dir: Path, images: list[str], out_dir: Path, executor_kind: str 
     with folder.lock():  # one command at a time submits to the folder, as for a sweep
         atomic.write_json(out_dir / PLAN, the_plan)
         record = folder.load()
-        record.kind, record.model = KIND, str(run_dir)
+        record.kind, record.model = PREDICTION, str(run_dir)
         record.executor, record.current_runs = kind, [u.run_id for u in units]
         actions = plan(units, folder, record, retry_failed=True)  # before this process is the owner
         record.owner = {**procs.identity(), "since": rundir.now()}
@@ -286,7 +285,7 @@ def predict(run_dir: Path, images: list[str], out_dir: Path, executor_kind: str 
             jobs = _submit(executor, kind, todo, folder, record, resources)
             echo(f"  jobs {', '.join(str(j.job_id) for _, j in jobs)}; logs in {folder.submitit}")
         if jobs and (wait if wait is not None else kind != "slurm"):
-            wait_for(jobs, folder, kind)
+            wait_for(jobs, folder, record, kind)
             record.finished = rundir.now()
             folder.save(record)
     # The merged state, as `crackhpc status` shows it: a job Slurm killed (time limit, memory) is
