@@ -32,9 +32,11 @@ slurm-up:
 slurm-down:
 	bash tests/slurm/stop.sh
 
-# The Slurm cluster is stopped whatever pytest's outcome; pytest's exit code is kept.
+# The Slurm cluster is stopped whatever pytest's outcome; pytest's exit code is kept. Two pytest-xdist
+# workers: many tests wait on Slurm or on other processes, and tests/conftest.py keeps those that
+# share the cluster on one worker.
 test: install horovod slurm-up
-	CRACKHPC_HOROVOD_VENV=$(HOROVOD_VENV) $(BIN)/python -m pytest -v -rs --durations=15 tests; rc=$$?; bash tests/slurm/stop.sh; exit $$rc
+	CRACKHPC_HOROVOD_VENV=$(HOROVOD_VENV) $(BIN)/python -m pytest -v -rs --durations=15 -n 2 --dist loadgroup tests; rc=$$?; bash tests/slurm/stop.sh; exit $$rc
 
 bench: install
 	$(BIN)/python -m benchmarks.frozen_backbone

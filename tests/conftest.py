@@ -81,3 +81,15 @@ def slurm_cluster() -> str:
         reason = next((line for line in lines if "ERROR" in line), lines[-1])
         pytest.skip(f"tests/slurm/start.sh could not start Slurm: {reason}")
     return out.stdout.strip()
+
+
+# Under pytest-xdist (`make test` runs two workers) the tests that share the one Slurm cluster, and
+# the multi-process Horovod runs, go to one worker in turn; the others spread over both.
+SERIAL = {"slurm_cluster": "slurm", "horovod_venv": "slurm", "learned": "learned"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        group = next((g for f, g in SERIAL.items() if f in getattr(item, "fixturenames", ())), None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))

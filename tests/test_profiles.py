@@ -13,6 +13,7 @@ from crackhpc.errors import ConfigError
 from crackhpc.profiles import apply_profile, cache_line, select_profile, slurm_cluster_name
 
 from .conftest import tiny_sweep
+from .test_slurm_integration import until
 
 PROFILES = """\
     big:
@@ -122,9 +123,13 @@ def test_profile_chosen_by_cluster_on_the_real_slurm(tmp_path, tiny_data, profil
     path.write_text(yaml.safe_dump(sweep))
     assert main(["sweep", str(path), "--executor", "slurm", "--results", str(tmp_path), "--cluster", "test", "--wait"]) == 0
     ((run_id, job),) = json.loads((tmp_path / "prof" / "sweep.json").read_text())["runs"].items()
-    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "Partition,State", "-j", job["job_id"]],
-                         capture_output=True, text=True).stdout
-    assert out.splitlines()[0].startswith("debug|")
+
+    def accounted():  # slurmdbd records the job's end a moment after the worker has recorded its own
+        out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "Partition,State", "-j", job["job_id"]],
+                             capture_output=True, text=True).stdout
+        return out if out.startswith("debug|COMPLETED") else None
+
+    until(accounted, "sacct's row of the completed job", 60)
     assert f"profile setup ran, cache {tmp_path / 'cache'}\n" in open(job["stdout"]).read()
     # Without --cluster, the profile of Slurm's ClusterName (crackhpc) applies: its partition does not exist.
     assert main(["sweep", str(path), "--executor", "slurm", "--results", str(tmp_path / "auto")]) == 2
