@@ -204,6 +204,7 @@ def cmd_cancel(args) -> int:
 def cmd_predict(args) -> int:
     from .predict.model import best_run
     from .predict.shards import Settings, predict
+    from .profiles import select_profile
 
     run_dir = Path(args.model)
     if args.best and Path(args.best).exists():  # `--best photos/`: the optional METRIC took the first photo
@@ -214,8 +215,11 @@ def cmd_predict(args) -> int:
         print(note)
     settings = Settings(tile=args.tile, stride=args.stride, threshold=args.threshold,
                         max_megapixels=args.max_megapixels, batch=args.batch)
+    profile = select_profile(args.cluster) if args.cluster else None
+    if profile is not None:
+        print(profile.describe())
     return predict(run_dir, args.images, Path(args.out), args.executor, settings, shards=args.shards,
-                   per_task=args.per_task, overrides=args.overrides, wait=True if args.wait else None)
+                   per_task=args.per_task, overrides=args.overrides, wait=True if args.wait else None, profile=profile)
 
 
 def cmd_export(args) -> int:
@@ -400,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="with slurm: wait for the jobs and merge")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="resources.KEY=VALUE",
                    help="the jobs' resources (default: the run's, one task): --set resources.partition=gpu")
+    p.add_argument("--cluster", metavar="NAME",
+                   help="use this cluster profile's partition, account, setup lines... instead of those the run "
+                        "trained with (a model trained elsewhere); --set still wins")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="a trained run as one model file for plain torch, onnxruntime or keras, with model.json")

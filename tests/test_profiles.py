@@ -1,6 +1,7 @@
 """Cluster profiles: merging into a sweep, errors naming the file and key, the cluster Slurm names,
 and a profile chosen by --cluster on the real local Slurm."""
 import json
+import os
 import subprocess
 import textwrap
 
@@ -134,3 +135,22 @@ def test_profile_chosen_by_cluster_on_the_real_slurm(tmp_path, tiny_data, profil
     # Without --cluster, the profile of Slurm's ClusterName (crackhpc) applies: its partition does not exist.
     assert main(["sweep", str(path), "--executor", "slurm", "--results", str(tmp_path / "auto")]) == 2
     assert "Slurm refused the job: error: invalid partition specified: nope" in capsys.readouterr().err
+
+
+def test_predict_on_another_cluster_takes_that_clusters_profile_over_the_runs(profiles):
+    from crackhpc.config import Resources
+    from crackhpc.predict.shards import prediction_resources
+
+    profiles()
+    trained = Resources(nodes=2, gpus_per_node=4, cpus_per_task=8, mem_gb=32, partition="old", account="oldproj",
+                        qos="long", setup=("module load old-cuda",), sbatch={"exclusive": True})
+    own = prediction_resources(trained, [])
+    assert (own.nodes, own.gpus_per_node, own.partition, own.account, own.setup) == (1, 1, "old", "oldproj",
+                                                                                     ("module load old-cuda",))
+    big = prediction_resources(trained, [], select_profile("big"))
+    assert (big.partition, big.account, big.qos, big.constraint) == ("gpu", "proj42", "normal", "a100")
+    assert big.setup == (cache_line(os.path.expanduser("~/weights")), "module load cuda")
+    assert big.sbatch == {"reservation": "training", "nice": "10"}  # the trained run's exclusive is gone
+    assert (big.nodes, big.gpus_per_node, big.cpus_per_task, big.mem_gb) == (1, 1, 8, 32)  # the job's shape stays
+    small = prediction_resources(trained, ["resources.partition=gpu-small"], select_profile("small"))
+    assert (small.partition, small.account, small.qos, small.setup) == ("gpu-small", None, None, ())

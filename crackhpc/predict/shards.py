@@ -21,6 +21,7 @@ import submitit
 from .. import atomic, procs, rundir, slurm
 from ..config import Resources, apply_overrides, validate
 from ..errors import CrackhpcError
+from ..profiles import RESOURCE_KEYS, Profile, apply_profile
 from ..record import PREDICTION, SweepFolder
 from ..states import RunState
 from . import inputs, maps
@@ -75,10 +76,14 @@ def make_plan(run_dir: Path, photos: list[Path], input_errors: list[tuple[str, s
             "input_errors": [list(e) for e in input_errors], "cpus_per_task": resources.cpus_per_task}
 
 
-def prediction_resources(trained: Resources, overrides: list[str]) -> Resources:
+def prediction_resources(trained: Resources, overrides: list[str], profile: Profile | None = None) -> Resources:
     """The run's own resources, one task on at most one GPU (a shard is one process), with the
-    command line's `--set resources.KEY=VALUE` edits."""
+    command line's `--set resources.KEY=VALUE` edits. A cluster profile (`--cluster`) replaces what
+    belonged to the cluster the run trained on: its partition, account, setup lines and the like."""
     plain = dict(trained.model_dump(mode="json"), nodes=1, tasks_per_node=1, gpus_per_node=min(1, trained.gpus_per_node))
+    if profile is not None:
+        plain = apply_profile({"resources": {k: v for k, v in plain.items() if k not in RESOURCE_KEYS}},
+                              profile)["resources"]
     for item in overrides:
         if not item.startswith("resources."):
             raise CrackhpcError(f"--set {item}: predict takes resources.KEY=VALUE only, e.g. resources.gpus_per_node=1")
@@ -245,7 +250,7 @@ def n_shards_for(n_photos: int, shards: int | None, per_task: int) -> int:
 
 def predict(run_dir: Path, images: list[str], out_dir: Path, executor_kind: str = "auto", settings: Settings = Settings(),
             shards: int | None = None, per_task: int = 500, overrides: list[str] = (), wait: bool | None = None,
-            echo=print) -> int:
+            profile: Profile | None = None, echo=print) -> int:
     """Plan, submit the shards that need it, wait (unless Slurm without --wait), merge when every
     shard is done. Returns the exit code: 0 all photos done, 1 some photo or shard failed."""
     from ..launcher import make_executor, plan, resolve_executor, wait_for
@@ -261,7 +266,7 @@ def predict(run_dir: Path, images: list[str], out_dir: Path, executor_kind: str 
     kind = resolve_executor(executor_kind)
     folder = SweepFolder(Path(out_dir).resolve())
     out_dir = folder.path
-    resources = prediction_resources(spec.resources, list(overrides))
+    resources = prediction_resources(spec.resources, list(overrides), profile)
     the_plan = make_plan(run_dir, photos, input_errors, settings, n_shards_for(len(photos), shards, per_task), resources)
     _check_same(out_dir, the_plan)
     units = [_Unit(s) for s in the_plan["shards"]]
