@@ -258,3 +258,19 @@ def test_a_shard_that_fails_is_reported_and_nothing_is_merged(trained, photos, t
     code, out, _ = cli("predict", broken, photos, "--out", tmp_path / "pred", "--tile", "32", "--executor", "local")
     assert code == 1 and "shard-000: failed: UnpicklingError" in out
     assert "run this command again to resubmit" in out and not (tmp_path / "pred" / "predictions.csv").exists()
+
+
+@pytest.mark.slurm
+def test_predict_with_another_clusters_profile_runs_its_setup(trained, photos, tmp_path, slurm_cluster, monkeypatch):
+    profiles = tmp_path / "clusters.yaml"
+    profiles.write_text("here:\n  partition: debug\n  setup: ['echo \"setup of cluster here\"']\n")
+    monkeypatch.setenv("CRACKHPC_CLUSTERS", str(profiles))
+    _, runs = trained
+    out = tmp_path / "maps"
+    code, said, err = cli("predict", runs[1], photos, "--tile", "32", "--shards", "1", "--out", out, "--executor",
+                          "slurm", "--cluster", "here", "--set", "resources.mem_gb=1", "--wait")
+    assert code == 0 and said.startswith(f"cluster profile here ({profiles})\n"), err
+    (job,) = json.loads((out / "sweep.json").read_text())["runs"].values()
+    assert "setup of cluster here\n" in open(job["stdout"]).read()
+    code, _, err = cli("predict", runs[1], photos, "--out", tmp_path / "elsewhere", "--cluster", "nowhere")
+    assert code == 2 and err == f"error: {profiles}: nowhere: no such cluster profile (profiles: here)\n"
