@@ -32,18 +32,13 @@ def cmd_sweep(args) -> int:
     submitted), 1 when one failed, died or was cancelled, so that a script or CI job can tell."""
     from .launcher import submit
     from .report import format_table, write_reports
+    from .slurm import refusals
     from .states import RunState
 
-    from submitit.core.utils import FailedJobError
-
     sweep = load_with_profile(args)
-    try:
+    with refusals(args.sweep, "`crackhpc sweep --dry-run` asks Slurm without submitting"):
         states = submit(sweep, Path(args.results), args.executor, dry_run=args.dry_run, retry_failed=args.retry_failed,
                         wait=True if args.wait else None)
-    except FailedJobError as exc:  # sbatch's refusal; the run folders stay as they are, ready for a retry
-        lines = [line.removeprefix("sbatch: ") for line in str(exc).strip().splitlines()]
-        raise CrackhpcError(f"{args.sweep}: Slurm refused the job: {' / '.join(lines)} "
-                            "(`crackhpc sweep --dry-run` asks Slurm without submitting)") from None
     sweep_dir = Path(args.results) / sweep.name
     if not args.dry_run and (sweep_dir / "sweep.json").is_file():
         df, comp = write_reports(sweep_dir)
@@ -205,6 +200,7 @@ def cmd_predict(args) -> int:
     from .predict.model import best_run
     from .predict.shards import Settings, predict
     from .profiles import select_profile
+    from .slurm import refusals
 
     run_dir = Path(args.model)
     if args.best and Path(args.best).exists():  # `--best photos/`: the optional METRIC took the first photo
@@ -218,8 +214,10 @@ def cmd_predict(args) -> int:
     profile = select_profile(args.cluster) if args.cluster else None
     if profile is not None:
         print(profile.describe())
-    return predict(run_dir, args.images, Path(args.out), args.executor, settings, shards=args.shards,
-                   per_task=args.per_task, overrides=args.overrides, wait=True if args.wait else None, profile=profile)
+    with refusals(args.out, "choose where it runs with --set resources.partition=… or --cluster NAME, then run the "
+                            "same command again"):
+        return predict(run_dir, args.images, Path(args.out), args.executor, settings, shards=args.shards,
+                       per_task=args.per_task, overrides=args.overrides, wait=True if args.wait else None, profile=profile)
 
 
 def cmd_export(args) -> int:

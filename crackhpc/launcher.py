@@ -80,6 +80,14 @@ def plan(specs: list[RunSpec], folder: SweepFolder, record: SweepRecord, retry_f
     return actions
 
 
+def say_orphans(actions: dict[str, str], folder: SweepFolder, record: SweepRecord, echo) -> None:
+    """Runs whose `crackhpc sweep` (or predict) was killed: nobody waits for them, and they hold
+    cores that the jobs about to start will also use."""
+    if orphans := sorted(r for r, a in actions.items() if a.endswith(ORPHANED)):
+        echo(f"  still running from a `{record.command}` that has gone: {', '.join(orphans)}; they record their own "
+             f"outcomes; `crackhpc status {folder.path}` follows them, `crackhpc cancel {folder.path}` stops them")
+
+
 def write_run_folders(specs: list[RunSpec], folder: SweepFolder, data_root: Path, sweep: Sweep,
                       provenance: dict | None = None) -> list[RunSpec]:
     manifest = make_manifest(data_root, sweep.data.split, sweep.data.split_seed)
@@ -135,10 +143,7 @@ def submit(sweep: Sweep, results: Path, executor: str = "auto", dry_run: bool = 
     # A shape with more runs than the cluster's MaxArraySize goes out as several arrays.
     batches = slurm.split_arrays(list(groups.values()), slurm.max_array_size() if executor == "slurm" else None)
     echo(f"sweep {sweep.name}: {len(specs)} runs, {sum(map(len, groups.values()))} to submit, executor {executor}, results in {folder.path}")
-    if orphans := sorted(r for r, a in actions.items() if a.endswith(ORPHANED)):
-        # Their `crackhpc sweep` was killed: nobody waits for them, and they hold cores this one will also use.
-        echo(f"  still running from a `crackhpc sweep` that has gone: {', '.join(orphans)}; they record their own "
-             f"outcomes; `crackhpc status {folder.path}` follows them, `crackhpc cancel {folder.path}` stops them")
+    say_orphans(actions, folder, record, echo)
     if dry_run:
         _print_plan(specs, actions, batches, folder, executor, sweep.name, echo)
         return {}

@@ -41,6 +41,7 @@ class Job(BaseModel):
     stderr: str | None = None
     history: list[str] = Field(default_factory=list)
     process: dict | None = None
+    owner: dict | None = None  # the `crackhpc sweep` (or predict) process that submitted it
 
 
 class SweepRecord(BaseModel):
@@ -74,7 +75,7 @@ class SweepRecord(BaseModel):
         previous = self.runs.get(run_id)
         history = (previous.history + [previous.job_id]) if previous and previous.job_id else []
         job = Job(job_id=str(job_id), executor=executor, submitted=rundir.now(), stdout=str(stdout) if stdout else None,
-                  stderr=str(stderr) if stderr else None, history=history, process=process)
+                  stderr=str(stderr) if stderr else None, history=history, process=process, owner=self.owner)
         self.runs[run_id] = job
         return job
 

@@ -8,6 +8,7 @@ tests/test_slurm.py fails loudly if an upgrade changes them).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -17,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
 from .attempts import START_SHELL
 from .config import Resources
@@ -263,3 +264,16 @@ def sbatch(script: Path) -> str:
         why = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
         raise CrackhpcError(f"{script}: sbatch refused it: {why}")
     return out.stdout.strip().split(";")[0]  # --parsable prints `id` or `id;cluster`
+
+
+@contextlib.contextmanager
+def refusals(what: str, hint: str) -> Iterator[None]:
+    """sbatch's refusal of a submitit submission (a partition that does not exist, an unreachable
+    controller) as one line naming what was submitted; the run folders stay ready for a retry."""
+    from submitit.core.utils import FailedJobError
+
+    try:
+        yield
+    except FailedJobError as exc:
+        lines = [line.removeprefix("sbatch: ") for line in str(exc).strip().splitlines()]
+        raise CrackhpcError(f"{what}: Slurm refused the job: {' / '.join(lines)} ({hint})") from None

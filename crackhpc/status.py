@@ -92,11 +92,21 @@ def last_val_acc(run_dir: Path) -> float | None:
                                + rundir.REDO.format(run=run_dir)) from None
 
 
-def orphaned(record: SweepRecord) -> str:
+def orphaned(command: str, owner: dict) -> str:
     """The note of a local job left running by a `crackhpc sweep` that was killed (kill -9, a closed
     session): nothing waits for it any more, but its worker still records its own outcome."""
-    return (f"orphaned: its `{record.command}` (pid {record.owner['pid']} on {record.owner['host']}) has gone; "
+    return (f"orphaned: its `{command}` (pid {owner['pid']} on {owner['host']}) has gone; "
             f"the worker runs on and records its outcome; `crackhpc cancel` stops it")
+
+
+def _stale(job: Job | None, result: dict) -> bool:
+    """Whether the run's recorded job is an earlier attempt's: a later submission reset result.json
+    to pending and was stopped before it submitted the run's new job."""
+    try:
+        return bool(job and job.submitted and result.get("updated")
+                    and _dt.datetime.fromisoformat(result["updated"]) > _dt.datetime.fromisoformat(job.submitted))
+    except (TypeError, ValueError):
+        return False
 
 
 def _local_state(recorded: RunState, result: dict, job: Job | None, owner_alive: bool,
@@ -111,7 +121,7 @@ def _local_state(recorded: RunState, result: dict, job: Job | None, owner_alive:
         return recorded, True, ""
     if recorded is not RunState.PENDING:
         return recorded, recorded in LIVE, ""
-    controller = job.process if job else None
+    controller = job.process if job and not _stale(job, result) else None
     if controller is not None and procs.alive(controller) is False and job.executor == "local":
         return RunState.FAILED, False, f"local job {job.job_id} ended before its worker started; see {job.stderr}"
     if controller is None and not owner_alive:
@@ -137,11 +147,11 @@ def run_status(folder: SweepFolder, run_id: str, record: SweepRecord, accounting
         if slurm_note and sjob is None:
             notes.append(slurm_note)
     else:
-        owner_alive = procs.alive(record.owner)
         state, live, note = (recorded, False, "") if recorded is RunState.UNREADABLE else \
-            _local_state(recorded, result, job, owner_alive is True, record.resubmit)
-        orphan = live and owner_alive is False and executor == "local"
-        notes.append(orphaned(record) if orphan else note)
+            _local_state(recorded, result, job, procs.alive(record.owner) is True, record.resubmit)
+        submitter = job.owner or record.owner if job else None  # records before per-job owners had one
+        orphan = live and executor == "local" and procs.alive(submitter) is False
+        notes.append(orphaned(record.command, submitter) if orphan else note)
     if state is RunState.FAILED and result.get("error") and recorded is RunState.FAILED:
         notes.insert(0, result["error"])
     if sjob and recorded not in RECORDED and not sjob.active and sjob.state != "CANCELLED":

@@ -274,3 +274,8 @@ def test_predict_with_another_clusters_profile_runs_its_setup(trained, photos, t
     assert "setup of cluster here\n" in open(job["stdout"]).read()
     code, _, err = cli("predict", runs[1], photos, "--out", tmp_path / "elsewhere", "--cluster", "nowhere")
     assert code == 2 and err == f"error: {profiles}: nowhere: no such cluster profile (profiles: here)\n"
+    code, _, err = cli("predict", runs[1], photos, "--out", tmp_path / "refused", "--executor", "slurm",
+                       "--set", "resources.partition=nope")
+    # sbatch's own lines come first, as for a sweep; then crackhpc's one line, no traceback
+    assert code == 2 and "Traceback" not in err and err.splitlines()[-1].startswith(
+        f"error: {tmp_path / 'refused'}: Slurm refused the job: error: invalid partition specified: nope"), err

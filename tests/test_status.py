@@ -10,7 +10,7 @@ from crackhpc.cancel import cancel
 from crackhpc.cli import format_status, main
 from crackhpc.config import DataConfig, Resources, RunSpec, TrainConfig
 from crackhpc.errors import CrackhpcError
-from crackhpc.record import SweepFolder
+from crackhpc.record import Job, SweepFolder
 from crackhpc.slurm import SlurmJob, parse_sacct
 from crackhpc.states import RunState
 from crackhpc.status import collect, merge, run_statuses
@@ -249,3 +249,48 @@ def test_a_prediction_folder_names_crackhpc_predict_in_its_hints(tmp_path):
     with folder.lock(), pytest.raises(CrackhpcError, match=f"another `crackhpc predict` \\(pid {procs.identity()['pid']} on "):
         with SweepFolder(sweep_dir).lock():
             pass
+
+
+def dead_process() -> dict:
+    proc = fake_controller()
+    ident = procs.identity(proc.pid)
+    proc.kill()
+    proc.wait(timeout=5)
+    return ident
+
+
+def test_a_job_of_an_earlier_attempt_is_not_taken_for_the_new_one(tmp_path):
+    """A `--retry-failed` sweep killed after resetting a run to pending, before submitting its new
+    job: the old job in sweep.json ended long ago, but the run was not submitted, not failed."""
+    sweep_dir = make_sweep(tmp_path / "s", "local", {"waiting": {"job": "", "status": "pending"},
+                                                     "fresh": {"job": "", "status": "pending"}})
+    old = dead_process()
+    folder = SweepFolder(sweep_dir)
+    record = folder.load()
+    record.owner = dead_process()
+    for run_id, submitted, updated in (("waiting", "2026-01-01T10:00:00+00:00", "2026-01-02T09:00:00+00:00"),
+                                       ("fresh", "2026-01-02T09:00:00+00:00", "2026-01-02T09:00:00+00:00")):
+        record.runs[run_id] = Job(job_id="7", executor="local", submitted=submitted, process=old, stderr="/logs/7.err")
+        atomic.write_json(sweep_dir / run_id / rundir.RESULT, {"status": "pending", "updated": updated})
+    folder.save(record)
+    runs = {s.run_id: s for s in collect(sweep_dir, query=no_sacct)[0]}
+    assert (runs["waiting"].state, runs["waiting"].live, runs["waiting"].note) == ("pending", False, "not submitted")
+    assert runs["fresh"].state == "failed" and runs["fresh"].note.startswith("local job 7 ended before its worker started")
+
+
+def test_an_orphan_names_the_sweep_that_started_it_not_a_later_one(tmp_path):
+    sweep_dir = make_sweep(tmp_path / "s", "local", {"r": {"job": ""}})
+    worker = fake_controller()
+    try:
+        folder = SweepFolder(sweep_dir)
+        record = folder.load()
+        starter = dead_process()
+        record.owner = starter
+        record.add_job("r", "8", "local", process=procs.identity(worker.pid))
+        record.owner = procs.identity()  # a later sweep of the folder, alive: it did not start r
+        folder.save(record)
+        atomic.write_json(sweep_dir / "r" / rundir.RESULT, {"status": "running", "process": procs.identity(worker.pid)})
+        (run,) = collect(sweep_dir, query=no_sacct)[0]
+        assert run.live and run.orphan and run.note.startswith(f"orphaned: its `crackhpc sweep` (pid {starter['pid']} on ")
+    finally:
+        worker.kill()

@@ -253,7 +253,7 @@ def predict(run_dir: Path, images: list[str], out_dir: Path, executor_kind: str 
             profile: Profile | None = None, echo=print) -> int:
     """Plan, submit the shards that need it, wait (unless Slurm without --wait), merge when every
     shard is done. Returns the exit code: 0 all photos done, 1 some photo or shard failed."""
-    from ..launcher import make_executor, plan, resolve_executor, wait_for
+    from ..launcher import make_executor, plan, resolve_executor, say_orphans, wait_for
     from ..status import run_statuses
     from .model import check_run
 
@@ -281,6 +281,7 @@ def predict(run_dir: Path, images: list[str], out_dir: Path, executor_kind: str 
         todo = [u for u in units if actions[u.run_id] == "submit"]
         echo(f"predict: {len(photos)} photos with {spec.run_id} ({spec.train.framework} {spec.train.model}, "
              f"{spec.train.input_size} px), {len(units)} shards, {len(todo)} to submit, executor {kind}, out {out_dir}")
+        say_orphans(actions, folder, record, echo)
         jobs = []
         if todo:
             executor = make_executor(kind, folder.submitit, slurm.submitit_parameters(resources, kind, "predict"))
