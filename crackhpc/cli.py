@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import errno
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .errors import CrackhpcError
@@ -472,8 +474,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # `kill PID` (SIGTERM, also what a batch system or a shutdown sends) stops a command as Ctrl-C does: its
+    # local jobs are stopped and recorded cancelled, not left running as orphans.
+    previous = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() else None
     try:
         return args.func(args)
     except CrackhpcError as exc:
@@ -489,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
                 errno.ENAMETOOLONG: "; use a shorter name"}.get(exc.errno, "")
         print(f"error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}{hint}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ two processes at once, a full file system), and what `status`, `report` and the 
 
     a worker killed by SIGKILL          → failed ("died without recording an outcome"), sweep exits 1,
                                           --retry-failed resumes it from its checkpoint
-    Ctrl-C of `crackhpc sweep`          → its local jobs stop, runs recorded cancelled, exit 130, one line
+    Ctrl-C or kill of `crackhpc sweep`  → its local jobs stop, runs recorded cancelled, exit 130, one line
     two `crackhpc sweep` at once        → the second refuses in one line; a dry run sees the live run
     kill -9 of `crackhpc sweep`         → its running workers are shown orphaned; a new sweep leaves them
                                           running and says so; `crackhpc cancel` stops them
@@ -87,12 +87,13 @@ def test_a_killed_worker_is_failed_and_resumes_on_retry(tmp_path, write_yaml, ti
     assert rundir.read_result(run["run_dir"])["status"] == "completed"
 
 
-def test_ctrl_c_stops_the_local_jobs_and_records_them(tmp_path, write_yaml, tiny_data):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_ctrl_c_stops_the_local_jobs_and_records_them(tmp_path, write_yaml, tiny_data, sig):
     path = write_yaml(tiny_sweep(tiny_data, defaults=ENDLESS, grid={"seed": [0, 1, 2, 3]}))
     sweep_dir = tmp_path / "tiny"
     proc = crackhpc("sweep", str(path), "--executor", "local", "--results", str(tmp_path))
     run = wait_until(lambda: training(sweep_dir), what="an epoch")
-    proc.send_signal(signal.SIGINT)  # to the command alone: it must stop what it started itself
+    proc.send_signal(sig)  # to the command alone: it must stop what it started itself
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err
     (line,) = [line for line in err.splitlines() if line.startswith("interrupted")]
