@@ -297,6 +297,6 @@ def _interrupted(jobs, todo: list[str], executor: str, folder: SweepFolder, reco
             continue
         if state.live:
             rundir.update_result(folder.run(run_id), status=RunState.CANCELLED, cancelled=rundir.now(),
-                                 error="interrupted (Ctrl-C)")
+                                 error="interrupted (Ctrl-C or kill)")
         cancelled += state.live or state is RunState.CANCELLED
     return f"{cancelled} run(s) recorded cancelled; {record.resubmit} resumes them from their checkpoints"

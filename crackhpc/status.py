@@ -93,8 +93,8 @@ def last_val_acc(run_dir: Path) -> float | None:
 
 
 def orphaned(command: str, owner: dict) -> str:
-    """The note of a local job left running by a `crackhpc sweep` that was killed (kill -9, a closed
-    session): nothing waits for it any more, but its worker still records its own outcome."""
+    """The note of a local job left running by a `crackhpc sweep` killed without a chance to stop
+    it (kill -9): nothing waits for it any more, but its worker still records its own outcome."""
     return (f"orphaned: its `{command}` (pid {owner['pid']} on {owner['host']}) has gone; "
             f"the worker runs on and records its outcome; `crackhpc cancel` stops it")
 
