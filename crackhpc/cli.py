@@ -216,8 +216,8 @@ def cmd_predict(args) -> int:
     profile = select_profile(args.cluster) if args.cluster else None
     if profile is not None:
         print(profile.describe())
-    with refusals(args.out, "choose where it runs with --set resources.partition=… or --cluster NAME, then run the "
-                            "same command again"):
+    with refusals(args.out, "fix what Slurm says, e.g. the partition with --set resources.partition=… or "
+                            "--cluster NAME, then run the same command again"):
         return predict(run_dir, args.images, Path(args.out), args.executor, settings, shards=args.shards,
                        per_task=args.per_task, overrides=args.overrides, wait=True if args.wait else None, profile=profile)
 

@@ -87,15 +87,23 @@ def test_a_killed_worker_is_failed_and_resumes_on_retry(tmp_path, write_yaml, ti
     assert rundir.read_result(run["run_dir"])["status"] == "completed"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
-def test_ctrl_c_stops_the_local_jobs_and_records_them(tmp_path, write_yaml, tiny_data, sig):
+def _in_background():  # as `crackhpc sweep … &` from a script: SIGINT ignored, inherited by the workers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("sig, background", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True)],
+                         ids=["ctrl-c", "kill", "kill-in-background"])
+def test_ctrl_c_stops_the_local_jobs_and_records_them(tmp_path, write_yaml, tiny_data, sig, background):
     path = write_yaml(tiny_sweep(tiny_data, defaults=ENDLESS, grid={"seed": [0, 1, 2, 3]}))
     sweep_dir = tmp_path / "tiny"
-    proc = crackhpc("sweep", str(path), "--executor", "local", "--results", str(tmp_path))
+    proc = crackhpc("sweep", str(path), "--executor", "local", "--results", str(tmp_path),
+                    preexec_fn=_in_background if background else None)
     run = wait_until(lambda: training(sweep_dir), what="an epoch")
+    start = time.monotonic()
     proc.send_signal(sig)  # to the command alone: it must stop what it started itself
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "Traceback" not in err
+    # Each worker stops at SIGINT; one that ignored it would be killed only after procs.stop's 10 s.
+    assert proc.returncode == 130 and "Traceback" not in err and time.monotonic() - start < 10
     (line,) = [line for line in err.splitlines() if line.startswith("interrupted")]
     assert line == "interrupted: 4 run(s) recorded cancelled; `crackhpc sweep --retry-failed` resumes them from their checkpoints"
     wait_until(lambda: not Path(f"/proc/{run['process']['pid']}").exists(), 30, "the worker to end")

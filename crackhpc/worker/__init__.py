@@ -6,7 +6,9 @@ Frameworks are imported here lazily, so a Keras run never loads torch's worker a
 """
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -37,6 +39,10 @@ def run(run_dir: str | Path) -> dict:
     """Train the run in `run_dir`; result.json says completed (with metrics) or failed (with the error)."""
     run_dir = Path(run_dir).resolve()
     env = from_environment()
+    # A `crackhpc sweep` started in the background (`nohup … &`) hands its workers an ignored SIGINT,
+    # and SIGINT is how it and `crackhpc cancel` ask a local worker to stop and record the run cancelled.
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         spec = rundir.read_config(run_dir)
     except CrackhpcError as exc:
