@@ -1,11 +1,12 @@
 """JPEG decode + resize throughput: the naive loader's work on one core vs crackhpc's image cache."""
+
 from __future__ import annotations
 
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from torchvision.datasets.folder import default_loader
 

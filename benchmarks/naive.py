@@ -12,11 +12,12 @@ Three choices keep its accuracies comparable with crackhpc's run for run; none m
 - each epoch is shuffled with the permutation crackhpc's sampler draws (seed + epoch), so both
   see the same batches.
 """
+
 from __future__ import annotations
 
 import os
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torchvision
@@ -42,8 +43,9 @@ class ManifestImages(Dataset):
 
     def __init__(self, root: str, items: Sequence[Item], size: int, model: str):
         self.root, self.items = root, list(items)
-        self.transform = transforms.Compose([resize(size), transforms.ToTensor(),
-                                             transforms.Normalize(*normalization(model))])
+        self.transform = transforms.Compose(
+            [resize(size), transforms.ToTensor(), transforms.Normalize(*normalization(model))]
+        )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -86,10 +88,13 @@ def misclassified(net: nn.Module, data: ManifestImages) -> set[str]:
     return {item.path for item, p in zip(data.items, predicted) if p != item.label}
 
 
-def run(model: str, root: str, items: Sequence[Item], size: int, lr: float, seed: int, epochs: int,
-        pretrained: bool = False) -> dict:
+def run(
+    model: str, root: str, items: Sequence[Item], size: int, lr: float, seed: int, epochs: int, pretrained: bool = False
+) -> dict:
     """One training run: test accuracy, the misclassified test images and the per-epoch wall times."""
-    data = {s: ManifestImages(root, [i for i in items if i.split == s], size, model) for s in ("train", "valid", "test")}
+    data = {
+        s: ManifestImages(root, [i for i in items if i.split == s], size, model) for s in ("train", "valid", "test")
+    }
     net, head = build(model, seed, pretrained)
     optimizer = torch.optim.Adam(head.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()

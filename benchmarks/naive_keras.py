@@ -12,11 +12,12 @@ none makes it slower: the model is built right after `keras.utils.set_random_see
 order crackhpc's worker builds it; images are resized bilinearly, as crackhpc's image cache does;
 each epoch is shuffled with the permutation crackhpc draws (numpy's default_rng([seed, epoch])).
 """
+
 from __future__ import annotations
 
 import os
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -45,10 +46,17 @@ class ManifestBatches(keras.utils.PyDataset):
         return -(-len(self.items) // BATCH)
 
     def __getitem__(self, k: int):
-        batch = [self.items[i] for i in self.order[k * BATCH:(k + 1) * BATCH]]
-        x = np.stack([keras.utils.img_to_array(keras.utils.load_img(
-            os.path.join(self.root, item.path), target_size=(self.size, self.size), interpolation="bilinear"))
-            for item in batch])
+        batch = [self.items[i] for i in self.order[k * BATCH : (k + 1) * BATCH]]
+        x = np.stack(
+            [
+                keras.utils.img_to_array(
+                    keras.utils.load_img(
+                        os.path.join(self.root, item.path), target_size=(self.size, self.size), interpolation="bilinear"
+                    )
+                )
+                for item in batch
+            ]
+        )
         y = keras.utils.to_categorical([item.label for item in batch], 2)
         return self.preprocess(x), y
 

@@ -6,6 +6,7 @@ photo's time goes (decode + patches, the model, the overlay PNG).
 
 The model is a one-epoch random-init ResNet18 run (the weights do not change the speed); one
 process, `--threads` torch threads, the debug executor (no job start-up in the numbers)."""
+
 from __future__ import annotations
 
 import argparse
@@ -28,11 +29,21 @@ def make_run(input_size: int, threads: int) -> Path:
     """A completed one-epoch run at the input size, trained once and then reused."""
     from crackhpc.cli import main
 
-    sweep = {"name": f"bench-{input_size}px", "executor": "local",
-             "data": {"synthetic": {"n": 40, "size": input_size, "seed": 0}, "split": [0.5, 0.25, 0.25]},
-             "defaults": {"framework": "torch", "model": "resnet18", "pretrained": False, "freeze_backbone": False,
-                          "epochs": 1, "batch_size": 8, "input_size": input_size},
-             "resources": {"gpus_per_node": 0, "cpus_per_task": threads, "timeout_min": 30}}
+    sweep = {
+        "name": f"bench-{input_size}px",
+        "executor": "local",
+        "data": {"synthetic": {"n": 40, "size": input_size, "seed": 0}, "split": [0.5, 0.25, 0.25]},
+        "defaults": {
+            "framework": "torch",
+            "model": "resnet18",
+            "pretrained": False,
+            "freeze_backbone": False,
+            "epochs": 1,
+            "batch_size": 8,
+            "input_size": input_size,
+        },
+        "resources": {"gpus_per_node": 0, "cpus_per_task": threads, "timeout_min": 30},
+    }
     path = CACHE / f"{sweep['name']}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(sweep))
@@ -51,7 +62,7 @@ def stages(run_dir: Path, photos: list[Path], tile: int) -> dict:
         boxes = inputs.grid(image.width, image.height, tile, tile)
         batch = inputs.patches(image, boxes, clf.input_size)
         t1 = time.perf_counter()
-        probs = np.concatenate([clf.probabilities(batch[s:s + 64]) for s in range(0, len(batch), 64)])
+        probs = np.concatenate([clf.probabilities(batch[s : s + 64]) for s in range(0, len(batch), 64)])
         t2 = time.perf_counter()
         maps.overlay(image, boxes, probs, 0.5, path.name)
         t3 = time.perf_counter()
@@ -82,11 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     predict(run_dir, [str(p) for p in photos], out, "debug", Settings(tile=args.tile), echo=lambda *_: None)
     wall = time.perf_counter() - t0
     shard = json.loads((out / "shard-000" / "result.json").read_text())
-    row = {"photos": shard["photos"], "size": args.size, "tile": args.tile, "input_px": args.input_size,
-           "threads": args.threads, "patches": shard["patches"], "wall_s": round(wall, 1),
-           "photos_per_s": round(shard["photos"] / shard["seconds"], 2),
-           "patches_per_s": round(shard["patches"] / shard["seconds"], 1),
-           **{k: round(v) for k, v in stages(run_dir, photos, args.tile).items()}}
+    row = {
+        "photos": shard["photos"],
+        "size": args.size,
+        "tile": args.tile,
+        "input_px": args.input_size,
+        "threads": args.threads,
+        "patches": shard["patches"],
+        "wall_s": round(wall, 1),
+        "photos_per_s": round(shard["photos"] / shard["seconds"], 2),
+        "patches_per_s": round(shard["patches"] / shard["seconds"], 1),
+        **{k: round(v) for k, v in stages(run_dir, photos, args.tile).items()},
+    }
     width_ = max(len(k) for k in row)
     print("\n".join(f"{k:<{width_}}  {v}" for k, v in row.items()))
     return 0

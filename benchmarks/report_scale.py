@@ -16,6 +16,7 @@ report's outputs and read cache are deleted before the first case of each code v
 first report reads every file and draws every figure it needs, and "again" is the same command
 with nothing changed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,12 +50,12 @@ def sweep_file(folder: Path, runs: int) -> Path:
     text = textwrap.dedent(f"""\
         name: scale
         executor: local
-        data: {{root: {folder / 'data'}, split: [0.75, 0.2375, 0.0125]}}
+        data: {{root: {folder / "data"}, split: [0.75, 0.2375, 0.0125]}}
         defaults: {{pretrained: false, epochs: {EPOCHS}, input_size: 224}}
-        runs: [{', '.join(f'{{framework: {f}, model: {m}}}' for f, m in MODELS)}]
+        runs: [{", ".join(f"{{framework: {f}, model: {m}}}" for f, m in MODELS)}]
         grid:
-          lr: [{', '.join(f'{1e-4 * (k + 1):g}' for k in range(10))}]
-          seed: [{', '.join(str(s) for s in range(seeds))}]
+          lr: [{", ".join(f"{1e-4 * (k + 1):g}" for k in range(10))}]
+          seed: [{", ".join(str(s) for s in range(seeds))}]
         resources: {{gpus_per_node: 1, cpus_per_task: 8}}
         """)
     path = folder / "scale.yaml"
@@ -67,37 +68,74 @@ def make_sweep(folder: Path, runs: int) -> Path:
     (folder / "data").mkdir(parents=True, exist_ok=True)
     specs = expand(load_sweep(sweep_file(folder, runs)))[:runs]
     sweep_dir = folder / "scale"
-    items = [Item(f"{cls.capitalize()}/{k:05d}.jpg", label, None)
-             for label, cls in enumerate(CLASSES) for k in range(1, N_IMAGES // 2 + 1)]
+    items = [
+        Item(f"{cls.capitalize()}/{k:05d}.jpg", label, None)
+        for label, cls in enumerate(CLASSES)
+        for k in range(1, N_IMAGES // 2 + 1)
+    ]
     manifest = split_items(items, (0.75, 0.2375, 0.0125), 0)
     write_manifest(sweep_dir / rundir.SPLIT, manifest)
     test = [i for i in manifest if i.split == "test"]
     rng = np.random.default_rng(0)
     for item in test:  # the image grids of misclassified test images read these
         (folder / "data" / item.path).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (227, 227, 3), dtype=np.uint8)).save(folder / "data" / item.path, quality=85)
+        Image.fromarray(rng.integers(0, 255, (227, 227, 3), dtype=np.uint8)).save(
+            folder / "data" / item.path, quality=85
+        )
     for spec in specs:
         run_dir = sweep_dir / spec.run_id
         rundir.write_config(run_dir, spec)
         shutil.copyfile(sweep_dir / rundir.SPLIT, run_dir / rundir.SPLIT)
         wrong = rng.choice(len(test), int(rng.integers(0, 15)), replace=False)
-        atomic.write_csv(run_dir / rundir.MISCLASSIFIED, ("path", "true", "predicted", "probability"),
-                         [(test[k].path, CLASSES[test[k].label], CLASSES[1 - test[k].label], 0.9) for k in wrong])
+        atomic.write_csv(
+            run_dir / rundir.MISCLASSIFIED,
+            ("path", "true", "predicted", "probability"),
+            [(test[k].path, CLASSES[test[k].label], CLASSES[1 - test[k].label], 0.9) for k in wrong],
+        )
         val = np.minimum(0.99, 0.6 + np.cumsum(rng.uniform(0, 0.08, EPOCHS)))
-        atomic.write_csv(run_dir / rundir.METRICS, rundir.METRIC_COLUMNS,
-                         [[e + 1, round(1 - v, 4), round(v - 0.01, 4), round(1.05 - v, 4), round(v, 4), 61.2, 487.0]
-                          for e, v in enumerate(val)])
+        atomic.write_csv(
+            run_dir / rundir.METRICS,
+            rundir.METRIC_COLUMNS,
+            [
+                [e + 1, round(1 - v, 4), round(v - 0.01, 4), round(1.05 - v, 4), round(v, 4), 61.2, 487.0]
+                for e, v in enumerate(val)
+            ],
+        )
         wall = float(rng.uniform(300, 900))
-        atomic.write_json(run_dir / rundir.RESULT, {
-            "run_id": spec.run_id, "status": "completed", "started": rundir.now(), "finished": rundir.now(),
-            "updated": rundir.now(), "host": "gpu017", "job_id": f"{1000 + len(wrong)}_{spec.run_id[-3:]}",
-            "world_size": 1, "requeues": 0, "error": None, "traceback": None, "epochs_done": EPOCHS,
-            "best_val_acc": float(val.max()), "best_epoch": int(val.argmax()) + 1, "test_loss": 0.02 + len(wrong) / 500,
-            "test_acc": 1 - len(wrong) / len(test), "n_train": 30000, "n_valid": 9500, "n_test": len(test),
-            "skipped_images": 0, "wall_time_s": round(wall, 3), "images_per_s": round(EPOCHS * 39500 / wall, 2),
-            "device": "cuda:0", "feature_cache": "hit", "backend": "nccl"})
-    atomic.write_json(sweep_dir / "sweep.json", {"runs": {s.run_id: {"job_id": "1"} for s in specs},
-                                                 "current_runs": [s.run_id for s in specs]})
+        atomic.write_json(
+            run_dir / rundir.RESULT,
+            {
+                "run_id": spec.run_id,
+                "status": "completed",
+                "started": rundir.now(),
+                "finished": rundir.now(),
+                "updated": rundir.now(),
+                "host": "gpu017",
+                "job_id": f"{1000 + len(wrong)}_{spec.run_id[-3:]}",
+                "world_size": 1,
+                "requeues": 0,
+                "error": None,
+                "traceback": None,
+                "epochs_done": EPOCHS,
+                "best_val_acc": float(val.max()),
+                "best_epoch": int(val.argmax()) + 1,
+                "test_loss": 0.02 + len(wrong) / 500,
+                "test_acc": 1 - len(wrong) / len(test),
+                "n_train": 30000,
+                "n_valid": 9500,
+                "n_test": len(test),
+                "skipped_images": 0,
+                "wall_time_s": round(wall, 3),
+                "images_per_s": round(EPOCHS * 39500 / wall, 2),
+                "device": "cuda:0",
+                "feature_cache": "hit",
+                "backend": "nccl",
+            },
+        )
+    atomic.write_json(
+        sweep_dir / "sweep.json",
+        {"runs": {s.run_id: {"job_id": "1"} for s in specs}, "current_runs": [s.run_id for s in specs]},
+    )
     return sweep_dir
 
 
@@ -107,7 +145,11 @@ REPORT = "from crackhpc.cli import main; import sys; sys.exit(main(['report', *s
 CASES = {
     "tables": ("summary.csv and comparison.csv only (`write_reports`)", TABLES, []),
     "no-figures": ("`crackhpc report DIR --no-figures --format csv`", REPORT, ["--no-figures", "--format", "csv"]),
-    "old-csv": ("`crackhpc report DIR --misclassified 0 --format csv`", REPORT, ["--misclassified", "0", "--format", "csv"]),
+    "old-csv": (
+        "`crackhpc report DIR --misclassified 0 --format csv`",
+        REPORT,
+        ["--misclassified", "0", "--format", "csv"],
+    ),
     "default": ("`crackhpc report DIR` (figures of the 3 best and 3 worst runs)", REPORT, []),
     "again": ("`crackhpc report DIR` again, nothing changed (figures reused)", REPORT, []),
 }
@@ -118,8 +160,13 @@ def timed(code: str, args: list[str], pythonpath: str) -> tuple[float, float]:
     It runs in the sweep folder: `python -c` puts its working directory first on sys.path."""
     before = os.times()
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=args[0],
-                          env={**os.environ, "PYTHONPATH": pythonpath})
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        cwd=args[0],
+        env={**os.environ, "PYTHONPATH": pythonpath},
+    )
     wall = time.perf_counter() - t0
     after = os.times()
     if proc.returncode:
@@ -143,11 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=HERE / "results" / ".cache" / "report_scale")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "report_scale.md")
     parser.add_argument("--fresh", action="store_true", help="remake the run folders")
-    parser.add_argument("--cases", default="tables,no-figures,default,again",
-                        help=f"reports to time, in order, from {', '.join(CASES)}")
-    parser.add_argument("--before", metavar="DIR",
-                        help="also time these cases with the crackhpc package in DIR (e.g. an older commit's "
-                             "`git archive COMMIT crackhpc | tar -x -C DIR`), first")
+    parser.add_argument(
+        "--cases", default="tables,no-figures,default,again", help=f"reports to time, in order, from {', '.join(CASES)}"
+    )
+    parser.add_argument(
+        "--before",
+        metavar="DIR",
+        help="also time these cases with the crackhpc package in DIR (e.g. an older commit's "
+        "`git archive COMMIT crackhpc | tar -x -C DIR`), first",
+    )
     parser.add_argument("--before-cases", default="tables,old-csv")
     parser.add_argument("--append", action="store_true", help="add this table to --out instead of replacing it")
     args = parser.parse_args(argv)
@@ -176,26 +227,37 @@ def main(argv: list[str] | None = None) -> int:
         after = pngs(sweep_dir)
         drawn = sum(1 for k, v in after.items() if before.get(k) != v)
         rows.append((which, label, cache, f"{wall:.2f}", f"{cpu:.2f}", len(after), drawn))
-        print(f"{which}: {label}: {cache}, {wall:.2f} s wall, {cpu:.2f} s CPU, {len(after)} PNGs, {drawn} drawn", flush=True)
+        print(
+            f"{which}: {label}: {cache}, {wall:.2f} s wall, {cpu:.2f} s CPU, {len(after)} PNGs, {drawn} drawn",
+            flush=True,
+        )
 
     load = os.getloadavg()[0]
-    table = ["| code | report | read cache | wall s | CPU s | PNGs in report/ | PNGs drawn |", "|---|---|---|---|---|---|---|"]
+    table = [
+        "| code | report | read cache | wall s | CPU s | PNGs in report/ | PNGs drawn |",
+        "|---|---|---|---|---|---|---|",
+    ]
     table += [f"| {' | '.join(str(c) for c in row)} |" for row in rows]
-    text = "\n".join([
-        f"{'#' * (2 if args.append else 1)} `crackhpc report` on {args.runs:,} completed run folders",
-        "",
-        f"`python -m benchmarks.report_scale {' '.join(argv if argv is not None else sys.argv[1:])}` on "
-        f"{os.cpu_count()} CPUs, {_dt.date.today()}, 1-minute load average {load:.1f} at the end (above "
-        f"{os.cpu_count()}, other processes competed for the CPUs: CPU s is then the steadier figure). Each "
-        f"report runs in a fresh process, imports included; report outputs are deleted before the first "
-        f"case of each code version. Read cache: cold, the first report reads every config.yaml and split.csv; "
-        f"warm, {READ_CACHE} from an earlier report spares the unchanged ones. "
-        f"Run folders made in {made:.0f} s (reused when already there).",
-        (f"before: the crackhpc package in {args.before}; now: this tree. " if args.before else "")
-        + "Target: the tables of 1,000 runs in under 2 s.",
-        "",
-        *table,
-    ]) + "\n"
+    text = (
+        "\n".join(
+            [
+                f"{'#' * (2 if args.append else 1)} `crackhpc report` on {args.runs:,} completed run folders",
+                "",
+                f"`python -m benchmarks.report_scale {' '.join(argv if argv is not None else sys.argv[1:])}` on "
+                f"{os.cpu_count()} CPUs, {_dt.date.today()}, 1-minute load average {load:.1f} at the end (above "
+                f"{os.cpu_count()}, other processes competed for the CPUs: CPU s is then the steadier figure). Each "
+                f"report runs in a fresh process, imports included; report outputs are deleted before the first "
+                f"case of each code version. Read cache: cold, the first report reads every config.yaml and split.csv; "
+                f"warm, {READ_CACHE} from an earlier report spares the unchanged ones. "
+                f"Run folders made in {made:.0f} s (reused when already there).",
+                (f"before: the crackhpc package in {args.before}; now: this tree. " if args.before else "")
+                + "Target: the tables of 1,000 runs in under 2 s.",
+                "",
+                *table,
+            ]
+        )
+        + "\n"
+    )
     print("\n" + text)
     if args.append and args.out.is_file():
         text = args.out.read_text() + "\n" + text

@@ -9,6 +9,7 @@ is installed (tests/slurm/start.sh), recorded as the tasks of a real job array o
 tasks, held (so they stay pending and squeue is asked for their reason too: the costlier path),
 so that sacct answers about 1,000 jobs; the array is cancelled afterwards.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,13 +31,29 @@ from .report import markdown
 def make_sweep(folder: SweepFolder, n: int) -> list[str]:
     run_ids = [f"torch-resnet18-s{i}-{i:08x}" for i in range(n)]
     for i, run_id in enumerate(run_ids):
-        spec = RunSpec(run_id=run_id, sweep=folder.path.name, train=TrainConfig(seed=i, epochs=3),
-                       data=DataConfig(root="/data"), resources=Resources(gpus_per_node=0, cpus_per_task=1, mem_gb=1))
+        spec = RunSpec(
+            run_id=run_id,
+            sweep=folder.path.name,
+            train=TrainConfig(seed=i, epochs=3),
+            data=DataConfig(root="/data"),
+            resources=Resources(gpus_per_node=0, cpus_per_task=1, mem_gb=1),
+        )
         rundir.write_config(folder.run(run_id), spec)
-        rundir.update_result(folder.run(run_id), run_id=run_id, status="completed", epochs=3, epochs_done=3, test_acc=0.9,
-                             started="2026-01-01T10:00:00+00:00", finished="2026-01-01T10:05:00+00:00")
-        atomic.write_csv(folder.run(run_id) / rundir.METRICS, rundir.METRIC_COLUMNS,
-                         [[e, 0.5, 0.8, 0.5, 0.8, 1.0, 100.0] for e in (1, 2, 3)])
+        rundir.update_result(
+            folder.run(run_id),
+            run_id=run_id,
+            status="completed",
+            epochs=3,
+            epochs_done=3,
+            test_acc=0.9,
+            started="2026-01-01T10:00:00+00:00",
+            finished="2026-01-01T10:05:00+00:00",
+        )
+        atomic.write_csv(
+            folder.run(run_id) / rundir.METRICS,
+            rundir.METRIC_COLUMNS,
+            [[e, 0.5, 0.8, 0.5, 0.8, 1.0, 100.0] for e in (1, 2, 3)],
+        )
     return run_ids
 
 
@@ -70,8 +87,24 @@ def main() -> None:
             arrays = []
             for start in range(0, args.runs, size):
                 count = min(size, args.runs - start)
-                out = subprocess.run(["sbatch", "--parsable", f"--array=0-{count - 1}", "-c", "1", "--mem=10M", "--hold",
-                                      "-o", "/dev/null", "--wrap", "true"], capture_output=True, text=True, check=True)
+                out = subprocess.run(
+                    [
+                        "sbatch",
+                        "--parsable",
+                        f"--array=0-{count - 1}",
+                        "-c",
+                        "1",
+                        "--mem=10M",
+                        "--hold",
+                        "-o",
+                        "/dev/null",
+                        "--wrap",
+                        "true",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 arrays.append(out.stdout.strip().split(";")[0])
                 for i in range(count):
                     record.add_job(run_ids[start + i], f"{arrays[-1]}_{i}", "slurm")
@@ -81,8 +114,11 @@ def main() -> None:
             subprocess.run(["scancel", *arrays], check=False)
     table = markdown(["runs", "recorded as", "Slurm states seen", "status seconds (best of 3)"], rows)
     print(table)
-    atomic.write_text(args.out, "# `crackhpc status` at scale\n\n" + table + "\n\nTarget: under 2 s for 1,000 runs "
-                      "(one sacct call and at most one squeue call per refresh).\n")
+    atomic.write_text(
+        args.out,
+        "# `crackhpc status` at scale\n\n" + table + "\n\nTarget: under 2 s for 1,000 runs "
+        "(one sacct call and at most one squeue call per refresh).\n",
+    )
 
 
 if __name__ == "__main__":

@@ -3,36 +3,59 @@
 Exactly what `crackhpc sweep --executor local` does minus the job submission: the runs go one
 after another in this process, and share the image and feature caches of the sweep folder.
 """
+
 from __future__ import annotations
 
 import csv
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import yaml
 
 from crackhpc import atomic, rundir, worker
 from crackhpc.config import load_sweep
 from crackhpc.grid import expand
-from crackhpc.record import SweepFolder
 from crackhpc.launcher import write_run_folders
+from crackhpc.record import SweepFolder
 
 
-def sweep_yaml(name: str, data_root: Path, split: Sequence[float], framework: str, model: str, lrs: Sequence[float],
-               seeds: Sequence[int], epochs: int, input_size: int, threads: int, pretrained: bool = False) -> str:
-    return yaml.safe_dump({
-        "name": name,
-        "executor": "local",
-        "data": {"root": str(data_root), "split": list(split), "split_seed": 0},
-        "defaults": {"framework": framework, "model": model, "pretrained": pretrained, "freeze_backbone": True,
-                     "feature_cache": True, "epochs": epochs, "batch_size": 100, "optimizer": "adam",
-                     "input_size": input_size},
-        "grid": {"lr": list(lrs), "seed": list(seeds)},
-        "resources": {"gpus_per_node": 0, "cpus_per_task": threads},
-    }, sort_keys=False)
+def sweep_yaml(
+    name: str,
+    data_root: Path,
+    split: Sequence[float],
+    framework: str,
+    model: str,
+    lrs: Sequence[float],
+    seeds: Sequence[int],
+    epochs: int,
+    input_size: int,
+    threads: int,
+    pretrained: bool = False,
+) -> str:
+    return yaml.safe_dump(
+        {
+            "name": name,
+            "executor": "local",
+            "data": {"root": str(data_root), "split": list(split), "split_seed": 0},
+            "defaults": {
+                "framework": framework,
+                "model": model,
+                "pretrained": pretrained,
+                "freeze_backbone": True,
+                "feature_cache": True,
+                "epochs": epochs,
+                "batch_size": 100,
+                "optimizer": "adam",
+                "input_size": input_size,
+            },
+            "grid": {"lr": list(lrs), "seed": list(seeds)},
+            "resources": {"gpus_per_node": 0, "cpus_per_task": threads},
+        },
+        sort_keys=False,
+    )
 
 
 def feature_seconds(run_dir: Path) -> float:
@@ -57,6 +80,14 @@ def run_sweep(work: Path, text: str) -> list[dict]:
         run_s = time.perf_counter() - t0
         with open(sweep_dir / spec.run_id / rundir.MISCLASSIFIED, newline="", encoding="utf-8") as fh:
             wrong = {row["path"] for row in csv.DictReader(fh)}
-        results.append({**metrics, "lr": spec.train.lr, "seed": spec.train.seed, "run_s": run_s, "wrong": wrong,
-                         "feature_s": feature_seconds(sweep_dir / spec.run_id)})
+        results.append(
+            {
+                **metrics,
+                "lr": spec.train.lr,
+                "seed": spec.train.seed,
+                "run_s": run_s,
+                "wrong": wrong,
+                "feature_s": feature_seconds(sweep_dir / spec.run_id),
+            }
+        )
     return results

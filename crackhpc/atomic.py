@@ -7,6 +7,7 @@ complete; a writer killed before that leaves only the temporary file, which `rem
 deletes once its process is gone. Files get the usual permissions (0666 less the umask), so a
 project group on a shared file system can read the results.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,8 +17,9 @@ import itertools
 import json
 import os
 import socket
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from .errors import DamagedFileError
 

@@ -6,15 +6,18 @@ the same .out/.err. So the job script writes one start line to both files before
 runs, and the worker's first line in worker.log names the job and restart it belongs to; `crackhpc
 logs` cuts the files at these lines. An attempt is one start of one job: (job id, restart count).
 """
+
 from __future__ import annotations
 
 import re
 
 # A shell line, run by the batch script before the srun step (submitit's setup lines, the sbatch
 # templates). An array task's job id is written as sweep.json records it: ARRAY_TASK.
-START_SHELL = ('crackhpc_job=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}; '
-               'crackhpc_start="crackhpc: start of job ${crackhpc_job:-$SLURM_JOB_ID}, restart ${SLURM_RESTART_COUNT:-0}, '
-               'on $(hostname) at $(date -u +%Y-%m-%dT%H:%M:%SZ)"; echo "$crackhpc_start"; echo "$crackhpc_start" >&2')
+START_SHELL = (
+    "crackhpc_job=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}; "
+    'crackhpc_start="crackhpc: start of job ${crackhpc_job:-$SLURM_JOB_ID}, restart ${SLURM_RESTART_COUNT:-0}, '
+    'on $(hostname) at $(date -u +%Y-%m-%dT%H:%M:%SZ)"; echo "$crackhpc_start"; echo "$crackhpc_start" >&2'
+)
 START_RE = re.compile(r"^crackhpc: start of job (?P<job>\S+), restart (?P<restart>\d+),", re.M)
 
 

@@ -1,8 +1,9 @@
 """`crackhpc cancel`: stop runs' jobs and record them cancelled."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from . import procs, rundir, slurm
 from .errors import CrackhpcError, DamagedFileError
@@ -11,8 +12,13 @@ from .states import RunState
 from .status import SlurmQuery, collect
 
 
-def cancel(sweep_dir: str | Path, run_ids: Iterable[str] = (), query: SlurmQuery | None = None,
-           scancel: Callable | None = None, echo=print) -> list[str]:
+def cancel(
+    sweep_dir: str | Path,
+    run_ids: Iterable[str] = (),
+    query: SlurmQuery | None = None,
+    scancel: Callable | None = None,
+    echo=print,
+) -> list[str]:
     """Cancel the named runs (every live run if none) and record `cancelled` in their result.json.
     The Slurm calls (default: sacct, scancel) can be replaced, as in the tests."""
     folder = SweepFolder(sweep_dir)

@@ -1,4 +1,5 @@
 """The `crackhpc` command. Each subcommand is a thin shell over one module."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,16 @@ from pathlib import Path
 
 from .errors import CrackhpcError
 
-SUMMARY_VIEW = ["run_id", "status", "epochs_done", "best_val_acc", "test_loss", "test_acc", "wall_time_s", "images_per_s"]
+SUMMARY_VIEW = [
+    "run_id",
+    "status",
+    "epochs_done",
+    "best_val_acc",
+    "test_loss",
+    "test_acc",
+    "wall_time_s",
+    "images_per_s",
+]
 
 
 def load_with_profile(args):
@@ -39,8 +49,14 @@ def cmd_sweep(args) -> int:
 
     sweep = load_with_profile(args)
     with refusals(args.sweep, "`crackhpc sweep --dry-run` asks Slurm without submitting"):
-        states = submit(sweep, Path(args.results), args.executor, dry_run=args.dry_run, retry_failed=args.retry_failed,
-                        wait=True if args.wait else None)
+        states = submit(
+            sweep,
+            Path(args.results),
+            args.executor,
+            dry_run=args.dry_run,
+            retry_failed=args.retry_failed,
+            wait=True if args.wait else None,
+        )
     sweep_dir = Path(args.results) / sweep.name
     if not args.dry_run and (sweep_dir / "sweep.json").is_file():
         df, comp = write_reports(sweep_dir)
@@ -48,22 +64,40 @@ def cmd_sweep(args) -> int:
         print(f"\nwritten: {sweep_dir / 'summary.csv'}, {sweep_dir / 'comparison.csv'}")
     unfinished = {run_id: state for run_id, state in states.items() if state is not RunState.COMPLETED}
     if unfinished:
-        print(f"{len(unfinished)} of {len(states)} runs did not complete: "
-              + ", ".join(f"{r} {s}" for r, s in sorted(unfinished.items())), file=sys.stderr)
+        print(
+            f"{len(unfinished)} of {len(states)} runs did not complete: "
+            + ", ".join(f"{r} {s}" for r, s in sorted(unfinished.items())),
+            file=sys.stderr,
+        )
     return 1 if unfinished else 0
 
 
 def cmd_report(args) -> int:
-    from .report import (REPORT_HTML, REPORT_MD, format_table, parse_figures, run_dirs, sort_runs, to_json,
-                         write_document, write_reports)
+    from .report import (
+        REPORT_HTML,
+        REPORT_MD,
+        format_table,
+        parse_figures,
+        run_dirs,
+        sort_runs,
+        to_json,
+        write_document,
+        write_reports,
+    )
 
     if args.misclassified < 0:
         raise CrackhpcError(f"--misclassified {args.misclassified}: give 0 (none) or more images per run")
     problems: list[str] = []  # one line per damaged file; every other run is still reported
     df, comp = write_reports(args.sweep_dir, everything=args.all, notes=problems)
     df = sort_runs(df, args.sort, args.desc)
-    markdown = write_document(args.sweep_dir, df, comp, examples=args.misclassified,
-                              figures=None if args.no_figures else parse_figures(args.figures), notes=problems)
+    markdown = write_document(
+        args.sweep_dir,
+        df,
+        comp,
+        examples=args.misclassified,
+        figures=None if args.no_figures else parse_figures(args.figures),
+        notes=problems,
+    )
     if args.format == "text":
         print(format_table(df, SUMMARY_VIEW) + "\n\n" + format_table(comp))
     else:
@@ -72,13 +106,20 @@ def cmd_report(args) -> int:
     # Notes go to stderr unless the table is the text one, so csv/md/json output can be piped as it is.
     notes = sys.stdout if args.format == "text" else sys.stderr
     sweep_dir = Path(args.sweep_dir)
-    print("\nwritten: " + ", ".join(str(sweep_dir / f) for f in ("summary.csv", "comparison.csv", REPORT_MD, REPORT_HTML))
-          + ("" if args.no_figures else f" (figures in {sweep_dir / 'report'})"), file=notes)
+    print(
+        "\nwritten: "
+        + ", ".join(str(sweep_dir / f) for f in ("summary.csv", "comparison.csv", REPORT_MD, REPORT_HTML))
+        + ("" if args.no_figures else f" (figures in {sweep_dir / 'report'})"),
+        file=notes,
+    )
     for _, row in df[df["status"] == "failed"].iterrows():
         print(f"failed: {row['run_id']}: {row['error']}", file=notes)
     older = len(run_dirs(sweep_dir)) - len(df)
     if older > 0:
-        print(f"not shown: {older} run{'s' * (older > 1)} of earlier versions of the sweep file (--all includes them)", file=notes)
+        print(
+            f"not shown: {older} run{'s' * (older > 1)} of earlier versions of the sweep file (--all includes them)",
+            file=notes,
+        )
     for line in dict.fromkeys(problems):
         print(f"problem: {line}", file=sys.stderr)
     return 1 if problems else 0
@@ -113,11 +154,23 @@ def format_status(statuses, resources: bool = False) -> str:
 
     rows = []
     for s in statuses:
-        row = {"run_id": s.run_id, "state": s.state.value, "job": s.job_id or "-", "elapsed": s.elapsed or "-",
-               "node": s.node or "-", "epoch": s.epoch or "-", "val_acc": s.val_acc, "test_acc": s.test_acc,
-               "requeues": s.requeues}
+        row = {
+            "run_id": s.run_id,
+            "state": s.state.value,
+            "job": s.job_id or "-",
+            "elapsed": s.elapsed or "-",
+            "node": s.node or "-",
+            "epoch": s.epoch or "-",
+            "val_acc": s.val_acc,
+            "test_acc": s.test_acc,
+            "requeues": s.requeues,
+        }
         if resources:
-            row.update(s.usage.columns() if s.usage else dict.fromkeys(("mem peak/req", "cpu eff", "time used/limit", "gpus"), "-"))
+            row.update(
+                s.usage.columns()
+                if s.usage
+                else dict.fromkeys(("mem peak/req", "cpu eff", "time used/limit", "gpus"), "-")
+            )
         rows.append({**row, "note": _shorten(s.note) or "-"})
     table = pd.DataFrame(rows).astype({"val_acc": float, "test_acc": float})  # None → NaN, printed as "-"
     return format_table(table) + "\n\n" + summary_line(statuses)
@@ -132,8 +185,11 @@ def summary_line(statuses) -> str:
     planned = sum(s.epochs or 0 for s in statuses)
     share = done / planned if planned else 0.0
     bar = "#" * round(20 * share) + "-" * (20 - round(20 * share))
-    return (f"{len(statuses)} runs: " + ", ".join(f"{n} {state}" for state, n in counts.items())
-            + f"; epochs {done}/{planned} [{bar}] {share:.0%}")
+    return (
+        f"{len(statuses)} runs: "
+        + ", ".join(f"{n} {state}" for state, n in counts.items())
+        + f"; epochs {done}/{planned} [{bar}] {share:.0%}"
+    )
 
 
 def _shorten(text: str, width: int = 60) -> str:
@@ -156,8 +212,16 @@ def cmd_status(args) -> int:
         statuses, problems = collect(args.sweep_dir)
         ended = not any(s.live for s in statuses)
         if args.json:
-            print(json.dumps({"time": dt.datetime.now().isoformat(timespec="seconds"), "summary": summary_line(statuses),
-                              "runs": [_status_dict(s) for s in statuses]}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "time": dt.datetime.now().isoformat(timespec="seconds"),
+                        "summary": summary_line(statuses),
+                        "runs": [_status_dict(s) for s in statuses],
+                    }
+                ),
+                flush=True,
+            )
         elif args.watch is None or redraw or ended:
             print(("\x1b[H\x1b[J" if redraw else "") + format_status(statuses, args.resources), flush=True)
         else:  # piped: one plain line per refresh
@@ -211,15 +275,33 @@ def cmd_predict(args) -> int:
     if args.best:
         run_dir, note = best_run(run_dir, args.best)
         print(note)
-    settings = Settings(tile=args.tile, stride=args.stride, threshold=args.threshold,
-                        max_megapixels=args.max_megapixels, batch=args.batch)
+    settings = Settings(
+        tile=args.tile,
+        stride=args.stride,
+        threshold=args.threshold,
+        max_megapixels=args.max_megapixels,
+        batch=args.batch,
+    )
     profile = select_profile(args.cluster) if args.cluster else None
     if profile is not None:
         print(profile.describe())
-    with refusals(args.out, "fix what Slurm says, e.g. the partition with --set resources.partition=… or "
-                            "--cluster NAME, then run the same command again"):
-        return predict(run_dir, args.images, Path(args.out), args.executor, settings, shards=args.shards,
-                       per_task=args.per_task, overrides=args.overrides, wait=True if args.wait else None, profile=profile)
+    with refusals(
+        args.out,
+        "fix what Slurm says, e.g. the partition with --set resources.partition=… or "
+        "--cluster NAME, then run the same command again",
+    ):
+        return predict(
+            run_dir,
+            args.images,
+            Path(args.out),
+            args.executor,
+            settings,
+            shards=args.shards,
+            per_task=args.per_task,
+            overrides=args.overrides,
+            wait=True if args.wait else None,
+            profile=profile,
+        )
 
 
 def cmd_export(args) -> int:
@@ -249,8 +331,13 @@ def cmd_logs(args) -> int:
 def cmd_sbatch(args) -> int:
     from .sbatch import write_scripts
 
-    write_scripts(load_with_profile(args), Path(args.results), Path(args.out) if args.out else None,
-                  submit=args.submit, retry_failed=args.retry_failed)
+    write_scripts(
+        load_with_profile(args),
+        Path(args.results),
+        Path(args.out) if args.out else None,
+        submit=args.submit,
+        retry_failed=args.retry_failed,
+    )
     return 0
 
 
@@ -276,7 +363,9 @@ def cmd_data_synth_photo(args) -> int:
         rows = synthesize_photos(args.dir, args.n, width, height, scale=args.scale, seed=args.seed)
     except ValueError as exc:
         raise CrackhpcError(f"data synth-photo: {exc}") from None
-    print(f"{args.dir}: {len(rows)} photos of {width}x{height} px with their crack masks (*.mask.png), listed in photos.csv")
+    print(
+        f"{args.dir}: {len(rows)} photos of {width}x{height} px with their crack masks (*.mask.png), listed in photos.csv"
+    )
     return 0
 
 
@@ -311,16 +400,25 @@ def cmd_data_fetch(args) -> int:
 
 
 def _add_cluster_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cluster", metavar="NAME",
-                   help="take partition, account, qos, constraint, setup, sbatch options and the weights cache this "
-                        "cluster's profile sets in $CRACKHPC_CLUSTERS or ~/.config/crackhpc/clusters.yaml (the sweep's "
-                        "own resources win; default: the profile named like Slurm's ClusterName, if there is one)")
+    p.add_argument(
+        "--cluster",
+        metavar="NAME",
+        help="take partition, account, qos, constraint, setup, sbatch options and the weights cache this "
+        "cluster's profile sets in $CRACKHPC_CLUSTERS or ~/.config/crackhpc/clusters.yaml (the sweep's "
+        "own resources win; default: the profile named like Slurm's ClusterName, if there is one)",
+    )
 
 
 def _add_set_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="edit the sweep for this call, repeatable: --set defaults.epochs=2 --set data.root=null "
-                        "--set 'data.synthetic={n: 400, size: 64}' (VALUE is YAML; list items by index: runs.0.lr=0.01)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="edit the sweep for this call, repeatable: --set defaults.epochs=2 --set data.root=null "
+        "--set 'data.synthetic={n: 400, size: 64}' (VALUE is YAML; list items by index: runs.0.lr=0.01)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -331,53 +429,98 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="train every run of a sweep YAML as its own job")
     p.add_argument("sweep", help="sweep file, e.g. jobs/smoke.yaml")
-    p.add_argument("--executor", default="auto", choices=["auto", "local", "debug", "slurm"],
-                   help="auto: the YAML's choice, else slurm where sbatch exists, else local")
+    p.add_argument(
+        "--executor",
+        default="auto",
+        choices=["auto", "local", "debug", "slurm"],
+        help="auto: the YAML's choice, else slurm where sbatch exists, else local",
+    )
     p.add_argument("--results", default="results", help="results root; runs go to RESULTS/<sweep name>/")
     p.add_argument("--dry-run", action="store_true", help="print runs and requested resources, submit nothing")
     p.add_argument("--retry-failed", action="store_true", help="resubmit runs whose last attempt failed")
     p.add_argument("--wait", action="store_true", help="with slurm: wait for the jobs and print the report")
-    p.add_argument("--max-runs", type=int, default=MAX_RUNS, metavar="N",
-                   help=f"refuse sweeps of more than N runs (default {MAX_RUNS}), a guard against runaway grids")
+    p.add_argument(
+        "--max-runs",
+        type=int,
+        default=MAX_RUNS,
+        metavar="N",
+        help=f"refuse sweeps of more than N runs (default {MAX_RUNS}), a guard against runaway grids",
+    )
     _add_set_option(p)
     _add_cluster_option(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="summary.csv, comparison.csv, report.md/.html and figures of a sweep's runs")
     p.add_argument("sweep_dir", help="results/<sweep name>")
-    p.add_argument("--format", default="text", choices=["text", "csv", "md", "json"],
-                   help="what to print: text tables (default), the run table as CSV, report.md, or JSON")
+    p.add_argument(
+        "--format",
+        default="text",
+        choices=["text", "csv", "md", "json"],
+        help="what to print: text tables (default), the run table as CSV, report.md, or JSON",
+    )
     p.add_argument("--sort", metavar="COLUMN", help="order the runs by this summary.csv column, e.g. test_acc")
     p.add_argument("--desc", action="store_true", help="with --sort: largest first")
-    p.add_argument("--all", action="store_true",
-                   help="also the runs of earlier versions of the sweep file (default: the runs it has now)")
-    p.add_argument("--misclassified", type=int, default=4, metavar="N",
-                   help="misclassified test images shown per run (default 4, as in the study)")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="also the runs of earlier versions of the sweep file (default: the runs it has now)",
+    )
+    p.add_argument(
+        "--misclassified",
+        type=int,
+        default=4,
+        metavar="N",
+        help="misclassified test images shown per run (default 4, as in the study)",
+    )
     figures = p.add_mutually_exclusive_group()
-    figures.add_argument("--figures", nargs="+", metavar="N|RUN_ID",
-                         help="per-run figures for the N best and N worst runs by test accuracy (default 3), "
-                              "or for the runs named; figures of unchanged runs are kept, not redrawn")
+    figures.add_argument(
+        "--figures",
+        nargs="+",
+        metavar="N|RUN_ID",
+        help="per-run figures for the N best and N worst runs by test accuracy (default 3), "
+        "or for the runs named; figures of unchanged runs are kept, not redrawn",
+    )
     figures.add_argument("--no-figures", action="store_true", help="tables and text only, no figures (fastest)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("prefetch", help="on the login node: put the ImageNet weights sweeps need in the offline cache")
     p.add_argument("sweeps", nargs="*", metavar="SWEEP.yaml", help="fetch what these sweeps' pretrained runs need")
-    p.add_argument("--models", help="framework:model list, e.g. torch:resnet18,keras:vgg16 (no sweeps, no --models: all)")
-    p.add_argument("--cache", help="cache root, files go to CACHE/<framework>/ (default: $CRACKHPC_CACHE, "
-                                   "else $TORCH_HOME/hub/checkpoints and ~/.keras/models)")
-    p.add_argument("--from", dest="from_dir", metavar="DIR", help="import files copied here by hand instead of downloading")
+    p.add_argument(
+        "--models", help="framework:model list, e.g. torch:resnet18,keras:vgg16 (no sweeps, no --models: all)"
+    )
+    p.add_argument(
+        "--cache",
+        help="cache root, files go to CACHE/<framework>/ (default: $CRACKHPC_CACHE, "
+        "else $TORCH_HOME/hub/checkpoints and ~/.keras/models)",
+    )
+    p.add_argument(
+        "--from", dest="from_dir", metavar="DIR", help="import files copied here by hand instead of downloading"
+    )
     p.add_argument("--base-url", help="mirror: fetch BASE_URL/<filename> instead of the published URLs")
-    p.add_argument("--cluster", metavar="NAME", help="without --cache and $CRACKHPC_CACHE: the cache of this cluster "
-                                                     "profile (default: the profile of Slurm's ClusterName, if any)")
+    p.add_argument(
+        "--cluster",
+        metavar="NAME",
+        help="without --cache and $CRACKHPC_CACHE: the cache of this cluster "
+        "profile (default: the profile of Slurm's ClusterName, if any)",
+    )
     p.set_defaults(func=cmd_prefetch)
 
     p = sub.add_parser("status", help="each run's state, from Slurm's accounting (sacct) and the run folders")
     p.add_argument("sweep_dir", help="results/<sweep name>")
-    p.add_argument("--watch", nargs="?", type=float, const=10.0, metavar="SECONDS",
-                   help="refresh every SECONDS (default 10) until every run has ended; exit 0 if all completed, else 1")
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=10.0,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 10) until every run has ended; exit 0 if all completed, else 1",
+    )
     p.add_argument("--json", action="store_true", help="JSON for scripts (one document per refresh with --watch)")
-    p.add_argument("--resources", action="store_true",
-                   help="memory peak/requested, CPU efficiency and time used/limit from Slurm's accounting")
+    p.add_argument(
+        "--resources",
+        action="store_true",
+        help="memory peak/requested, CPU efficiency and time used/limit from Slurm's accounting",
+    )
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("cancel", help="cancel runs' jobs and mark the runs cancelled")
@@ -387,56 +530,103 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify new photos with a trained run: crack maps of large photos, as jobs")
     p.add_argument("model", help="a run folder, or a sweep folder with --best")
-    p.add_argument("images", nargs="+", metavar="IMAGES",
-                   help="photos, folders (searched recursively) or .txt/.lst files of paths, one a line")
+    p.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGES",
+        help="photos, folders (searched recursively) or .txt/.lst files of paths, one a line",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="prediction folder (a rerun resumes it)")
-    p.add_argument("--best", nargs="?", const="best_val_acc", metavar="METRIC",
-                   help="MODEL is a sweep folder: use its best completed run by METRIC (default best_val_acc; ties: test_loss)")
-    p.add_argument("--tile", type=int, default=227, help="patch side in px of the photo (default 227, the dataset's crops)")
+    p.add_argument(
+        "--best",
+        nargs="?",
+        const="best_val_acc",
+        metavar="METRIC",
+        help="MODEL is a sweep folder: use its best completed run by METRIC (default best_val_acc; ties: test_loss)",
+    )
+    p.add_argument(
+        "--tile", type=int, default=227, help="patch side in px of the photo (default 227, the dataset's crops)"
+    )
     p.add_argument("--stride", type=int, help="px between patches (default: the tile; less overlaps them)")
-    p.add_argument("--threshold", type=float, default=0.5, help="crack probability from which a patch counts as cracked")
-    p.add_argument("--max-megapixels", type=float, default=64.0, help="larger photos are listed in errors.csv, not decoded")
+    p.add_argument(
+        "--threshold", type=float, default=0.5, help="crack probability from which a patch counts as cracked"
+    )
+    p.add_argument(
+        "--max-megapixels", type=float, default=64.0, help="larger photos are listed in errors.csv, not decoded"
+    )
     p.add_argument("--batch", type=int, default=64, help="patches per forward pass")
-    p.add_argument("--executor", default="auto", choices=["auto", "local", "debug", "slurm"],
-                   help="auto: slurm where sbatch exists, else local")
+    p.add_argument(
+        "--executor",
+        default="auto",
+        choices=["auto", "local", "debug", "slurm"],
+        help="auto: slurm where sbatch exists, else local",
+    )
     p.add_argument("--shards", type=int, help="split the photos into N tasks of one job array")
     p.add_argument("--per-task", type=int, default=500, help="without --shards: photos per task (default 500)")
     p.add_argument("--wait", action="store_true", help="with slurm: wait for the jobs and merge")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="resources.KEY=VALUE",
-                   help="the jobs' resources (default: the run's, one task): --set resources.partition=gpu")
-    p.add_argument("--cluster", metavar="NAME",
-                   help="use this cluster profile's partition, account, setup lines... instead of those the run "
-                        "trained with (a model trained elsewhere); --set still wins")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="resources.KEY=VALUE",
+        help="the jobs' resources (default: the run's, one task): --set resources.partition=gpu",
+    )
+    p.add_argument(
+        "--cluster",
+        metavar="NAME",
+        help="use this cluster profile's partition, account, setup lines... instead of those the run "
+        "trained with (a model trained elsewhere); --set still wins",
+    )
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="a trained run as one model file for plain torch, onnxruntime or keras, with model.json")
+    p = sub.add_parser(
+        "export", help="a trained run as one model file for plain torch, onnxruntime or keras, with model.json"
+    )
     p.add_argument("run", help="a completed run folder")
     p.add_argument("--format", required=True, choices=["torchscript", "onnx", "keras"])
     p.add_argument("--out", metavar="DIR", help="default: RUN/export-FORMAT")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("logs", help="a run's Slurm stdout (default), stderr or worker.log, per attempt; -f follows it",
-                       description="Attempts are numbered from 1: every start of the run's jobs, requeues included.")
+    p = sub.add_parser(
+        "logs",
+        help="a run's Slurm stdout (default), stderr or worker.log, per attempt; -f follows it",
+        description="Attempts are numbered from 1: every start of the run's jobs, requeues included.",
+    )
     p.add_argument("sweep_dir", help="results/<sweep name>")
     p.add_argument("run_id", metavar="RUN_ID", help="a run of the sweep (`crackhpc status` lists them)")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing what the latest attempt writes until the run ends")
+    p.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing what the latest attempt writes until the run ends"
+    )
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--err", action="store_true", help="the job's stderr (tracebacks, warnings) instead of its stdout")
+    which.add_argument(
+        "--err", action="store_true", help="the job's stderr (tracebacks, warnings) instead of its stdout"
+    )
     which.add_argument("--worker", action="store_true", help="the run folder's worker.log (rank 0's lines only)")
     p.add_argument("--attempt", type=int, metavar="N", help="the Nth attempt (default: the latest)")
     p.set_defaults(func=cmd_logs)
 
-    p = sub.add_parser("sbatch", help="write a plain sbatch script per run (slurm_templates/), and submit them with --submit")
+    p = sub.add_parser(
+        "sbatch", help="write a plain sbatch script per run (slurm_templates/), and submit them with --submit"
+    )
     p.add_argument("sweep", help="sweep file, e.g. jobs/smoke.yaml")
     p.add_argument("--results", default="results", help="results root; runs go to RESULTS/<sweep name>/")
-    p.add_argument("--out", metavar="DIR", help="write the scripts to DIR/<run id>.sbatch (default: <run folder>/job.sbatch)")
-    p.add_argument("--submit", action="store_true", help="sbatch each script and record the job ids for status and cancel")
-    p.add_argument("--retry-failed", action="store_true", help="also write runs whose last attempt failed or was cancelled")
+    p.add_argument(
+        "--out", metavar="DIR", help="write the scripts to DIR/<run id>.sbatch (default: <run folder>/job.sbatch)"
+    )
+    p.add_argument(
+        "--submit", action="store_true", help="sbatch each script and record the job ids for status and cancel"
+    )
+    p.add_argument(
+        "--retry-failed", action="store_true", help="also write runs whose last attempt failed or was cancelled"
+    )
     _add_set_option(p)
     _add_cluster_option(p)
     p.set_defaults(func=cmd_sbatch)
 
-    data = sub.add_parser("data", help="datasets: synth, synth-photo, verify, split, fetch").add_subparsers(dest="data_command", required=True)
+    data = sub.add_parser("data", help="datasets: synth, synth-photo, verify, split, fetch").add_subparsers(
+        dest="data_command", required=True
+    )
     p = data.add_parser("synth", help="write a synthetic crack dataset (Positive/ Negative/ layout)")
     p.add_argument("dir")
     p.add_argument("--n", type=int, default=2000, help="number of images (half cracked)")
@@ -444,12 +634,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=cmd_data_synth)
-    p = data.add_parser("synth-photo", help="write large synthetic photos with cracks across them, and their true crack masks")
+    p = data.add_parser(
+        "synth-photo", help="write large synthetic photos with cracks across them, and their true crack masks"
+    )
     p.add_argument("dir")
     p.add_argument("--n", type=int, default=10, help="number of photos")
     p.add_argument("--size", default="2048x1536", metavar="WxH", help="photo size in px (default 2048x1536)")
-    p.add_argument("--scale", type=float, default=1.0,
-                   help="px per px of the 227 px training crops (default 1: a 227 px patch looks like one crop)")
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="px per px of the 227 px training crops (default 1: a 227 px patch looks like one crop)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_data_synth_photo)
     p = data.add_parser("verify", help="counts per class, unreadable/truncated files, odd sizes")
@@ -459,13 +655,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("split", help="write the stratified split manifest of a dataset")
     p.add_argument("dir")
     p.add_argument("--out", default="split.csv")
-    p.add_argument("--fractions", type=float, nargs=3, default=[0.75, 0.2375, 0.0125], metavar=("TRAIN", "VALID", "TEST"))
+    p.add_argument(
+        "--fractions", type=float, nargs=3, default=[0.75, 0.2375, 0.0125], metavar=("TRAIN", "VALID", "TEST")
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_data_split)
     from .data import fetch as data_fetch
 
-    p = data.add_parser("fetch", help="download and unpack the Concrete Crack Images dataset, then verify it",
-                        description=data_fetch.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = data.add_parser(
+        "fetch",
+        help="download and unpack the Concrete Crack Images dataset, then verify it",
+        description=data_fetch.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("dir", help="folder to unpack into")
     p.add_argument("--url", help=f"archive URL (.zip or .tar(.gz)); default: {data_fetch.COURSE_URL}")
     p.add_argument("--archive", metavar="FILE", help="a local .zip or .tar(.gz) instead of downloading")
@@ -482,7 +684,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # `kill PID` (SIGTERM, also what a batch system or a shutdown sends) stops a command as Ctrl-C does: its
     # local jobs are stopped and recorded cancelled, not left running as orphans.
-    previous = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() else None
+    previous = (
+        signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() else None
+    )
     try:
         return args.func(args)
     except CrackhpcError as exc:
@@ -493,9 +697,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except OSError as exc:
         # A read-only or full file system, a name too long: what the system said, about which file.
-        hint = {errno.ENOSPC: "; free some space and run it again (finished work is kept)",
-                errno.EROFS: "; a read-only file system: write to a folder elsewhere", errno.EACCES: "; check the folder's permissions",
-                errno.ENAMETOOLONG: "; use a shorter name"}.get(exc.errno, "")
+        hint = {
+            errno.ENOSPC: "; free some space and run it again (finished work is kept)",
+            errno.EROFS: "; a read-only file system: write to a folder elsewhere",
+            errno.EACCES: "; check the folder's permissions",
+            errno.ENAMETOOLONG: "; use a shorter name",
+        }.get(exc.errno, "")
         print(f"error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}{hint}", file=sys.stderr)
         return 2
     finally:

@@ -13,17 +13,30 @@ A sweep file has these top-level keys:
 Every problem is reported as one line naming the file, the key and what is allowed:
 `<file>: <key.path>: <problem> (allowed: …)`.
 """
+
 from __future__ import annotations
 
 import itertools
 import math
 import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Callable, Mapping, Sequence
+from typing import Annotated, Any
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr,
-                      ValidationError, ValidationInfo, field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
@@ -110,7 +123,9 @@ class DataConfig(_Model):
     @classmethod
     def _fractions(cls, split):
         if any(f < 0 for f in split) or abs(sum(split) - 1.0) > 1e-6 or split[0] == 0 or split[2] == 0:
-            raise _problem(f"train/valid/test fractions must be >= 0, sum to 1 with train and test > 0, got {list(split)}")
+            raise _problem(
+                f"train/valid/test fractions must be >= 0, sum to 1 with train and test > 0, got {list(split)}"
+            )
         return split
 
 
@@ -141,9 +156,13 @@ class TrainConfig(_Model):
     @field_validator("framework", "optimizer", "loss", "precision")
     @classmethod
     def _choice(cls, value: str, info: ValidationInfo) -> str:
-        allowed = {"framework": tuple(MODELS), "optimizer": ("adam", "sgd"), "loss": ("cross_entropy",),
-                   "precision": ("auto", "fp32", "bf16")}
-        return _one_of(value, allowed[info.field_name])
+        allowed = {
+            "framework": tuple(MODELS),
+            "optimizer": ("adam", "sgd"),
+            "loss": ("cross_entropy",),
+            "precision": ("auto", "fp32", "bf16"),
+        }
+        return _one_of(value, allowed[str(info.field_name)])
 
     @field_validator("model", "backend")
     @classmethod
@@ -183,8 +202,10 @@ class Resources(_Model):
     def _sbatch(cls, options: dict) -> dict:
         for opt, value in options.items():
             if opt not in SBATCH_EXTRA_OPTIONS:
-                raise _problem(f"{opt}: not an sbatch option crackhpc passes through (see "
-                               "crackhpc.config.SBATCH_EXTRA_OPTIONS); resources such as time, partition and gpus have their own keys")
+                raise _problem(
+                    f"{opt}: not an sbatch option crackhpc passes through (see "
+                    "crackhpc.config.SBATCH_EXTRA_OPTIONS); resources such as time, partition and gpus have their own keys"
+                )
             if not _SLURM_WORD.match(str(value)):
                 raise _problem(f"{opt}: value {value!r} has shell metacharacters or spaces")
         return {str(k): str(v) for k, v in options.items()}
@@ -192,7 +213,9 @@ class Resources(_Model):
     @model_validator(mode="after")
     def _one_task_per_gpu(self):
         if self.gpus_per_node and self.tasks_per_node and self.tasks_per_node != self.gpus_per_node:
-            raise _problem(f"tasks_per_node: one task per GPU: set it to gpus_per_node ({self.gpus_per_node}) or leave it out")
+            raise _problem(
+                f"tasks_per_node: one task per GPU: set it to gpus_per_node ({self.gpus_per_node}) or leave it out"
+            )
         return self
 
     @property
@@ -262,6 +285,7 @@ class Sweep(_Model):
 
 # -- errors -------------------------------------------------------------------------------------
 
+
 def _key(loc: Sequence) -> str:
     out = ""
     for part in loc:
@@ -270,11 +294,19 @@ def _key(loc: Sequence) -> str:
 
 
 _MESSAGES = {
-    "int_type": "expected an integer", "int_parsing": "expected an integer", "int_from_float": "expected an integer",
-    "bool_type": "expected true or false", "bool_parsing": "expected true or false",
-    "string_type": "expected a string", "float_type": "expected a number", "float_parsing": "expected a number",
-    "dict_type": "expected a mapping", "list_type": "expected a list", "tuple_type": "expected a list",
-    "model_type": "expected a mapping", "model_attributes_type": "expected a mapping",
+    "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "string_type": "expected a string",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "dict_type": "expected a mapping",
+    "list_type": "expected a list",
+    "tuple_type": "expected a list",
+    "model_type": "expected a mapping",
+    "model_attributes_type": "expected a mapping",
 }
 
 
@@ -283,7 +315,9 @@ def _allowed(model: type[BaseModel] | None, loc: Sequence) -> str:
     for part in loc:
         field = model.model_fields.get(part) if model and isinstance(part, str) else None
         ann = getattr(field, "annotation", None)
-        model = next((a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        model = next(
+            (a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)), None
+        )
     return ", ".join(model.model_fields) if model else ""
 
 
@@ -320,12 +354,13 @@ def validate(model: type[BaseModel], data: Any, where: str, prefix: Sequence = (
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        key, problem = _describe(exc.errors()[0], model)
+        key, problem = _describe(dict(exc.errors()[0]), model)
         full = _key([*prefix, *([key] if key else [])])
         raise ConfigError(f"{where}: {full or '<top>'}: {problem}") from None
 
 
 # -- loading ------------------------------------------------------------------------------------
+
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML whose mappings refuse a key given twice: PyYAML keeps the last silently (`epochs: 1` … `epochs: 50`)."""
@@ -364,7 +399,9 @@ def apply_overrides(raw: Any, overrides: Sequence[str], path: Path) -> Any:
         key, sep, text = item.partition("=")
         parts = key.strip().split(".")
         if not sep or not all(parts):
-            raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. defaults.epochs=2 or data.synthetic={{n: 400}}")
+            raise ConfigError(
+                f"--set {item!r}: expected KEY.PATH=VALUE, e.g. defaults.epochs=2 or data.synthetic={{n: 400}}"
+            )
         try:
             value = yaml.load(text, Loader=_UniqueKeyLoader)
         except yaml.YAMLError as exc:
@@ -372,19 +409,22 @@ def apply_overrides(raw: Any, overrides: Sequence[str], path: Path) -> Any:
         node = raw
         for depth, part in enumerate(parts):
             last = depth == len(parts) - 1
-            where = ".".join(parts[:depth + 1])
+            where = ".".join(parts[: depth + 1])
+            index: str | int = part
             if isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
                     raise ConfigError(f"--set {item!r}: {where}: {path} has no item {part} there (0..{len(node) - 1})")
-                part = int(part)
+                index = int(part)
             elif not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {where}: {'.'.join(parts[:depth])} in {path} is a value, not a mapping")
+                raise ConfigError(
+                    f"--set {item!r}: {where}: {'.'.join(parts[:depth])} in {path} is a value, not a mapping"
+                )
             if last:
-                node[part] = value
+                node[index] = value
             else:
-                if isinstance(node, dict) and node.get(part) is None:
-                    node[part] = {}
-                node = node[part]
+                if isinstance(node, dict) and node.get(index) is None:
+                    node[index] = {}
+                node = node[index]
     return raw
 
 
@@ -400,8 +440,13 @@ def _grid(raw: Mapping[str, Any], where: str) -> dict[str, list]:
     return grid
 
 
-def load_sweep(path: str | Path, base: Path | None = None, overrides: Sequence[str] = (),
-               max_runs: int = MAX_RUNS, edit: Callable[[dict], dict] | None = None) -> Sweep:
+def load_sweep(
+    path: str | Path,
+    base: Path | None = None,
+    overrides: Sequence[str] = (),
+    max_runs: int = MAX_RUNS,
+    edit: Callable[[dict], dict] | None = None,
+) -> Sweep:
     """Load and validate a sweep YAML, with `--set` overrides applied first, then `edit` (a cluster
     profile's defaults: crackhpc.profiles.apply_profile), and cross its grid.
     Relative data paths are taken from `base` (default: cwd)."""
@@ -421,7 +466,9 @@ def load_sweep(path: str | Path, base: Path | None = None, overrides: Sequence[s
     data = top.data
     if data.root is not None:
         root = Path(data.root).expanduser()
-        data = data.model_copy(update={"root": str(root if root.is_absolute() else ((base or Path.cwd()) / root).resolve())})
+        data = data.model_copy(
+            update={"root": str(root if root.is_absolute() else ((base or Path.cwd()) / root).resolve())}
+        )
     validate(TrainConfig, top.defaults, where, ["defaults"])
     grid = _grid(top.grid, where)
     if top.runs is not None and not top.runs:
@@ -430,8 +477,10 @@ def load_sweep(path: str | Path, base: Path | None = None, overrides: Sequence[s
     total = len(explicit) * math.prod(len(v) for v in grid.values())
     if total > max_runs:
         sizes = " x ".join(str(n) for n in [len(explicit)] * bool(top.runs) + [len(v) for v in grid.values()])
-        raise ConfigError(f"{where}: grid: {total:,} runs ({sizes}), more than the limit of {max_runs:,}: "
-                          f"shrink the grid or pass --max-runs {total}")
+        raise ConfigError(
+            f"{where}: grid: {total:,} runs ({sizes}), more than the limit of {max_runs:,}: "
+            f"shrink the grid or pass --max-runs {total}"
+        )
     sweep_resources = validate(Resources, top.resources, where, ["resources"])
     entries = []
     for i, entry in enumerate(explicit):
@@ -447,10 +496,16 @@ def load_sweep(path: str | Path, base: Path | None = None, overrides: Sequence[s
             if not isinstance(override, dict):
                 raise ConfigError(f"{where}: {_key([*prefix, 'resources'])}: expected a mapping")
             resources = validate(Resources, {**top.resources, **override}, where, [*prefix, "resources"])
-        for combo in itertools.product(*grid.values()):
-            combo = dict(zip(grid, combo))
+        for values in itertools.product(*grid.values()):
+            combo = dict(zip(grid, values))
             train = validate(TrainConfig, {**top.defaults, **settings, **combo}, where, ["grid"] if combo else prefix)
             entries.append((i if top.runs else None, train, resources))
-    return Sweep(name=top.name, path=str(path), executor=top.executor, data=data, resources=sweep_resources,
-                 entries=tuple(entries),
-                 overrides=tuple(overrides))
+    return Sweep(
+        name=top.name,
+        path=str(path),
+        executor=top.executor,
+        data=data,
+        resources=sweep_resources,
+        entries=tuple(entries),
+        overrides=tuple(overrides),
+    )

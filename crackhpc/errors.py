@@ -1,4 +1,5 @@
 """Errors that end a command with one clear line instead of a traceback."""
+
 from __future__ import annotations
 
 import os

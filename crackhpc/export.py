@@ -5,6 +5,7 @@ torchscript and onnx take what `crackhpc predict` feeds its model: uint8 RGB ima
 size, 3), the normalisation inside; out come softmax probabilities (N, 2), column 1 the crack.
 The keras file takes float RGB images in 0..255 after the backbone's preprocess_input, which
 model.json names (a Lambda layer would need `safe_mode=False` to load)."""
+
 from __future__ import annotations
 
 import io
@@ -37,7 +38,9 @@ def _write_torchscript(run_dir: Path, spec, path: Path) -> None:
     # reader's side as well; it is what the issue's users load with plain torch.jit.load today.
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore", FutureWarning)
-        traced = torch.jit.trace(_torch_probabilities(run_dir, spec), torch.zeros((2, size, size, 3), dtype=torch.uint8))
+        traced = torch.jit.trace(
+            _torch_probabilities(run_dir, spec), torch.zeros((2, size, size, 3), dtype=torch.uint8)
+        )
         torch.jit.save(traced, buf)
     atomic.write_bytes(path, buf.getvalue())
 
@@ -54,9 +57,16 @@ def _write_onnx(run_dir: Path, spec, path: Path) -> None:
     # The TorchScript-based exporter: the dynamo one needs onnxscript and gains nothing for a plain CNN.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(_torch_probabilities(run_dir, spec), (torch.zeros((2, size, size, 3), dtype=torch.uint8),), buf,
-                          input_names=["images"], output_names=["probabilities"], opset_version=17, dynamo=False,
-                          dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}})
+        torch.onnx.export(
+            _torch_probabilities(run_dir, spec),
+            (torch.zeros((2, size, size, 3), dtype=torch.uint8),),
+            buf,
+            input_names=["images"],
+            output_names=["probabilities"],
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},
+        )
     atomic.write_bytes(path, buf.getvalue())
 
 
@@ -73,29 +83,48 @@ def describe(spec, result: dict, fmt: str, filename: str) -> dict:
     """model.json: what a user of the file needs to feed it and read it."""
     size = spec.train.input_size
     doc = {
-        "format": fmt, "file": filename, "run_id": spec.run_id, "sweep": spec.sweep,
-        "framework": spec.train.framework, "model": spec.train.model, "pretrained": spec.train.pretrained,
-        "classes": list(CLASSES), "crack_class": CLASSES.index("positive"),
-        "input": {"shape": ["N", size, size, 3], "layout": "NHWC", "colour": "RGB",
-                  "resize": f"each image (or each patch of a large photo: 227 px, the dataset's crops, by default) "
-                            f"resized to {size}x{size} with bilinear filtering (PIL Image.resize(..., Image.BILINEAR)), "
-                            "EXIF orientation applied"},
+        "format": fmt,
+        "file": filename,
+        "run_id": spec.run_id,
+        "sweep": spec.sweep,
+        "framework": spec.train.framework,
+        "model": spec.train.model,
+        "pretrained": spec.train.pretrained,
+        "classes": list(CLASSES),
+        "crack_class": CLASSES.index("positive"),
+        "input": {
+            "shape": ["N", size, size, 3],
+            "layout": "NHWC",
+            "colour": "RGB",
+            "resize": f"each image (or each patch of a large photo: 227 px, the dataset's crops, by default) "
+            f"resized to {size}x{size} with bilinear filtering (PIL Image.resize(..., Image.Resampling.BILINEAR)), "
+            "EXIF orientation applied",
+        },
         "output": {"name": "probabilities", "shape": ["N", 2], "meaning": "softmax over classes; column 1 = crack"},
-        "test_acc": result.get("test_acc"), "test_loss": result.get("test_loss"),
-        "best_val_acc": result.get("best_val_acc"), "n_test": result.get("n_test"), "trained": result.get("finished"),
+        "test_acc": result.get("test_acc"),
+        "test_loss": result.get("test_loss"),
+        "best_val_acc": result.get("best_val_acc"),
+        "n_test": result.get("n_test"),
+        "trained": result.get("finished"),
     }
     if spec.train.framework == "torch":
         from .worker.torch_models import normalization
 
         mean, std = normalization(spec.train.model)
         doc["input"]["dtype"] = "uint8"
-        doc["normalisation"] = {"inside_model": True, "formula": "(x / 255 - mean) / std, per channel",
-                                "mean": list(mean), "std": list(std)}
+        doc["normalisation"] = {
+            "inside_model": True,
+            "formula": "(x / 255 - mean) / std, per channel",
+            "mean": list(mean),
+            "std": list(std),
+        }
     else:
         doc["input"]["dtype"] = "float32 (0..255)"
-        doc["normalisation"] = {"inside_model": False,
-                                "preprocess": f"keras.applications.{spec.train.model}.preprocess_input",
-                                "formula": "caffe mode: RGB to BGR, minus the ImageNet mean [103.939, 116.779, 123.68]"}
+        doc["normalisation"] = {
+            "inside_model": False,
+            "preprocess": f"keras.applications.{spec.train.model}.preprocess_input",
+            "formula": "caffe mode: RGB to BGR, minus the ImageNet mean [103.939, 116.779, 123.68]",
+        }
     return doc
 
 
@@ -110,6 +139,8 @@ def export(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None) -> 
         raise CrackhpcError(f"{run_dir}: a {spec.train.framework} run exports as {' or '.join(choices)}, not {fmt}")
     out_dir = Path(out_dir) if out_dir else run_dir / f"export-{fmt}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    {"torchscript": _write_torchscript, "onnx": _write_onnx, "keras": _write_keras}[fmt](run_dir, spec, out_dir / filename)
+    {"torchscript": _write_torchscript, "onnx": _write_onnx, "keras": _write_keras}[fmt](
+        run_dir, spec, out_dir / filename
+    )
     atomic.write_json(out_dir / MODEL_JSON, describe(spec, result, fmt, filename))
     return out_dir

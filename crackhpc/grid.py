@@ -4,6 +4,7 @@ The id is `framework-model-<the keys that vary in this sweep>-<hash>`; the hash 
 resolved training and data settings (not the resources), so the same YAML always yields the
 same ids and a longer time limit does not orphan completed runs.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -12,9 +13,21 @@ import json
 from .config import DataConfig, RunSpec, Sweep, TrainConfig
 from .errors import ConfigError
 
-_SHORT = {"lr": "lr", "seed": "s", "epochs": "ep", "batch_size": "bs", "input_size": "px",
-          "pretrained": "pre", "freeze_backbone": "frz", "optimizer": "opt", "backend": "be",
-          "precision": "prec", "feature_cache": "fc", "loss": "loss", "num_workers": "nw"}
+_SHORT = {
+    "lr": "lr",
+    "seed": "s",
+    "epochs": "ep",
+    "batch_size": "bs",
+    "input_size": "px",
+    "pretrained": "pre",
+    "freeze_backbone": "frz",
+    "optimizer": "opt",
+    "backend": "be",
+    "precision": "prec",
+    "feature_cache": "fc",
+    "loss": "loss",
+    "num_workers": "nw",
+}
 
 
 def config_hash(train: TrainConfig, data: DataConfig) -> str:
@@ -41,11 +54,18 @@ def expand(sweep: Sweep) -> list[RunSpec]:
     varying = [k for k in TrainConfig.model_fields if len({getattr(t, k) for _, t, _ in sweep.entries}) > 1]
     specs, seen = [], set()
     for index, train, resources in sweep.entries:
-        spec = RunSpec(run_id=run_id(train, sweep.data, varying), sweep=sweep.name, train=train, data=sweep.data,
-                       resources=resources)
+        spec = RunSpec(
+            run_id=run_id(train, sweep.data, varying),
+            sweep=sweep.name,
+            train=train,
+            data=sweep.data,
+            resources=resources,
+        )
         if spec.run_id in seen:
             where = f"runs[{index}]" if index is not None else "defaults"
-            raise ConfigError(f"{sweep.path}: {where}: two runs resolve to the same settings ({spec.run_id}): remove the duplicate")
+            raise ConfigError(
+                f"{sweep.path}: {where}: two runs resolve to the same settings ({spec.run_id}): remove the duplicate"
+            )
         seen.add(spec.run_id)
         specs.append(spec)
     return specs

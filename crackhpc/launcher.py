@@ -5,6 +5,7 @@ job is still queued or running are left alone, failed runs are resubmitted only 
 One `crackhpc sweep` at a time submits to a sweep folder (its lock), and the record is saved
 after every submission, so an interrupted command loses no job id.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,7 +51,9 @@ def make_executor(executor: str, folder: Path, params: dict):
     import submitit
 
     if executor == "slurm" and not shutil.which("srun"):  # submitit's own check would end in a traceback
-        raise CrackhpcError("executor slurm: srun not found on PATH; run this on a Slurm login node, or use --executor local")
+        raise CrackhpcError(
+            "executor slurm: srun not found on PATH; run this on a Slurm login node, or use --executor local"
+        )
     # slurm_max_num_timeout is taken when the executor is made; update_parameters rejects it.
     constructor = {k: params[k] for k in ("slurm_max_num_timeout",) if k in params}
     submitter = submitit.AutoExecutor(folder=folder, cluster=executor, **constructor)
@@ -84,12 +87,15 @@ def say_orphans(actions: dict[str, str], folder: SweepFolder, record: SweepRecor
     """Runs whose `crackhpc sweep` (or predict) was killed: nobody waits for them, and they hold
     cores that the jobs about to start will also use."""
     if orphans := sorted(r for r, a in actions.items() if a.endswith(ORPHANED)):
-        echo(f"  still running from a `{record.command}` that has gone: {', '.join(orphans)}; they record their own "
-             f"outcomes; `crackhpc status {folder.path}` follows them, `crackhpc cancel {folder.path}` stops them")
+        echo(
+            f"  still running from a `{record.command}` that has gone: {', '.join(orphans)}; they record their own "
+            f"outcomes; `crackhpc status {folder.path}` follows them, `crackhpc cancel {folder.path}` stops them"
+        )
 
 
-def write_run_folders(specs: list[RunSpec], folder: SweepFolder, data_root: Path, sweep: Sweep,
-                      provenance: dict | None = None) -> list[RunSpec]:
+def write_run_folders(
+    specs: list[RunSpec], folder: SweepFolder, data_root: Path, sweep: Sweep, provenance: dict | None = None
+) -> list[RunSpec]:
     manifest = make_manifest(data_root, sweep.data.split, sweep.data.split_seed)
     write_manifest(folder.split, manifest)
     resolved = []
@@ -101,13 +107,16 @@ def write_run_folders(specs: list[RunSpec], folder: SweepFolder, data_root: Path
             rundir.write_config(run_dir, spec)
             write_manifest(run_dir / rundir.SPLIT, manifest)
             # A new attempt: status, plan and cancel read result.json as the state of the latest job.
-            rundir.reset_result(run_dir, run_id=spec.run_id, status=RunState.PENDING, epochs=spec.train.epochs,
-                                provenance=provenance)
+            rundir.reset_result(
+                run_dir, run_id=spec.run_id, status=RunState.PENDING, epochs=spec.train.epochs, provenance=provenance
+            )
         resolved.append(spec)
     return resolved
 
 
-def plan_sweep(sweep: Sweep, results: Path, retry_failed: bool) -> tuple[SweepFolder, list[RunSpec], SweepRecord, dict[str, str]]:
+def plan_sweep(
+    sweep: Sweep, results: Path, retry_failed: bool
+) -> tuple[SweepFolder, list[RunSpec], SweepRecord, dict[str, str]]:
     """The sweep folder, every run, the sweep record and what to do with each run."""
     if results.exists() and not results.is_dir():
         raise CrackhpcError(f"--results {results}: a file, not a folder; give a folder for the sweeps' results")
@@ -118,8 +127,9 @@ def plan_sweep(sweep: Sweep, results: Path, retry_failed: bool) -> tuple[SweepFo
     return folder, specs, record, plan(specs, folder, record, retry_failed)
 
 
-def prepare_runs(sweep: Sweep, results: Path, folder: SweepFolder, specs: list[RunSpec], record: SweepRecord,
-                 executor: str) -> list[RunSpec]:
+def prepare_runs(
+    sweep: Sweep, results: Path, folder: SweepFolder, specs: list[RunSpec], record: SweepRecord, executor: str
+) -> list[RunSpec]:
     """Data and run folders for the runs about to be submitted; the specs now name the data folder."""
     from .provenance import submission
 
@@ -130,8 +140,15 @@ def prepare_runs(sweep: Sweep, results: Path, folder: SweepFolder, specs: list[R
     return write_run_folders(specs, folder, data_root, sweep, record.provenance)
 
 
-def submit(sweep: Sweep, results: Path, executor: str = "auto", dry_run: bool = False,
-           retry_failed: bool = False, wait: bool | None = None, echo=print) -> dict[str, RunState]:
+def submit(
+    sweep: Sweep,
+    results: Path,
+    executor: str = "auto",
+    dry_run: bool = False,
+    retry_failed: bool = False,
+    wait: bool | None = None,
+    echo=print,
+) -> dict[str, RunState]:
     """Submit every run of `sweep` that needs it. Returns the state of each run this call waited
     for (none when it did not wait); the record is in sweep.json."""
     executor = resolve_executor(executor if executor != "auto" else sweep.executor)
@@ -142,7 +159,9 @@ def submit(sweep: Sweep, results: Path, executor: str = "auto", dry_run: bool = 
             groups[json.dumps(spec.resources.model_dump(mode="json"), sort_keys=True)].append(spec)
     # A shape with more runs than the cluster's MaxArraySize goes out as several arrays.
     batches = slurm.split_arrays(list(groups.values()), slurm.max_array_size() if executor == "slurm" else None)
-    echo(f"sweep {sweep.name}: {len(specs)} runs, {sum(map(len, groups.values()))} to submit, executor {executor}, results in {folder.path}")
+    echo(
+        f"sweep {sweep.name}: {len(specs)} runs, {sum(map(len, groups.values()))} to submit, executor {executor}, results in {folder.path}"
+    )
     say_orphans(actions, folder, record, echo)
     if dry_run:
         _print_plan(specs, actions, batches, folder, executor, sweep.name, echo)
@@ -150,7 +169,9 @@ def submit(sweep: Sweep, results: Path, executor: str = "auto", dry_run: bool = 
     # Said on a real submission too, or a failed or unreadable run would go unmentioned.
     left = {r: a.removeprefix("skip: ").removesuffix(RETRY_HINT) for r, a in actions.items() if a.endswith(RETRY_HINT)}
     if left:
-        echo("  not resubmitted without --retry-failed: " + ", ".join(f"{r} ({why})" for r, why in sorted(left.items())))
+        echo(
+            "  not resubmitted without --retry-failed: " + ", ".join(f"{r} ({why})" for r, why in sorted(left.items()))
+        )
     todo = [s for g in groups.values() for s in g]
     preflight.require_weights(todo)  # fail here, not after hours in the queue
     with folder.lock():
@@ -163,7 +184,9 @@ def submit(sweep: Sweep, results: Path, executor: str = "auto", dry_run: bool = 
         jobs = []
         try:
             for group in batches:
-                params = slurm.submitit_parameters(group[0].resources, executor, f"{group[0].resources.job_name}-{sweep.name}")
+                params = slurm.submitit_parameters(
+                    group[0].resources, executor, f"{group[0].resources.job_name}-{sweep.name}"
+                )
                 submitter = make_executor(executor, folder.submitit, params)
                 _submit_group(submitter, executor, [specs[s.run_id] for s in group], folder, record, jobs, echo)
             if wait if wait is not None else executor != "slurm":
@@ -183,8 +206,10 @@ def submit(sweep: Sweep, results: Path, executor: str = "auto", dry_run: bool = 
 def _print_plan(specs, actions, groups, folder: SweepFolder, executor: str, name: str, echo) -> None:
     for spec in specs:
         r = spec.resources
-        echo(f"  {spec.run_id:<48} {actions[spec.run_id]:<22} nodes={r.nodes} tasks/node={r.ntasks_per_node} "
-             f"gpus/node={r.gpus_per_node} cpus/task={r.cpus_per_task} mem={r.mem_gb or '-'}G time={r.timeout_min}m")
+        echo(
+            f"  {spec.run_id:<48} {actions[spec.run_id]:<22} nodes={r.nodes} tasks/node={r.ntasks_per_node} "
+            f"gpus/node={r.gpus_per_node} cpus/task={r.cpus_per_task} mem={r.mem_gb or '-'}G time={r.timeout_min}m"
+        )
     refused = []
     for group in groups:
         res = group[0].resources
@@ -213,8 +238,9 @@ def _local_limit(res) -> int:
     return max(1, min(res.array_parallelism, (os.cpu_count() or 1) // (res.cpus_per_task * res.ntasks_per_node)))
 
 
-def _submit_group(submitter, executor: str, group: list[RunSpec], folder: SweepFolder, record: SweepRecord,
-                  jobs: list, echo) -> None:
+def _submit_group(
+    submitter, executor: str, group: list[RunSpec], folder: SweepFolder, record: SweepRecord, jobs: list, echo
+) -> None:
     """Submit one resource shape, adding each (spec, job) to `jobs` as it goes out; the record is
     saved after each job, so an interrupt loses none."""
     from submitit.helpers import as_completed
@@ -255,9 +281,13 @@ def _settle(spec: RunSpec, job, folder: SweepFolder, executor: str, again: str) 
     except DamagedFileError:
         return RunState.UNREADABLE
     if state.live and executor != "slurm":
-        rundir.update_result(run_dir, status=RunState.FAILED, finished=rundir.now(),
-                             error=f"the worker died without recording an outcome (killed, out of memory or disk?); "
-                                   f"see {job.paths.stderr}; {RETRY.format(again=again)}")
+        rundir.update_result(
+            run_dir,
+            status=RunState.FAILED,
+            finished=rundir.now(),
+            error=f"the worker died without recording an outcome (killed, out of memory or disk?); "
+            f"see {job.paths.stderr}; {RETRY.format(again=again)}",
+        )
         return RunState.FAILED
     return state
 
@@ -279,8 +309,10 @@ def _interrupted(jobs, todo: list[str], executor: str, folder: SweepFolder, reco
     """Ctrl-C: local jobs are this command's processes, so they stop with it and their runs are
     recorded cancelled; Slurm jobs are left to Slurm, their ids in the record. Returns what was done."""
     if executor == "slurm":
-        return (f"{len(jobs)} Slurm job(s) left queued or running, ids in {folder.record_path}; "
-                f"`crackhpc status {folder.path}` follows them, `crackhpc cancel {folder.path}` stops them")
+        return (
+            f"{len(jobs)} Slurm job(s) left queued or running, ids in {folder.record_path}; "
+            f"`crackhpc status {folder.path}` follows them, `crackhpc cancel {folder.path}` stops them"
+        )
     for spec, _ in jobs:
         job = record.runs.get(spec.run_id)
         if executor == "local" and job:
@@ -296,7 +328,11 @@ def _interrupted(jobs, todo: list[str], executor: str, folder: SweepFolder, reco
         except DamagedFileError:
             continue
         if state.live:
-            rundir.update_result(folder.run(run_id), status=RunState.CANCELLED, cancelled=rundir.now(),
-                                 error="interrupted (Ctrl-C or kill)")
+            rundir.update_result(
+                folder.run(run_id),
+                status=RunState.CANCELLED,
+                cancelled=rundir.now(),
+                error="interrupted (Ctrl-C or kill)",
+            )
         cancelled += state.live or state is RunState.CANCELLED
     return f"{cancelled} run(s) recorded cancelled; {record.resubmit} resumes them from their checkpoints"

@@ -7,31 +7,35 @@ hold every start of that job, cut apart at the start lines described in crackhpc
 Attempts are numbered from 1 over the run's whole history: all starts of its first job, then of
 the next one.
 """
+
 from __future__ import annotations
 
 import codecs
 import difflib
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from . import rundir
 from .attempts import START_RE, WORKER_START_RE
 from .errors import CrackhpcError
 from .record import Job, SweepFolder, SweepRecord
 
+
 @dataclass(frozen=True)
 class Attempt:
     number: int
-    job_id: str          # '' for a run folder that no job of sweep.json names (python -m crackhpc.worker)
+    job_id: str  # '' for a run folder that no job of sweep.json names (python -m crackhpc.worker)
     restart: int | None  # None: the job's files have no start lines (written before crackhpc.attempts)
-    files: dict          # source → Path | None
+    files: dict  # source → Path | None
 
     def describe(self, total: int) -> str:
         job = f"job {self.job_id}" if self.job_id else "no job recorded"
-        return f"attempt {self.number} of {total}: {job}" + ("" if self.restart is None else f", restart {self.restart}")
+        return f"attempt {self.number} of {total}: {job}" + (
+            "" if self.restart is None else f", restart {self.restart}"
+        )
 
 
 def _job_files(entry: Job, job_id: str) -> dict:
@@ -68,8 +72,10 @@ def attempts(folder: SweepFolder, run_id: str, record: SweepRecord) -> list[Atte
     found, worker_starts = [], _segments(_read(worker), WORKER_START_RE)
     for job_id in [*entry.history, entry.job_id]:
         files = _job_files(entry, job_id)
-        restarts = sorted({r for source in ("out", "err") for j, r, _ in _segments(_read(files[source]), START_RE) if j == job_id}
-                          | {r for j, r, _ in worker_starts if j == job_id})
+        restarts = sorted(
+            {r for source in ("out", "err") for j, r, _ in _segments(_read(files[source]), START_RE) if j == job_id}
+            | {r for j, r, _ in worker_starts if j == job_id}
+        )
         for restart in restarts or [None]:
             found.append(Attempt(len(found) + 1, job_id, restart, {**files, "worker": worker}))
     return found
@@ -96,7 +102,11 @@ def choose(sweep_dir: str | Path, run_id: str) -> tuple[SweepFolder, SweepRecord
     known = folder.run_ids(record)
     if run_id not in known:
         close = difflib.get_close_matches(run_id, known, n=5, cutoff=0.6)
-        hint = f"did you mean {', '.join(close)}?" if close else f"`crackhpc status {folder.path}` lists its {len(known)} runs"
+        hint = (
+            f"did you mean {', '.join(close)}?"
+            if close
+            else f"`crackhpc status {folder.path}` lists its {len(known)} runs"
+        )
         raise CrackhpcError(f"{folder.path}: no run {run_id!r}; {hint}")
     return folder, record, attempts(folder, run_id, record)
 
@@ -129,8 +139,9 @@ def _write(text: str) -> None:
     sys.stdout.flush()
 
 
-def show(sweep_dir, run_id: str, source: str = "out", number: int | None = None, write=_write,
-         note=_note) -> tuple[Attempt, Path | None, int]:
+def show(
+    sweep_dir, run_id: str, source: str = "out", number: int | None = None, write=_write, note=_note
+) -> tuple[Attempt, Path | None, int]:
     """Write one attempt's part of a log; returns the attempt, the file shown and how many of its
     bytes were read."""
     _, _, found = choose(sweep_dir, run_id)
@@ -139,8 +150,14 @@ def show(sweep_dir, run_id: str, source: str = "out", number: int | None = None,
     note(f"==> {path} ({attempt.describe(len(found))}) <==")
     if path is None or not path.is_file():
         missing = attempt.files.get(source) or path
-        note(f"no {source} log yet" + (f": {missing} does not exist (the job has not started, or ran where this "
-                                        f"folder is not shared)" if missing else " recorded for this run"))
+        note(
+            f"no {source} log yet"
+            + (
+                f": {missing} does not exist (the job has not started, or ran where this folder is not shared)"
+                if missing
+                else " recorded for this run"
+            )
+        )
         return attempt, path, 0
     raw = path.read_bytes()
     text, marked = cut(raw.decode(errors="replace"), attempt, "worker" if path == attempt.files["worker"] else source)
@@ -150,8 +167,16 @@ def show(sweep_dir, run_id: str, source: str = "out", number: int | None = None,
     return attempt, path, len(raw)
 
 
-def follow(sweep_dir, run_id: str, source: str = "out", write=_write, note=_note, poll_s: float = 1.0,
-           check_s: float = 5.0, is_live: Callable[[Path, str], bool] | None = None) -> None:
+def follow(
+    sweep_dir,
+    run_id: str,
+    source: str = "out",
+    write=_write,
+    note=_note,
+    poll_s: float = 1.0,
+    check_s: float = 5.0,
+    is_live: Callable[[Path, str], bool] | None = None,
+) -> None:
     """Show the latest attempt, then what its log gains, until the run has ended. A requeue appends
     to the same file (its start line shows where); a new job (--retry-failed), or a log that appears
     once a queued job starts, switches files."""

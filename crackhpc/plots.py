@@ -4,12 +4,13 @@ matplotlib is imported inside these functions only, and figures are drawn on the
 without pyplot: `crackhpc report` then runs on a login node without a display, never touches
 pyplot's global state, and importing crackhpc.report stays cheap.
 """
+
 from __future__ import annotations
 
 import io
 import math
 import textwrap
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -68,7 +69,7 @@ def curves_overlay(runs: Mapping[str, pd.DataFrame], title: str) -> bytes:
     fig = _figure(10, 4.2 + 0.22 * math.ceil(len(runs) / 2))
     loss_ax, acc_ax = _epoch_axes(fig)
     colours = [f"C{i % 10}" for i in range(len(runs))]
-    for colour, (label, m) in zip(colours, runs.items()):
+    for colour, m in zip(colours, runs.values()):
         for ax, kind in ((loss_ax, "loss"), (acc_ax, "acc")):
             ax.plot(m["epoch"], m[f"val_{kind}"], "-", color=colour, marker=".")
             ax.plot(m["epoch"], m[f"train_{kind}"], "--", color=colour, alpha=0.6)
@@ -79,8 +80,14 @@ def curves_overlay(runs: Mapping[str, pd.DataFrame], title: str) -> bytes:
     return _png(fig)
 
 
-def accuracy_bars(labels: Sequence[str], means: Sequence[float], stds: Sequence[float],
-                  counts: Sequence[int], study: Sequence[float | None], title: str) -> bytes:
+def accuracy_bars(
+    labels: Sequence[str],
+    means: Sequence[float],
+    stds: Sequence[float],
+    counts: Sequence[int],
+    study: Sequence[float | None],
+    title: str,
+) -> bytes:
     """Test accuracy per model (mean ± std over seeds), with the study's figure where it has one.
 
     Accuracies crowd near 1.0: the values go under the bars, where they cannot collide with the
@@ -90,16 +97,27 @@ def accuracy_bars(labels: Sequence[str], means: Sequence[float], stds: Sequence[
     ax = fig.subplots()
     x = np.arange(len(labels))
     errors = [0.0 if math.isnan(s) else s for s in stds]
-    ax.bar(x, means, yerr=errors, capsize=6, color="C0", alpha=0.85, width=0.6, error_kw={"zorder": 4},
-           label="ours: mean ± std over seeds")
+    ax.bar(
+        x,
+        means,
+        yerr=errors,
+        capsize=6,
+        color="C0",
+        alpha=0.85,
+        width=0.6,
+        error_kw={"zorder": 4},
+        label="ours: mean ± std over seeds",
+    )
     reported = [(i, v) for i, v in enumerate(study) if v is not None]
     if reported:
         at, values = np.array(reported).T
         ax.hlines(values, at - 0.36, at + 0.36, colors="C3", linewidth=2.5, zorder=3, label="study (reported)")
     lowest = min([m - e for m, e in zip(means, errors)] + [v for _, v in reported])
     bottom = max(0.0, math.floor((lowest - 0.02) * 20) / 20)
-    ticks = [f"{label}\n{mean:.4f}" + (f" ± {err:.4f}" if n > 1 else "") + f" (n={n})"
-             for label, mean, err, n in zip(labels, means, errors, counts)]
+    ticks = [
+        f"{label}\n{mean:.4f}" + (f" ± {err:.4f}" if n > 1 else "") + f" (n={n})"
+        for label, mean, err, n in zip(labels, means, errors, counts)
+    ]
     ax.set_xticks(x, ticks, fontsize=8)
     ax.set_ylim(bottom, 1 + (1 - bottom) * 0.05)
     ax.set_ylabel("test accuracy" + (f" (axis from {bottom:g})" if bottom else ""))
@@ -118,8 +136,15 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], title: str, note: str | No
     ax = fig.subplots()
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for (i, j), n in np.ndenumerate(counts):
-        ax.text(j, i, f"{n}\n({shares[i, j]:.1%})", ha="center", va="center",
-                color="white" if shares[i, j] > 0.6 else "black", fontsize=11)
+        ax.text(
+            j,
+            i,
+            f"{n}\n({shares[i, j]:.1%})",
+            ha="center",
+            va="center",
+            color="white" if shares[i, j] > 0.6 else "black",
+            fontsize=11,
+        )
     ax.set_xticks([0, 1], CLASSES)
     ax.set_yticks([0, 1], CLASSES)
     ax.set_xlabel("predicted class")

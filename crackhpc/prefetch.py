@@ -5,6 +5,7 @@ Compute nodes have no internet (see crackhpc.weights). Each published file is do
 place, checked against its published hash, and only then renamed to <cache>/<framework>/<filename>,
 where weights.locate looks. A file that fails the check is deleted, never left in the cache.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -12,16 +13,17 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from . import atomic, weights
 from .errors import CrackhpcError, WeightsError
 
 
-def download(url: str, target: Path, hint: str, check: Callable[[Path], None] | None = None,
-             timeout: float = 60) -> Path:
+def download(
+    url: str, target: Path, hint: str, check: Callable[[Path], None] | None = None, timeout: float = 60
+) -> Path:
     """Stream `url` to `target`, published by an atomic rename only once complete and once `check`
     (given the temporary file) has not raised."""
     from tqdm import tqdm
@@ -41,10 +43,14 @@ def download(url: str, target: Path, hint: str, check: Callable[[Path], None] | 
             if check is not None:
                 check(tmp)
     except (urllib.error.URLError, http.client.HTTPException, ValueError) as exc:
-        reason = f"HTTP {exc.code} {exc.reason}" if isinstance(exc, urllib.error.HTTPError) else getattr(exc, "reason", exc)
+        reason = (
+            f"HTTP {exc.code} {exc.reason}" if isinstance(exc, urllib.error.HTTPError) else getattr(exc, "reason", exc)
+        )
         raise CrackhpcError(f"{url}: download failed ({reason}); {hint}") from None
     except OSError as exc:
-        raise CrackhpcError(f"{exc.filename or target.parent}: cannot write there ({exc.strerror}); choose another folder") from None
+        raise CrackhpcError(
+            f"{exc.filename or target.parent}: cannot write there ({exc.strerror}); choose another folder"
+        ) from None
     return target
 
 
@@ -52,7 +58,7 @@ def download(url: str, target: Path, hint: str, check: Callable[[Path], None] | 
 class Outcome:
     wf: weights.WeightsFile
     path: Path
-    status: str                # present, downloaded, imported or failed
+    status: str  # present, downloaded, imported or failed
     error: str | None = None
 
 
@@ -72,7 +78,8 @@ def wanted(sweeps: Iterable[str | Path] = (), models: str | None = None) -> list
                 key = (spec.train.framework, spec.train.model)
                 chosen[key] = weights.file_for(*key)
     for entry in filter(None, (e.strip() for e in (models or "").split(","))):
-        key = tuple(entry.split(":", 1))
+        framework, _, model = entry.partition(":")
+        key = (framework, model)
         if key not in weights.CATALOG:
             known = ", ".join(f"{f}:{m}" for f, m in weights.CATALOG)
             raise CrackhpcError(f"--models {entry}: unknown model (known: {known})")
@@ -95,8 +102,9 @@ def _expected(wf: weights.WeightsFile) -> str:
     return f"a sha256 starting with {wf.digest}" if wf.algo == "sha256" else f"md5 {wf.digest}"
 
 
-def fetch_one(wf: weights.WeightsFile, folder: Path, base_url: str | None = None,
-              from_dir: str | Path | None = None) -> Outcome:
+def fetch_one(
+    wf: weights.WeightsFile, folder: Path, base_url: str | None = None, from_dir: str | Path | None = None
+) -> Outcome:
     dest = folder / wf.filename
     if dest.is_file() and wf.matches(dest):
         return Outcome(wf, dest, "present")
@@ -106,23 +114,30 @@ def fetch_one(wf: weights.WeightsFile, folder: Path, base_url: str | None = None
     if from_dir is not None:
         src = Path(from_dir).expanduser() / wf.filename
         if not src.is_file():
-            raise WeightsError(f"{src}: not found; copy {wf.filename} (from {wf.url}) there, "
-                               f"or leave out --from to download it")
+            raise WeightsError(
+                f"{src}: not found; copy {wf.filename} (from {wf.url}) there, or leave out --from to download it"
+            )
         source, status = src.resolve().as_uri(), "imported"
     else:
         source, status = source_url(wf, base_url), "downloaded"
 
     def check(tmp: Path) -> None:
         if not wf.matches(tmp):
-            raise WeightsError(f"{wf.filename} from {source}: expected {_expected(wf)}, got {weights.file_digest(tmp, wf.algo)}; "
-                               f"not kept (an interrupted download or another file: fetch it again from {wf.url})")
+            raise WeightsError(
+                f"{wf.filename} from {source}: expected {_expected(wf)}, got {weights.file_digest(tmp, wf.algo)}; "
+                f"not kept (an interrupted download or another file: fetch it again from {wf.url})"
+            )
 
     download(source, dest, hint=f"copy {wf.filename} by hand into a folder and use `--from FOLDER`", check=check)
     return Outcome(wf, dest, status)
 
 
-def prefetch(files: Iterable[weights.WeightsFile], cache: str | Path | None = None, base_url: str | None = None,
-             from_dir: str | Path | None = None) -> list[Outcome]:
+def prefetch(
+    files: Iterable[weights.WeightsFile],
+    cache: str | Path | None = None,
+    base_url: str | None = None,
+    from_dir: str | Path | None = None,
+) -> list[Outcome]:
     """Fetch every file; one failure does not stop the others."""
     outcomes = []
     for wf in files:
@@ -149,5 +164,7 @@ def cache_note(cache: str | Path | None) -> str | None:
     shared = weights.shared_cache()
     if shared is not None and shared.resolve() == cache:
         return None
-    return f"note: workers search $CRACKHPC_CACHE: put `export CRACKHPC_CACHE={cache}` in the jobs' environment " \
-           f"(e.g. resources.setup in the sweep YAML)"
+    return (
+        f"note: workers search $CRACKHPC_CACHE: put `export CRACKHPC_CACHE={cache}` in the jobs' environment "
+        f"(e.g. resources.setup in the sweep YAML)"
+    )

@@ -5,9 +5,10 @@
 - Slurm: `sbatch --test-only` on the very script submitit would submit for a job shape
   (crackhpc.slurm.ask_test_only; the launcher's dry run asks it).
 """
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from .errors import WeightsError
 
@@ -35,8 +36,10 @@ def require_weights(specs: Iterable) -> None:
     if len(missing) == 1:
         raise WeightsError(next(iter(missing.values())))
     if missing:
-        raise WeightsError(f"pretrained weights not found for {', '.join(' '.join(k) for k in missing)}: run "
-                           f"`{prefetch_command(missing)}` on the login node, or set `pretrained: false`")
+        raise WeightsError(
+            f"pretrained weights not found for {', '.join(' '.join(k) for k in missing)}: run "
+            f"`{prefetch_command(missing)}` on the login node, or set `pretrained: false`"
+        )
 
 
 def weights_warnings(specs: Iterable) -> list[str]:
@@ -45,4 +48,5 @@ def weights_warnings(specs: Iterable) -> list[str]:
     if not missing:
         return []
     return [f"warning: {why}" for why in missing.values()] + [
-        f"warning: a real submission refuses these runs; on the login node: {prefetch_command(missing)}"]
+        f"warning: a real submission refuses these runs; on the login node: {prefetch_command(missing)}"
+    ]

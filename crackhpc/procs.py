@@ -4,6 +4,7 @@ The local executor's jobs are processes of the login node or workstation: their 
 one thing a run folder cannot record. A process is (host, pid, start time): its start time, in
 clock ticks since boot from /proc, changes when the kernel gives the pid to another process.
 """
+
 from __future__ import annotations
 
 import os
@@ -61,8 +62,8 @@ def stop_local_job(worker: dict | None, controller: dict | None, timeout_s: floa
     """Stop a local executor's job: its worker first (it records the run cancelled and exits, and
     submitit's controller then ends by itself, quietly), the controller only if it lingers or its
     worker never started. False if neither was running."""
-    stopped = bool(worker) and stop(worker, timeout_s)
+    stopped = worker is not None and stop(worker, timeout_s)
     deadline = time.monotonic() + timeout_s
     while stopped and alive(controller) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return (bool(controller) and stop(controller, timeout_s)) or stopped
+    return (controller is not None and stop(controller, timeout_s)) or stopped

@@ -16,6 +16,7 @@ names is used, if the file has it. The sweep's own `resources:` win: a profile f
 the sweep leaves out, its setup lines run before the sweep's, and its sbatch options are overridden
 per option. Errors name the file and key, as sweep errors do.
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,7 +41,7 @@ class Profile:
     name: str
     path: Path
     resources: dict[str, Any] = field(default_factory=dict)  # as written, validated
-    cache: str | None = None                                # ~ expanded; $VARS left for the job's shell
+    cache: str | None = None  # ~ expanded; $VARS left for the job's shell
 
     def describe(self) -> str:
         return f"cluster profile {self.name} ({self.path})"
@@ -66,8 +67,10 @@ def load_profiles(path: Path) -> dict[str, Profile]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: <top>: expected a mapping of cluster names to their settings, "
-                          "e.g. `mycluster: {partition: gpu}`")
+        raise ConfigError(
+            f"{path}: <top>: expected a mapping of cluster names to their settings, "
+            "e.g. `mycluster: {partition: gpu}`"
+        )
     profiles = {}
     for name, settings in raw.items():
         if not isinstance(settings, dict):
@@ -79,8 +82,9 @@ def load_profiles(path: Path) -> dict[str, Profile]:
         validate(Resources, resources, str(path), [str(name)])  # the checks a sweep's resources get
         cache = settings.get("cache")
         if cache is not None and (not isinstance(cache, str) or not cache or _SHELL_UNSAFE.search(cache)):
-            raise ConfigError(f"{path}: {name}.cache: expected a folder path without quotes, backslashes or "
-                              f"backticks, got {cache!r}")
+            raise ConfigError(
+                f"{path}: {name}.cache: expected a folder path without quotes, backslashes or backticks, got {cache!r}"
+            )
         profiles[str(name)] = Profile(str(name), path, resources, os.path.expanduser(cache) if cache else None)
     return profiles
 
@@ -91,7 +95,9 @@ def select_profile(name: str | None = None) -> Profile | None:
     path = profile_file()
     if not path.is_file():
         if name:
-            raise ConfigError(f"--cluster {name}: no cluster profile file {path} (write one, or point $CRACKHPC_CLUSTERS at it)")
+            raise ConfigError(
+                f"--cluster {name}: no cluster profile file {path} (write one, or point $CRACKHPC_CLUSTERS at it)"
+            )
         return None
     profiles = load_profiles(path)
     if name:
@@ -122,7 +128,10 @@ def apply_profile(raw: dict, profile: Profile | None) -> dict:
         merged["sbatch"] = {**profile.resources.get("sbatch", {}), **sweep.get("sbatch", {})}
     setup = sweep.get("setup", [])
     if isinstance(setup, list):
-        merged["setup"] = [*([cache_line(profile.cache)] if profile.cache else []),
-                           *profile.resources.get("setup", []), *setup]
+        merged["setup"] = [
+            *([cache_line(profile.cache)] if profile.cache else []),
+            *profile.resources.get("setup", []),
+            *setup,
+        ]
     raw["resources"] = {k: v for k, v in merged.items() if v != {} and v != []}
     return raw

@@ -12,6 +12,7 @@ submission part in sweep.json too):
 A Keras run never imports torch here, nor a torch run TensorFlow; the GPU comes from nvidia-smi,
 which does not start a CUDA context in the worker before its framework sets the device up.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,8 +22,8 @@ import platform
 import shutil
 import socket
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from . import __version__, rundir
 from .errors import CrackhpcError
@@ -75,8 +76,12 @@ def gpus() -> dict:
     if not shutil.which("nvidia-smi"):
         return {}
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid,name,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index,uuid,name,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return {}
     rows = [[f.strip() for f in line.split(",")] for line in out.stdout.splitlines() if line.count(",") >= 3]
@@ -93,20 +98,34 @@ def gpus() -> dict:
 
 def runtime(framework: str, backend: str = "auto") -> dict:
     """The software and machine of this process; imports only the run's own framework."""
-    info = {"crackhpc": __version__, "python": platform.python_version(), "submitit": _version("submitit"),
-            "numpy": _version("numpy"), "host": socket.gethostname(), "platform": platform.platform()}
+    info = {
+        "crackhpc": __version__,
+        "python": platform.python_version(),
+        "submitit": _version("submitit"),
+        "numpy": _version("numpy"),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+    }
     if framework == "torch":
         import torch
         import torchvision
 
-        info.update(torch=torch.__version__, torchvision=torchvision.__version__, cuda=torch.version.cuda,
-                    framework_version=f"torch {torch.__version__}")
+        info.update(
+            torch=torch.__version__,
+            torchvision=torchvision.__version__,
+            cuda=torch.version.cuda,
+            framework_version=f"torch {torch.__version__}",
+        )
     else:
         import tensorflow as tf
 
         keras = _version("keras") or _version("tf-keras")
-        info.update(tensorflow=tf.__version__, keras=keras, cuda=tf.sysconfig.get_build_info().get("cuda_version"),
-                    framework_version=f"tensorflow {tf.__version__}")
+        info.update(
+            tensorflow=tf.__version__,
+            keras=keras,
+            cuda=tf.sysconfig.get_build_info().get("cuda_version"),
+            framework_version=f"tensorflow {tf.__version__}",
+        )
     if backend == "horovod":
         info["horovod"] = _version("horovod")
     for var, key in (("SLURM_CLUSTER_NAME", "slurm_cluster"), ("SLURM_JOB_PARTITION", "slurm_partition")):
@@ -147,13 +166,24 @@ def report_rows(run_dirs: Iterable[Path]) -> tuple[list[str], list[list]]:
             continue  # the worker has not started yet
         commit = prov.get("git_commit")
         commit = "-" if not commit else commit[:12] + (" (dirty)" if prov.get("git_dirty") else "")
-        framework = " / ".join(f"{k} {prov[k]}" for k in ("torch", "torchvision", "tensorflow", "keras", "horovod") if prov.get(k))
+        framework = " / ".join(
+            f"{k} {prov[k]}" for k in ("torch", "torchvision", "tensorflow", "keras", "horovod") if prov.get(k)
+        )
         gpu = f"{prov['gpu_count']} × {prov['gpu']}" if prov.get("gpu") else "none"
-        key = (commit, prov.get("crackhpc") or "-", prov.get("python") or "-", framework or "-", prov.get("submitit") or "-",
-               gpu, prov.get("cuda") or "-")
+        key = (
+            commit,
+            prov.get("crackhpc") or "-",
+            prov.get("python") or "-",
+            framework or "-",
+            prov.get("submitit") or "-",
+            gpu,
+            prov.get("cuda") or "-",
+        )
         groups.setdefault(key, []).append(prov.get("host") or "?")
     rows = []
     for key, hosts in groups.items():
         names = sorted(set(hosts))
-        rows.append([len(hosts), *key, ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")])
+        rows.append(
+            [len(hosts), *key, ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")]
+        )
     return header, rows

@@ -1,21 +1,22 @@
 """The sweep folder and its record, sweep.json: which job runs each run, readable from any shell later.
 
-    <results>/<sweep>/
-        sweep.json      this record: the runs of the sweep file as last submitted, each run's latest job
-                        (and its earlier job ids), the `crackhpc sweep` process that owns local jobs
-        split.csv       the sweep's split manifest (each run folder has its copy)
-        <run_id>/       one run folder per run (crackhpc.rundir)
-        submitit/       submitit's scripts, pickles and logs
-        .cache/         decoded images and backbone features shared by the sweep's runs
-        .lock           held by the `crackhpc sweep` that submits (and, locally, runs) the jobs
-    <results>/.data/    synthetic datasets, shared by sweeps
+<results>/<sweep>/
+    sweep.json      this record: the runs of the sweep file as last submitted, each run's latest job
+                    (and its earlier job ids), the `crackhpc sweep` process that owns local jobs
+    split.csv       the sweep's split manifest (each run folder has its copy)
+    <run_id>/       one run folder per run (crackhpc.rundir)
+    submitit/       submitit's scripts, pickles and logs
+    .cache/         decoded images and backbone features shared by the sweep's runs
+    .lock           held by the `crackhpc sweep` that submits (and, locally, runs) the jobs
+<results>/.data/    synthetic datasets, shared by sweeps
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -26,8 +27,10 @@ from .errors import CrackhpcError, DamagedFileError
 RECORD, SUBMITIT, CACHE, LOCK = "sweep.json", "submitit", ".cache", ".lock"
 PREDICTION = "prediction"  # the record's `kind` for a `crackhpc predict` folder (a sweep's has none)
 DATA = ".data"
-_FIX = ("move it aside and run `crackhpc sweep` again: it rebuilds the record from the run folders "
-        "(jobs still queued are then not known to `status` and `cancel`)")
+_FIX = (
+    "move it aside and run `crackhpc sweep` again: it rebuilds the record from the run folders "
+    "(jobs still queued are then not known to `status` and `cancel`)"
+)
 
 
 class Job(BaseModel):
@@ -48,16 +51,16 @@ class SweepRecord(BaseModel):
     model_config = ConfigDict(extra="allow")
     runs: dict[str, Job] = Field(default_factory=dict)
     current_runs: list[str] | None = None  # what the report compares; older runs stay on disk
-    owner: dict | None = None              # the `crackhpc sweep` process that submits and, locally, runs them
+    owner: dict | None = None  # the `crackhpc sweep` process that submits and, locally, runs them
     sweep: str | None = None
-    yaml: str | None = None                # the sweep file, and the command line's --set edits of it
+    yaml: str | None = None  # the sweep file, and the command line's --set edits of it
     overrides: list[str] = Field(default_factory=list)
     executor: str | None = None
     data_root: str | None = None
     submitted: str | None = None
     finished: str | None = None
-    provenance: dict | None = None         # the submission's part (crackhpc.provenance), also in each run's result.json
-    kind: str | None = None                # PREDICTION, or None for a sweep
+    provenance: dict | None = None  # the submission's part (crackhpc.provenance), also in each run's result.json
+    kind: str | None = None  # PREDICTION, or None for a sweep
 
     @property
     def command(self) -> str:
@@ -67,15 +70,26 @@ class SweepRecord(BaseModel):
     @property
     def resubmit(self) -> str:
         """How to submit this folder's failed or cancelled runs again."""
-        return "rerun `crackhpc predict …` with the same arguments" if self.kind == PREDICTION \
+        return (
+            "rerun `crackhpc predict …` with the same arguments"
+            if self.kind == PREDICTION
             else "`crackhpc sweep --retry-failed`"
+        )
 
     def add_job(self, run_id: str, job_id: str, executor: str, stdout=None, stderr=None, process=None) -> Job:
         """A run's new job; its earlier job ids go to its history."""
         previous = self.runs.get(run_id)
         history = (previous.history + [previous.job_id]) if previous and previous.job_id else []
-        job = Job(job_id=str(job_id), executor=executor, submitted=rundir.now(), stdout=str(stdout) if stdout else None,
-                  stderr=str(stderr) if stderr else None, history=history, process=process, owner=self.owner)
+        job = Job(
+            job_id=str(job_id),
+            executor=executor,
+            submitted=rundir.now(),
+            stdout=str(stdout) if stdout else None,
+            stderr=str(stderr) if stderr else None,
+            history=history,
+            process=process,
+            owner=self.owner,
+        )
         self.runs[run_id] = job
         return job
 
@@ -105,7 +119,7 @@ class SweepFolder:
     def run(self, run_id: str) -> Path:
         return self.path / run_id
 
-    def check(self) -> "SweepFolder":
+    def check(self) -> SweepFolder:
         if self.path.exists() and not self.path.is_dir():
             raise CrackhpcError(f"{self.path}: not a sweep folder but a file")
         if not self.path.is_dir():
@@ -120,10 +134,14 @@ class SweepFolder:
             return SweepRecord.model_validate(atomic.read_json(self.record_path, _FIX))
         except ValidationError as exc:
             problem = exc.errors()[0]
-            raise DamagedFileError(self.record_path, f"{'.'.join(map(str, problem['loc']))}: {problem['msg']}", _FIX) from None
+            raise DamagedFileError(
+                self.record_path, f"{'.'.join(map(str, problem['loc']))}: {problem['msg']}", _FIX
+            ) from None
 
     def save(self, record: SweepRecord) -> None:
-        atomic.write_text(self.record_path, json.dumps(record.model_dump(exclude_none=True), indent=2, sort_keys=True) + "\n")
+        atomic.write_text(
+            self.record_path, json.dumps(record.model_dump(exclude_none=True), indent=2, sort_keys=True) + "\n"
+        )
 
     def run_ids(self, record: SweepRecord, everything: bool = True) -> list[str]:
         """The runs of the sweep: those in its record and those with a run folder. Without
@@ -146,9 +164,15 @@ class SweepFolder:
         except Timeout:
             record = self.load()
             owner = record.owner or {}
-            who = f"pid {owner.get('pid')} on {owner.get('host')}, since {owner.get('since')}" if owner else "another process"
-            raise CrackhpcError(f"{self.path}: another `{record.command}` ({who}) is submitting or running this folder's "
-                                f"jobs; wait for it (`crackhpc status {self.path}`) or stop it first") from None
+            who = (
+                f"pid {owner.get('pid')} on {owner.get('host')}, since {owner.get('since')}"
+                if owner
+                else "another process"
+            )
+            raise CrackhpcError(
+                f"{self.path}: another `{record.command}` ({who}) is submitting or running this folder's "
+                f"jobs; wait for it (`crackhpc status {self.path}`) or stop it first"
+            ) from None
         try:
             yield
         finally:

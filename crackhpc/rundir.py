@@ -1,15 +1,16 @@
 """The run folder: the one place a run's inputs and outputs live.
 
-    <results>/<sweep>/<run_id>/
-        config.yaml        resolved settings (the worker reads only this)
-        split.csv          the manifest: which image is in which split
-        metrics.csv        one row per epoch
-        result.json        status (see crackhpc.states) and final numbers
-        misclassified.csv  test images the model got wrong
-        checkpoint.pt      last finished epoch, for resume and requeue (checkpoint.npz for Keras)
-        worker.log         the worker's log
-        job.sbatch         the plain sbatch script (`crackhpc sbatch`), its logs slurm-<job id>.out/.err
+<results>/<sweep>/<run_id>/
+    config.yaml        resolved settings (the worker reads only this)
+    split.csv          the manifest: which image is in which split
+    metrics.csv        one row per epoch
+    result.json        status (see crackhpc.states) and final numbers
+    misclassified.csv  test images the model got wrong
+    checkpoint.pt      last finished epoch, for resume and requeue (checkpoint.npz for Keras)
+    worker.log         the worker's log
+    job.sbatch         the plain sbatch script (`crackhpc sbatch`), its logs slurm-<job id>.out/.err
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -26,7 +27,13 @@ from .errors import ConfigError, DamagedFileError
 from .states import RunState
 
 CONFIG, SPLIT, METRICS, RESULT, MISCLASSIFIED, LOG = (
-    "config.yaml", "split.csv", "metrics.csv", "result.json", "misclassified.csv", "worker.log")
+    "config.yaml",
+    "split.csv",
+    "metrics.csv",
+    "result.json",
+    "misclassified.csv",
+    "worker.log",
+)
 CHECKPOINT = {"torch": "checkpoint.pt", "keras": "checkpoint.npz"}
 SBATCH_SCRIPT, SBATCH_LOG = "job.sbatch", "slurm-%j"
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "images_per_s")
@@ -90,7 +97,7 @@ def read_config(run_dir: str | Path) -> RunSpec:
     try:
         return validate(RunSpec, raw, str(path))
     except ConfigError as exc:  # edited by hand: checked like the sweep it came from
-        raise DamagedFileError(path, str(exc)[len(str(path)) + 2:], fix) from None
+        raise DamagedFileError(path, str(exc)[len(str(path)) + 2 :], fix) from None
 
 
 def read_result(run_dir: str | Path) -> dict[str, Any]:

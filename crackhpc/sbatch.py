@@ -10,6 +10,7 @@ slurm_templates/ (string.Template: `${name}` is filled in here, `$$` is a litera
 Every value that reaches the script is validated (crackhpc.config) and shell-quoted here; only
 resources.setup lines are written as the sweep gives them, since they are shell by intent.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -25,8 +26,10 @@ from .errors import CrackhpcError
 from .launcher import plan_sweep, prepare_runs
 
 # slurm_templates/ of the source checkout (an editable install), else the copy a wheel installs.
-TEMPLATE_DIRS = (Path(__file__).resolve().parent.parent / "slurm_templates",
-                 Path(sysconfig.get_path("data")) / "share" / "crackhpc" / "slurm_templates")
+TEMPLATE_DIRS = (
+    Path(__file__).resolve().parent.parent / "slurm_templates",
+    Path(sysconfig.get_path("data")) / "share" / "crackhpc" / "slurm_templates",
+)
 SIGNAL_LEAD_S = 90  # time left when Slurm warns the job, as for submitit's jobs
 
 
@@ -37,9 +40,14 @@ def template_name(spec: RunSpec) -> str:
 def sbatch_lines(spec: RunSpec, run_dir: Path) -> list[str]:
     """The #SBATCH lines of one run's script: this script's own, then its resources as for submitit
     (where the sweep's `resources.sbatch` may replace ours, e.g. `signal`)."""
-    options = {"job-name": f"{spec.resources.job_name}-{spec.sweep}",
-               "output": run_dir / f"{rundir.SBATCH_LOG}.out", "error": run_dir / f"{rundir.SBATCH_LOG}.err",
-               "signal": f"B:USR2@{SIGNAL_LEAD_S}", "open-mode": "append", **slurm.options(spec.resources)}
+    options = {
+        "job-name": f"{spec.resources.job_name}-{spec.sweep}",
+        "output": run_dir / f"{rundir.SBATCH_LOG}.out",
+        "error": run_dir / f"{rundir.SBATCH_LOG}.err",
+        "signal": f"B:USR2@{SIGNAL_LEAD_S}",
+        "open-mode": "append",
+        **slurm.options(spec.resources),
+    }
     return [f"#SBATCH --{k}" if v is True else f"#SBATCH --{k}={shlex.quote(str(v))}" for k, v in options.items()]
 
 
@@ -47,8 +55,10 @@ def _template(name: str) -> Template:
     for folder in TEMPLATE_DIRS:
         if (folder / name).is_file():
             return Template((folder / name).read_text())
-    raise CrackhpcError(f"sbatch template {name} is in neither {' nor '.join(map(str, TEMPLATE_DIRS))}: "
-                        "reinstall crackhpc (pip install -e . from the checkout)")
+    raise CrackhpcError(
+        f"sbatch template {name} is in neither {' nor '.join(map(str, TEMPLATE_DIRS))}: "
+        "reinstall crackhpc (pip install -e . from the checkout)"
+    )
 
 
 def render(spec: RunSpec, run_dir: Path) -> str:
@@ -56,13 +66,20 @@ def render(spec: RunSpec, run_dir: Path) -> str:
     res = spec.resources
     srun_step = _template("srun_step.sh").substitute(max_requeues=res.max_requeues, signal_lead_s=SIGNAL_LEAD_S)
     return _template(template_name(spec)).substitute(
-        run_id=spec.run_id, sweep=spec.sweep, srun_step=srun_step.rstrip("\n"), start_line=START_SHELL,
+        run_id=spec.run_id,
+        sweep=spec.sweep,
+        srun_step=srun_step.rstrip("\n"),
+        start_line=START_SHELL,
         sbatch_options="\n".join(sbatch_lines(spec, run_dir)),
-        setup="\n".join(res.setup) or "# (none)", python=shlex.quote(sys.executable), run_dir=shlex.quote(str(run_dir)))
+        setup="\n".join(res.setup) or "# (none)",
+        python=shlex.quote(sys.executable),
+        run_dir=shlex.quote(str(run_dir)),
+    )
 
 
-def write_scripts(sweep: Sweep, results: Path, out: Path | None = None, submit: bool = False,
-                  retry_failed: bool = False, echo=print) -> list[Path]:
+def write_scripts(
+    sweep: Sweep, results: Path, out: Path | None = None, submit: bool = False, retry_failed: bool = False, echo=print
+) -> list[Path]:
     """Run folders and a script for each run that needs one (as `crackhpc sweep` would submit);
     with `submit`, sbatch each and record the job ids in sweep.json for status and cancel."""
     folder, specs, record, actions = plan_sweep(sweep, results, retry_failed)

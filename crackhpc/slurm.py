@@ -6,6 +6,7 @@ submitit is used through its public API; the dry-run's exact-script preview need
 internals, isolated in `preview` (setup.cfg pins submitit's minor version, and
 tests/test_slurm.py fails loudly if an upgrade changes them).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,9 +17,10 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import TypeVar
 
 from .attempts import START_SHELL
 from .config import Resources
@@ -27,9 +29,24 @@ from .states import RunState
 from .usage import Usage, seconds, size_mb
 
 # Job states that are not final: the job may still run, so its run must not be submitted again.
-ACTIVE_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
-                           "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SPECIAL_EXIT", "SIGNALING", "STAGE_OUT",
-                           "STOPPED"})
+ACTIVE_STATES = frozenset(
+    {
+        "PENDING",
+        "RUNNING",
+        "REQUEUED",
+        "CONFIGURING",
+        "COMPLETING",
+        "SUSPENDED",
+        "RESIZING",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "RESV_DEL_HOLD",
+        "SPECIAL_EXIT",
+        "SIGNALING",
+        "STAGE_OUT",
+        "STOPPED",
+    }
+)
 SACCT_FIELDS = ("JobID", "State", "Elapsed", "NodeList", "AllocTRES", "Reason")
 # What each job used against what it asked for (crackhpc.usage); MaxRSS is a step's, not the job's.
 USAGE_FIELDS = ("ElapsedRaw", "TotalCPU", "MaxRSS", "ReqMem", "AllocCPUS", "TimelimitRaw")
@@ -66,37 +83,65 @@ class SlurmJob:
 
 # -- resources → options ------------------------------------------------------------------------
 
+
 def options(res: Resources) -> dict:
     """The sbatch long options of one job shape; the sweep's own `resources.sbatch` come last.
     submitit jobs and `crackhpc sbatch` scripts both get exactly these."""
-    opts = {"nodes": res.nodes, "ntasks-per-node": res.ntasks_per_node, "gpus-per-node": res.gpus_per_node or None,
-            "cpus-per-task": res.cpus_per_task, "mem": f"{int(res.mem_gb * 1024)}M" if res.mem_gb else None,
-            "time": res.timeout_min, "partition": res.partition, "account": res.account, "qos": res.qos,
-            "constraint": res.constraint,
-            # submitit requeues with `scontrol requeue`, which Slurm refuses for a job that is not
-            # requeueable: the default where a cluster sets JobRequeue=0.
-            "requeue": True, **res.sbatch}
+    opts = {
+        "nodes": res.nodes,
+        "ntasks-per-node": res.ntasks_per_node,
+        "gpus-per-node": res.gpus_per_node or None,
+        "cpus-per-task": res.cpus_per_task,
+        "mem": f"{int(res.mem_gb * 1024)}M" if res.mem_gb else None,
+        "time": res.timeout_min,
+        "partition": res.partition,
+        "account": res.account,
+        "qos": res.qos,
+        "constraint": res.constraint,
+        # submitit requeues with `scontrol requeue`, which Slurm refuses for a job that is not
+        # requeueable: the default where a cluster sets JobRequeue=0.
+        "requeue": True,
+        **res.sbatch,
+    }
     return {k: v for k, v in opts.items() if v is not None}
 
 
 # submitit's own names for the options it writes itself (it also needs them: srun's tasks, the
 # signal's timing); every other option goes through slurm_additional_parameters.
-_SUBMITIT_NAMES = {"nodes": "nodes", "ntasks-per-node": "tasks_per_node", "gpus-per-node": "gpus_per_node",
-                   "cpus-per-task": "cpus_per_task", "time": "timeout_min"}
+_SUBMITIT_NAMES = {
+    "nodes": "nodes",
+    "ntasks-per-node": "tasks_per_node",
+    "gpus-per-node": "gpus_per_node",
+    "cpus-per-task": "cpus_per_task",
+    "time": "timeout_min",
+}
 
 
 def submitit_parameters(res: Resources, executor: str, name: str) -> dict:
     """AutoExecutor parameters of one job shape for the `slurm` or `local`/`debug` executor."""
     if executor != "slurm":
         if res.nodes > 1:
-            raise CrackhpcError(f"resources.nodes={res.nodes}: the {executor} executor runs on this machine only; use --executor slurm")
-        return {"timeout_min": res.timeout_min, "nodes": 1, "tasks_per_node": res.ntasks_per_node,
-                "cpus_per_task": res.cpus_per_task, "gpus_per_node": min(res.gpus_per_node, local_gpus()), "name": name}
+            raise CrackhpcError(
+                f"resources.nodes={res.nodes}: the {executor} executor runs on this machine only; use --executor slurm"
+            )
+        return {
+            "timeout_min": res.timeout_min,
+            "nodes": 1,
+            "tasks_per_node": res.ntasks_per_node,
+            "cpus_per_task": res.cpus_per_task,
+            "gpus_per_node": min(res.gpus_per_node, local_gpus()),
+            "name": name,
+        }
     opts = options(res)
     params = {submitit: opts.pop(option) for option, submitit in _SUBMITIT_NAMES.items() if option in opts}
-    params.update(name=name, slurm_array_parallelism=res.array_parallelism, slurm_max_num_timeout=res.max_requeues,
-                  # The start line first: each start of a requeued job appends to the same logs.
-                  slurm_setup=[START_SHELL, *res.setup], slurm_additional_parameters=opts)
+    params.update(
+        name=name,
+        slurm_array_parallelism=res.array_parallelism,
+        slurm_max_num_timeout=res.max_requeues,
+        # The start line first: each start of a requeued job appends to the same logs.
+        slurm_setup=[START_SHELL, *res.setup],
+        slurm_additional_parameters=opts,
+    )
     return params
 
 
@@ -120,11 +165,14 @@ def preview(submitter, n_runs: int) -> str:
 
 # -- Slurm's commands ---------------------------------------------------------------------------
 
+
 def _run(cmd: list[str], may_fail: bool = False) -> str:
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise SlurmUnavailable(f"`{cmd[0]}` did not answer in {TIMEOUT_S:.0f} s (set CRACKHPC_SLURM_TIMEOUT to wait longer)") from None
+        raise SlurmUnavailable(
+            f"`{cmd[0]}` did not answer in {TIMEOUT_S:.0f} s (set CRACKHPC_SLURM_TIMEOUT to wait longer)"
+        ) from None
     if out.returncode and not may_fail:
         why = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
         raise SlurmUnavailable(f"`{' '.join(cmd[:3])} …` failed: {why} (is slurmdbd running?)")
@@ -170,20 +218,29 @@ def parse_sacct(text: str) -> dict[str, SlurmJob]:
     for job_id, row in SlurmInfoWatcher().read_info(text).items():
         if len(row) != len(header) or not row.get("State"):
             continue
-        jobs[job_id] = SlurmJob(state=row["State"].split()[0], elapsed=row["Elapsed"],
-                                node="" if row["NodeList"] in ("None assigned", "(null)") else row["NodeList"],
-                                tres=row["AllocTRES"], reason="" if row["Reason"] == "None" else row["Reason"],
-                                usage=_usage(row, peaks.get(job_id)) if "ElapsedRaw" in row else None)
+        jobs[job_id] = SlurmJob(
+            state=row["State"].split()[0],
+            elapsed=row["Elapsed"],
+            node="" if row["NodeList"] in ("None assigned", "(null)") else row["NodeList"],
+            tres=row["AllocTRES"],
+            reason="" if row["Reason"] == "None" else row["Reason"],
+            usage=_usage(row, peaks.get(job_id)) if "ElapsedRaw" in row else None,
+        )
     return jobs
 
 
 def _usage(row: dict, peak_mb: float | None) -> Usage:
     cpus = int(row["AllocCPUS"]) if row["AllocCPUS"].isdigit() else None
     gpus = re.search(r"gres/gpu=(\d+)", row["AllocTRES"])
-    return Usage(elapsed_s=float(row["ElapsedRaw"]) if row["ElapsedRaw"].isdigit() else None,
-                 limit_s=float(row["TimelimitRaw"]) * 60 if row["TimelimitRaw"].isdigit() else None,
-                 cpus=cpus, cpu_s=seconds(row["TotalCPU"]), req_mem_mb=size_mb(row["ReqMem"], cpus or 1),
-                 peak_mem_mb=peak_mb, gpus=int(gpus[1]) if gpus else 0)
+    return Usage(
+        elapsed_s=float(row["ElapsedRaw"]) if row["ElapsedRaw"].isdigit() else None,
+        limit_s=float(row["TimelimitRaw"]) * 60 if row["TimelimitRaw"].isdigit() else None,
+        cpus=cpus,
+        cpu_s=seconds(row["TotalCPU"]),
+        req_mem_mb=size_mb(row["ReqMem"], cpus or 1),
+        peak_mem_mb=peak_mb,
+        gpus=int(gpus[1]) if gpus else 0,
+    )
 
 
 def scancel(job_ids: list[str], echo: Callable = print, poll_s: float = 1.0, timeout_s: float = 180.0) -> None:
@@ -226,7 +283,7 @@ def split_arrays(groups: Sequence[list[T]], limit: int | None) -> list[list[T]]:
     """Each group cut into arrays of at most `limit` runs (no limit: as they are)."""
     if not limit:
         return [list(g) for g in groups]
-    return [list(g[i:i + limit]) for g in groups for i in range(0, len(g), limit)]
+    return [list(g[i : i + limit]) for g in groups for i in range(0, len(g), limit)]
 
 
 @dataclass(frozen=True)
@@ -248,17 +305,23 @@ def ask_test_only(script: str) -> SlurmAnswer | None:
         path = Path(tmp) / "job.sh"
         path.write_text(script)
         try:
-            out = subprocess.run(["sbatch", "--test-only", str(path)], capture_output=True, text=True, timeout=TIMEOUT_S)
+            out = subprocess.run(
+                ["sbatch", "--test-only", str(path)], capture_output=True, text=True, timeout=TIMEOUT_S
+            )
         except subprocess.TimeoutExpired:
             return SlurmAnswer(False, (f"no answer from slurmctld within {TIMEOUT_S:.0f} s",))
-    lines = tuple(line.removeprefix("sbatch: ").strip() for line in (out.stderr + out.stdout).splitlines() if line.strip())
+    lines = tuple(
+        line.removeprefix("sbatch: ").strip() for line in (out.stderr + out.stdout).splitlines() if line.strip()
+    )
     return SlurmAnswer(out.returncode == 0, lines)
 
 
 def sbatch(script: Path) -> str:
     """Submit a script; returns the job id."""
     if not shutil.which("sbatch"):
-        raise CrackhpcError("sbatch not found: --submit works on a Slurm login node; without it the scripts are only written")
+        raise CrackhpcError(
+            "sbatch not found: --submit works on a Slurm login node; without it the scripts are only written"
+        )
     out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, timeout=TIMEOUT_S)
     if out.returncode:
         why = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]

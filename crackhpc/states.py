@@ -5,6 +5,7 @@ limit or preemption sends it back to the queue); `crackhpc status` adds the stat
 scheduler, or a dead process, can tell: killed at the time limit, out of memory, a node failure,
 a worker that died without a word, a run folder too damaged to read.
 """
+
 from __future__ import annotations
 
 from enum import Enum
@@ -34,7 +35,7 @@ class RunState(str, Enum):
         return self in LIVE
 
     @classmethod
-    def parse(cls, text: str) -> "RunState":
+    def parse(cls, text: str) -> RunState:
         """A state from its name, e.g. a Slurm state lower-cased; unknown names are failures."""
         try:
             return cls(text)

@@ -7,13 +7,14 @@ queued, killed at its time limit or for memory, cancelled by hand. For local job
 themselves are the evidence: a worker recorded as running whose process has gone died without a
 word (SIGKILL, SIGBUS on a full disk, the out-of-memory killer).
 """
+
 from __future__ import annotations
 
 import csv
 import datetime as _dt
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from . import procs, rundir, slurm
 from .errors import CrackhpcError, DamagedFileError
@@ -29,7 +30,7 @@ RETRY = "{again} resumes it from its last checkpoint"
 class RunStatus:
     run_id: str
     state: RunState
-    live: bool                # its job may still run: it must not be submitted again
+    live: bool  # its job may still run: it must not be submitted again
     job_id: str = ""
     executor: str = ""
     slurm_state: str = ""
@@ -43,8 +44,8 @@ class RunStatus:
     note: str = ""
     tres: str = ""
     damaged: tuple[str, ...] = ()  # one line per file of the run that cannot be read, with the fix
-    usage: Usage | None = None     # what its Slurm job used against what it asked for
-    orphan: bool = False           # a local job still running whose `crackhpc sweep` has gone
+    usage: Usage | None = None  # what its Slurm job used against what it asked for
+    orphan: bool = False  # a local job still running whose `crackhpc sweep` has gone
 
     @property
     def epoch(self) -> str:
@@ -69,7 +70,11 @@ def _elapsed(result: dict) -> str:
     """The latest attempt's run time from result.json, for runs Slurm does not know."""
     try:
         start = _dt.datetime.fromisoformat(result["started"])
-        end = _dt.datetime.fromisoformat(result["finished"]) if result.get("finished") else _dt.datetime.now(_dt.timezone.utc)
+        end = (
+            _dt.datetime.fromisoformat(result["finished"])
+            if result.get("finished")
+            else _dt.datetime.now(_dt.timezone.utc)
+        )
     except (KeyError, TypeError, ValueError):
         return ""
     seconds = max(0, int((end - start).total_seconds()))
@@ -87,37 +92,50 @@ def last_val_acc(run_dir: Path) -> float | None:
         return None
     except (UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as exc:
         # The run's result stands without it; only its learning curves are lost.
-        raise DamagedFileError(path, f"not a metrics table ({type(exc).__name__})",
-                               "the run's learning curves are lost; delete the file, or "
-                               + rundir.REDO.format(run=run_dir)) from None
+        raise DamagedFileError(
+            path,
+            f"not a metrics table ({type(exc).__name__})",
+            "the run's learning curves are lost; delete the file, or " + rundir.REDO.format(run=run_dir),
+        ) from None
 
 
 def orphaned(command: str, owner: dict) -> str:
     """The note of a local job left running by a `crackhpc sweep` killed without a chance to stop
     it (kill -9): nothing waits for it any more, but its worker still records its own outcome."""
-    return (f"orphaned: its `{command}` (pid {owner['pid']} on {owner['host']}) has gone; "
-            f"the worker runs on and records its outcome; `crackhpc cancel` stops it")
+    return (
+        f"orphaned: its `{command}` (pid {owner['pid']} on {owner['host']}) has gone; "
+        f"the worker runs on and records its outcome; `crackhpc cancel` stops it"
+    )
 
 
 def _stale(job: Job | None, result: dict) -> bool:
     """Whether the run's recorded job is an earlier attempt's: a later submission reset result.json
     to pending and was stopped before it submitted the run's new job."""
     try:
-        return bool(job and job.submitted and result.get("updated")
-                    and _dt.datetime.fromisoformat(result["updated"]) > _dt.datetime.fromisoformat(job.submitted))
+        return bool(
+            job
+            and job.submitted
+            and result.get("updated")
+            and _dt.datetime.fromisoformat(result["updated"]) > _dt.datetime.fromisoformat(job.submitted)
+        )
     except (TypeError, ValueError):
         return False
 
 
-def _local_state(recorded: RunState, result: dict, job: Job | None, owner_alive: bool,
-                 again: str) -> tuple[RunState, bool, str]:
+def _local_state(
+    recorded: RunState, result: dict, job: Job | None, owner_alive: bool, again: str
+) -> tuple[RunState, bool, str]:
     """(state, live, note) of a run of the local or debug executor, from its processes."""
     worker = result.get("process")
     if recorded in (RunState.RUNNING, RunState.REQUEUED):
         if procs.alive(worker) is False:
-            return (RunState.FAILED, False, f"worker process {worker['pid']} on {worker['host']} died without recording "
-                                            f"an outcome (killed, out of memory or disk?); "
-                                            f"{RETRY.format(again=again)}")
+            return (
+                RunState.FAILED,
+                False,
+                f"worker process {worker['pid']} on {worker['host']} died without recording "
+                f"an outcome (killed, out of memory or disk?); "
+                f"{RETRY.format(again=again)}",
+            )
         return recorded, True, ""
     if recorded is not RunState.PENDING:
         return recorded, recorded in LIVE, ""
@@ -129,8 +147,9 @@ def _local_state(recorded: RunState, result: dict, job: Job | None, owner_alive:
     return RunState.PENDING, True, ""
 
 
-def run_status(folder: SweepFolder, run_id: str, record: SweepRecord, accounting: dict[str, slurm.SlurmJob],
-               slurm_note: str = "") -> RunStatus:
+def run_status(
+    folder: SweepFolder, run_id: str, record: SweepRecord, accounting: dict[str, slurm.SlurmJob], slurm_note: str = ""
+) -> RunStatus:
     run_dir, job = folder.run(run_id), record.runs.get(run_id)
     executor = job.executor if job else ""
     on_slurm = executor == "slurm" and bool(job.job_id)
@@ -147,8 +166,11 @@ def run_status(folder: SweepFolder, run_id: str, record: SweepRecord, accounting
         if slurm_note and sjob is None:
             notes.append(slurm_note)
     else:
-        state, live, note = (recorded, False, "") if recorded is RunState.UNREADABLE else \
-            _local_state(recorded, result, job, procs.alive(record.owner) is True, record.resubmit)
+        state, live, note = (
+            (recorded, False, "")
+            if recorded is RunState.UNREADABLE
+            else _local_state(recorded, result, job, procs.alive(record.owner) is True, record.resubmit)
+        )
         submitter = job.owner or record.owner if job else None  # records before per-job owners had one
         orphan = live and executor == "local" and procs.alive(submitter) is False
         notes.append(orphaned(record.command, submitter) if orphan else note)
@@ -172,16 +194,31 @@ def run_status(folder: SweepFolder, run_id: str, record: SweepRecord, accounting
         damaged.append(str(exc))
     worker = result.get("process") or {}
     return RunStatus(
-        run_id=run_id, state=state, live=live, job_id=job.job_id if job else "", executor=executor,
-        slurm_state=sjob.state if sjob else "", elapsed=(sjob.elapsed if sjob else "") or _elapsed(result),
-        node=(sjob.node if sjob else "") or ((worker.get("host") or result.get("host", "")) if result.get("started") else ""),
-        epochs_done=result.get("epochs_done"), epochs=epochs, val_acc=val_acc, test_acc=result.get("test_acc"),
-        requeues=result.get("requeues", 0) or 0, note="; ".join(n for n in notes + damaged if n), tres=sjob.tres if sjob else "",
-        damaged=tuple(damaged), usage=sjob.usage if sjob else None, orphan=orphan)
+        run_id=run_id,
+        state=state,
+        live=live,
+        job_id=job.job_id if job else "",
+        executor=executor,
+        slurm_state=sjob.state if sjob else "",
+        elapsed=(sjob.elapsed if sjob else "") or _elapsed(result),
+        node=(sjob.node if sjob else "")
+        or ((worker.get("host") or result.get("host", "")) if result.get("started") else ""),
+        epochs_done=result.get("epochs_done"),
+        epochs=epochs,
+        val_acc=val_acc,
+        test_acc=result.get("test_acc"),
+        requeues=result.get("requeues", 0) or 0,
+        note="; ".join(n for n in notes + damaged if n),
+        tres=sjob.tres if sjob else "",
+        damaged=tuple(damaged),
+        usage=sjob.usage if sjob else None,
+        orphan=orphan,
+    )
 
 
-def run_statuses(folder: SweepFolder, run_ids: Iterable[str], record: SweepRecord,
-                 query: SlurmQuery | None = None) -> list[RunStatus]:
+def run_statuses(
+    folder: SweepFolder, run_ids: Iterable[str], record: SweepRecord, query: SlurmQuery | None = None
+) -> list[RunStatus]:
     """The state of each named run; Slurm (`query`, default sacct) is asked about all their jobs at once."""
     slurm_ids = [j.job_id for j in record.runs.values() if j.executor == "slurm" and j.job_id]
     accounting, note = {}, ""

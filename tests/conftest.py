@@ -20,10 +20,12 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture
 def write_yaml(tmp_path):
     """Write a sweep file from an indented YAML string; returns its path."""
+
     def write(text: str, name: str = "sweep.yaml") -> Path:
         path = tmp_path / name
         path.write_text(textwrap.dedent(text))
         return path
+
     return write
 
 
@@ -33,8 +35,15 @@ def tiny_sweep(data_root: Path, name: str = "tiny", defaults: dict | None = None
         "name": name,
         "executor": "local",
         "data": {"root": str(data_root), "split": [0.5, 0.25, 0.25]},
-        "defaults": {"framework": "torch", "model": "resnet18", "pretrained": False, "epochs": 2,
-                     "batch_size": 8, "input_size": 32, **(defaults or {})},
+        "defaults": {
+            "framework": "torch",
+            "model": "resnet18",
+            "pretrained": False,
+            "epochs": 2,
+            "batch_size": 8,
+            "input_size": 32,
+            **(defaults or {}),
+        },
         "resources": {"gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 10},
         **top,
     }
@@ -55,13 +64,25 @@ def learned(tmp_path_factory) -> tuple[Path, Path]:
 
     folder = tmp_path_factory.mktemp("learned")
     s = LEARNED_SIZE
-    sweep = {"name": "learned", "executor": "local",
-             "data": {"synthetic": {"n": 400, "size": s, "seed": 0}, "split": [0.6, 0.2, 0.2]},
-             "defaults": {"framework": "torch", "model": "resnet18", "pretrained": False, "freeze_backbone": False,
-                          "epochs": 5, "batch_size": 32, "input_size": s},
-             "resources": {"gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 20}}
+    sweep = {
+        "name": "learned",
+        "executor": "local",
+        "data": {"synthetic": {"n": 400, "size": s, "seed": 0}, "split": [0.6, 0.2, 0.2]},
+        "defaults": {
+            "framework": "torch",
+            "model": "resnet18",
+            "pretrained": False,
+            "freeze_backbone": False,
+            "epochs": 5,
+            "batch_size": 32,
+            "input_size": s,
+        },
+        "resources": {"gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 20},
+    }
     (folder / "learned.yaml").write_text(yaml.safe_dump(sweep))
-    assert main(["sweep", str(folder / "learned.yaml"), "--executor", "debug", "--results", str(folder / "results")]) == 0
+    assert (
+        main(["sweep", str(folder / "learned.yaml"), "--executor", "debug", "--results", str(folder / "results")]) == 0
+    )
     run = next(p for p in (folder / "results" / "learned").iterdir() if (p / rundir.CONFIG).is_file())
     return run, folder / "results" / ".data" / f"synth-n400-{s}px-seed0"
 
@@ -74,7 +95,9 @@ def slurm_cluster() -> str:
     import subprocess
 
     if not shutil.which("sbatch"):
-        pytest.skip("sbatch not found: the Slurm tests need the cluster of tests/slurm/start.sh (`make slurm-up`, as root)")
+        pytest.skip(
+            "sbatch not found: the Slurm tests need the cluster of tests/slurm/start.sh (`make slurm-up`, as root)"
+        )
     out = subprocess.run(["bash", str(Path(__file__).parent / "slurm" / "start.sh")], capture_output=True, text=True)
     if out.returncode:
         lines = out.stderr.strip().splitlines() or [f"exit status {out.returncode}"]

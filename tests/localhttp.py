@@ -2,6 +2,7 @@
 
 Use the fixture by importing it into a test module: `from .localhttp import served  # noqa: F401`.
 """
+
 from __future__ import annotations
 
 import functools

@@ -24,43 +24,58 @@ def test_minimal_sweep_gets_the_study_defaults(write_yaml):
     assert sweep.name == "t" and sweep.data.split == STUDY_SPLIT
     study = TrainConfig()
     assert (study.batch_size, study.optimizer, study.lr, study.freeze_backbone, study.input_size, study.loss) == (
-        100, "adam", 1e-3, True, 224, "cross_entropy")
+        100,
+        "adam",
+        1e-3,
+        True,
+        224,
+        "cross_entropy",
+    )
 
 
-@pytest.mark.parametrize("text, expected", [
-    (BASE + "defaults: {modle: resnet18}\n", "defaults.modle: unknown key (allowed: framework, model"),
-    (BASE + "defaults: {epochs: three}\n", "defaults.epochs: expected an integer, got 'three'"),
-    (BASE + "defaults: {lr: fast}\n", "defaults.lr: expected a number"),
-    (BASE + "defaults: {pretrained: 1}\n", "defaults.pretrained: expected true or false"),
-    (BASE + "defaults: {model: resnet19}\n", "defaults.model: unknown value 'resnet19' (allowed: resnet18, resnet50, vgg16, efficientnet_lite0)"),
-    (BASE + "defaults: {framework: keras, model: resnet18}\n", "defaults.model: unknown value 'resnet18' (allowed: vgg16, resnet50)"),
-    (BASE + "defaults: {framework: jax}\n", "defaults.framework: unknown value 'jax'"),
-    (BASE + "grid: {lr: []}\n", "grid.lr: empty list"),
-    (BASE + "grid: {seeds: [1, 2]}\n", "grid.seeds: unknown key"),
-    (BASE + "grid: {model: [resnet18, alexnet]}\n", "model: unknown value 'alexnet'"),
-    (BASE + "runs: []\n", "runs: empty list"),
-    (BASE + "runs: [{model: vgg16}]\ngrid: {model: [resnet18]}\n", "runs[0].model: also set in grid"),
-    (BASE + "defaults: {epochs: 0}\n", "defaults.epochs: must be >= 1"),
-    (BASE + "colour: blue\n", "colour: unknown key (allowed: name, description"),
-    (BASE + "executor: pbs\n", "executor: unknown value 'pbs' (allowed: auto, local, debug, slurm)"),
-    ("data: {synthetic: {n: 4}}\n", "name: required"),
-    ("name: t\n", "data: required"),
-    ("name: t\ndata: {root: /x, synthetic: {n: 4}}\n", "data: give exactly one of `root`"),
-    (BASE.replace("size: 32}", "size: 32}\n  split: [0.5, 0.5, 0.5]"), "data.split: train/valid/test fractions"),
-    (BASE + "resources: {partition: 'gpu; rm -rf ~'}\n", "resources.partition: 'gpu; rm -rf ~' has characters"),
-    (BASE + "resources: {job_name: '$(reboot)'}\n", "resources.job_name"),
-    (BASE + "resources: {sbatch: {output: /tmp/x}}\n", "resources.sbatch.output: not an sbatch option"),
-    (BASE + "resources: {sbatch: {mail-user: 'a@b.c && reboot'}}\n", "resources.sbatch.mail-user: value"),
-    (BASE + "resources: {gpus_per_node: 4, tasks_per_node: 2}\n", "resources.tasks_per_node: one task per GPU"),
-    ("name: t\n data: [\n", "not valid YAML at line"),
-    ("- a\n- b\n", "<top>: a sweep file must be a mapping"),
-    # values that load but cannot run
-    (BASE + "defaults: {epochs: 1, lr: 0.1, epochs: 50}\n", "not valid YAML at line 4: key 'epochs' given twice"),
-    (BASE + "defaults: {lr: .inf}\n", "defaults.lr: must be a finite number"),
-    (BASE + "defaults: {seed: 1.0e+23}\n", "defaults.seed: expected an integer"),
-    (BASE + "defaults: {seed: 99999999999}\n", "defaults.seed: must be <= 4294967295"),
-    (BASE.replace("name: t", "name: " + "x" * 300), "name: letters, digits, _ . - only, at most 100 characters"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (BASE + "defaults: {modle: resnet18}\n", "defaults.modle: unknown key (allowed: framework, model"),
+        (BASE + "defaults: {epochs: three}\n", "defaults.epochs: expected an integer, got 'three'"),
+        (BASE + "defaults: {lr: fast}\n", "defaults.lr: expected a number"),
+        (BASE + "defaults: {pretrained: 1}\n", "defaults.pretrained: expected true or false"),
+        (
+            BASE + "defaults: {model: resnet19}\n",
+            "defaults.model: unknown value 'resnet19' (allowed: resnet18, resnet50, vgg16, efficientnet_lite0)",
+        ),
+        (
+            BASE + "defaults: {framework: keras, model: resnet18}\n",
+            "defaults.model: unknown value 'resnet18' (allowed: vgg16, resnet50)",
+        ),
+        (BASE + "defaults: {framework: jax}\n", "defaults.framework: unknown value 'jax'"),
+        (BASE + "grid: {lr: []}\n", "grid.lr: empty list"),
+        (BASE + "grid: {seeds: [1, 2]}\n", "grid.seeds: unknown key"),
+        (BASE + "grid: {model: [resnet18, alexnet]}\n", "model: unknown value 'alexnet'"),
+        (BASE + "runs: []\n", "runs: empty list"),
+        (BASE + "runs: [{model: vgg16}]\ngrid: {model: [resnet18]}\n", "runs[0].model: also set in grid"),
+        (BASE + "defaults: {epochs: 0}\n", "defaults.epochs: must be >= 1"),
+        (BASE + "colour: blue\n", "colour: unknown key (allowed: name, description"),
+        (BASE + "executor: pbs\n", "executor: unknown value 'pbs' (allowed: auto, local, debug, slurm)"),
+        ("data: {synthetic: {n: 4}}\n", "name: required"),
+        ("name: t\n", "data: required"),
+        ("name: t\ndata: {root: /x, synthetic: {n: 4}}\n", "data: give exactly one of `root`"),
+        (BASE.replace("size: 32}", "size: 32}\n  split: [0.5, 0.5, 0.5]"), "data.split: train/valid/test fractions"),
+        (BASE + "resources: {partition: 'gpu; rm -rf ~'}\n", "resources.partition: 'gpu; rm -rf ~' has characters"),
+        (BASE + "resources: {job_name: '$(reboot)'}\n", "resources.job_name"),
+        (BASE + "resources: {sbatch: {output: /tmp/x}}\n", "resources.sbatch.output: not an sbatch option"),
+        (BASE + "resources: {sbatch: {mail-user: 'a@b.c && reboot'}}\n", "resources.sbatch.mail-user: value"),
+        (BASE + "resources: {gpus_per_node: 4, tasks_per_node: 2}\n", "resources.tasks_per_node: one task per GPU"),
+        ("name: t\n data: [\n", "not valid YAML at line"),
+        ("- a\n- b\n", "<top>: a sweep file must be a mapping"),
+        # values that load but cannot run
+        (BASE + "defaults: {epochs: 1, lr: 0.1, epochs: 50}\n", "not valid YAML at line 4: key 'epochs' given twice"),
+        (BASE + "defaults: {lr: .inf}\n", "defaults.lr: must be a finite number"),
+        (BASE + "defaults: {seed: 1.0e+23}\n", "defaults.seed: expected an integer"),
+        (BASE + "defaults: {seed: 99999999999}\n", "defaults.seed: must be <= 4294967295"),
+        (BASE.replace("name: t", "name: " + "x" * 300), "name: letters, digits, _ . - only, at most 100 characters"),
+    ],
+)
 def test_bad_input_gives_one_line_naming_file_and_key(write_yaml, text, expected):
     assert expected in _error(write_yaml, text)
 
@@ -73,6 +88,7 @@ def test_missing_file_says_where_sweeps_live(tmp_path):
 def test_float_written_without_dot_is_accepted(write_yaml):
     sweep = load_sweep(write_yaml(BASE + "defaults: {lr: 1e-4}\n"))  # YAML reads 1e-4 as a string
     from crackhpc.grid import expand
+
     assert expand(sweep)[0].train.lr == 1e-4
 
 
@@ -83,6 +99,7 @@ def test_relative_data_root_is_resolved(write_yaml, tmp_path):
 
 def test_shipped_sweeps_load():
     from pathlib import Path
+
     from crackhpc.grid import expand
 
     for path in sorted(Path(__file__).parents[1].glob("jobs/*.yaml")):
@@ -93,26 +110,46 @@ def test_set_overrides_edit_the_yaml_before_validation(write_yaml):
     from crackhpc.grid import expand
 
     path = write_yaml(BASE + "defaults: {epochs: 5}\nruns:\n  - {model: resnet18}\n  - {model: vgg16}\n")
-    sweep = load_sweep(path, overrides=["defaults.epochs=2", "runs.1.lr=0.01", "name=t-small",
-                                        "data.synthetic={n: 40, size: 48}", "resources.cpus_per_task=1"])
-    assert (sweep.name, sweep.data.synthetic.n, sweep.data.synthetic.size, sweep.resources.cpus_per_task) == ("t-small", 40, 48, 1)
-    assert [(s.train.model, s.train.epochs, s.train.lr) for s in expand(sweep)] == [("resnet18", 2, 1e-3), ("vgg16", 2, 0.01)]
+    sweep = load_sweep(
+        path,
+        overrides=[
+            "defaults.epochs=2",
+            "runs.1.lr=0.01",
+            "name=t-small",
+            "data.synthetic={n: 40, size: 48}",
+            "resources.cpus_per_task=1",
+        ],
+    )
+    assert (sweep.name, sweep.data.synthetic.n, sweep.data.synthetic.size, sweep.resources.cpus_per_task) == (
+        "t-small",
+        40,
+        48,
+        1,
+    )
+    assert [(s.train.model, s.train.epochs, s.train.lr) for s in expand(sweep)] == [
+        ("resnet18", 2, 1e-3),
+        ("vgg16", 2, 0.01),
+    ]
     assert sweep.overrides[0] == "defaults.epochs=2"
 
 
 def test_set_can_swap_real_data_for_synthetic(write_yaml):
-    sweep = load_sweep(write_yaml("name: t\ndata: {root: data/concrete}\n"),
-                       overrides=["data.root=null", "data.synthetic={n: 40}"])
+    sweep = load_sweep(
+        write_yaml("name: t\ndata: {root: data/concrete}\n"), overrides=["data.root=null", "data.synthetic={n: 40}"]
+    )
     assert sweep.data.root is None and sweep.data.synthetic.n == 40
 
 
-@pytest.mark.parametrize("item, expected", [
-    ("defaults.epochs", "--set 'defaults.epochs': expected KEY.PATH=VALUE"),
-    ("defaults..epochs=2", "expected KEY.PATH=VALUE"),
-    ("defaults.epochs=[1", "the value is not valid YAML"),
-    ("runs.5.lr=0.1", "runs.5: "),
-    ("name.first=x", "name.first: name in "),
-])
+@pytest.mark.parametrize(
+    "item, expected",
+    [
+        ("defaults.epochs", "--set 'defaults.epochs': expected KEY.PATH=VALUE"),
+        ("defaults..epochs=2", "expected KEY.PATH=VALUE"),
+        ("defaults.epochs=[1", "the value is not valid YAML"),
+        ("runs.5.lr=0.1", "runs.5: "),
+        ("name.first=x", "name.first: name in "),
+    ],
+)
 def test_bad_set_is_one_line(write_yaml, item, expected):
     with pytest.raises(ConfigError) as info:
         load_sweep(write_yaml(BASE + "runs: [{model: vgg16}]\n"), overrides=[item])
@@ -140,8 +177,11 @@ def test_absurd_grids_are_refused_before_crossing(write_yaml):
     values = ", ".join(str(i) for i in range(100))
     path = write_yaml(BASE + f"grid: {{seed: [{values}], epochs: [{values}], batch_size: [{values}]}}\n")
     t0 = time.perf_counter()
-    with pytest.raises(ConfigError, match=r"grid: 1,000,000 runs \(100 x 100 x 100\), more than the limit of 1,000: "
-                                          r"shrink the grid or pass --max-runs 1000000"):
+    with pytest.raises(
+        ConfigError,
+        match=r"grid: 1,000,000 runs \(100 x 100 x 100\), more than the limit of 1,000: "
+        r"shrink the grid or pass --max-runs 1000000",
+    ):
         load_sweep(path)
     assert time.perf_counter() - t0 < 1  # refused from the list sizes, not by crossing them
     small = write_yaml(BASE + "grid: {seed: [0, 1, 2]}\nruns: [{model: vgg16}, {model: resnet18}]\n", "small.yaml")

@@ -1,4 +1,5 @@
 """`crackhpc data fetch`: archives from a local HTTP server or a file, unpacked and recognised."""
+
 import shutil
 import tarfile
 import zipfile
@@ -75,10 +76,13 @@ def test_downloaded_rar_is_kept_for_unrar(served, tmp_path, capsys):
     assert (dest / "file_downloaded").read_bytes() == RAR_HEADER
 
 
-@pytest.mark.parametrize("content, expected", [
-    (b"<html>not found</html>", "not a .zip, .tar(.gz) or .rar archive"),
-    (b"PK\x03\x04 a cut-off zip", "not a .zip, .tar(.gz) or .rar archive"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"<html>not found</html>", "not a .zip, .tar(.gz) or .rar archive"),
+        (b"PK\x03\x04 a cut-off zip", "not a .zip, .tar(.gz) or .rar archive"),
+    ],
+)
 def test_not_an_archive_is_one_line_and_the_download_is_removed(served, tmp_path, capsys, content, expected):
     www, base = served
     (www / "dataset.zip").write_bytes(content)
@@ -125,8 +129,11 @@ def _shared_root() -> Path | None:
         return None
 
 
-@pytest.mark.skipif(_shared_root() is None, reason=f"no real crack images in {SHARED_DATA} "
-                    f"(put the unpacked dataset there, e.g. `crackhpc data fetch {SHARED_DATA}`)")
+@pytest.mark.skipif(
+    _shared_root() is None,
+    reason=f"no real crack images in {SHARED_DATA} "
+    f"(put the unpacked dataset there, e.g. `crackhpc data fetch {SHARED_DATA}`)",
+)
 def test_real_dataset_in_shared_data_verifies():
     report = verify(_shared_root(), workers=2)
     assert report.ok, report.lines()

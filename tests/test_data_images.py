@@ -1,4 +1,5 @@
 """The decoded image cache: the same pixels whatever the worker count, broken files flagged, built once per key."""
+
 import shutil
 
 import numpy as np

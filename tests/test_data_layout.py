@@ -17,7 +17,10 @@ def test_original_layout(tmp_path):
     layout, items = list_items(tmp_path)
     assert layout == "original"
     assert [(i.path, i.label, i.split) for i in items] == [
-        ("Negative/00001.jpg", 0, None), ("Positive/00001.jpg", 1, None), ("Positive/00002.jpg", 1, None)]
+        ("Negative/00001.jpg", 0, None),
+        ("Positive/00001.jpg", 1, None),
+        ("Positive/00002.jpg", 1, None),
+    ]
 
 
 def test_course_layout_keeps_its_split(tmp_path):
@@ -28,11 +31,14 @@ def test_course_layout_keeps_its_split(tmp_path):
     assert {(i.split, i.label) for i in items} == {(s, c) for s in ("train", "valid", "test") for c in (0, 1)}
 
 
-@pytest.mark.parametrize("rels, found", [
-    (("cracks/a.jpg", "plain/b.jpg"), "found: cracks, plain"),
-    (("train/positive/a.jpg", "test/positive/a.jpg"), "found: test, train"),
-    ((), "found: no folders"),
-])
+@pytest.mark.parametrize(
+    "rels, found",
+    [
+        (("cracks/a.jpg", "plain/b.jpg"), "found: cracks, plain"),
+        (("train/positive/a.jpg", "test/positive/a.jpg"), "found: test, train"),
+        ((), "found: no folders"),
+    ],
+)
 def test_other_layouts_are_refused(tmp_path, rels, found):
     _touch(tmp_path, *rels)
     with pytest.raises(DataError, match=f"unknown dataset layout \\({found}\\)"):
@@ -48,16 +54,28 @@ def test_missing_folder_and_empty_layout(tmp_path):
         list_items(tmp_path)
 
 
-@pytest.mark.parametrize("rels, empty", [
-    (("Negative/a.jpg", "Negative/b.jpg"), "Positive"),                                 # original: no cracks
-    ([f"{s}/{c}/x.jpg" for s in ("train", "valid", "test") for c in ("positive", "negative")
-      if (s, c) != ("test", "negative")], "test/negative"),                              # course: one folder empty
-])
+@pytest.mark.parametrize(
+    "rels, empty",
+    [
+        (("Negative/a.jpg", "Negative/b.jpg"), "Positive"),  # original: no cracks
+        (
+            [
+                f"{s}/{c}/x.jpg"
+                for s in ("train", "valid", "test")
+                for c in ("positive", "negative")
+                if (s, c) != ("test", "negative")
+            ],
+            "test/negative",
+        ),  # course: one folder empty
+    ],
+)
 def test_a_class_folder_without_images_is_an_error(tmp_path, rels, empty):
     _touch(tmp_path, *rels)
     (tmp_path / empty).mkdir(parents=True, exist_ok=True)
     (tmp_path / empty / "notes.txt").write_text("not an image")
-    with pytest.raises(DataError, match=f"{tmp_path / empty}: no images .* in this class folder; every class needs images"):
+    with pytest.raises(
+        DataError, match=f"{tmp_path / empty}: no images .* in this class folder; every class needs images"
+    ):
         list_items(tmp_path)
 
 
@@ -107,7 +125,9 @@ def test_a_sweep_on_a_one_class_dataset_stops_before_any_job(tmp_path, write_yam
     sweep = write_yaml(tiny_sweep(data))
     assert main(["sweep", str(sweep), "--executor", "debug", "--results", str(tmp_path / "results")]) == 2
     [error] = capsys.readouterr().err.splitlines()
-    assert error == (f"error: {data / 'Positive'}: no images (.jpg, .jpeg, .png) in this class folder; every class "
-                     f"needs images: add them, or point data.root at the whole dataset (`crackhpc data verify` lists "
-                     f"what it found)")
+    assert error == (
+        f"error: {data / 'Positive'}: no images (.jpg, .jpeg, .png) in this class folder; every class "
+        f"needs images: add them, or point data.root at the whole dataset (`crackhpc data verify` lists "
+        f"what it found)"
+    )
     assert not list((tmp_path / "results" / "tiny").glob("*/result.json")), "no run started"

@@ -7,8 +7,11 @@ from crackhpc.errors import DataError
 
 
 def _study_items():
-    return [Item(f"{cls}/{i:05d}.jpg", label, None)
-            for label, cls in enumerate(("Negative", "Positive")) for i in range(1, 20001)]
+    return [
+        Item(f"{cls}/{i:05d}.jpg", label, None)
+        for label, cls in enumerate(("Negative", "Positive"))
+        for i in range(1, 20001)
+    ]
 
 
 def test_study_split_counts_are_stratified():
@@ -44,14 +47,17 @@ def test_manifest_round_trip(tiny_data, tmp_path):
         read_manifest(tmp_path / "bad.csv")
 
 
-@pytest.mark.parametrize("content, problem", [
-    (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe binary", "not a split manifest (binary or not UTF-8 text)"),
-    (b"file,label\nx.jpg,1\n", "not a split manifest (columns must be path, label, split)"),
-    (b"path,label,split\nNegative/a.jpg,0,train\nNegative/b.jpg,zero,test\n", "line 3: not `path,label,split`"),
-    (b"path,label,split\nNegative/a.jpg,0,train\nNegative/b.jp", "line 3: not `path,label,split`"),  # truncated
-    (b"path,label,split\n\"Negative/a.jpg,0,train\n", "not `path,label,split`"),                       # open quote
-    (b"", "not a split manifest (columns must be"),
-])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe binary", "not a split manifest (binary or not UTF-8 text)"),
+        (b"file,label\nx.jpg,1\n", "not a split manifest (columns must be path, label, split)"),
+        (b"path,label,split\nNegative/a.jpg,0,train\nNegative/b.jpg,zero,test\n", "line 3: not `path,label,split`"),
+        (b"path,label,split\nNegative/a.jpg,0,train\nNegative/b.jp", "line 3: not `path,label,split`"),  # truncated
+        (b'path,label,split\n"Negative/a.jpg,0,train\n', "not `path,label,split`"),  # open quote
+        (b"", "not a split manifest (columns must be"),
+    ],
+)
 def test_damaged_manifest_is_one_data_error(tmp_path, content, problem):
     path = tmp_path / "split.csv"
     path.write_bytes(content)

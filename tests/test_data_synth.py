@@ -14,9 +14,7 @@ from crackhpc.data.synth import render, render_index, synthesize
 
 def _files(root: Path) -> dict[str, bytes]:
     return {
-        f"{cls}/{p.name}": p.read_bytes()
-        for cls in ("Positive", "Negative")
-        for p in sorted((root / cls).iterdir())
+        f"{cls}/{p.name}": p.read_bytes() for cls in ("Positive", "Negative") for p in sorted((root / cls).iterdir())
     }
 
 

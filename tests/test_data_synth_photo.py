@@ -1,4 +1,5 @@
 """`crackhpc data synth-photo`: large photos from the crops' generator, with their true crack masks."""
+
 from __future__ import annotations
 
 import csv

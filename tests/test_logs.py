@@ -1,5 +1,6 @@
 """`crackhpc logs`: attempts cut from hand-made log files, and from the real logs of requeued
 submitit and plain sbatch jobs on the local Slurm."""
+
 import json
 import os
 import re
@@ -35,14 +36,33 @@ def sweep_dir(tmp_path):
     (sweep / "r1").mkdir()
     (logs / "5_0_log.out").write_text(start_line("5", 0) + "epoch 1 of job 5\n")
     (logs / "5_0_log.err").write_text(start_line("5", 0) + "Traceback: job 5 failed\n")
-    (logs / "7_1_0_log.out").write_text(start_line("12", 0, "7_1") + "epoch 1\nRequeued job 7_1\n"
-                                        + start_line("12", 1, "7_1") + "resumed after epoch 1\n")
+    (logs / "7_1_0_log.out").write_text(
+        start_line("12", 0, "7_1")
+        + "epoch 1\nRequeued job 7_1\n"
+        + start_line("12", 1, "7_1")
+        + "resumed after epoch 1\n"
+    )
     (logs / "7_1_0_log.err").write_text(start_line("12", 0, "7_1") + "caught USR2\n" + start_line("12", 1, "7_1"))
-    (sweep / "r1" / rundir.LOG).write_text("".join(f"2026-01-01T00:00:0{i}+00:00 {worker_start('r1', j, r)}\nline {i}\n"
-                                                   for i, (j, r) in enumerate([("5", 0), ("7_1", 0), ("7_1", 1)])))
-    atomic.write_json(sweep / "sweep.json", {"runs": {"r1": {
-        "job_id": "7_1", "executor": "slurm", "history": ["5"],
-        "stdout": str(logs / "7_1_0_log.out"), "stderr": str(logs / "7_1_0_log.err")}}})
+    (sweep / "r1" / rundir.LOG).write_text(
+        "".join(
+            f"2026-01-01T00:00:0{i}+00:00 {worker_start('r1', j, r)}\nline {i}\n"
+            for i, (j, r) in enumerate([("5", 0), ("7_1", 0), ("7_1", 1)])
+        )
+    )
+    atomic.write_json(
+        sweep / "sweep.json",
+        {
+            "runs": {
+                "r1": {
+                    "job_id": "7_1",
+                    "executor": "slurm",
+                    "history": ["5"],
+                    "stdout": str(logs / "7_1_0_log.out"),
+                    "stderr": str(logs / "7_1_0_log.err"),
+                }
+            }
+        },
+    )
     return sweep
 
 
@@ -73,8 +93,10 @@ def test_bad_input_is_one_line(sweep_dir, capsys):
     assert main(["logs", str(sweep_dir), "r1x"]) == 2
     assert capsys.readouterr().err == f"error: {sweep_dir}: no run 'r1x'; did you mean r1?\n"
     assert main(["logs", str(sweep_dir), "r1", "--attempt", "4"]) == 2
-    assert capsys.readouterr().err == ("error: --attempt 4: the run has 3 attempts: 1 (job 5, restart 0); "
-                                       "2 (job 7_1, restart 0); 3 (job 7_1, restart 1)\n")
+    assert capsys.readouterr().err == (
+        "error: --attempt 4: the run has 3 attempts: 1 (job 5, restart 0); "
+        "2 (job 7_1, restart 0); 3 (job 7_1, restart 1)\n"
+    )
     assert main(["logs", str(sweep_dir / "nope"), "r1"]) == 2
     assert "no such sweep folder" in capsys.readouterr().err
     assert main(["logs", str(sweep_dir), "r1", "-f", "--attempt", "1"]) == 2
@@ -107,13 +129,30 @@ def test_logs_of_requeued_slurm_runs_show_each_attempt(tmp_path, tiny_data, slur
     slow = {**SLOW, "epochs": 4}
     submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "sub", defaults=slow)), tmp_path, "slurm", **quiet)
     ((sub_run, sub_job),) = json.loads((tmp_path / "sub" / "sweep.json").read_text())["runs"].items()
-    assert main(["sbatch", str(slurm_yaml(tmp_path, tiny_data, "plain", defaults=slow)), "--results", str(tmp_path),
-                 "--submit"]) == 0
+    assert (
+        main(
+            [
+                "sbatch",
+                str(slurm_yaml(tmp_path, tiny_data, "plain", defaults=slow)),
+                "--results",
+                str(tmp_path),
+                "--submit",
+            ]
+        )
+        == 0
+    )
     ((plain_run, plain_job),) = json.loads((tmp_path / "plain" / "sweep.json").read_text())["runs"].items()
     # Followed from submission on, in another process, as a user would.
-    follower = subprocess.Popen([sys.executable, "-m", "crackhpc.cli", "logs", "-f", str(tmp_path / "sub"), sub_run],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for run_dir, job, flags in ((tmp_path / "sub" / sub_run, sub_job, []), (tmp_path / "plain" / plain_run, plain_job, ["--batch"])):
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "crackhpc.cli", "logs", "-f", str(tmp_path / "sub"), sub_run],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for run_dir, job, flags in (
+        (tmp_path / "sub" / sub_run, sub_job, []),
+        (tmp_path / "plain" / plain_run, plain_job, ["--batch"]),
+    ):
         until(lambda: rundir.read_result(run_dir).get("epochs_done"), "first epoch", 120)
         subprocess.run(["scancel", "--signal=USR2", *flags, job["job_id"]], check=True)
     finished(tmp_path / "sub")
@@ -122,8 +161,11 @@ def test_logs_of_requeued_slurm_runs_show_each_attempt(tmp_path, tiny_data, slur
     assert follower.returncode == 0, notes
 
     def logs(sweep, run, *args):
-        out = subprocess.run([sys.executable, "-m", "crackhpc.cli", "logs", str(tmp_path / sweep), run, *args],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "crackhpc.cli", "logs", str(tmp_path / sweep), run, *args],
+            capture_output=True,
+            text=True,
+        )
         assert out.returncode == 0, out.stderr
         return out.stdout, out.stderr
 
@@ -142,7 +184,11 @@ def test_logs_of_requeued_slurm_runs_show_each_attempt(tmp_path, tiny_data, slur
         worker, _ = logs(sweep, run, "--worker", "--attempt", "2")
         assert worker_start(run, job, 1) in worker.splitlines()[0] and "completed: test acc" in worker
         provenance = rundir.read_result(tmp_path / sweep / run)["provenance"]
-        assert (provenance["slurm_cluster"], provenance["slurm_partition"], provenance["host"]) == ("crackhpc", "debug", first.split()[8])
+        assert (provenance["slurm_cluster"], provenance["slurm_partition"], provenance["host"]) == (
+            "crackhpc",
+            "debug",
+            first.split()[8],
+        )
     # The follower saw the first attempt, the requeue and the second attempt through to the end.
     assert followed.count("crackhpc: start of job") == 2 and "Requeued job" in followed
     assert "completed: test acc" in followed

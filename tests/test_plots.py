@@ -1,4 +1,5 @@
 """The report's figures: valid PNGs, laid out by what they are given."""
+
 import io
 import math
 
@@ -8,8 +9,15 @@ from PIL import Image
 
 from crackhpc import plots
 
-METRICS = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.9, 0.5, 0.3], "train_acc": [0.6, 0.8, 0.9],
-                        "val_loss": [0.8, 0.6, 0.5], "val_acc": [0.65, 0.75, 0.8]})
+METRICS = pd.DataFrame(
+    {
+        "epoch": [1, 2, 3],
+        "train_loss": [0.9, 0.5, 0.3],
+        "train_acc": [0.6, 0.8, 0.9],
+        "val_loss": [0.8, 0.6, 0.5],
+        "val_acc": [0.65, 0.75, 0.8],
+    }
+)
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -27,8 +35,14 @@ def test_learning_curves_and_overlay_are_pngs():
 
 
 def test_accuracy_bars_take_single_runs_and_missing_study_figures():
-    data = plots.accuracy_bars(["torch resnet18", "keras vgg16", "torch vgg16"], [0.99, 0.998, 0.7],
-                               [0.003, math.nan, 0.1], [3, 1, 2], [0.9943, 0.998, None], "sweep: test accuracy")
+    data = plots.accuracy_bars(
+        ["torch resnet18", "keras vgg16", "torch vgg16"],
+        [0.99, 0.998, 0.7],
+        [0.003, math.nan, 0.1],
+        [3, 1, 2],
+        [0.9943, 0.998, None],
+        "sweep: test accuracy",
+    )
     wide = png_size(data)
     assert wide[0] > png_size(plots.accuracy_bars(["a"], [0.5], [0.0], [2], [None], "t"))[0]
 

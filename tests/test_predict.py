@@ -1,6 +1,7 @@
 """`crackhpc predict` and `crackhpc export` with tiny runs (32 px, random init, seconds to train):
 held-out crops at the reported accuracy, maps and tables of photos, bad input, resumption,
 `crackhpc status` on a prediction folder, a 3-shard job array on the local Slurm, exported models."""
+
 from __future__ import annotations
 
 import contextlib
@@ -50,8 +51,10 @@ def trained(tmp_path_factory, tiny_data):
     code, _, err = cli("sweep", folder / "tiny.yaml", "--executor", "debug", "--results", folder / "results")
     assert code == 0, err
     sweep_dir = folder / "results" / "tiny"
-    runs = sorted((p for p in sweep_dir.iterdir() if (p / rundir.CONFIG).is_file()),
-                  key=lambda p: (rundir.read_config(p).train.model != "resnet18", p.name))
+    runs = sorted(
+        (p for p in sweep_dir.iterdir() if (p / rundir.CONFIG).is_file()),
+        key=lambda p: (rundir.read_config(p).train.model != "resnet18", p.name),
+    )
     assert [rundir.read_result(r)["status"] for r in runs] == ["completed"] * len(variants)
     return sweep_dir, runs
 
@@ -90,8 +93,22 @@ def test_photos_become_maps_tables_and_a_page_and_bad_input_is_listed(trained, p
     (bad / "cut.jpg").write_bytes(whole.getvalue()[:400])
     Image.new("1", (10_000, 10_000)).save(bad / "huge.png")
     out = tmp_path / "pred"
-    code, stdout, err = cli("predict", sweep_dir, "--best", photos, bad, tmp_path / "missing.jpg", "--out", out,
-                            "--tile", "32", "--executor", "local", "--shards", "2")
+    code, stdout, err = cli(
+        "predict",
+        sweep_dir,
+        "--best",
+        photos,
+        bad,
+        tmp_path / "missing.jpg",
+        "--out",
+        out,
+        "--tile",
+        "32",
+        "--executor",
+        "local",
+        "--shards",
+        "2",
+    )
     assert code == 1, err  # some photos failed; the others are done
     results = {r.name: rundir.read_result(r) for r in runs}
     best = min(results, key=lambda r: (-results[r]["best_val_acc"], results[r]["test_loss"]))  # ties: test loss
@@ -120,8 +137,22 @@ def test_photos_become_maps_tables_and_a_page_and_bad_input_is_listed(trained, p
 
     # a rerun submits nothing and merges the same tables
     before = (out / "predictions.csv").read_bytes()
-    code, again, _ = cli("predict", sweep_dir, "--best", photos, bad, tmp_path / "missing.jpg", "--out", out,
-                         "--tile", "32", "--executor", "local", "--shards", "2")
+    code, again, _ = cli(
+        "predict",
+        sweep_dir,
+        "--best",
+        photos,
+        bad,
+        tmp_path / "missing.jpg",
+        "--out",
+        out,
+        "--tile",
+        "32",
+        "--executor",
+        "local",
+        "--shards",
+        "2",
+    )
     assert code == 1 and "2 shards, 0 to submit" in again and (out / "predictions.csv").read_bytes() == before
     # ...and other settings in the same folder are refused, not mixed in
     code, _, err = cli("predict", runs[0], photos, "--out", out, "--tile", "48", "--executor", "local")
@@ -138,15 +169,19 @@ def test_photos_become_maps_tables_and_a_page_and_bad_input_is_listed(trained, p
 def test_a_run_that_cannot_predict_is_one_line_on_stderr(trained, photos, tmp_path):
     sweep_dir, runs = trained
     cases = {}
-    for name, edit in (("nockpt", lambda d: (d / "checkpoint.pt").unlink()),
-                       ("failed", lambda d: rundir.update_result(d, status="failed", error="ValueError: boom")),
-                       ("running", lambda d: rundir.update_result(d, status="running"))):
+    for name, edit in (
+        ("nockpt", lambda d: (d / "checkpoint.pt").unlink()),
+        ("failed", lambda d: rundir.update_result(d, status="failed", error="ValueError: boom")),
+        ("running", lambda d: rundir.update_result(d, status="running")),
+    ):
         copy = tmp_path / name
         shutil.copytree(runs[0], copy)
         edit(copy)
         cases[name] = cli("predict", copy, photos, "--out", tmp_path / f"out-{name}", "--executor", "debug")
     cases["sweep"] = cli("predict", sweep_dir, photos, "--out", tmp_path / "out-sweep", "--executor", "debug")
-    cases["metric"] = cli("predict", sweep_dir, "--best", "nonsense", photos, "--out", tmp_path / "o", "--executor", "debug")
+    cases["metric"] = cli(
+        "predict", sweep_dir, "--best", "nonsense", photos, "--out", tmp_path / "o", "--executor", "debug"
+    )
     for name, (code, _, err) in cases.items():
         assert code == 2 and err.count("\n") == 1 and err.startswith("error: "), (name, err)
     assert "no checkpoint.pt" in cases["nockpt"][2]
@@ -161,7 +196,9 @@ def test_exported_model_gives_predicts_probabilities(trained, photos, tmp_path, 
     _, runs = trained
     for run in runs:  # a head on cached features, and a network trained end to end
         out = tmp_path / run.name
-        assert cli("predict", run, photos, "--out", out, "--tile", "32", "--stride", "16", "--executor", "debug")[0] == 0
+        assert (
+            cli("predict", run, photos, "--out", out, "--tile", "32", "--stride", "16", "--executor", "debug")[0] == 0
+        )
         code, _, err = cli("export", run, "--format", fmt, "--out", tmp_path / f"export-{run.name}")
         assert code == 0, err
         meta = json.loads((tmp_path / f"export-{run.name}" / "model.json").read_text())
@@ -211,8 +248,9 @@ def test_three_shards_run_as_one_job_array_and_merge_to_the_local_tables(trained
 
 
 @pytest.mark.slurm
-def test_cancel_stops_a_queued_prediction_and_a_rerun_resubmits_it(trained, photos, tmp_path, slurm_cluster,
-                                                                  monkeypatch):
+def test_cancel_stops_a_queued_prediction_and_a_rerun_resubmits_it(
+    trained, photos, tmp_path, slurm_cluster, monkeypatch
+):
     from crackhpc import slurm
     from crackhpc.states import RunState
     from crackhpc.status import collect
@@ -220,14 +258,31 @@ def test_cancel_stops_a_queued_prediction_and_a_rerun_resubmits_it(trained, phot
     _, runs = trained
     out = tmp_path / "held"
     monkeypatch.setattr(slurm, "max_array_size", lambda: 1)  # as on a cluster whose MaxArraySize is 1
-    args = [runs[1], photos, "--tile", "32", "--shards", "2", "--out", out, "--executor", "slurm",
-            "--set", "resources.partition=debug", "--set", "resources.mem_gb=1"]
+    args = [
+        runs[1],
+        photos,
+        "--tile",
+        "32",
+        "--shards",
+        "2",
+        "--out",
+        out,
+        "--executor",
+        "slurm",
+        "--set",
+        "resources.partition=debug",
+        "--set",
+        "resources.mem_gb=1",
+    ]
     assert cli("predict", *args, "--set", "resources.sbatch={begin: now+1hour}")[0] == 0  # stays queued
     assert {r.state for r in collect(out)[0]} == {RunState.PENDING}
     jobs = [r["job_id"] for r in json.loads((out / "sweep.json").read_text())["runs"].values()]
     assert len({j.split("_")[0] for j in jobs}) == 2  # one array per shard, each within the limit
     code, cancelled, _ = cli("cancel", out)
-    assert code == 0 and "2 run(s) cancelled; rerun `crackhpc predict …` with the same arguments resubmits them" in cancelled
+    assert (
+        code == 0
+        and "2 run(s) cancelled; rerun `crackhpc predict …` with the same arguments resubmits them" in cancelled
+    )
     assert [rundir.read_result(out / s)["status"] for s in ("shard-000", "shard-001")] == ["cancelled"] * 2
     code, again, _ = cli("predict", *args, "--wait")
     assert code == 0 and "2 shards, 2 to submit" in again and len(rows(out / "summary.csv")) == 3
@@ -246,7 +301,9 @@ def test_a_failed_shard_is_resubmitted_and_keeps_the_photos_it_finished(trained,
     rundir.update_result(out / "shard-000", status="failed", error="TimeoutError: killed")
     code, again, err = cli(*args)
     assert code == 0 and "1 shards, 1 to submit" in again, err
-    assert (out / "maps" / "photo-0001.csv").stat().st_mtime_ns == kept and (out / "overlays" / "photo-0002.png").is_file()
+    assert (out / "maps" / "photo-0001.csv").stat().st_mtime_ns == kept and (
+        out / "overlays" / "photo-0002.png"
+    ).is_file()
     assert (out / "predictions.csv").read_bytes() == before
 
 
@@ -267,15 +324,45 @@ def test_predict_with_another_clusters_profile_runs_its_setup(trained, photos, t
     monkeypatch.setenv("CRACKHPC_CLUSTERS", str(profiles))
     _, runs = trained
     out = tmp_path / "maps"
-    code, said, err = cli("predict", runs[1], photos, "--tile", "32", "--shards", "1", "--out", out, "--executor",
-                          "slurm", "--cluster", "here", "--set", "resources.mem_gb=1", "--wait")
+    code, said, err = cli(
+        "predict",
+        runs[1],
+        photos,
+        "--tile",
+        "32",
+        "--shards",
+        "1",
+        "--out",
+        out,
+        "--executor",
+        "slurm",
+        "--cluster",
+        "here",
+        "--set",
+        "resources.mem_gb=1",
+        "--wait",
+    )
     assert code == 0 and said.startswith(f"cluster profile here ({profiles})\n"), err
     (job,) = json.loads((out / "sweep.json").read_text())["runs"].values()
     assert "setup of cluster here\n" in open(job["stdout"]).read()
     code, _, err = cli("predict", runs[1], photos, "--out", tmp_path / "elsewhere", "--cluster", "nowhere")
     assert code == 2 and err == f"error: {profiles}: nowhere: no such cluster profile (profiles: here)\n"
-    code, _, err = cli("predict", runs[1], photos, "--out", tmp_path / "refused", "--executor", "slurm",
-                       "--set", "resources.partition=nope")
+    code, _, err = cli(
+        "predict",
+        runs[1],
+        photos,
+        "--out",
+        tmp_path / "refused",
+        "--executor",
+        "slurm",
+        "--set",
+        "resources.partition=nope",
+    )
     # sbatch's own lines come first, as for a sweep; then crackhpc's one line, no traceback
-    assert code == 2 and "Traceback" not in err and err.splitlines()[-1].startswith(
-        f"error: {tmp_path / 'refused'}: Slurm refused the job: error: invalid partition specified: nope"), err
+    assert (
+        code == 2
+        and "Traceback" not in err
+        and err.splitlines()[-1].startswith(
+            f"error: {tmp_path / 'refused'}: Slurm refused the job: error: invalid partition specified: nope"
+        )
+    ), err

@@ -1,4 +1,5 @@
 """Photos in: lists, decoding checks (EXIF, modes, broken and oversized files) and the patch grid."""
+
 from __future__ import annotations
 
 import io
@@ -24,8 +25,9 @@ def test_patch_offsets_cover_every_side_and_the_last_patch_is_flush():
 def test_expand_reads_folders_lists_and_reports_what_is_missing(tmp_path):
     (tmp_path / "a" / "b").mkdir(parents=True)
     for name in ("a/x.jpg", "a/b/y.PNG", "a/notes.txt.bak", "a/.hidden.jpg", "a/z.mask.png"):
-        Image.new("RGB", (4, 4)).save(tmp_path / name, format="PNG") if name.endswith(("jpg", "PNG", "png")) else \
-            (tmp_path / name).write_text("x")
+        Image.new("RGB", (4, 4)).save(tmp_path / name, format="PNG") if name.endswith(("jpg", "PNG", "png")) else (
+            tmp_path / name
+        ).write_text("x")
     listing = tmp_path / "list.txt"
     listing.write_text("# photos\na/x.jpg\n\nmissing.jpg\n")
     photos, errors = expand([str(tmp_path / "a"), str(listing), str(tmp_path / "gone.jpg")])

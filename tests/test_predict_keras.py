@@ -1,4 +1,5 @@
 """`crackhpc predict` and `export --format keras` with tiny Keras runs (32 px, random init, CPU)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -36,8 +37,14 @@ def keras_runs(tmp_path_factory, tiny_data) -> dict:
     """freeze_backbone → run folder: a head on cached features, and a network trained end to end,
     from one sweep (one TensorFlow start-up for both)."""
     folder = tmp_path_factory.mktemp("keras")
-    (folder / "k.yaml").write_text(tiny_sweep(tiny_data, "k", defaults={"framework": "keras", "model": "vgg16"},
-                                              runs=[{"freeze_backbone": True}, {"freeze_backbone": False}]))
+    (folder / "k.yaml").write_text(
+        tiny_sweep(
+            tiny_data,
+            "k",
+            defaults={"framework": "keras", "model": "vgg16"},
+            runs=[{"freeze_backbone": True}, {"freeze_backbone": False}],
+        )
+    )
     code, _, err = cli("sweep", folder / "k.yaml", "--executor", "debug", "--results", folder / "results")
     assert code == 0, err
     runs = [p for p in (folder / "results" / "k").iterdir() if (p / rundir.CONFIG).is_file()]

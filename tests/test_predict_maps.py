@@ -7,6 +7,7 @@ by precision (how many of them are crossed) and recall (how many crossed patches
 Chance, a map marking patches at random, has the precision of the crossed fraction, about 0.33
 here. Measured on this machine: precision 1.0, recall 0.37 (384 patches, 126 crossed; with 2 torch
 threads, whose sums round differently: 0.97 and 0.27); the floors below leave room for that spread."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,7 +33,12 @@ def patch_scores(out: Path, photos: Path) -> dict:
             x0, y0, x1, y1 = (int(p[k]) for k in ("x0", "y0", "x1", "y1"))
             crossed = mask[y0:y1, x0:x1].sum() >= (x1 - x0) / 4
             cracked = p["cracked"] == "1"
-            tp, fp, fn, n = tp + (cracked and crossed), fp + (cracked and not crossed), fn + (crossed and not cracked), n + 1
+            tp, fp, fn, n = (
+                tp + (cracked and crossed),
+                fp + (cracked and not crossed),
+                fn + (crossed and not cracked),
+                n + 1,
+            )
     return {"precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1), "chance": (tp + fn) / n, "patches": n}
 
 

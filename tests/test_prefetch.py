@@ -1,4 +1,5 @@
 """`crackhpc prefetch`: weights from a local HTTP server (or a folder) into the cache weights.locate reads."""
+
 import dataclasses
 import hashlib
 
@@ -20,8 +21,7 @@ def fake_weights(monkeypatch, framework: str, model: str, payload: bytes) -> wei
     """Point the catalog entry at `payload`: the published filename and URL, the payload's own digest
     (the sha256 prefix for torchvision, the md5 for keras, as the real entries have)."""
     published = weights.CATALOG[(framework, model)]
-    digest = (hashlib.sha256(payload).hexdigest()[:8] if published.algo == "sha256"
-              else hashlib.md5(payload).hexdigest())
+    digest = hashlib.sha256(payload).hexdigest()[:8] if published.algo == "sha256" else hashlib.md5(payload).hexdigest()
     fake = dataclasses.replace(published, digest=digest)
     monkeypatch.setitem(weights.CATALOG, (framework, model), fake)
     return fake
@@ -37,8 +37,10 @@ def own_caches(tmp_path, monkeypatch):
 
 @pytest.fixture
 def fakes(monkeypatch):
-    return (fake_weights(monkeypatch, "torch", "resnet18", TORCH_PAYLOAD),
-            fake_weights(monkeypatch, "keras", "vgg16", KERAS_PAYLOAD))
+    return (
+        fake_weights(monkeypatch, "torch", "resnet18", TORCH_PAYLOAD),
+        fake_weights(monkeypatch, "keras", "vgg16", KERAS_PAYLOAD),
+    )
 
 
 def prefetch(*args: str) -> int:
@@ -132,9 +134,16 @@ def test_from_without_the_file_names_where_to_put_it(fakes, tmp_path, capsys):
 
 
 def test_models_come_from_the_sweeps_pretrained_runs(write_yaml, tmp_path):
-    sweep = write_yaml(tiny_sweep(tmp_path, runs=[{"model": "resnet50", "pretrained": True},
-                                                  {"model": "resnet18"},
-                                                  {"framework": "keras", "model": "vgg16", "pretrained": True}]))
+    sweep = write_yaml(
+        tiny_sweep(
+            tmp_path,
+            runs=[
+                {"model": "resnet50", "pretrained": True},
+                {"model": "resnet18"},
+                {"framework": "keras", "model": "vgg16", "pretrained": True},
+            ],
+        )
+    )
     assert [(w.framework, w.model) for w in wanted([sweep])] == [("torch", "resnet50"), ("keras", "vgg16")]
     assert [w.model for w in wanted([sweep], "torch:resnet18")] == ["resnet50", "vgg16", "resnet18"]
     assert wanted() == list(weights.CATALOG.values())

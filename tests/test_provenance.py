@@ -1,5 +1,6 @@
 """Provenance: the git state of the sweep file's repository, the worker's software and GPU, and
 where they show up (result.json, sweep.json, summary.csv, report.md)."""
+
 import json
 import os
 import subprocess
@@ -17,8 +18,9 @@ from .conftest import tiny_sweep
 
 
 def git(repo, *args):
-    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True, capture_output=True
+    )
 
 
 @pytest.fixture
@@ -54,8 +56,10 @@ def test_git_state_says_whether_the_commit_alone_reproduces_the_sweep(repo, tmp_
 
 @pytest.mark.parametrize("framework, absent", [pytest.param("keras", "torch", marks=pytest.mark.tf)])
 def test_runtime_imports_only_the_runs_framework(framework, absent):
-    code = ("import json, sys; from crackhpc.provenance import runtime; info = runtime(sys.argv[1]); "
-            "print(json.dumps([info, sorted(m for m in ('torch', 'tensorflow') if m in sys.modules)]))")
+    code = (
+        "import json, sys; from crackhpc.provenance import runtime; info = runtime(sys.argv[1]); "
+        "print(json.dumps([info, sorted(m for m in ('torch', 'tensorflow') if m in sys.modules)]))"
+    )
     out = subprocess.run([sys.executable, "-c", code, framework], capture_output=True, text=True, check=True)
     info, loaded = json.loads(out.stdout.splitlines()[-1])
     assert absent not in loaded
@@ -67,8 +71,10 @@ def test_runtime_imports_only_the_runs_framework(framework, absent):
 def test_gpus_are_the_visible_ones_nvidia_smi_lists(tmp_path, monkeypatch):
     fake = tmp_path / "bin" / "nvidia-smi"
     fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\nprintf '0, GPU-aaa, NVIDIA A100-SXM4-40GB, 550.54\\n1, GPU-bbb, NVIDIA A100-SXM4-40GB, 550.54\\n"
-                    "2, GPU-ccc, NVIDIA H100 80GB HBM3, 550.54\\n'\n")
+    fake.write_text(
+        "#!/bin/sh\nprintf '0, GPU-aaa, NVIDIA A100-SXM4-40GB, 550.54\\n1, GPU-bbb, NVIDIA A100-SXM4-40GB, 550.54\\n"
+        "2, GPU-ccc, NVIDIA H100 80GB HBM3, 550.54\\n'\n"
+    )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
@@ -90,7 +96,9 @@ def test_every_run_records_its_provenance_and_the_report_shows_it(repo, tmp_path
     prov = rundir.read_result(sweep_dir / run_id)["provenance"]
     import torch
 
-    assert prov["git_commit"] == head and prov["torch"] == torch.__version__ and prov["python"] == sys.version.split()[0]
+    assert (
+        prov["git_commit"] == head and prov["torch"] == torch.__version__ and prov["python"] == sys.version.split()[0]
+    )
     assert prov["framework_version"] == f"torch {torch.__version__}" and "tensorflow" not in prov
     df, comp = write_reports(sweep_dir)
     assert df.iloc[0]["git_commit"] == head[:12] and not df.iloc[0]["git_dirty"]

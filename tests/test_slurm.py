@@ -1,5 +1,6 @@
 """The Slurm adapter: one source of sbatch options for submitit and the plain templates, and the
 submitit internals the dry-run preview relies on."""
+
 from pathlib import Path
 
 import submitit
@@ -9,15 +10,25 @@ from crackhpc.config import DataConfig, Resources, RunSpec, TrainConfig
 from crackhpc.launcher import make_executor
 from crackhpc.sbatch import sbatch_lines
 
-RES = Resources(nodes=2, gpus_per_node=2, cpus_per_task=8, mem_gb=16, timeout_min=90, partition="gpu",
-                account="proj", qos="high", constraint="a100|h100", sbatch={"mail-type": "END"})
+RES = Resources(
+    nodes=2,
+    gpus_per_node=2,
+    cpus_per_task=8,
+    mem_gb=16,
+    timeout_min=90,
+    partition="gpu",
+    account="proj",
+    qos="high",
+    constraint="a100|h100",
+    sbatch={"mail-type": "END"},
+)
 
 
 def sbatch_options(lines) -> dict[str, str]:
     out = {}
     for line in lines:
         if line.startswith("#SBATCH --"):
-            key, _, value = line[len("#SBATCH --"):].partition("=")
+            key, _, value = line[len("#SBATCH --") :].partition("=")
             out[key] = value.strip("'")
     return out
 
@@ -49,5 +60,11 @@ def test_the_submitit_internals_of_the_preview_are_still_there(tmp_path, monkeyp
 
 def test_local_parameters_keep_to_this_machine():
     params = slurm.submitit_parameters(Resources(gpus_per_node=0, cpus_per_task=2), "local", "x")
-    assert params == {"timeout_min": 120, "nodes": 1, "tasks_per_node": 1, "cpus_per_task": 2, "gpus_per_node": 0,
-                      "name": "x"}
+    assert params == {
+        "timeout_min": 120,
+        "nodes": 1,
+        "tasks_per_node": 1,
+        "cpus_per_task": 2,
+        "gpus_per_node": 0,
+        "name": "x",
+    }

@@ -3,6 +3,7 @@ GPU jobs, preemption and requeue, failures, cancel, resubmission and plain sbatc
 
 Runs are tiny (40 images of 32 px, random-init ResNet18, 1 CPU each) and the node has 2 CPUs.
 """
+
 import contextlib
 import csv
 import io
@@ -20,8 +21,8 @@ from crackhpc import rundir
 from crackhpc.cli import main
 from crackhpc.config import load_sweep
 from crackhpc.launcher import submit
-from crackhpc.slurm import ACTIVE_STATES
 from crackhpc.report import RESOURCE_COLUMNS, write_reports
+from crackhpc.slurm import ACTIVE_STATES
 from crackhpc.status import collect
 
 from .conftest import tiny_sweep
@@ -53,6 +54,7 @@ def finished(sweep_dir, timeout_s: float = 180):
     """The runs' statuses once they have ended and sacct has their jobs' final rows: a worker records
     its outcome (and submitit's wait returns) a moment before Slurm has ended the job, and slurmdbd
     gets the job's accounting a moment later still."""
+
     def done():
         runs, _ = collect(sweep_dir)
         return not any(r.live or r.slurm_state in ("", *ACTIVE_STATES) for r in runs) and runs
@@ -80,12 +82,20 @@ def array_sweep(tmp_path_factory, tiny_data, slurm_cluster):
     submit(load_sweep(path), folder / "results", "slurm", wait=True, **quiet)
     record = record_of(folder / "results" / "array")
     array_id = record["runs"][next(iter(record["runs"]))]["job_id"].split("_")[0]
-    return SimpleNamespace(path=path, results=folder / "results", sweep_dir=folder / "results" / "array",
-                           record=record, preview=preview, array_id=array_id)
+    return SimpleNamespace(
+        path=path,
+        results=folder / "results",
+        sweep_dir=folder / "results" / "array",
+        record=record,
+        preview=preview,
+        array_id=array_id,
+    )
 
 
 def test_sweep_goes_out_as_one_job_array_and_completes(array_sweep):
-    assert sorted(e["job_id"] for e in array_sweep.record["runs"].values()) == [f"{array_sweep.array_id}_{i}" for i in range(4)]
+    assert sorted(e["job_id"] for e in array_sweep.record["runs"].values()) == [
+        f"{array_sweep.array_id}_{i}" for i in range(4)
+    ]
     script = (array_sweep.sweep_dir / "submitit" / f"{array_sweep.array_id}_submission.sh").read_text()
     assert "\n#SBATCH --array=0-3%2\n" in script and "\n#SBATCH --requeue\n" in script
     runs = finished(array_sweep.sweep_dir)
@@ -120,16 +130,26 @@ def test_sweeping_again_skips_completed_runs(array_sweep):
 
 
 def test_two_tasks_train_data_parallel(tmp_path, tiny_data):
-    submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "ddp", resources={"tasks_per_node": 2})), tmp_path, "slurm",
-           wait=True, **quiet)
+    submit(
+        load_sweep(slurm_yaml(tmp_path, tiny_data, "ddp", resources={"tasks_per_node": 2})),
+        tmp_path,
+        "slurm",
+        wait=True,
+        **quiet,
+    )
     (run,) = finished(tmp_path / "ddp")
     assert run.state == "completed" and "cpu=2" in run.tres
     assert rundir.read_result(tmp_path / "ddp" / run.run_id)["world_size"] == 2
 
 
 def test_gpu_job_is_scheduled_on_the_nodes_gpus(tmp_path, tiny_data):
-    submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "gpu", resources={"gpus_per_node": 1})), tmp_path, "slurm",
-           wait=True, **quiet)
+    submit(
+        load_sweep(slurm_yaml(tmp_path, tiny_data, "gpu", resources={"gpus_per_node": 1})),
+        tmp_path,
+        "slurm",
+        wait=True,
+        **quiet,
+    )
     (run,) = finished(tmp_path / "gpu")
     assert run.state == "completed" and "gres/gpu=1" in run.tres
     assert rundir.read_result(tmp_path / "gpu" / run.run_id)["device"] == "cpu"  # placeholder GPUs: no CUDA
@@ -176,8 +196,11 @@ def test_live_jobs_are_left_alone_until_cancelled(tmp_path, tiny_data):
     until(lambda: rundir.read_result(tmp_path / "cancel" / run_id).get("epochs_done"), "first epoch", 120)
 
     assert "1 run(s) cancelled" in cli("cancel", tmp_path / "cancel")
-    until(lambda: not subprocess.run(["squeue", "-h", "-j", job["job_id"]], capture_output=True, text=True).stdout,
-          "job gone from the queue", 60)  # until then the worker could still write result.json
+    until(
+        lambda: not subprocess.run(["squeue", "-h", "-j", job["job_id"]], capture_output=True, text=True).stdout,
+        "job gone from the queue",
+        60,
+    )  # until then the worker could still write result.json
     (run,) = finished(tmp_path / "cancel")
     assert (run.state, run.slurm_state) == ("cancelled", "CANCELLED")
     assert rundir.read_result(tmp_path / "cancel" / run_id)["status"] == "cancelled"  # what report reads
@@ -219,15 +242,25 @@ def test_plain_sbatch_script_requeues_itself_on_usr2_and_resumes(tmp_path, tiny_
 def test_status_watch_follows_a_sweep_to_completion(tmp_path, tiny_data):
     path = slurm_yaml(tmp_path, tiny_data, "watch", grid={"seed": [0, 1]})
     assert main(["sweep", str(path), "--executor", "slurm", "--results", str(tmp_path)]) == 0
-    watch = subprocess.run([sys.executable, "-m", "crackhpc.cli", "status", str(tmp_path / "watch"), "--watch", "1"],
-                           capture_output=True, text=True, timeout=300)
+    watch = subprocess.run(
+        [sys.executable, "-m", "crackhpc.cli", "status", str(tmp_path / "watch"), "--watch", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = watch.stdout.splitlines()
     assert watch.returncode == 0, watch.stdout + watch.stderr
     assert re.match(r"\d\d:\d\d:\d\d 2 runs: .*; epochs \d+/4 \[[#-]{20}\] \d+%$", lines[0])  # piped: plain lines
     assert lines[-1] == "2 runs: 2 completed; epochs 4/4 [####################] 100%"
     assert sum(" completed " in line for line in lines) == 2  # the final table
-    follow = json.loads(subprocess.run([sys.executable, "-m", "crackhpc.cli", "status", str(tmp_path / "watch"), "--json"],
-                                       capture_output=True, text=True, check=True).stdout)
+    follow = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "crackhpc.cli", "status", str(tmp_path / "watch"), "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     assert [r["state"] for r in follow["runs"]] == ["completed", "completed"]
 
 
@@ -244,15 +277,29 @@ def test_status_resources_of_a_finished_job(array_sweep):
 def test_a_pending_job_shows_slurms_reason(tmp_path, tiny_data):
     import os
 
-    holder = subprocess.run(["sbatch", "--parsable", "-c", str(os.cpu_count()), "--mem=1G", "-o", "/dev/null",
-                             "--wrap", "sleep 120"],
-                            capture_output=True, text=True, check=True).stdout.strip()
+    holder = subprocess.run(
+        ["sbatch", "--parsable", "-c", str(os.cpu_count()), "--mem=1G", "-o", "/dev/null", "--wrap", "sleep 120"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     try:
-        until(lambda: subprocess.run(["squeue", "-h", "-j", holder, "-o", "%T"], capture_output=True,
-                                     text=True).stdout.strip() == "RUNNING", "the node held", 60)
+        until(
+            lambda: (
+                subprocess.run(
+                    ["squeue", "-h", "-j", holder, "-o", "%T"], capture_output=True, text=True
+                ).stdout.strip()
+                == "RUNNING"
+            ),
+            "the node held",
+            60,
+        )
         submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "waits")), tmp_path, "slurm", **quiet)
-        run = until(lambda: next((r for r in collect(tmp_path / "waits")[0] if "waiting:" in r.note), None),
-                    "a pending reason", 60)
+        run = until(
+            lambda: next((r for r in collect(tmp_path / "waits")[0] if "waiting:" in r.note), None),
+            "a pending reason",
+            60,
+        )
         assert run.state == "pending" and run.note == "waiting: Resources"
         assert "waiting: Resources" in cli("status", tmp_path / "waits")
     finally:
@@ -263,8 +310,12 @@ def test_a_pending_job_shows_slurms_reason(tmp_path, tiny_data):
 def test_report_resources_and_device_hours_come_from_slurms_accounting(array_sweep):
     finished(array_sweep.sweep_dir)
     df, _ = write_reports(array_sweep.sweep_dir)
-    accounting = subprocess.run(["sacct", "-X", "-P", "-n", "-o", "JobID,ElapsedRaw", "-j", array_sweep.array_id],
-                                capture_output=True, text=True, check=True).stdout
+    accounting = subprocess.run(
+        ["sacct", "-X", "-P", "-n", "-o", "JobID,ElapsedRaw", "-j", array_sweep.array_id],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     elapsed = dict(line.split("|") for line in accounting.split())
     record = record_of(array_sweep.sweep_dir)
     for row in df.to_dict("records"):

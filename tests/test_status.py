@@ -1,4 +1,5 @@
 """`crackhpc status` and `cancel` on hand-made sweep folders, with sacct and scancel faked."""
+
 import json
 import subprocess
 import sys
@@ -26,8 +27,16 @@ def make_sweep(sweep_dir, executor, runs: dict[str, dict], metrics: dict[str, li
         job_id = result.pop("job", f"4{i}")
         if job_id:
             record["runs"][run_id] = {"job_id": job_id, "executor": executor, "stderr": f"/logs/{job_id}.err"}
-        rundir.write_config(sweep_dir / run_id, RunSpec(run_id=run_id, sweep="s", train=TrainConfig(epochs=2),
-                                                        data=DataConfig(root="/data"), resources=Resources()))
+        rundir.write_config(
+            sweep_dir / run_id,
+            RunSpec(
+                run_id=run_id,
+                sweep="s",
+                train=TrainConfig(epochs=2),
+                data=DataConfig(root="/data"),
+                resources=Resources(),
+            ),
+        )
         if result:
             atomic.write_json(sweep_dir / run_id / rundir.RESULT, result)
     for run_id, rows in (metrics or {}).items():
@@ -41,25 +50,48 @@ def no_sacct(job_ids):
 
 
 def test_status_of_a_local_sweep_comes_from_the_run_folders(tmp_path):
-    sweep_dir = make_sweep(tmp_path / "s", "local", {
-        "done": {"status": "completed", "epochs_done": 2, "test_acc": 0.9, "started": "2026-01-01T10:00:00+00:00",
-                 "finished": "2026-01-01T11:02:03+00:00", "host": "n1"},
-        "broken": {"status": "failed", "error": ERROR},
-        "training": {"status": "running", "epochs_done": 1, "started": "2026-01-01T10:00:00+00:00", "host": "n2"},
-        "queued": {"job": ""},
-    }, metrics={"done": [[1, 0.6, 0.6, 0.6, 0.55, 1.0, 10], [2, 0.5, 0.7, 0.5, 0.75, 1.0, 10]],
-                "training": [[1, 0.6, 0.6, 0.6, 0.5, 1.0, 10]]})
+    sweep_dir = make_sweep(
+        tmp_path / "s",
+        "local",
+        {
+            "done": {
+                "status": "completed",
+                "epochs_done": 2,
+                "test_acc": 0.9,
+                "started": "2026-01-01T10:00:00+00:00",
+                "finished": "2026-01-01T11:02:03+00:00",
+                "host": "n1",
+            },
+            "broken": {"status": "failed", "error": ERROR},
+            "training": {"status": "running", "epochs_done": 1, "started": "2026-01-01T10:00:00+00:00", "host": "n2"},
+            "queued": {"job": ""},
+        },
+        metrics={
+            "done": [[1, 0.6, 0.6, 0.6, 0.55, 1.0, 10], [2, 0.5, 0.7, 0.5, 0.75, 1.0, 10]],
+            "training": [[1, 0.6, 0.6, 0.6, 0.5, 1.0, 10]],
+        },
+    )
     runs = {s.run_id: s for s in collect(sweep_dir, query=no_sacct)[0]}
-    assert {r: s.state for r, s in runs.items()} == {"broken": "failed", "done": "completed", "queued": "pending",
-                                                     "training": "running"}
-    assert (runs["done"].elapsed, runs["done"].node, runs["done"].val_acc, runs["done"].test_acc) == ("01:02:03", "n1", 0.75, 0.9)
+    assert {r: s.state for r, s in runs.items()} == {
+        "broken": "failed",
+        "done": "completed",
+        "queued": "pending",
+        "training": "running",
+    }
+    assert (runs["done"].elapsed, runs["done"].node, runs["done"].val_acc, runs["done"].test_acc) == (
+        "01:02:03",
+        "n1",
+        0.75,
+        0.9,
+    )
     assert runs["training"].val_acc == 0.5 and runs["training"].node == "n2" and runs["queued"].node == ""
     assert (runs["done"].epoch, runs["training"].epoch, runs["queued"].epoch) == ("2/2", "1/2", "0/2")
     assert runs["broken"].note == ERROR
     table = format_status(list(runs.values()))
     assert ERROR[:59] + "…" in table
-    assert ERROR not in table and table.endswith("4 runs: 1 failed, 1 completed, 1 pending, 1 running; "
-                                                 "epochs 3/8 [########------------] 38%")
+    assert ERROR not in table and table.endswith(
+        "4 runs: 1 failed, 1 completed, 1 pending, 1 running; epochs 3/8 [########------------] 38%"
+    )
 
 
 def test_epoch_shows_progress_against_the_configured_epochs(tmp_path, tiny_data, write_yaml):
@@ -96,20 +128,23 @@ def test_sacct_rows_expand_pending_array_ranges():
     assert "70_8" not in jobs
 
 
-@pytest.mark.parametrize("recorded, slurm, merged", [
-    ("completed", "RUNNING", "completed"),  # the worker finished: Slurm is still tearing down
-    ("completed", "", "completed"),
-    ("running", "CANCELLED", "cancelled"),  # scancel by hand: the worker never got to say so
-    ("cancelled", "RUNNING", "cancelled"),  # `crackhpc cancel` recorded it while Slurm stops the job
-    ("failed", "FAILED", "failed"),
-    ("running", "TIMEOUT", "timeout"),
-    ("running", "OUT_OF_MEMORY", "out_of_memory"),
-    ("running", "COMPLETED", "failed"),  # the job ended, the run did not
-    ("pending", "PENDING", "pending"),
-    ("requeued", "PENDING", "requeued"),
-    ("requeued", "RUNNING", "running"),
-    ("running", "", "running"),  # no sacct: the run folder is all there is
-])
+@pytest.mark.parametrize(
+    "recorded, slurm, merged",
+    [
+        ("completed", "RUNNING", "completed"),  # the worker finished: Slurm is still tearing down
+        ("completed", "", "completed"),
+        ("running", "CANCELLED", "cancelled"),  # scancel by hand: the worker never got to say so
+        ("cancelled", "RUNNING", "cancelled"),  # `crackhpc cancel` recorded it while Slurm stops the job
+        ("failed", "FAILED", "failed"),
+        ("running", "TIMEOUT", "timeout"),
+        ("running", "OUT_OF_MEMORY", "out_of_memory"),
+        ("running", "COMPLETED", "failed"),  # the job ended, the run did not
+        ("pending", "PENDING", "pending"),
+        ("requeued", "PENDING", "requeued"),
+        ("requeued", "RUNNING", "running"),
+        ("running", "", "running"),  # no sacct: the run folder is all there is
+    ],
+)
 def test_merge_rules(recorded, slurm, merged):
     assert merge(RunState(recorded), SlurmJob(slurm) if slurm else None) is RunState(merged)
 
@@ -121,24 +156,43 @@ def test_status_merges_sacct_with_the_run_folders(tmp_path):
         asked.append(sorted(job_ids))
         return parse_sacct(SACCT)
 
-    sweep_dir = make_sweep(tmp_path / "s", "slurm", {
-        "done": {"job": "70_0", "status": "completed", "test_acc": 0.8},
-        "scancelled": {"job": "70_1", "status": "running", "epochs_done": 1},
-        "slow": {"job": "70_2", "status": "running"},
-        "queued": {"job": "70_3"},
-        "preempted": {"job": "70_4", "status": "requeued", "requeues": 1},
-        "raised": {"job": "70_5", "status": "failed", "error": ERROR},
-        "vanished": {"job": "70_6", "status": "running"},
-        "setup_failed": {"job": "70_7", "status": "pending"},
-        "gpu": {"job": "71", "status": "running"},
-    })
+    sweep_dir = make_sweep(
+        tmp_path / "s",
+        "slurm",
+        {
+            "done": {"job": "70_0", "status": "completed", "test_acc": 0.8},
+            "scancelled": {"job": "70_1", "status": "running", "epochs_done": 1},
+            "slow": {"job": "70_2", "status": "running"},
+            "queued": {"job": "70_3"},
+            "preempted": {"job": "70_4", "status": "requeued", "requeues": 1},
+            "raised": {"job": "70_5", "status": "failed", "error": ERROR},
+            "vanished": {"job": "70_6", "status": "running"},
+            "setup_failed": {"job": "70_7", "status": "pending"},
+            "gpu": {"job": "71", "status": "running"},
+        },
+    )
     folder = SweepFolder(sweep_dir)
-    runs = {s.run_id: s for s in run_statuses(folder, ["done", "scancelled", "slow", "queued", "preempted", "raised",
-                                                      "vanished", "setup_failed", "gpu"], folder.load(), sacct)}
+    runs = {
+        s.run_id: s
+        for s in run_statuses(
+            folder,
+            ["done", "scancelled", "slow", "queued", "preempted", "raised", "vanished", "setup_failed", "gpu"],
+            folder.load(),
+            sacct,
+        )
+    }
     assert asked == [["70_0", "70_1", "70_2", "70_3", "70_4", "70_5", "70_6", "70_7", "71"]]  # one sacct call
     assert {r: s.state for r, s in runs.items()} == {
-        "done": "completed", "scancelled": "cancelled", "slow": "timeout", "queued": "pending",
-        "preempted": "requeued", "raised": "failed", "vanished": "failed", "setup_failed": "failed", "gpu": "running"}
+        "done": "completed",
+        "scancelled": "cancelled",
+        "slow": "timeout",
+        "queued": "pending",
+        "preempted": "requeued",
+        "raised": "failed",
+        "vanished": "failed",
+        "setup_failed": "failed",
+        "gpu": "running",
+    }
     assert runs["slow"].note == "job 70_2 ended TIMEOUT before the worker recorded a result; see /logs/70_2.err"
     assert runs["setup_failed"].note.startswith("job 70_7 ended FAILED before the worker recorded a result")
     assert runs["raised"].note == ERROR and runs["queued"].note == "waiting: Resources"
@@ -148,26 +202,45 @@ def test_status_merges_sacct_with_the_run_folders(tmp_path):
 
 
 def test_cancel_scancels_live_jobs_and_records_cancelled(tmp_path):
-    sweep_dir = make_sweep(tmp_path / "s", "slurm", {
-        "done": {"job": "70_0", "status": "completed"},
-        "queued": {"job": "70_3"},
-        "gpu": {"job": "71", "status": "running"},
-        "never_submitted": {"job": ""},
-    })
+    sweep_dir = make_sweep(
+        tmp_path / "s",
+        "slurm",
+        {
+            "done": {"job": "70_0", "status": "completed"},
+            "queued": {"job": "70_3"},
+            "gpu": {"job": "71", "status": "running"},
+            "never_submitted": {"job": ""},
+        },
+    )
     scancelled, lines = [], []
-    cancelled = cancel(sweep_dir, query=lambda ids: parse_sacct(SACCT), scancel=lambda ids, echo: scancelled.extend(ids),
-                       echo=lines.append)
+    cancelled = cancel(
+        sweep_dir,
+        query=lambda ids: parse_sacct(SACCT),
+        scancel=lambda ids, echo: scancelled.extend(ids),
+        echo=lines.append,
+    )
     assert sorted(scancelled) == ["70_3", "71"] and cancelled == ["gpu", "never_submitted", "queued"]
     assert {r: rundir.read_result(sweep_dir / r)["status"] for r in ("done", "queued", "gpu", "never_submitted")} == {
-        "done": "completed", "queued": "cancelled", "gpu": "cancelled", "never_submitted": "cancelled"}
+        "done": "completed",
+        "queued": "cancelled",
+        "gpu": "cancelled",
+        "never_submitted": "cancelled",
+    }
     assert "  gpu: cancelled (job 71)" in lines
 
 
 def test_cancel_named_runs_only_and_keeps_finished_ones(tmp_path, capsys, monkeypatch):
     import crackhpc.slurm as slurm
 
-    sweep_dir = make_sweep(tmp_path / "s", "slurm", {
-        "done": {"job": "70_0", "status": "completed"}, "queued": {"job": "70_3"}, "gpu": {"job": "71", "status": "running"}})
+    sweep_dir = make_sweep(
+        tmp_path / "s",
+        "slurm",
+        {
+            "done": {"job": "70_0", "status": "completed"},
+            "queued": {"job": "70_3"},
+            "gpu": {"job": "71", "status": "running"},
+        },
+    )
     scancelled = []
     monkeypatch.setattr(slurm, "sacct", lambda ids: parse_sacct(SACCT))
     monkeypatch.setattr(slurm, "scancel", lambda ids, echo: scancelled.extend(ids))
@@ -176,7 +249,10 @@ def test_cancel_named_runs_only_and_keeps_finished_ones(tmp_path, capsys, monkey
     assert "done: already completed, left as it is" in out and "1 run(s) cancelled" in out
     assert scancelled == ["71"] and rundir.read_result(sweep_dir / "queued")["status"] == "pending"
     assert main(["cancel", str(sweep_dir), "nope"]) == 2
-    assert capsys.readouterr().err.strip() == f"error: {sweep_dir}: no run 'nope' (`crackhpc status {sweep_dir}` lists them)"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: {sweep_dir}: no run 'nope' (`crackhpc status {sweep_dir}` lists them)"
+    )
 
 
 def test_a_job_that_finishes_while_being_cancelled_keeps_its_outcome(tmp_path):
@@ -226,7 +302,10 @@ def test_cancel_of_a_local_run_stops_its_controller(tmp_path):
 
 def test_status_of_a_missing_folder_is_one_line(tmp_path, capsys):
     assert main(["status", str(tmp_path / "nope")]) == 2
-    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'}: no such sweep folder (run `crackhpc sweep jobs/<name>.yaml` first)"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: {tmp_path / 'nope'}: no such sweep folder (run `crackhpc sweep jobs/<name>.yaml` first)"
+    )
     (tmp_path / "empty").mkdir()
     with pytest.raises(CrackhpcError, match="no runs in it"):
         collect(tmp_path / "empty", query=no_sacct)
@@ -245,8 +324,12 @@ def test_a_prediction_folder_names_crackhpc_predict_in_its_hints(tmp_path):
     folder.save(record)
     (run,) = collect(sweep_dir, query=no_sacct)[0]
     assert run.state == "failed" and run.note.endswith(
-        "; rerun `crackhpc predict …` with the same arguments resumes it from its last checkpoint")
-    with folder.lock(), pytest.raises(CrackhpcError, match=f"another `crackhpc predict` \\(pid {procs.identity()['pid']} on "):
+        "; rerun `crackhpc predict …` with the same arguments resumes it from its last checkpoint"
+    )
+    with (
+        folder.lock(),
+        pytest.raises(CrackhpcError, match=f"another `crackhpc predict` \\(pid {procs.identity()['pid']} on "),
+    ):
         with SweepFolder(sweep_dir).lock():
             pass
 
@@ -262,20 +345,27 @@ def dead_process() -> dict:
 def test_a_job_of_an_earlier_attempt_is_not_taken_for_the_new_one(tmp_path):
     """A `--retry-failed` sweep killed after resetting a run to pending, before submitting its new
     job: the old job in sweep.json ended long ago, but the run was not submitted, not failed."""
-    sweep_dir = make_sweep(tmp_path / "s", "local", {"waiting": {"job": "", "status": "pending"},
-                                                     "fresh": {"job": "", "status": "pending"}})
+    sweep_dir = make_sweep(
+        tmp_path / "s",
+        "local",
+        {"waiting": {"job": "", "status": "pending"}, "fresh": {"job": "", "status": "pending"}},
+    )
     old = dead_process()
     folder = SweepFolder(sweep_dir)
     record = folder.load()
     record.owner = dead_process()
-    for run_id, submitted, updated in (("waiting", "2026-01-01T10:00:00+00:00", "2026-01-02T09:00:00+00:00"),
-                                       ("fresh", "2026-01-02T09:00:00+00:00", "2026-01-02T09:00:00+00:00")):
+    for run_id, submitted, updated in (
+        ("waiting", "2026-01-01T10:00:00+00:00", "2026-01-02T09:00:00+00:00"),
+        ("fresh", "2026-01-02T09:00:00+00:00", "2026-01-02T09:00:00+00:00"),
+    ):
         record.runs[run_id] = Job(job_id="7", executor="local", submitted=submitted, process=old, stderr="/logs/7.err")
         atomic.write_json(sweep_dir / run_id / rundir.RESULT, {"status": "pending", "updated": updated})
     folder.save(record)
     runs = {s.run_id: s for s in collect(sweep_dir, query=no_sacct)[0]}
     assert (runs["waiting"].state, runs["waiting"].live, runs["waiting"].note) == ("pending", False, "not submitted")
-    assert runs["fresh"].state == "failed" and runs["fresh"].note.startswith("local job 7 ended before its worker started")
+    assert runs["fresh"].state == "failed" and runs["fresh"].note.startswith(
+        "local job 7 ended before its worker started"
+    )
 
 
 def test_an_orphan_names_the_sweep_that_started_it_not_a_later_one(tmp_path):
@@ -291,6 +381,8 @@ def test_an_orphan_names_the_sweep_that_started_it_not_a_later_one(tmp_path):
         folder.save(record)
         atomic.write_json(sweep_dir / "r" / rundir.RESULT, {"status": "running", "process": procs.identity(worker.pid)})
         (run,) = collect(sweep_dir, query=no_sacct)[0]
-        assert run.live and run.orphan and run.note.startswith(f"orphaned: its `crackhpc sweep` (pid {starter['pid']} on ")
+        assert (
+            run.live and run.orphan and run.note.startswith(f"orphaned: its `crackhpc sweep` (pid {starter['pid']} on ")
+        )
     finally:
         worker.kill()

@@ -1,4 +1,5 @@
 """Data-parallel torch runs: two processes of one job through submitit's local executor (gloo on CPU)."""
+
 import json
 
 import pytest
@@ -8,8 +9,8 @@ from crackhpc.cli import main
 from crackhpc.config import load_sweep
 from crackhpc.errors import CrackhpcError
 from crackhpc.grid import expand
-from crackhpc.record import SweepFolder
 from crackhpc.launcher import submit, write_run_folders
+from crackhpc.record import SweepFolder
 from crackhpc.worker import run
 from crackhpc.worker.backends import resolve
 from crackhpc.worker.distributed import DistEnv, from_environment
@@ -29,7 +30,9 @@ def _tasks(n: int) -> dict:
 
 
 def _submit(tmp_path, write_yaml, data, name, tasks, defaults) -> dict:
-    sweep = load_sweep(write_yaml(tiny_sweep(data, name=name, defaults=defaults, resources=_tasks(tasks)), f"{name}.yaml"))
+    sweep = load_sweep(
+        write_yaml(tiny_sweep(data, name=name, defaults=defaults, resources=_tasks(tasks)), f"{name}.yaml")
+    )
     submit(sweep, tmp_path / "results", "local", echo=lambda *_: None)
     sweep_dir = tmp_path / "results" / name
     (run_id,) = json.loads((sweep_dir / "sweep.json").read_text())["runs"]
@@ -54,8 +57,12 @@ def test_torch_horovod_backend_without_horovod_is_one_clear_line(tmp_path, write
     with pytest.raises(CrackhpcError, match=r"HOROVOD_WITH_PYTORCH=1"):
         run(run_dir)
     error = rundir.read_result(run_dir)["error"]
-    assert error.startswith("BackendError: backend horovod: horovod is not installed; build it with "
-                            "tests/horovod/build.sh") and "\n" not in error
+    assert (
+        error.startswith(
+            "BackendError: backend horovod: horovod is not installed; build it with tests/horovod/build.sh"
+        )
+        and "\n" not in error
+    )
 
 
 def test_dry_run_shows_tasks_per_node(tmp_path, write_yaml, tiny_data, capsys):
@@ -94,9 +101,23 @@ def test_ranks_and_restarts_under_a_plain_srun_step(monkeypatch):
     for var in ("SUBMITIT_EXECUTOR", "SUBMITIT_LOCAL_JOB_ID"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("PATH", "/nonexistent")  # no scontrol: the node list is split as written
-    for var, value in {"SLURM_PROCID": "3", "SLURM_STEP_ID": "0", "SLURM_LOCALID": "1", "SLURM_NTASKS": "4",
-                       "SLURM_JOB_ID": "123", "SLURM_JOB_NODELIST": "n1,n2", "SLURM_RESTART_COUNT": "2"}.items():
+    for var, value in {
+        "SLURM_PROCID": "3",
+        "SLURM_STEP_ID": "0",
+        "SLURM_LOCALID": "1",
+        "SLURM_NTASKS": "4",
+        "SLURM_JOB_ID": "123",
+        "SLURM_JOB_NODELIST": "n1,n2",
+        "SLURM_RESTART_COUNT": "2",
+    }.items():
         monkeypatch.setenv(var, value)
     env = from_environment()
-    assert (env.rank, env.local_rank, env.world_size, env.job_id, env.nodes, env.restarts) == (3, 1, 4, "123", ("n1", "n2"), 2)
+    assert (env.rank, env.local_rank, env.world_size, env.job_id, env.nodes, env.restarts) == (
+        3,
+        1,
+        4,
+        "123",
+        ("n1", "n2"),
+        2,
+    )
     assert env.master_addr == "n1" and env.host_of(3) == "n2"

@@ -1,5 +1,6 @@
 """The feature cache: one computation per (model, weights, image size, manifest, precision), shared by
 every run and every process that asks for it, and never visible half written."""
+
 import copy
 import io
 import multiprocessing as mp
@@ -20,14 +21,20 @@ SPLIT = (0.5, 0.25, 0.25)
 
 @pytest.fixture
 def base(tiny_data):
-    return {"model": "resnet18", "weights_id": "random-seed0", "input_size": 32,
-            "manifest": manifest_hash(make_manifest(tiny_data, SPLIT, 0)), "precision": "None"}
+    return {
+        "model": "resnet18",
+        "weights_id": "random-seed0",
+        "input_size": 32,
+        "manifest": manifest_hash(make_manifest(tiny_data, SPLIT, 0)),
+        "precision": "None",
+    }
 
 
 def counted(calls: list, value: float):
     def compute():
         calls.append(value)
         return np.full((4, 8), value, np.float32)
+
     return compute
 
 
@@ -40,13 +47,16 @@ def test_same_inputs_reuse_the_features(tmp_path, base):
     np.testing.assert_array_equal(again, first)
 
 
-@pytest.mark.parametrize("field, value", [
-    ("model", "resnet50"),
-    ("weights_id", "random-seed1"),
-    ("weights_id", "f37072fd"),
-    ("input_size", 64),
-    ("precision", "torch.bfloat16"),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("model", "resnet50"),
+        ("weights_id", "random-seed1"),
+        ("weights_id", "f37072fd"),
+        ("input_size", 64),
+        ("precision", "torch.bfloat16"),
+    ],
+)
 def test_a_changed_input_recomputes(tmp_path, base, field, value):
     calls = []
     cached_features(tmp_path, cache_key(**base), counted(calls, 1.0))
@@ -54,11 +64,14 @@ def test_a_changed_input_recomputes(tmp_path, base, field, value):
     assert computed and calls == [1.0, 2.0] and (feats == 2.0).all()
 
 
-@pytest.mark.parametrize("manifest", [
-    lambda root: make_manifest(root, SPLIT, 1),                # the same images, split differently
-    lambda root: make_manifest(root, SPLIT, 0)[:-1],           # one image fewer
-    lambda root: make_manifest(root, (0.6, 0.2, 0.2), 0),      # other fractions
-])
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        lambda root: make_manifest(root, SPLIT, 1),  # the same images, split differently
+        lambda root: make_manifest(root, SPLIT, 0)[:-1],  # one image fewer
+        lambda root: make_manifest(root, (0.6, 0.2, 0.2), 0),  # other fractions
+    ],
+)
 def test_a_changed_split_manifest_recomputes(tmp_path, tiny_data, base, manifest):
     calls = []
     cached_features(tmp_path, cache_key(**base), counted(calls, 1.0))

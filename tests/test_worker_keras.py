@@ -1,4 +1,5 @@
 """Real short training runs of the Keras worker on tiny synthetic images (pretrained false, CPU)."""
+
 import contextlib
 import csv
 import json
@@ -16,8 +17,8 @@ from crackhpc import rundir  # noqa: E402
 from crackhpc.config import load_sweep  # noqa: E402
 from crackhpc.errors import CrackhpcError, WeightsError  # noqa: E402
 from crackhpc.grid import expand  # noqa: E402
-from crackhpc.record import SweepFolder
 from crackhpc.launcher import submit, write_run_folders  # noqa: E402
+from crackhpc.record import SweepFolder
 from crackhpc.worker import run  # noqa: E402
 
 from .conftest import tiny_sweep  # noqa: E402
@@ -28,12 +29,28 @@ KERAS = {"framework": "keras", "model": "vgg16"}
 # Frozen backbone, head trained on cached features. SGD, not Adam: Adam's update ignores the
 # gradient's scale, so a wrongly summed (instead of averaged) gradient would go unnoticed.
 HEAD_ONLY = {**KERAS, "epochs": 30, "lr": 0.01, "optimizer": "sgd"}
-RESULT_KEYS = {"epochs_done", "best_val_acc", "best_epoch", "test_loss", "test_acc", "n_train", "n_valid", "n_test",
-               "skipped_images", "wall_time_s", "images_per_s", "world_size", "device", "feature_cache"}
+RESULT_KEYS = {
+    "epochs_done",
+    "best_val_acc",
+    "best_epoch",
+    "test_loss",
+    "test_acc",
+    "n_train",
+    "n_valid",
+    "n_test",
+    "skipped_images",
+    "wall_time_s",
+    "images_per_s",
+    "world_size",
+    "device",
+    "feature_cache",
+}
 
 
 def _run_folders(tmp_path, write_yaml, data_root, defaults, name="tiny", **top):
-    sweep = load_sweep(write_yaml(tiny_sweep(data_root, name=name, defaults={**KERAS, **defaults}, **top), f"{name}.yaml"))
+    sweep = load_sweep(
+        write_yaml(tiny_sweep(data_root, name=name, defaults={**KERAS, **defaults}, **top), f"{name}.yaml")
+    )
     specs = write_run_folders(expand(sweep), SweepFolder(tmp_path / "results" / sweep.name), data_root, sweep)
     return [tmp_path / "results" / sweep.name / spec.run_id for spec in specs]
 
@@ -90,7 +107,9 @@ def test_pretrained_without_cached_weights_fails_with_where_to_put_them(tmp_path
     monkeypatch.setenv("CRACKHPC_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     (run_dir,) = _run_folders(tmp_path, write_yaml, tiny_data, {"pretrained": True})
-    with pytest.raises(WeightsError, match=r"place vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 .* in .*cache/keras"):
+    with pytest.raises(
+        WeightsError, match=r"place vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 .* in .*cache/keras"
+    ):
         run(run_dir)
     assert rundir.read_result(run_dir)["status"] == "failed"
 
@@ -114,7 +133,9 @@ def test_pretrained_weights_from_the_offline_cache_are_used(tmp_path, write_yaml
     path.parent.mkdir(parents=True)
     with h5py.File(path, "w") as fh:
         legacy_h5_format.save_weights_to_hdf5_group(fh, net)
-    monkeypatch.setitem(weights.CATALOG, ("keras", "vgg16"), dataclasses.replace(spec, digest=weights.file_digest(path, "md5")))
+    monkeypatch.setitem(
+        weights.CATALOG, ("keras", "vgg16"), dataclasses.replace(spec, digest=weights.file_digest(path, "md5"))
+    )
     monkeypatch.setenv("CRACKHPC_CACHE", str(tmp_path / "cache"))
     (run_dir,) = _run_folders(tmp_path, write_yaml, tiny_data, {"pretrained": True, "epochs": 1})
     assert run(run_dir)["feature_cache"] == "computed"
@@ -130,8 +151,12 @@ def test_horovod_backend_without_horovod_is_one_clear_line(tmp_path, write_yaml,
     with pytest.raises(CrackhpcError, match=r"HOROVOD_WITH_TENSORFLOW=1"):
         run(run_dir)
     error = rundir.read_result(run_dir)["error"]
-    assert error.startswith("BackendError: backend horovod: horovod is not installed; build it with "
-                            "tests/horovod/build.sh") and "\n" not in error
+    assert (
+        error.startswith(
+            "BackendError: backend horovod: horovod is not installed; build it with tests/horovod/build.sh"
+        )
+        and "\n" not in error
+    )
 
 
 def test_two_worker_tf_distribute_run_matches_one_process(tmp_path, write_yaml, tiny_data):
@@ -158,6 +183,8 @@ def test_a_keras_run_never_loads_torch(tmp_path, write_yaml, tiny_data):
     import sys
 
     (run_dir,) = _run_folders(tmp_path, write_yaml, tiny_data, {"epochs": 1})
-    code = ("import sys; from crackhpc.worker import run; run(sys.argv[1]); "
-            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]")
+    code = (
+        "import sys; from crackhpc.worker import run; run(sys.argv[1]); "
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]"
+    )
     subprocess.run([sys.executable, "-c", code, str(run_dir)], check=True, capture_output=True)

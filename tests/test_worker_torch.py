@@ -1,4 +1,5 @@
 """Real short training runs of the torch worker on tiny synthetic images (pretrained false)."""
+
 import csv
 import json
 import shutil
@@ -9,8 +10,8 @@ from crackhpc import rundir
 from crackhpc.config import load_sweep
 from crackhpc.errors import WeightsError
 from crackhpc.grid import expand
-from crackhpc.record import SweepFolder
 from crackhpc.launcher import write_run_folders
+from crackhpc.record import SweepFolder
 from crackhpc.worker import run
 
 from .conftest import tiny_sweep
@@ -109,8 +110,11 @@ def test_pretrained_weights_from_the_offline_cache_are_loaded(tmp_path, write_ya
     path = cache / "resnet18-f37072fd.pth"
     torch.save(state, path)
     spec = weights.CATALOG[("torch", "resnet18")]
-    monkeypatch.setitem(weights.CATALOG, ("torch", "resnet18"),
-                        dataclasses.replace(spec, digest=weights.file_digest(path, "sha256")[:8]))
+    monkeypatch.setitem(
+        weights.CATALOG,
+        ("torch", "resnet18"),
+        dataclasses.replace(spec, digest=weights.file_digest(path, "sha256")[:8]),
+    )
     monkeypatch.setenv("CRACKHPC_CACHE", str(tmp_path / "cache"))
     from crackhpc.worker.torch_models import build
 

@@ -10,6 +10,7 @@ course (DL0321EN) republished the images as a .zip with Positive/ and Negative/ 
 the default URL. Any .zip or .tar(.gz) with the original (Positive/ Negative/) or the course
 (train|valid|test/{positive,negative}/) layout works, also inside one or two wrapping folders.
 """
+
 from __future__ import annotations
 
 import tarfile
@@ -20,16 +21,20 @@ from pathlib import Path
 from ..errors import CrackhpcError, DataError
 from .layout import detect
 
-COURSE_URL = ("https://s3-api.us-geo.objectstorage.softlayer.net/cf-courses-data/CognitiveClass/DL0321EN/"
-              "data/images/concrete_crack_images_for_classification.zip")
+COURSE_URL = (
+    "https://s3-api.us-geo.objectstorage.softlayer.net/cf-courses-data/CognitiveClass/DL0321EN/"
+    "data/images/concrete_crack_images_for_classification.zip"
+)
 MENDELEY_PAGE = "https://data.mendeley.com/datasets/5y9wdsg2zt/2"
 RAR_MAGIC = b"Rar!\x1a\x07"
 SEARCH_DEPTH = 2  # archives often wrap the class folders in one or two folders of their own
 
 
 def _rar_error(archive: Path, dest: Path) -> DataError:
-    return DataError(f"{archive}: a RAR archive, which Python cannot unpack: run `unrar x '{archive}' '{dest}/'` "
-                     f"(or `bsdtar -xf '{archive}' -C '{dest}'`), then `crackhpc data verify {dest}`")
+    return DataError(
+        f"{archive}: a RAR archive, which Python cannot unpack: run `unrar x '{archive}' '{dest}/'` "
+        f"(or `bsdtar -xf '{archive}' -C '{dest}'`), then `crackhpc data verify {dest}`"
+    )
 
 
 def _head(path: Path) -> bytes:
@@ -50,17 +55,25 @@ def unpack(archive: Path, dest: Path) -> None:
             with tarfile.open(archive) as tf:
                 tf.extractall(dest, filter="data")  # refuses links and paths that leave `dest`
         else:
-            raise DataError(f"{archive}: not a .zip, .tar(.gz) or .rar archive (it starts with {head!r}); "
-                            f"check the URL gives the archive itself (see `crackhpc data fetch --help`)")
+            raise DataError(
+                f"{archive}: not a .zip, .tar(.gz) or .rar archive (it starts with {head!r}); "
+                f"check the URL gives the archive itself (see `crackhpc data fetch --help`)"
+            )
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
-        raise DataError(f"{archive}: cannot unpack ({exc}); the archive is damaged or incomplete: fetch it again") from None
+        raise DataError(
+            f"{archive}: cannot unpack ({exc}); the archive is damaged or incomplete: fetch it again"
+        ) from None
 
 
 def _folders(dest: Path, depth: int) -> list[Path]:
     found, level = [dest], [dest]
     for _ in range(depth):
-        level = [p for folder in level for p in sorted(folder.iterdir())
-                 if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
+        level = [
+            p
+            for folder in level
+            for p in sorted(folder.iterdir())
+            if p.is_dir() and not p.name.startswith((".", "__MACOSX"))
+        ]
         found += level
     return found
 
@@ -76,8 +89,10 @@ def find_root(dest: Path) -> Path:
     rars = sorted(p for folder in _folders(dest, SEARCH_DEPTH) for p in folder.glob("*.rar"))
     if rars:
         raise _rar_error(rars[0], rars[0].parent)
-    raise DataError(f"{dest}: no Positive/ and Negative/ (or train|valid|test/) folders in it after unpacking; "
-                    f"is the archive the crack dataset? (see {MENDELEY_PAGE})")
+    raise DataError(
+        f"{dest}: no Positive/ and Negative/ (or train|valid|test/) folders in it after unpacking; "
+        f"is the archive the crack dataset? (see {MENDELEY_PAGE})"
+    )
 
 
 def fetch(dest: str | Path, url: str | None = None, archive: str | Path | None = None) -> Path:
@@ -93,8 +108,11 @@ def fetch(dest: str | Path, url: str | None = None, archive: str | Path | None =
         return find_root(dest)
     url = url or COURSE_URL
     # Named after the URL so that a .rar, kept to be unpacked by hand, is recognisable.
-    saved = download(url, dest / (Path(urllib.parse.urlparse(url).path).name or "dataset-archive"),
-                     hint="download the archive some other way and pass it with --archive FILE")
+    saved = download(
+        url,
+        dest / (Path(urllib.parse.urlparse(url).path).name or "dataset-archive"),
+        hint="download the archive some other way and pass it with --archive FILE",
+    )
     try:
         unpack(saved, dest)
     except DataError:

@@ -4,12 +4,13 @@ The cache is one memory-mapped `.npy` array (N, size, size, 3) plus a mask of th
 decoded; it is keyed by the split manifest and the size, built once under a lock by parallel
 processes, and renamed into place only when complete.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from filelock import FileLock
@@ -24,11 +25,11 @@ DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.Decompressio
 
 def load_rgb(path: str | Path, size: int) -> np.ndarray:
     """Decode one image to RGB uint8 (size, size, 3); raises one of DECODE_ERRORS if it is broken."""
-    with Image.open(path) as img:
-        img.draft("RGB", (size, size))  # JPEG: let libjpeg downscale by 2/4/8 where it can
-        img = img.convert("RGB")
+    with Image.open(path) as src:
+        src.draft("RGB", (size, size))  # JPEG: let libjpeg downscale by 2/4/8 where it can
+        img = src.convert("RGB")
         if img.size != (size, size):
-            img = img.resize((size, size), Image.BILINEAR)
+            img = img.resize((size, size), Image.Resampling.BILINEAR)
         return np.asarray(img, dtype=np.uint8)
 
 
@@ -56,8 +57,15 @@ class ImageCache:
         return int((~self.ok).sum())
 
     @classmethod
-    def build(cls, items: Sequence[Item], root: str | Path, size: int, cache_dir: str | Path,
-              workers: int = 1, chunk: int = 256) -> "ImageCache":
+    def build(
+        cls,
+        items: Sequence[Item],
+        root: str | Path,
+        size: int,
+        cache_dir: str | Path,
+        workers: int = 1,
+        chunk: int = 256,
+    ) -> ImageCache:
         cache_dir = Path(cache_dir)
         cache_dir.mkdir(parents=True, exist_ok=True)
         key = f"images-{manifest_hash(items)}-{size}px"
@@ -72,7 +80,7 @@ class ImageCache:
             with atomic.replacing(final) as tmp:
                 np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(items), size, size, 3)).flush()
                 paths = [i.path for i in items]
-                jobs = [(str(tmp), str(root), paths[s:s + chunk], s, size) for s in range(0, len(paths), chunk)]
+                jobs = [(str(tmp), str(root), paths[s : s + chunk], s, size) for s in range(0, len(paths), chunk)]
                 if workers > 1 and len(jobs) > 1:
                     with ProcessPoolExecutor(workers) as pool:
                         bad = [b for part in pool.map(_decode_chunk, jobs) for b in part]

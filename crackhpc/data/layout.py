@@ -8,6 +8,7 @@ Labels: 0 = negative (no crack), 1 = positive (crack).
 Image names that are symlinks to nothing (dangling, or looping back on themselves) are skipped and
 listed, never read: a dataset linked from a shared area loses files when that area moves.
 """
+
 from __future__ import annotations
 
 import errno
@@ -24,7 +25,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 @dataclass(frozen=True)
 class Item:
-    path: str          # relative to the dataset root, with forward slashes
+    path: str  # relative to the dataset root, with forward slashes
     label: int
     split: str | None  # set by the course layout, None for the original
 
@@ -36,9 +37,10 @@ def _subdirs(folder: Path) -> dict[str, Path]:
 @dataclass
 class Scan:
     """What a dataset folder holds: its images, the class folders without any, the broken links."""
+
     layout: str
     items: list[Item] = field(default_factory=list)
-    empty: list[str] = field(default_factory=list)                    # class folders, relative to the root
+    empty: list[str] = field(default_factory=list)  # class folders, relative to the root
     broken_links: list[tuple[str, str]] = field(default_factory=list)  # (path, why) relative to the root
 
 
@@ -76,16 +78,20 @@ def detect(root: str | Path) -> str:
     """'original' or 'course'; a DataError naming what was found otherwise."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"{root}: dataset folder not found (make one with `crackhpc data synth {root}` "
-                        f"or see `crackhpc data fetch --help`)")
+        raise DataError(
+            f"{root}: dataset folder not found (make one with `crackhpc data synth {root}` "
+            f"or see `crackhpc data fetch --help`)"
+        )
     subs = _subdirs(root)
     if set(CLASSES) <= set(subs):
         return "original"
     if set(SPLITS) <= set(subs) and all(set(CLASSES) <= set(_subdirs(subs[s])) for s in SPLITS):
         return "course"
     found = ", ".join(sorted(subs)) or "no folders"
-    raise DataError(f"{root}: unknown dataset layout (found: {found}); expected Positive/ and Negative/ "
-                    f"(original) or train|valid|test/{{positive,negative}}/ (course)")
+    raise DataError(
+        f"{root}: unknown dataset layout (found: {found}); expected Positive/ and Negative/ "
+        f"(original) or train|valid|test/{{positive,negative}}/ (course)"
+    )
 
 
 def scan(root: str | Path) -> Scan:
@@ -114,8 +120,10 @@ def list_items(root: str | Path) -> tuple[str, list[Item]]:
     if not found.items:
         raise DataError(f"{root}: {found.layout} layout but no images (.jpg, .jpeg, .png) in it")
     if found.empty:
-        raise DataError(f"{root / found.empty[0]}: no images (.jpg, .jpeg, .png) in this class folder"
-                        + (f" (nor in {', '.join(found.empty[1:])})" if found.empty[1:] else "")
-                        + "; every class needs images: add them, or point data.root at the whole dataset "
-                          "(`crackhpc data verify` lists what it found)")
+        raise DataError(
+            f"{root / found.empty[0]}: no images (.jpg, .jpeg, .png) in this class folder"
+            + (f" (nor in {', '.join(found.empty[1:])})" if found.empty[1:] else "")
+            + "; every class needs images: add them, or point data.root at the whole dataset "
+            "(`crackhpc data verify` lists what it found)"
+        )
     return found.layout, found.items

@@ -3,13 +3,14 @@
 The manifest (path, label, split) travels into every run folder, so each result says
 exactly which images it was trained, validated and tested on.
 """
+
 from __future__ import annotations
 
 import csv
 import hashlib
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -20,8 +21,10 @@ from .layout import CLASSES, SPLITS, Item, list_items
 COLUMNS = ("path", "label", "split")
 # What to do about a damaged manifest: the launcher writes the sweep's manifest again into the
 # sweep folder and into each run folder it submits.
-REWRITE = ("delete it and run `crackhpc sweep <sweep file> --retry-failed`, which writes it again for each run it resubmits "
-           "(a completed run is resubmitted once its result.json is deleted)")
+REWRITE = (
+    "delete it and run `crackhpc sweep <sweep file> --retry-failed`, which writes it again for each run it resubmits "
+    "(a completed run is resubmitted once its result.json is deleted)"
+)
 
 
 def _counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
@@ -34,8 +37,10 @@ def split_items(items: Sequence[Item], fractions: Sequence[float], seed: int) ->
     """Assign splits per class from `seed`; items that already have one (course layout) keep it."""
     missing = [c for label, c in enumerate(CLASSES) if not any(i.label == label for i in items)]
     if missing:
-        raise DataError(f"{len(items)} images, none of them {' or '.join(missing)}: a classifier needs "
-                        f"images of both classes ({', '.join(CLASSES)})")
+        raise DataError(
+            f"{len(items)} images, none of them {' or '.join(missing)}: a classifier needs "
+            f"images of both classes ({', '.join(CLASSES)})"
+        )
     if all(item.split for item in items):
         return list(items)
     out: list[Item] = []
@@ -81,8 +86,10 @@ def parse_manifest(data: bytes, path: str | Path) -> list[Item]:
             raise DataError(f"{path}: not a split manifest (columns must be {', '.join(COLUMNS)}); {REWRITE}")
         for row in reader:
             if len(row) != 3 or row[1] not in ("0", "1") or row[2] not in SPLITS or not row[0]:
-                raise DataError(f"{path}: line {reader.line_num}: not `path,label,split` with label 0 or 1 and "
-                                f"split {' or '.join(SPLITS)} (got {','.join(row)[:80]!r}); {REWRITE}")
+                raise DataError(
+                    f"{path}: line {reader.line_num}: not `path,label,split` with label 0 or 1 and "
+                    f"split {' or '.join(SPLITS)} (got {','.join(row)[:80]!r}); {REWRITE}"
+                )
             items.append(Item(row[0], int(row[1]), row[2]))
     except csv.Error as exc:
         raise DataError(f"{path}: line {reader.line_num}: not CSV ({exc}); {REWRITE}") from None
@@ -99,5 +106,5 @@ def manifest_hash(items: Sequence[Item]) -> str:
 def counts(items: Sequence[Item]) -> dict[str, dict[str, int]]:
     table = {s: {"negative": 0, "positive": 0} for s in SPLITS}
     for i in items:
-        table[i.split]["positive" if i.label else "negative"] += 1
+        table[str(i.split)]["positive" if i.label else "negative"] += 1
     return table

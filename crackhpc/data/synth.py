@@ -41,7 +41,16 @@ from PIL import Image, ImageDraw, ImageFilter
 from .. import atomic
 from .layout import CLASSES
 
-__all__ = ["FOLDERS", "CLASS_IDS", "render", "render_index", "synthesize", "filename", "render_photo", "synthesize_photos"]
+__all__ = [
+    "FOLDERS",
+    "CLASS_IDS",
+    "render",
+    "render_index",
+    "synthesize",
+    "filename",
+    "render_photo",
+    "synthesize_photos",
+]
 
 #: Class folder names, in the order used for ``n`` splitting and for seeding.
 FOLDERS = tuple(c.capitalize() for c in CLASSES)  # the published archive's Negative/ and Positive/
@@ -58,7 +67,7 @@ def _octave(rng: np.random.Generator, size: int, cell: float) -> np.ndarray:
     small = rng.standard_normal((k, k)).astype(np.float32)
     if k >= size:
         return small[:size, :size]
-    im = Image.fromarray(small).resize((size, size), Image.BICUBIC)
+    im = Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)
     return np.asarray(im, dtype=np.float32)
 
 
@@ -91,7 +100,7 @@ def _to_float(mask: Image.Image) -> np.ndarray:
 
 
 def _downsample(mask: Image.Image, size: int) -> Image.Image:
-    return mask.resize((size, size), Image.BOX) if mask.size[0] != size else mask
+    return mask.resize((size, size), Image.Resampling.BOX) if mask.size[0] != size else mask
 
 
 def _border_point(rng: np.random.Generator, size: float, side: int) -> tuple[float, float]:
@@ -114,8 +123,9 @@ def _line_across(rng: np.random.Generator, size: float) -> tuple[_Point, _Point]
 
 
 # ----------------------------------------------------------------------- background
-def _background(rng: np.random.Generator, size: int,
-                scale: float | None = None) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+def _background(
+    rng: np.random.Generator, size: int, scale: float | None = None
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """Return (luminance HxW float32 in ~[0, 255], (rgb gains (3,), chroma HxW)).
 
     `scale` is pixels per unit of the 227 px reference (default: the image is one crop); a
@@ -211,9 +221,16 @@ def _walk(rng, start, theta, length, step, wiggle, persist, drift):
 def _draw_crack(rng, draw, size, start, theta, length, width, depth, s):
     wide = 1.0 + 0.25 * width / max(s, 1e-3)  # wide cracks: longer, straighter steps
     step = max(1.0, 2.6 * s * math.sqrt(wide))
-    pts, ang = _walk(rng, start, theta, length, step,
-                     wiggle=rng.uniform(0.2, 0.42) / wide, persist=rng.uniform(0.5, 0.8),
-                     drift=rng.uniform(0.01, 0.04))
+    pts, ang = _walk(
+        rng,
+        start,
+        theta,
+        length,
+        step,
+        wiggle=rng.uniform(0.2, 0.42) / wide,
+        persist=rng.uniform(0.5, 0.8),
+        drift=rng.uniform(0.01, 0.04),
+    )
     # jagged: perpendicular jitter
     jit = rng.normal(0.0, rng.uniform(0.15, 0.5) * s, len(pts))
     pts[1:, 0] += -np.sin(ang) * jit[1:]
@@ -243,14 +260,15 @@ def _draw_crack(rng, draw, size, start, theta, length, width, depth, s):
     # branches
     if depth < 2:
         p_branch = rng.uniform(0.008, 0.03) / (1 + depth)
-        for i in np.nonzero(rng.random(n - 1) < p_branch)[0]:
+        for i in np.nonzero(rng.random(n - 1) < p_branch)[0].tolist():
             if not inside[i]:
                 continue
             side = 1.0 if rng.random() < 0.5 else -1.0
             b_theta = ang[min(i, len(ang) - 1)] + side * rng.uniform(0.35, 1.1)
             b_len = length * rng.uniform(0.1, 0.45) / (1 + depth)
-            _draw_crack(rng, draw, size, pts[i], b_theta, b_len,
-                        max(0.35 * s, w[i] * rng.uniform(0.35, 0.75)), depth + 1, s)
+            _draw_crack(
+                rng, draw, size, pts[i], b_theta, b_len, max(0.35 * s, w[i] * rng.uniform(0.35, 0.75)), depth + 1, s
+            )
 
 
 def _crack_layer(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -273,8 +291,10 @@ def _crack_layer(rng: np.random.Generator, size: int) -> np.ndarray:
             theta = rng.uniform(0, 2 * math.pi)
             length = size * rng.uniform(0.4, 1.0)
         if k == 0:
-            width = rng.choice([rng.uniform(0.6, 1.6), rng.uniform(1.6, 3.5), rng.uniform(3.5, 7.0)],
-                               p=[0.35, 0.45, 0.2]) * s
+            width = (
+                rng.choice([rng.uniform(0.6, 1.6), rng.uniform(1.6, 3.5), rng.uniform(3.5, 7.0)], p=[0.35, 0.45, 0.2])
+                * s
+            )
         else:
             width = rng.uniform(0.5, 2.5) * s
         _draw_crack(rng, draw, size, start, theta, length, max(width, 0.3), 0, s)
@@ -288,8 +308,7 @@ def _straight_mask(rng, size, width, curve=0.02, soft=0.6):
     s = size / _REF
     canvas = Image.new("L", (size * _SS, size * _SS), 0)
     d = ImageDraw.Draw(canvas)
-    a, b = _line_across(rng, size)
-    a, b = np.array(a), np.array(b)
+    a, b = (np.array(p) for p in _line_across(rng, size))
     # slight smooth bow, no jaggedness
     t = np.linspace(0.0, 1.0, 9)[:, None]
     normal = np.array([-(b - a)[1], (b - a)[0]])
@@ -341,8 +360,11 @@ def _hard_negative(rng: np.random.Generator, lum: np.ndarray, size: int, kind: s
             ang = ang0 + rng.normal(0, 0.1)
             dx, dy = L / 2 * math.cos(ang), L / 2 * math.sin(ang)
             lw = max(1, int(round(rng.uniform(0.6, 1.6) * s * _SS)))
-            d.line(((cx - dx) * _SS, (cy - dy) * _SS, (cx + dx) * _SS, (cy + dy) * _SS),
-                   fill=int(rng.uniform(120, 255)), width=lw)
+            d.line(
+                ((cx - dx) * _SS, (cy - dy) * _SS, (cx + dx) * _SS, (cy + dy) * _SS),
+                fill=int(rng.uniform(120, 255)),
+                width=lw,
+            )
         m = _to_float(_blur_mask(_downsample(canvas, size), 0.4 * max(s, 0.4)))
         sign = -1.0 if rng.random() < 0.6 else 1.0
         lum = lum * (1.0 + sign * rng.uniform(0.1, 0.3) * m)
@@ -420,8 +442,7 @@ def _write_chunk(args) -> int:
     return sum(_write_one(root, cls, i, size, seed, quality, width) for cls, i in jobs)
 
 
-def synthesize(root, n: int, size: int = 227, seed: int = 0, quality: int = 90,
-               workers: int = 1) -> dict[str, int]:
+def synthesize(root, n: int, size: int = 227, seed: int = 0, quality: int = 90, workers: int = 1) -> dict[str, int]:
     """Write n images (n//2 Negative, n - n//2 Positive) under root/Positive and
     root/Negative as JPEG, return {"Positive": k, "Negative": m}.
 
@@ -464,8 +485,7 @@ MASK_SUFFIX = ".mask.png"  # the true crack mask beside each photo; not a photo 
 MASK_LEVEL = 0.25  # crack-layer coverage from which a pixel counts as crack in the mask
 
 
-def render_photo(seed: int, index: int, width: int, height: int,
-                 scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def render_photo(seed: int, index: int, width: int, height: int, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """A large photo of concrete with cracks drawn across it, and its crack mask.
 
     The crops' generator at `scale` pixels per unit of the 227 px reference: texture, pores,
@@ -483,10 +503,12 @@ def render_photo(seed: int, index: int, width: int, height: int,
             if math.hypot(b[0] - a[0], b[1] - a[1]) >= 0.5 * size:
                 break
         length = math.hypot(b[0] - a[0], b[1] - a[1]) * rng.uniform(0.9, 1.2)
-        crack_width = rng.choice([rng.uniform(0.8, 1.6), rng.uniform(1.6, 3.5), rng.uniform(3.5, 7.0)],
-                                 p=[0.3, 0.5, 0.2]) * scale
-        _draw_crack(rng, draw, size, np.array(a), math.atan2(b[1] - a[1], b[0] - a[0]), length,
-                    max(crack_width, 0.3), 0, scale)
+        crack_width = (
+            rng.choice([rng.uniform(0.8, 1.6), rng.uniform(1.6, 3.5), rng.uniform(3.5, 7.0)], p=[0.3, 0.5, 0.2]) * scale
+        )
+        _draw_crack(
+            rng, draw, size, np.array(a), math.atan2(b[1] - a[1], b[0] - a[0]), length, max(crack_width, 0.3), 0, scale
+        )
     m = _to_float(_blur_mask(_downsample(canvas, size), rng.uniform(0.3, 0.8) * max(scale, 0.4)))
     depth = rng.uniform(0.35, 0.85)
     inner = 1.0 + 0.15 * _octave(rng, size, max(1.0, 3.0 * scale))
@@ -500,8 +522,9 @@ def render_photo(seed: int, index: int, width: int, height: int,
     return np.clip(rgb[box], 0, 255).astype(np.uint8), m[box] >= MASK_LEVEL
 
 
-def synthesize_photos(root, n: int, width: int, height: int, scale: float = 1.0, seed: int = 0,
-                      quality: int = 90) -> list[dict]:
+def synthesize_photos(
+    root, n: int, width: int, height: int, scale: float = 1.0, seed: int = 0, quality: int = 90
+) -> list[dict]:
     """Write n photos `photo-0001.jpg`... and their masks `photo-0001.mask.png` (255 = crack) to
     root, and `photos.csv` (photo, mask, width, height, crack_fraction); returns its rows.
     Existing photos are kept, as `synthesize` does."""
@@ -522,12 +545,21 @@ def synthesize_photos(root, n: int, width: int, height: int, scale: float = 1.0,
                 mask = np.asarray(im) > 127
         else:
             rgb, mask = render_photo(seed, index, width, height, scale)
-            for path, image, options in ((mask_path, Image.fromarray(mask.astype(np.uint8) * 255), {"format": "PNG"}),
-                                         (photo, Image.fromarray(rgb), {"format": "JPEG", "quality": int(quality)})):
+            for path, image, options in (
+                (mask_path, Image.fromarray(mask.astype(np.uint8) * 255), {"format": "PNG"}),
+                (photo, Image.fromarray(rgb), {"format": "JPEG", "quality": int(quality)}),
+            ):
                 buf = io.BytesIO()
                 image.save(buf, **options)
                 atomic.write_bytes(path, buf.getvalue())  # the photo last: its presence means both are whole
-        rows.append({"photo": photo.name, "mask": mask_path.name, "width": mask.shape[1], "height": mask.shape[0],
-                     "crack_fraction": round(float(mask.mean()), 6)})
+        rows.append(
+            {
+                "photo": photo.name,
+                "mask": mask_path.name,
+                "width": mask.shape[1],
+                "height": mask.shape[0],
+                "crack_fraction": round(float(mask.mean()), 6),
+            }
+        )
     atomic.write_csv(root / "photos.csv", list(rows[0]), [list(r.values()) for r in rows])
     return rows

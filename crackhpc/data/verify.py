@@ -1,5 +1,6 @@
 """`crackhpc data verify`: counts per class, class folders without images, unreadable or truncated
 files, broken symlinks, odd sizes."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -31,7 +32,7 @@ class VerifyReport:
     counts: dict[str, dict[str, int]]
     sizes: Counter
     broken: list[tuple[str, str]] = field(default_factory=list)
-    empty: list[str] = field(default_factory=list)                    # class folders without images
+    empty: list[str] = field(default_factory=list)  # class folders without images
     broken_links: list[tuple[str, str]] = field(default_factory=list)  # skipped: (path, why)
 
     @property
@@ -46,11 +47,18 @@ class VerifyReport:
         odd = {s: n for s, n in self.sizes.items() if s != EXPECTED_SIZE}
         out.append("  sizes: " + ", ".join(f"{w}x{h}: {n}" for (w, h), n in self.sizes.most_common()))
         if odd:
-            out.append(f"  note: {sum(odd.values())} images are not {EXPECTED_SIZE[0]}x{EXPECTED_SIZE[1]} (they are resized when read)")
+            out.append(
+                f"  note: {sum(odd.values())} images are not {EXPECTED_SIZE[0]}x{EXPECTED_SIZE[1]} (they are resized when read)"
+            )
         for folder in self.empty:
-            out.append(f"  error: {folder}/ has no images (.jpg, .jpeg, .png): a classifier needs images of every "
-                       f"class, and a sweep refuses this dataset")
-        for title, problems in (("unreadable or truncated", self.broken), ("broken symlinks, skipped", self.broken_links)):
+            out.append(
+                f"  error: {folder}/ has no images (.jpg, .jpeg, .png): a classifier needs images of every "
+                f"class, and a sweep refuses this dataset"
+            )
+        for title, problems in (
+            ("unreadable or truncated", self.broken),
+            ("broken symlinks, skipped", self.broken_links),
+        ):
             out.append(f"  {title}: {len(problems)}")
             out += [f"    {path}: {why}" for path, why in problems[:20]]
             if len(problems) > 20:

@@ -1,5 +1,6 @@
 """Photos in: the command line's files, folders and lists; decoding with the checks a batch job
 needs; the patch grid of a large photo."""
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,11 @@ def _photos_in(folder: Path) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [Path(dirpath) / f for f in sorted(filenames)
-                  if f.lower().endswith(PHOTO_SUFFIXES) and not f.startswith(".") and not f.endswith(MASK_SUFFIX)]
+        found += [
+            Path(dirpath) / f
+            for f in sorted(filenames)
+            if f.lower().endswith(PHOTO_SUFFIXES) and not f.startswith(".") and not f.endswith(MASK_SUFFIX)
+        ]
     return found
 
 
@@ -57,8 +61,9 @@ def expand(args: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     return unique, errors
 
 
-def open_photo(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, tile: int = 227,
-               input_size: int = 227) -> Image.Image:
+def open_photo(
+    path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, tile: int = 227, input_size: int = 227
+) -> Image.Image:
     """The photo upright (EXIF orientation applied) in RGB; raises PhotoError with the reason.
 
     A photo no larger than a tile is classified whole at `input_size`, so JPEG decoding may
@@ -73,8 +78,10 @@ def open_photo(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
         with img:
             width, height = img.size
             if width * height > max_megapixels * 1e6:
-                raise PhotoError(f"{width}x{height} px is {width * height / 1e6:.0f} megapixels, over the limit of "
-                                 f"{max_megapixels:g} (--max-megapixels; decoded it takes {width * height * 3 / 2**30:.1f} GiB)")
+                raise PhotoError(
+                    f"{width}x{height} px is {width * height / 1e6:.0f} megapixels, over the limit of "
+                    f"{max_megapixels:g} (--max-megapixels; decoded it takes {width * height * 3 / 2**30:.1f} GiB)"
+                )
             if width <= tile and height <= tile:
                 img.draft("RGB", (input_size, input_size))
             img.load()  # a truncated file fails here, not later in a worker
@@ -111,8 +118,11 @@ class Box:
 
 def grid(width: int, height: int, tile: int, stride: int) -> list[Box]:
     """The patches of a photo, row by row; a photo no larger than a tile is one patch, itself."""
-    return [Box(x, y, min(x + tile, width), min(y + tile, height))
-            for y in starts(height, tile, stride) for x in starts(width, tile, stride)]
+    return [
+        Box(x, y, min(x + tile, width), min(y + tile, height))
+        for y in starts(height, tile, stride)
+        for x in starts(width, tile, stride)
+    ]
 
 
 def patches(photo: Image.Image, boxes: list[Box], size: int) -> np.ndarray:
@@ -121,6 +131,6 @@ def patches(photo: Image.Image, boxes: list[Box], size: int) -> np.ndarray:
     for k, b in enumerate(boxes):
         crop = photo if (b.x0, b.y0, b.x1, b.y1) == (0, 0, *photo.size) else photo.crop((b.x0, b.y0, b.x1, b.y1))
         if crop.size != (size, size):
-            crop = crop.resize((size, size), Image.BILINEAR)
+            crop = crop.resize((size, size), Image.Resampling.BILINEAR)
         out[k] = np.asarray(crop, dtype=np.uint8)
     return out

@@ -1,5 +1,6 @@
 """One photo's outputs: the CSV of its patches and the overlay PNG (photo, heat map of crack
 probability, patch grid), and its summary row."""
+
 from __future__ import annotations
 
 import io
@@ -12,22 +13,41 @@ from .. import atomic
 from .inputs import Box
 
 PATCH_COLUMNS = ("x0", "y0", "x1", "y1", "probability", "cracked")
-SUMMARY_COLUMNS = ("image", "width", "height", "patches", "cracked_patches", "cracked_fraction",
-                   "max_probability", "map_csv", "overlay")
+SUMMARY_COLUMNS = (
+    "image",
+    "width",
+    "height",
+    "patches",
+    "cracked_patches",
+    "cracked_fraction",
+    "max_probability",
+    "map_csv",
+    "overlay",
+)
 OVERLAY_MAX_SIDE = 1200  # px: readable on a screen; about 1 MB of PNG per photo
 
 
 def write_patches(path: Path, boxes: list[Box], probs: np.ndarray, threshold: float) -> None:
-    atomic.write_csv(path, PATCH_COLUMNS, [(b.x0, b.y0, b.x1, b.y1, f"{p:.6f}", int(p >= threshold))
-                                           for b, p in zip(boxes, probs)])
+    atomic.write_csv(
+        path, PATCH_COLUMNS, [(b.x0, b.y0, b.x1, b.y1, f"{p:.6f}", int(p >= threshold)) for b, p in zip(boxes, probs)]
+    )
 
 
-def summary_row(image: str, size: tuple[int, int], probs: np.ndarray, threshold: float, map_csv: str,
-                overlay: str) -> dict:
+def summary_row(
+    image: str, size: tuple[int, int], probs: np.ndarray, threshold: float, map_csv: str, overlay: str
+) -> dict:
     cracked = int((probs >= threshold).sum())
-    return {"image": image, "width": size[0], "height": size[1], "patches": len(probs), "cracked_patches": cracked,
-            "cracked_fraction": round(cracked / max(len(probs), 1), 6), "max_probability": round(float(probs.max()), 6),
-            "map_csv": map_csv, "overlay": overlay}
+    return {
+        "image": image,
+        "width": size[0],
+        "height": size[1],
+        "patches": len(probs),
+        "cracked_patches": cracked,
+        "cracked_fraction": round(cracked / max(len(probs), 1), 6),
+        "max_probability": round(float(probs.max()), 6),
+        "map_csv": map_csv,
+        "overlay": overlay,
+    }
 
 
 def _ramp(p: np.ndarray) -> np.ndarray:
@@ -42,8 +62,10 @@ def probability_map(size: tuple[int, int], boxes: list[Box], probs: np.ndarray, 
     w, h = max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
     total, count = np.zeros((h, w)), np.zeros((h, w))
     for b, p in zip(boxes, probs):
-        sl = slice(int(b.y0 * scale), max(int(b.y0 * scale) + 1, round(b.y1 * scale))), \
-             slice(int(b.x0 * scale), max(int(b.x0 * scale) + 1, round(b.x1 * scale)))
+        sl = (
+            slice(int(b.y0 * scale), max(int(b.y0 * scale) + 1, round(b.y1 * scale))),
+            slice(int(b.x0 * scale), max(int(b.x0 * scale) + 1, round(b.x1 * scale))),
+        )
         total[sl] += p
         count[sl] += 1
     return total / np.maximum(count, 1)
@@ -61,7 +83,7 @@ def overlay(photo: Image.Image, boxes: list[Box], probs: np.ndarray, threshold: 
     outline, cracked patches outlined in red, and a caption line."""
     scale = min(1.0, OVERLAY_MAX_SIDE / max(photo.size))
     w, h = max(1, round(photo.width * scale)), max(1, round(photo.height * scale))
-    base = photo.resize((w, h), Image.BILINEAR) if scale < 1 else photo
+    base = photo.resize((w, h), Image.Resampling.BILINEAR) if scale < 1 else photo
     grey = np.asarray(base.convert("L"), np.float32)[..., None].repeat(3, axis=2)
     heat = probability_map(photo.size, boxes, probs, scale)
     alpha = (0.15 + 0.4 * heat)[..., None]

@@ -4,11 +4,12 @@ network, weights, input size, preprocessing, precision and device rules.
 The checkpoint holds what the run trained. A frozen backbone with the feature cache trains its
 head only, so its checkpoint is the head: the backbone is rebuilt as the worker built it (the
 ImageNet file, or the random init from the run's seed)."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -34,18 +35,24 @@ def check_run(run_dir: str | Path) -> tuple[Path, RunSpec, dict]:
         raise CrackhpcError(f"{run_dir}: no such run folder")
     if not (run_dir / rundir.CONFIG).is_file():
         if (run_dir / RECORD).is_file():
-            raise CrackhpcError(f"{run_dir}: a sweep folder: name one of its run folders (predict also takes --best [METRIC])")
+            raise CrackhpcError(
+                f"{run_dir}: a sweep folder: name one of its run folders (predict also takes --best [METRIC])"
+            )
         raise CrackhpcError(f"{run_dir}: not a crackhpc run folder (no {rundir.CONFIG})")
     spec = rundir.read_config(run_dir)
     result = rundir.read_result(run_dir)
     status = rundir.state_of(result)
     if status is not RunState.COMPLETED:
         why = f": {result['error']}" if status is RunState.FAILED and result.get("error") else ""
-        raise CrackhpcError(f"{run_dir}: the run is {status.value}{why}; predict uses completed runs only "
-                            f"(`crackhpc status {run_dir.parent}` shows where it stands)")
+        raise CrackhpcError(
+            f"{run_dir}: the run is {status.value}{why}; predict uses completed runs only "
+            f"(`crackhpc status {run_dir.parent}` shows where it stands)"
+        )
     if not checkpoint_path(run_dir, spec).is_file():
-        raise CrackhpcError(f"{run_dir}: no {checkpoint_path(run_dir, spec).name}: the trained weights are missing "
-                            f"(deleted, or copied without them)")
+        raise CrackhpcError(
+            f"{run_dir}: no {checkpoint_path(run_dir, spec).name}: the trained weights are missing "
+            f"(deleted, or copied without them)"
+        )
     return run_dir, spec, result
 
 
@@ -60,12 +67,18 @@ def best_run(sweep_dir: str | Path, metric: str = "best_val_acc") -> tuple[Path,
     df = summary(sweep_dir)
     if metric not in df.columns or metric in ("run_id", "status"):
         numeric = [c for c in df.columns if df[c].dtype.kind in "fi"]
-        raise CrackhpcError(f"--best {metric}: not a column of {sweep_dir / 'summary.csv'}; one of: {', '.join(numeric)}")
+        raise CrackhpcError(
+            f"--best {metric}: not a column of {sweep_dir / 'summary.csv'}; one of: {', '.join(numeric)}"
+        )
     done = df[(df["status"] == "completed") & df[metric].notna()]
     done = done[[checkpoint_path(sweep_dir / r, rundir.read_config(sweep_dir / r)).is_file() for r in done["run_id"]]]
     if done.empty:
-        raise CrackhpcError(f"{sweep_dir}: no completed run with a checkpoint and a {metric} (`crackhpc status {sweep_dir}`)")
-    done = done.sort_values([metric, "test_loss", "run_id"], ascending=[metric in ASCENDING, True, True], na_position="last")
+        raise CrackhpcError(
+            f"{sweep_dir}: no completed run with a checkpoint and a {metric} (`crackhpc status {sweep_dir}`)"
+        )
+    done = done.sort_values(
+        [metric, "test_loss", "run_id"], ascending=[metric in ASCENDING, True, True], na_position="last"
+    )
     row = done.iloc[0]
     note = f"best run by {metric}: {row['run_id']} ({metric} {row[metric]:.4g}, test_loss {row['test_loss']:.4g}; {len(done)} completed)"
     return sweep_dir / row["run_id"], note

@@ -3,6 +3,7 @@ options, each shard writing its part atomically, and the merge into one set of t
 
 The prediction folder keeps its jobs in sweep.json in a sweep folder's format and each shard's
 state in shard-NNN/result.json, so `crackhpc status` and `crackhpc cancel` work on it as on a sweep."""
+
 from __future__ import annotations
 
 import csv
@@ -27,7 +28,13 @@ from ..states import RunState
 from . import inputs, maps
 
 PLAN, PREDICTIONS, SUMMARY, ERRORS, INDEX_MD, INDEX_HTML = (
-    "predict.json", "predictions.csv", "summary.csv", "errors.csv", "index.md", "index.html")
+    "predict.json",
+    "predictions.csv",
+    "summary.csv",
+    "errors.csv",
+    "index.md",
+    "index.html",
+)
 MAPS, OVERLAYS = "maps", "overlays"
 PREDICTION_COLUMNS = ("image", *maps.PATCH_COLUMNS)
 ERROR_COLUMNS = ("image", "reason")
@@ -44,7 +51,7 @@ class Settings:
     max_megapixels: float = inputs.DEFAULT_MAX_MEGAPIXELS
     batch: int = 64
 
-    def check(self) -> "Settings":
+    def check(self) -> Settings:
         if self.tile < 8:
             raise CrackhpcError(f"--tile {self.tile}: give the patch side in px, at least 8 (the crops: 227)")
         if self.stride is not None and not 1 <= self.stride <= self.tile:
@@ -68,22 +75,36 @@ def shard_ids(n: int) -> list[str]:
     return [f"shard-{k:03d}" for k in range(n)]
 
 
-def make_plan(run_dir: Path, photos: list[Path], input_errors: list[tuple[str, str]], settings: Settings,
-              n_shards: int, resources: Resources) -> dict:
+def make_plan(
+    run_dir: Path,
+    photos: list[Path],
+    input_errors: list[tuple[str, str]],
+    settings: Settings,
+    n_shards: int,
+    resources: Resources,
+) -> dict:
     chunks = np.array_split(np.arange(len(photos)), n_shards)
-    return {"model": str(run_dir), "photos": [{"path": str(p), "id": i} for p, i in zip(photos, photo_ids(photos))],
-            "settings": dataclasses.asdict(settings), "shards": {s: c.tolist() for s, c in zip(shard_ids(n_shards), chunks)},
-            "input_errors": [list(e) for e in input_errors], "cpus_per_task": resources.cpus_per_task}
+    return {
+        "model": str(run_dir),
+        "photos": [{"path": str(p), "id": i} for p, i in zip(photos, photo_ids(photos))],
+        "settings": dataclasses.asdict(settings),
+        "shards": {s: c.tolist() for s, c in zip(shard_ids(n_shards), chunks)},
+        "input_errors": [list(e) for e in input_errors],
+        "cpus_per_task": resources.cpus_per_task,
+    }
 
 
 def prediction_resources(trained: Resources, overrides: list[str], profile: Profile | None = None) -> Resources:
     """The run's own resources, one task on at most one GPU (a shard is one process), with the
     command line's `--set resources.KEY=VALUE` edits. A cluster profile (`--cluster`) replaces what
     belonged to the cluster the run trained on: its partition, account, setup lines and the like."""
-    plain = dict(trained.model_dump(mode="json"), nodes=1, tasks_per_node=1, gpus_per_node=min(1, trained.gpus_per_node))
+    plain = dict(
+        trained.model_dump(mode="json"), nodes=1, tasks_per_node=1, gpus_per_node=min(1, trained.gpus_per_node)
+    )
     if profile is not None:
-        plain = apply_profile({"resources": {k: v for k, v in plain.items() if k not in RESOURCE_KEYS}},
-                              profile)["resources"]
+        plain = apply_profile({"resources": {k: v for k, v in plain.items() if k not in RESOURCE_KEYS}}, profile)[
+            "resources"
+        ]
     for item in overrides:
         if not item.startswith("resources."):
             raise CrackhpcError(f"--set {item}: predict takes resources.KEY=VALUE only, e.g. resources.gpus_per_node=1")
@@ -92,6 +113,7 @@ def prediction_resources(trained: Resources, overrides: list[str], profile: Prof
 
 
 # -- one shard: the job's work --------------------------------------------------------------
+
 
 def _reuse(out_dir: Path, photo: dict) -> tuple[list[inputs.Box], np.ndarray, tuple[int, int]] | None:
     """A photo's map written by an earlier attempt of this shard (requeued or rerun), if complete."""
@@ -134,8 +156,9 @@ class _Shard:
                 self.done[k] = (photo, *done)
                 continue
             try:
-                image = inputs.open_photo(photo["path"], self.settings.max_megapixels, self.settings.tile,
-                                          self.model().input_size)
+                image = inputs.open_photo(
+                    photo["path"], self.settings.max_megapixels, self.settings.tile, self.model().input_size
+                )
             except inputs.PhotoError as exc:
                 self.failed[k] = (photo["path"], str(exc))
                 continue
@@ -151,35 +174,55 @@ class _Shard:
                 errors.append(self.failed[k])
                 continue
             photo, boxes, probs, size = self.done[k]
-            predictions += [(photo["path"], b.x0, b.y0, b.x1, b.y1, f"{p:.6f}", int(p >= t)) for b, p in zip(boxes, probs)]
-            summary.append(list(maps.summary_row(photo["path"], size, probs, t, f"{MAPS}/{photo['id']}.csv",
-                                                 f"{OVERLAYS}/{photo['id']}.png").values()))
+            predictions += [
+                (photo["path"], b.x0, b.y0, b.x1, b.y1, f"{p:.6f}", int(p >= t)) for b, p in zip(boxes, probs)
+            ]
+            summary.append(
+                list(
+                    maps.summary_row(
+                        photo["path"], size, probs, t, f"{MAPS}/{photo['id']}.csv", f"{OVERLAYS}/{photo['id']}.png"
+                    ).values()
+                )
+            )
             n_patches += len(boxes)
         part = self.out_dir / self.shard_id
         atomic.write_csv(part / PREDICTIONS, PREDICTION_COLUMNS, predictions)
         atomic.write_csv(part / SUMMARY, maps.SUMMARY_COLUMNS, summary)
         atomic.write_csv(part / ERRORS, ERROR_COLUMNS, errors)
         seconds = time.perf_counter() - t0
-        return {"photos": len(summary), "photo_errors": len(errors), "patches": n_patches,
-                "seconds": round(seconds, 3), "photos_per_s": round(len(summary) / seconds, 3) if seconds else None,
-                "device": self.classifier.device if self.classifier else None}
+        return {
+            "photos": len(summary),
+            "photo_errors": len(errors),
+            "patches": n_patches,
+            "seconds": round(seconds, 3),
+            "photos_per_s": round(len(summary) / seconds, 3) if seconds else None,
+            "device": self.classifier.device if self.classifier else None,
+        }
 
     def _flush(self) -> None:
         if not self.pending:
             return
         clf = self.model()
         stacked = np.concatenate([p[4] for p in self.pending])
-        probs = np.concatenate([clf.probabilities(stacked[s:s + self.settings.batch])
-                                for s in range(0, len(stacked), self.settings.batch)])
+        probs = np.concatenate(
+            [
+                clf.probabilities(stacked[s : s + self.settings.batch])
+                for s in range(0, len(stacked), self.settings.batch)
+            ]
+        )
         start = 0
         for k, photo, image, boxes, _ in self.pending:
-            mine = probs[start:start + len(boxes)]
+            mine = probs[start : start + len(boxes)]
             start += len(boxes)
             maps.write_patches(self.out_dir / MAPS / f"{photo['id']}.csv", boxes, mine, self.settings.threshold)
-            title = (f"{Path(photo['path']).name}: {int((mine >= self.settings.threshold).sum())}/{len(boxes)} patches "
-                     f"cracked (p >= {self.settings.threshold:g}), max p {mine.max():.2f}; {Path(self.plan['model']).name}")
-            atomic.write_bytes(self.out_dir / OVERLAYS / f"{photo['id']}.png",
-                               maps.overlay(image, boxes, mine, self.settings.threshold, title))
+            title = (
+                f"{Path(photo['path']).name}: {int((mine >= self.settings.threshold).sum())}/{len(boxes)} patches "
+                f"cracked (p >= {self.settings.threshold:g}), max p {mine.max():.2f}; {Path(self.plan['model']).name}"
+            )
+            atomic.write_bytes(
+                self.out_dir / OVERLAYS / f"{photo['id']}.png",
+                maps.overlay(image, boxes, mine, self.settings.threshold, title),
+            )
             self.done[k] = (photo, boxes, mine, image.size)
         self.pending = []
 
@@ -191,8 +234,9 @@ def run_shard(out_dir: str | Path, shard_id: str) -> dict:
     shard_dir = out_dir / shard_id
     # Its own process, as the worker records it: `crackhpc status` tells a local shard that died
     # from one still running, and `crackhpc cancel` stops it.
-    rundir.update_result(shard_dir, run_id=shard_id, status=RunState.RUNNING, started=rundir.now(), error=None,
-                         process=procs.identity())
+    rundir.update_result(
+        shard_dir, run_id=shard_id, status=RunState.RUNNING, started=rundir.now(), error=None, process=procs.identity()
+    )
     try:
         if rundir.read_config(plan["model"]).train.framework == "torch":
             import torch
@@ -200,8 +244,13 @@ def run_shard(out_dir: str | Path, shard_id: str) -> dict:
             torch.set_num_threads(max(1, plan.get("cpus_per_task") or 1))  # the task's CPUs, as the worker does
         counts = _Shard(out_dir, plan, shard_id).run()
     except Exception as exc:
-        rundir.update_result(shard_dir, status=RunState.FAILED, error=f"{type(exc).__name__}: {exc}",
-                             traceback=traceback.format_exc(), finished=rundir.now())
+        rundir.update_result(
+            shard_dir,
+            status=RunState.FAILED,
+            error=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(),
+            finished=rundir.now(),
+        )
         raise
     rundir.update_result(shard_dir, status=RunState.COMPLETED, finished=rundir.now(), **counts)
     return counts
@@ -218,11 +267,14 @@ class ShardJob(submitit.helpers.Checkpointable):
 
     def checkpoint(self, *args, **kwargs):
         shard_dir = Path(self.out_dir) / self.shard_id
-        rundir.update_result(shard_dir, status=RunState.REQUEUED, requeues=rundir.read_result(shard_dir).get("requeues", 0) + 1)
+        rundir.update_result(
+            shard_dir, status=RunState.REQUEUED, requeues=rundir.read_result(shard_dir).get("requeues", 0) + 1
+        )
         return super().checkpoint(*args, **kwargs)
 
 
 # -- the whole prediction: plan, submit, wait, merge ------------------------------------------
+
 
 @dataclass(frozen=True)
 class _Unit:
@@ -238,8 +290,10 @@ def _check_same(out_dir: Path, plan: dict) -> None:
     old = atomic.read_json(path, REPLAN)
     changed = [k for k in PLAN_KEYS if old.get(k) != plan.get(k)]
     if changed:
-        raise CrackhpcError(f"{out_dir}: holds a prediction with other {', '.join(changed)} ({path}); "
-                            f"give another --out, or delete the folder to start over")
+        raise CrackhpcError(
+            f"{out_dir}: holds a prediction with other {', '.join(changed)} ({path}); "
+            f"give another --out, or delete the folder to start over"
+        )
 
 
 def n_shards_for(n_photos: int, shards: int | None, per_task: int) -> int:
@@ -248,9 +302,19 @@ def n_shards_for(n_photos: int, shards: int | None, per_task: int) -> int:
     return max(1, min(n_photos, shards if shards is not None else math.ceil(n_photos / per_task)))
 
 
-def predict(run_dir: Path, images: list[str], out_dir: Path, executor_kind: str = "auto", settings: Settings = Settings(),
-            shards: int | None = None, per_task: int = 500, overrides: list[str] = (), wait: bool | None = None,
-            profile: Profile | None = None, echo=print) -> int:
+def predict(
+    run_dir: Path,
+    images: list[str],
+    out_dir: Path,
+    executor_kind: str = "auto",
+    settings: Settings = Settings(),
+    shards: int | None = None,
+    per_task: int = 500,
+    overrides: list[str] = (),
+    wait: bool | None = None,
+    profile: Profile | None = None,
+    echo=print,
+) -> int:
     """Plan, submit the shards that need it, wait (unless Slurm without --wait), merge when every
     shard is done. Returns the exit code: 0 all photos done, 1 some photo or shard failed."""
     from ..launcher import make_executor, plan, resolve_executor, say_orphans, wait_for
@@ -261,13 +325,18 @@ def predict(run_dir: Path, images: list[str], out_dir: Path, executor_kind: str 
     run_dir, spec, _ = check_run(run_dir)
     photos, input_errors = inputs.expand(images)
     if not photos:
-        raise CrackhpcError("no photos to predict: " + "; ".join(f"{a}: {r}" for a, r in input_errors[:3])
-                            if input_errors else f"no photos ({', '.join(inputs.PHOTO_SUFFIXES)}) in {' '.join(images)}")
+        raise CrackhpcError(
+            "no photos to predict: " + "; ".join(f"{a}: {r}" for a, r in input_errors[:3])
+            if input_errors
+            else f"no photos ({', '.join(inputs.PHOTO_SUFFIXES)}) in {' '.join(images)}"
+        )
     kind = resolve_executor(executor_kind)
     folder = SweepFolder(Path(out_dir).resolve())
     out_dir = folder.path
     resources = prediction_resources(spec.resources, list(overrides), profile)
-    the_plan = make_plan(run_dir, photos, input_errors, settings, n_shards_for(len(photos), shards, per_task), resources)
+    the_plan = make_plan(
+        run_dir, photos, input_errors, settings, n_shards_for(len(photos), shards, per_task), resources
+    )
     _check_same(out_dir, the_plan)
     units = [_Unit(s) for s in the_plan["shards"]]
     with folder.lock():  # one command at a time submits to the folder, as for a sweep
@@ -279,8 +348,10 @@ def predict(run_dir: Path, images: list[str], out_dir: Path, executor_kind: str 
         record.owner = {**procs.identity(), "since": rundir.now()}
         folder.save(record)
         todo = [u for u in units if actions[u.run_id] == "submit"]
-        echo(f"predict: {len(photos)} photos with {spec.run_id} ({spec.train.framework} {spec.train.model}, "
-             f"{spec.train.input_size} px), {len(units)} shards, {len(todo)} to submit, executor {kind}, out {out_dir}")
+        echo(
+            f"predict: {len(photos)} photos with {spec.run_id} ({spec.train.framework} {spec.train.model}, "
+            f"{spec.train.input_size} px), {len(units)} shards, {len(todo)} to submit, executor {kind}, out {out_dir}"
+        )
         say_orphans(actions, folder, record, echo)
         jobs = []
         if todo:
@@ -303,15 +374,21 @@ def predict(run_dir: Path, images: list[str], out_dir: Path, executor_kind: str 
     if any(r.state is not RunState.COMPLETED for r in states.values()):
         unfinished = sum(r.live for r in states.values())
         if unfinished:
-            echo(f"{unfinished} shard(s) queued or running: `crackhpc status {out_dir}`; run this command again "
-                 f"to merge once they are done")
+            echo(
+                f"{unfinished} shard(s) queued or running: `crackhpc status {out_dir}`; run this command again "
+                f"to merge once they are done"
+            )
         if failed:
-            echo(f"{len(failed)} shard(s) {'/'.join(sorted({r.state.value for r in failed}))}: "
-                 f"run this command again to resubmit them")
+            echo(
+                f"{len(failed)} shard(s) {'/'.join(sorted({r.state.value for r in failed}))}: "
+                f"run this command again to resubmit them"
+            )
         return 1 if failed else 0
     n_done, n_errors = merge(out_dir)
-    echo(f"{n_done} photos done, {n_errors} not ({out_dir / ERRORS}); written: {out_dir / PREDICTIONS}, "
-         f"{out_dir / SUMMARY}, {out_dir / INDEX_HTML}")
+    echo(
+        f"{n_done} photos done, {n_errors} not ({out_dir / ERRORS}); written: {out_dir / PREDICTIONS}, "
+        f"{out_dir / SUMMARY}, {out_dir / INDEX_HTML}"
+    )
     return 1 if n_errors else 0
 
 
@@ -334,7 +411,11 @@ def _submit(executor, kind: str, units: list[_Unit], folder: SweepFolder, record
                 submitted = [(u, executor.submit(ShardJob(folder.path, u.run_id))) for u in array]
             jobs += [recorded(u, j) for u, j in submitted]
         return jobs
-    limit = max(1, min(res.array_parallelism, (os.cpu_count() or 1) // res.cpus_per_task)) if kind == "local" else len(units)
+    limit = (
+        max(1, min(res.array_parallelism, (os.cpu_count() or 1) // res.cpus_per_task))
+        if kind == "local"
+        else len(units)
+    )
     running, submitted = [], []
     for unit in units:
         if len(running) >= limit:
@@ -361,7 +442,9 @@ def merge(out_dir: str | Path) -> tuple[int, int]:
         summary += _read_rows(out_dir / shard / SUMMARY)
         errors += _read_rows(out_dir / shard / ERRORS)
     errors += [dict(zip(ERROR_COLUMNS, e)) for e in plan["input_errors"]]
-    atomic.write_csv(out_dir / PREDICTIONS, PREDICTION_COLUMNS, [[r[k] for k in PREDICTION_COLUMNS] for r in predictions])
+    atomic.write_csv(
+        out_dir / PREDICTIONS, PREDICTION_COLUMNS, [[r[k] for k in PREDICTION_COLUMNS] for r in predictions]
+    )
     atomic.write_csv(out_dir / SUMMARY, maps.SUMMARY_COLUMNS, [[r[k] for k in maps.SUMMARY_COLUMNS] for r in summary])
     atomic.write_csv(out_dir / ERRORS, ERROR_COLUMNS, [[r[k] for k in ERROR_COLUMNS] for r in errors])
     _write_page(out_dir, plan, summary, errors)
@@ -375,12 +458,18 @@ def _write_page(out_dir: Path, plan: dict, summary: list[dict], errors: list[dic
     settings = plan["settings"]
     doc = Document()
     doc.heading(1, f"Crack maps: {len(summary)} photos")
-    doc.para(f"Model: {plan['model']}. Patches of {settings['tile']} px every {settings['stride'] or settings['tile']} px; "
-             f"a patch is cracked where its crack probability is at least {settings['threshold']:g}. "
-             f"Most cracked photos first; red outlines mark cracked patches.")
-    doc.table(["photo", "patches", "cracked", "cracked fraction", "max probability"],
-              [[Path(r["image"]).name, r["patches"], r["cracked_patches"], r["cracked_fraction"], r["max_probability"]]
-               for r in ranked])
+    doc.para(
+        f"Model: {plan['model']}. Patches of {settings['tile']} px every {settings['stride'] or settings['tile']} px; "
+        f"a patch is cracked where its crack probability is at least {settings['threshold']:g}. "
+        f"Most cracked photos first; red outlines mark cracked patches."
+    )
+    doc.table(
+        ["photo", "patches", "cracked", "cracked fraction", "max probability"],
+        [
+            [Path(r["image"]).name, r["patches"], r["cracked_patches"], r["cracked_fraction"], r["max_probability"]]
+            for r in ranked
+        ],
+    )
     for r in ranked:
         doc.heading(2, f"{Path(r['image']).name}: {r['cracked_patches']}/{r['patches']} patches cracked")
         doc.image(r["image"], r["overlay"])

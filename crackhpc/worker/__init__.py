@@ -4,6 +4,7 @@
 
 Frameworks are imported here lazily, so a Keras run never loads torch's worker and vice versa.
 """
+
 from __future__ import annotations
 
 import signal
@@ -54,12 +55,22 @@ def run(run_dir: str | Path) -> dict:
         atomic.remove_stale(run_dir)  # a killed attempt's half-written checkpoint
         # Slurm's own count covers requeues that no Worker.checkpoint saw: a plain sbatch script's
         # USR2 trap, or an administrator's `scontrol requeue`.
-        result = rundir.update_result(run_dir, run_id=spec.run_id, status=RunState.RUNNING, started=rundir.now(),
-                                      job_id=env.job_id, world_size=env.world_size, error=None, process=procs.identity())
+        result = rundir.update_result(
+            run_dir,
+            run_id=spec.run_id,
+            status=RunState.RUNNING,
+            started=rundir.now(),
+            job_id=env.job_id,
+            world_size=env.world_size,
+            error=None,
+            process=procs.identity(),
+        )
         if env.restarts > result.get("requeues", 0):
             rundir.update_result(run_dir, requeues=env.restarts)
     log(worker_start(spec.run_id, env.job_id, env.restarts))  # where `crackhpc logs --worker` cuts worker.log
-    log(f"{spec.run_id}: {spec.train.framework} {spec.train.model}, {spec.train.epochs} epochs, world size {env.world_size}")
+    log(
+        f"{spec.run_id}: {spec.train.framework} {spec.train.model}, {spec.train.epochs} epochs, world size {env.world_size}"
+    )
     try:
         if env.is_main:  # in here: it imports the framework, which an interrupt may cut short
             record_runtime(run_dir, spec.train.framework, spec.train.backend)
@@ -76,8 +87,13 @@ def run(run_dir: str | Path) -> dict:
         raise
     except Exception as exc:
         if env.is_main:
-            rundir.update_result(run_dir, status=RunState.FAILED, error=f"{type(exc).__name__}: {exc}",
-                                 traceback=traceback.format_exc(), finished=rundir.now())
+            rundir.update_result(
+                run_dir,
+                status=RunState.FAILED,
+                error=f"{type(exc).__name__}: {exc}",
+                traceback=traceback.format_exc(),
+                finished=rundir.now(),
+            )
         log(f"failed: {type(exc).__name__}: {exc}")
         raise
     if env.is_main:

@@ -11,6 +11,7 @@ honoured at any size, since under horovodrun/mpirun only hvd.init() knows the wo
 Tasks that srun (or submitit) starts have no horovodrun to wire them up: a Horovod built with
 Gloo and without MPI meets at a rendezvous that rank 0 serves, as horovodrun would (start_gloo).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,8 +37,11 @@ _HOROVOD_BUILD_FLAG = {"horovod.torch": "HOROVOD_WITH_PYTORCH=1", "horovod.tenso
 # thread keeps the ranks' Gloo traffic going while Python is busy elsewhere (feature cache,
 # checkpoints), so neither limit fires on a slow rank that is still alive; the stall limit is
 # long all the same. Set in the job's environment, the site's values win.
-HOROVOD_TIMEOUTS = {"HOROVOD_GLOO_TIMEOUT_SECONDS": "60", "HOROVOD_STALL_CHECK_TIME_SECONDS": "60",
-                    "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "600"}
+HOROVOD_TIMEOUTS = {
+    "HOROVOD_GLOO_TIMEOUT_SECONDS": "60",
+    "HOROVOD_STALL_CHECK_TIME_SECONDS": "60",
+    "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "600",
+}
 
 
 class BackendError(CrackhpcError):
@@ -64,7 +68,8 @@ def import_horovod(module: str):
             raise BackendError(
                 f"backend horovod: horovod is not installed; build it with tests/horovod/build.sh (a venv with "
                 f"TensorFlow 2.15.1 and horovod 0.28.1, {flag}; see README, Horovod) or load your cluster's "
-                f"Horovod module in resources.setup") from None
+                f"Horovod module in resources.setup"
+            ) from None
         # installed, but built without this framework (or against another version of it)
         raise BackendError(f"backend horovod: {module} does not import ({exc}); rebuild horovod with {flag}") from None
 
@@ -97,8 +102,10 @@ def horovod_failures():
             what = "Horovod shut down during the run"
         else:
             raise
-        raise BackendError(f"backend horovod: {what}: another rank ended, failed or stopped answering (killed, "
-                           "out of memory, node lost?); its own error, if any, is in the job's log") from exc
+        raise BackendError(
+            f"backend horovod: {what}: another rank ended, failed or stopped answering (killed, "
+            "out of memory, node lost?); its own error, if any, is in the job's log"
+        ) from exc
 
 
 def _wires_gloo_itself(hvd, env: DistEnv) -> bool:
@@ -124,11 +131,19 @@ def gloo_env(env: DistEnv) -> dict[str, str]:
     """What horovodrun's Gloo launcher (horovod/runner/gloo_run.py) gives each rank, from the
     job's own ranks and hosts; the rendezvous is at master_addr:master_port, served by rank 0."""
     host, local_rank, local_size, cross_rank, cross_size = _slot(env, env.rank)
-    return {"HOROVOD_GLOO_RENDEZVOUS_ADDR": env.master_addr, "HOROVOD_GLOO_RENDEZVOUS_PORT": str(env.master_port),
-            "HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo", "HOROVOD_HOSTNAME": host,
-            "HOROVOD_RANK": str(env.rank), "HOROVOD_SIZE": str(env.world_size),
-            "HOROVOD_LOCAL_RANK": str(local_rank), "HOROVOD_LOCAL_SIZE": str(local_size),
-            "HOROVOD_CROSS_RANK": str(cross_rank), "HOROVOD_CROSS_SIZE": str(cross_size)}
+    return {
+        "HOROVOD_GLOO_RENDEZVOUS_ADDR": env.master_addr,
+        "HOROVOD_GLOO_RENDEZVOUS_PORT": str(env.master_port),
+        "HOROVOD_CONTROLLER": "gloo",
+        "HOROVOD_CPU_OPERATIONS": "gloo",
+        "HOROVOD_HOSTNAME": host,
+        "HOROVOD_RANK": str(env.rank),
+        "HOROVOD_SIZE": str(env.world_size),
+        "HOROVOD_LOCAL_RANK": str(local_rank),
+        "HOROVOD_LOCAL_SIZE": str(local_size),
+        "HOROVOD_CROSS_RANK": str(cross_rank),
+        "HOROVOD_CROSS_SIZE": str(cross_size),
+    }
 
 
 def start_gloo(env: DistEnv) -> None:
@@ -149,8 +164,10 @@ def _serve_rendezvous(env: DistEnv) -> None:
     try:
         server = RendezvousHTTPServer(("", env.master_port), RendezvousHandler, False)
     except OSError as exc:
-        raise BackendError(f"backend horovod: rank 0 cannot serve the Gloo rendezvous on port {env.master_port} "
-                           f"({exc.strerror}); resubmit the job (the port follows the job id)") from None
+        raise BackendError(
+            f"backend horovod: rank 0 cannot serve the Gloo rendezvous on port {env.master_port} "
+            f"({exc.strerror}); resubmit the job (the port follows the job id)"
+        ) from None
     slots = []
     for rank in range(env.world_size):
         host, local_rank, local_size, cross_rank, cross_size = _slot(env, rank)
@@ -167,7 +184,9 @@ def _wait_for_rendezvous(env: DistEnv, timeout_s: int) -> None:
             return
         except OSError:
             if time.monotonic() > deadline:
-                raise BackendError(f"backend horovod: rank 0's Gloo rendezvous at {env.master_addr}:{env.master_port} "
-                                   f"did not answer in {timeout_s} s (HOROVOD_GLOO_TIMEOUT_SECONDS); "
-                                   "see rank 0's log") from None
+                raise BackendError(
+                    f"backend horovod: rank 0's Gloo rendezvous at {env.master_addr}:{env.master_port} "
+                    f"did not answer in {timeout_s} s (HOROVOD_GLOO_TIMEOUT_SECONDS); "
+                    "see rank 0's log"
+                ) from None
             time.sleep(0.2)

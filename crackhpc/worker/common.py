@@ -1,13 +1,14 @@
 """What the torch and Keras workers share, so both write the same run folder and result keys:
 the decoded data of a run, the per-epoch bookkeeping, the test outputs and the result dict.
 Framework-free: a Keras run must not load torch, nor a torch run TensorFlow."""
+
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -28,11 +29,11 @@ Record = tuple[int, int, float]
 @dataclass(frozen=True)
 class RunData:
     items: list[Item]
-    images: np.ndarray              # uint8 (N, size, size, 3), memory-mapped; zeros where undecodable
-    labels: np.ndarray              # int64 (N,)
-    index: dict[str, np.ndarray]    # positions of the decodable images of each split
+    images: np.ndarray  # uint8 (N, size, size, 3), memory-mapped; zeros where undecodable
+    labels: np.ndarray  # int64 (N,)
+    index: dict[str, np.ndarray]  # positions of the decodable images of each split
     skipped: int
-    cache_dir: Path                 # shared by the sweep's runs: decoded images and backbone features
+    cache_dir: Path  # shared by the sweep's runs: decoded images and backbone features
 
     @property
     def manifest(self) -> str:
@@ -49,15 +50,20 @@ def load_data(spec: RunSpec, run_dir: Path, workers: int, log) -> RunData:
     items = read_manifest(run_dir / rundir.SPLIT)
     cache_dir = run_dir.parent / CACHE
     t0 = time.perf_counter()
-    images = ImageCache.build(items, spec.data.root, spec.train.input_size, cache_dir / "images", workers)
+    images = ImageCache.build(items, str(spec.data.root), spec.train.input_size, cache_dir / "images", workers)
     log(f"image cache ready in {time.perf_counter() - t0:.1f}s ({images.n_corrupt} unreadable images skipped)")
-    index = {s: np.array([k for k, it in enumerate(items) if it.split == s and images.ok[k]], dtype=np.int64)
-             for s in ("train", "valid", "test")}
+    index = {
+        s: np.array([k for k, it in enumerate(items) if it.split == s and images.ok[k]], dtype=np.int64)
+        for s in ("train", "valid", "test")
+    }
     if not len(index["train"]) or not len(index["test"]):
-        raise DataError(f"{spec.data.root}: no readable images in the train or test split "
-                        f"({images.n_corrupt} of {len(items)} failed to decode; run `crackhpc data verify`)")
-    return RunData(items, images.images, np.array([i.label for i in items], dtype=np.int64), index,
-                   images.n_corrupt, cache_dir)
+        raise DataError(
+            f"{spec.data.root}: no readable images in the train or test split "
+            f"({images.n_corrupt} of {len(items)} failed to decode; run `crackhpc data verify`)"
+        )
+    return RunData(
+        items, images.images, np.array([i.label for i in items], dtype=np.int64), index, images.n_corrupt, cache_dir
+    )
 
 
 def per_rank_batch(batch_size: int, env: DistEnv) -> int:
@@ -65,8 +71,9 @@ def per_rank_batch(batch_size: int, env: DistEnv) -> int:
     return max(1, -(-batch_size // env.world_size))
 
 
-def features(data: RunData, model: str, weights_id: str, input_size: int, precision: str,
-             compute: Callable[[], np.ndarray], log) -> tuple[np.ndarray, str]:
+def features(
+    data: RunData, model: str, weights_id: str, input_size: int, precision: str, compute: Callable[[], np.ndarray], log
+) -> tuple[np.ndarray, str]:
     """The frozen backbone's features of every image, and whether this run "computed" or "reused" them."""
     key = cache_key(model, weights_id, input_size, data.manifest, precision)
     t0 = time.perf_counter()
@@ -91,23 +98,40 @@ def resume(path: Path, data: RunData, log, read: Callable[[Path], dict]) -> dict
     except (DataError, DamagedFileError):
         raise
     except Exception as exc:  # truncated, overwritten, from another model: each framework has its own words
-        raise DamagedFileError(path, f"cannot be read ({type(exc).__name__}: {exc})",
-                               "delete it to restart the run from its first epoch, then `crackhpc sweep --retry-failed`") from None
+        raise DamagedFileError(
+            path,
+            f"cannot be read ({type(exc).__name__}: {exc})",
+            "delete it to restart the run from its first epoch, then `crackhpc sweep --retry-failed`",
+        ) from None
     if state.get("manifest", data.manifest) != data.manifest:
         # A dataset changed between a kill and the resume re-draws the split: resuming would test on trained images.
-        raise DataError(f"{path}: trained on another split of the data (manifest {state['manifest']}, now {data.manifest}): "
-                        f"the dataset changed since; restore it, or delete the checkpoint to train this run afresh")
+        raise DataError(
+            f"{path}: trained on another split of the data (manifest {state['manifest']}, now {data.manifest}): "
+            f"the dataset changed since; restore it, or delete the checkpoint to train this run afresh"
+        )
     log(f"resumed from {path.name} after epoch {state['epoch']}")
     return state
 
 
-def finish_epoch(run_dir: Path, env: DistEnv, log, rows: list, epoch: int, epochs: int,
-                 train: tuple[float, float], valid: tuple[float, float], seconds: float, n_images: int,
-                 save_checkpoint: Callable[[], None]) -> None:
+def finish_epoch(
+    run_dir: Path,
+    env: DistEnv,
+    log,
+    rows: list,
+    epoch: int,
+    epochs: int,
+    train: tuple[float, float],
+    valid: tuple[float, float],
+    seconds: float,
+    n_images: int,
+    save_checkpoint: Callable[[], None],
+) -> None:
     """Append the epoch's metrics row; rank 0 writes metrics.csv, then the checkpoint, then result.json."""
     rows.append([epoch, train[0], train[1], valid[0], valid[1], seconds, n_images / seconds])
-    log(f"epoch {epoch}/{epochs}: train loss {train[0]:.4f} acc {train[1]:.4f}, "
-        f"val loss {valid[0]:.4f} acc {valid[1]:.4f} ({seconds:.1f}s)")
+    log(
+        f"epoch {epoch}/{epochs}: train loss {train[0]:.4f} acc {train[1]:.4f}, "
+        f"val loss {valid[0]:.4f} acc {valid[1]:.4f} ({seconds:.1f}s)"
+    )
     if env.is_main:
         atomic.write_csv(run_dir / rundir.METRICS, rundir.METRIC_COLUMNS, rows)
         save_checkpoint()
@@ -125,10 +149,19 @@ def fit(trainer, start: float, state: dict):
         t0 = time.perf_counter()
         train_loss, train_acc, n_train = trainer.train_epoch(epoch)
         val_loss, val_acc, val_records = trainer.evaluate("valid")
-        finish_epoch(trainer.run_dir, trainer.env, trainer.log, rows, epoch, trainer.cfg.epochs,
-                     (train_loss, train_acc), (val_loss, val_acc), time.perf_counter() - t0,
-                     n_train + len(val_records),
-                     lambda: trainer.save_checkpoint(epoch, rows, elapsed_before + time.perf_counter() - start))
+        finish_epoch(
+            trainer.run_dir,
+            trainer.env,
+            trainer.log,
+            rows,
+            epoch,
+            trainer.cfg.epochs,
+            (train_loss, train_acc),
+            (val_loss, val_acc),
+            time.perf_counter() - t0,
+            n_train + len(val_records),
+            lambda: trainer.save_checkpoint(epoch, rows, elapsed_before + time.perf_counter() - start),
+        )
     test_loss, test_acc, records = trainer.evaluate("test")
     if trainer.env.is_main:
         write_misclassified(trainer.run_dir, trainer.data, records)
@@ -140,8 +173,11 @@ def accuracy(records: Sequence[Record], labels: np.ndarray) -> float:
 
 
 def write_misclassified(run_dir: Path, data: RunData, records: Iterable[Record]) -> None:
-    wrong = [(data.items[p].path, CLASSES[data.labels[p]], CLASSES[pred], round(prob, 6))
-             for p, pred, prob in records if pred != data.labels[p]]
+    wrong = [
+        (data.items[p].path, CLASSES[data.labels[p]], CLASSES[pred], round(prob, 6))
+        for p, pred, prob in records
+        if pred != data.labels[p]
+    ]
     atomic.write_csv(run_dir / rundir.MISCLASSIFIED, ("path", "true", "predicted", "probability"), wrong)
 
 
@@ -153,19 +189,39 @@ def state_digest(arrays: Iterable[np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def result(data: RunData, rows: list, epochs: int, test_loss: float, test_acc: float, n_test: int,
-           wall: float, env: DistEnv, device: str, feature_cache: str, backend: str,
-           params_in_sync: bool | None) -> dict:
+def result(
+    data: RunData,
+    rows: list,
+    epochs: int,
+    test_loss: float,
+    test_acc: float,
+    n_test: int,
+    wall: float,
+    env: DistEnv,
+    device: str,
+    feature_cache: str,
+    backend: str,
+    params_in_sync: bool | None,
+) -> dict:
     val_accs = [r[4] for r in rows]
     best = int(np.argmax(val_accs)) if val_accs else 0
     n_images = epochs * (len(data.index["train"]) + len(data.index["valid"]))
     out = {
-        "epochs_done": len(rows), "best_val_acc": val_accs[best] if val_accs else None,
-        "best_epoch": best + 1 if val_accs else None, "test_loss": test_loss, "test_acc": test_acc,
-        "n_train": int(len(data.index["train"])), "n_valid": int(len(data.index["valid"])),
-        "n_test": n_test, "skipped_images": data.skipped, "wall_time_s": round(wall, 3),
-        "images_per_s": round(n_images / wall, 2) if wall > 0 else None, "world_size": env.world_size,
-        "device": device, "feature_cache": feature_cache, "backend": backend,
+        "epochs_done": len(rows),
+        "best_val_acc": val_accs[best] if val_accs else None,
+        "best_epoch": best + 1 if val_accs else None,
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        "n_train": int(len(data.index["train"])),
+        "n_valid": int(len(data.index["valid"])),
+        "n_test": n_test,
+        "skipped_images": data.skipped,
+        "wall_time_s": round(wall, 3),
+        "images_per_s": round(n_images / wall, 2) if wall > 0 else None,
+        "world_size": env.world_size,
+        "device": device,
+        "feature_cache": feature_cache,
+        "backend": backend,
     }
     if params_in_sync is not None:
         out["params_in_sync"] = params_in_sync

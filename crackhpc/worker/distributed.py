@@ -4,6 +4,7 @@ Sources, first match wins: submitit's JobEnvironment (Slurm and local executors)
 Slurm variables (an sbatch template launching with srun), horovodrun/mpirun's variables,
 torchrun's variables, else one process.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ class DistEnv:
     master_port: int = 29500
     job_id: str = ""
     nodes: tuple[str, ...] = ()  # the job's hosts in Slurm's order; empty: every task on master_addr
-    restarts: int = 0            # SLURM_RESTART_COUNT: how often Slurm has requeued this job
+    restarts: int = 0  # SLURM_RESTART_COUNT: how often Slurm has requeued this job
 
     @property
     def is_main(self) -> bool:
@@ -41,9 +42,13 @@ class DistEnv:
 
     def export(self) -> None:
         """Set the variables torch.distributed's env:// rendezvous reads."""
-        os.environ.update(RANK=str(self.rank), LOCAL_RANK=str(self.local_rank),
-                          WORLD_SIZE=str(self.world_size), MASTER_ADDR=self.master_addr,
-                          MASTER_PORT=str(self.master_port))
+        os.environ.update(
+            RANK=str(self.rank),
+            LOCAL_RANK=str(self.local_rank),
+            WORLD_SIZE=str(self.world_size),
+            MASTER_ADDR=self.master_addr,
+            MASTER_PORT=str(self.master_port),
+        )
 
 
 def _port(job_id: str) -> int:
@@ -67,18 +72,42 @@ def from_environment() -> DistEnv:
 
         env = submitit.JobEnvironment()
         nodes = tuple(env.hostnames) if env.cluster == "slurm" else ()
-        return DistEnv(env.global_rank, env.local_rank, env.num_tasks, nodes[0] if nodes else "127.0.0.1",
-                       _port(str(env.job_id)), str(env.job_id), nodes, restarts)
+        return DistEnv(
+            env.global_rank,
+            env.local_rank,
+            env.num_tasks,
+            nodes[0] if nodes else "127.0.0.1",
+            _port(str(env.job_id)),
+            str(env.job_id),
+            nodes,
+            restarts,
+        )
     if "SLURM_PROCID" in os.environ and "SLURM_STEP_ID" in os.environ:
         job = os.environ.get("SLURM_JOB_ID", "")
         nodes = _hostnames(os.environ.get("SLURM_JOB_NODELIST", "127.0.0.1"))
-        return DistEnv(int(os.environ["SLURM_PROCID"]), int(os.environ.get("SLURM_LOCALID", 0)),
-                       int(os.environ.get("SLURM_NTASKS", 1)), nodes[0], _port(job), job, nodes, restarts)
+        return DistEnv(
+            int(os.environ["SLURM_PROCID"]),
+            int(os.environ.get("SLURM_LOCALID", 0)),
+            int(os.environ.get("SLURM_NTASKS", 1)),
+            nodes[0],
+            _port(job),
+            job,
+            nodes,
+            restarts,
+        )
     for prefix in ("HOROVOD_", "OMPI_COMM_WORLD_"):  # horovodrun (Gloo), mpirun (Open MPI)
         if f"{prefix}RANK" in os.environ and f"{prefix}SIZE" in os.environ:
-            return DistEnv(int(os.environ[f"{prefix}RANK"]), int(os.environ.get(f"{prefix}LOCAL_RANK", 0)),
-                           int(os.environ[f"{prefix}SIZE"]))
+            return DistEnv(
+                int(os.environ[f"{prefix}RANK"]),
+                int(os.environ.get(f"{prefix}LOCAL_RANK", 0)),
+                int(os.environ[f"{prefix}SIZE"]),
+            )
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return DistEnv(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]),
-                       os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", 29500)))
+        return DistEnv(
+            int(os.environ["RANK"]),
+            int(os.environ.get("LOCAL_RANK", 0)),
+            int(os.environ["WORLD_SIZE"]),
+            os.environ.get("MASTER_ADDR", "127.0.0.1"),
+            int(os.environ.get("MASTER_PORT", 29500)),
+        )
     return DistEnv()

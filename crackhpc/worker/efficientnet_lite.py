@@ -9,6 +9,7 @@ timm's `efficientnet_lite0` does not (logits off by up to 3.3 at 224 px): it pad
 convolutions symmetrically and uses BatchNorm eps 1e-5, while these weights were trained in
 TensorFlow with "same" padding (one pixel, bottom/right) and eps 1e-3; the `tf_` variant keeps both.
 """
+
 from __future__ import annotations
 
 import re
@@ -22,8 +23,14 @@ MEAN = STD = (0.5, 0.5, 0.5)
 
 _STEM_HEAD = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 # inverted-residual blocks (1x1 expansion, depthwise, 1x1 projection)
-_INVERTED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-             "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_INVERTED = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 # the first block has no expansion: depthwise, then projection
 _SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 _BLOCK = re.compile(r"_blocks\.(\d+)\.(\w+)\.(\w+)$")

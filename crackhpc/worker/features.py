@@ -6,11 +6,12 @@ eval mode under a file lock; concurrent array tasks wait on the lock and then re
 finished file, which is renamed into place only when complete. No framework is imported here:
 each worker brings its own extraction (torch_models.extract, the Keras worker's predict).
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from filelock import FileLock

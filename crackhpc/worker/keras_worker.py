@@ -19,6 +19,7 @@ notebook, it is for a reason:
 This module imports TensorFlow; the worker imports it only for Keras runs, and the launcher and
 the report never do.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,8 +38,11 @@ from ..config import RunSpec
 from ..weights import locate
 from . import backends, common
 from .distributed import DistEnv
-APPLICATIONS = {"vgg16": (keras.applications.VGG16, keras.applications.vgg16.preprocess_input),
-                "resnet50": (keras.applications.ResNet50, keras.applications.resnet50.preprocess_input)}
+
+APPLICATIONS = {
+    "vgg16": (keras.applications.VGG16, keras.applications.vgg16.preprocess_input),
+    "resnet50": (keras.applications.ResNet50, keras.applications.resnet50.preprocess_input),
+}
 AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -70,8 +74,10 @@ class _TFDistribute(_Single):
         self.strategy = tf.distribute.MultiWorkerMirroredStrategy()
         # The Keras optimizer sums the replicas' gradients; each replica's mean loss is scaled so the sum is the mean.
         self.loss_divisor = self.strategy.num_replicas_in_sync
-        self._sum = tf.function(lambda v: self.strategy.reduce("SUM", self.strategy.run(tf.identity, (v,)), axis=None),
-                                reduce_retracing=True)
+        self._sum = tf.function(
+            lambda v: self.strategy.reduce("SUM", self.strategy.run(tf.identity, (v,)), axis=None),
+            reduce_retracing=True,
+        )
 
     def scope(self):
         return self.strategy.scope()
@@ -151,15 +157,22 @@ class Trainer:
         if self.feature_mode:
             extractor = _inference(backbone())  # outside the strategy: it runs forward only, on one rank at a time
             feats, self.feature_cache = common.features(
-                data, f"keras-{cfg.model}", weights_id, size, self.policy,
-                lambda: self.predict(extractor, np.arange(len(data.items))), self.log)
+                data,
+                f"keras-{cfg.model}",
+                weights_id,
+                size,
+                self.policy,
+                lambda: self.predict(extractor, np.arange(len(data.items))),
+                self.log,
+            )
             self.inputs, self.preprocess = feats, None
         with self.comm.scope():
             x = keras.Input(self.inputs.shape[1:])
             features = x if self.feature_mode else backbone()(x)
             self.model = keras.Model(x, keras.layers.Dense(2, activation="softmax", dtype="float32")(features))
-            self.optimizer = (keras.optimizers.Adam(cfg.lr) if cfg.optimizer == "adam"
-                              else keras.optimizers.SGD(cfg.lr, momentum=0.9))
+            self.optimizer = (
+                keras.optimizers.Adam(cfg.lr) if cfg.optimizer == "adam" else keras.optimizers.SGD(cfg.lr, momentum=0.9)
+            )
             self.optimizer.build(self.model.trainable_variables)
         self.train_step, self.forward = self._train_step(), _inference(self.model)
 
@@ -189,8 +202,9 @@ class Trainer:
                 probs = model(x, training=True)
                 losses = keras.losses.categorical_crossentropy(tf.one_hot(y, 2), probs)
                 loss = tf.reduce_mean(losses) / comm.loss_divisor
-            optimizer.apply_gradients(zip(comm.gradient(tape, loss, model.trainable_variables),
-                                          model.trainable_variables))
+            optimizer.apply_gradients(
+                zip(comm.gradient(tape, loss, model.trainable_variables), model.trainable_variables)
+            )
             correct = tf.reduce_sum(tf.cast(tf.argmax(probs, 1) == y, tf.float64))
             return tf.stack([tf.reduce_sum(tf.cast(losses, tf.float64)), correct, tf.cast(tf.size(y), tf.float64)])
 
@@ -207,8 +221,8 @@ class Trainer:
         every rank takes the same number of steps (collectives would wait forever otherwise)."""
         order = np.random.default_rng([self.cfg.seed, epoch]).permutation(self.data.index["train"])
         world = self.env.world_size
-        order = np.concatenate([order, order[:(-len(order)) % world]])
-        return order[self.env.rank::world]
+        order = np.concatenate([order, order[: (-len(order)) % world]])
+        return order[self.env.rank :: world]
 
     def train_epoch(self, epoch: int) -> tuple[float, float, int]:
         sums = tf.zeros(3, tf.float64)
@@ -266,8 +280,20 @@ class Trainer:
         self.comm.start(self.model.variables + self.optimizer.variables)
         rows, test_loss, test_acc, records, wall = common.fit(self, start, state)
         in_sync = self.params_in_sync() if self.env.world_size > 1 else None
-        return common.result(self.data, rows, self.cfg.epochs, test_loss, test_acc, len(records), wall, self.env,
-                             self.device, self.feature_cache, self.comm.name, in_sync)
+        return common.result(
+            self.data,
+            rows,
+            self.cfg.epochs,
+            test_loss,
+            test_acc,
+            len(records),
+            wall,
+            self.env,
+            self.device,
+            self.feature_cache,
+            self.comm.name,
+            in_sync,
+        )
 
 
 def train(spec: RunSpec, run_dir: Path, env: DistEnv, log) -> dict:

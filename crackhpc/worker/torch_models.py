@@ -1,5 +1,6 @@
 """torchvision backbones (and timm's EfficientNet-Lite0) split into (backbone → feature vector,
 2-class head), and the frozen backbone's one-off feature pass."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +18,9 @@ STD = (0.229, 0.224, 0.225)
 def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) on [0, 1] pixels that the model's ImageNet weights were trained with."""
     if name == "efficientnet_lite0":
-        from .efficientnet_lite import MEAN as mean, STD as std
+        from .efficientnet_lite import MEAN as mean
+        from .efficientnet_lite import STD as std
+
         return mean, std
     return MEAN, STD
 
@@ -72,8 +75,13 @@ def _efficientnet_lite0(pretrained: bool, num_classes: int) -> tuple[nn.Module, 
 
 
 @torch.no_grad()
-def extract(backbone: nn.Module, images: np.ndarray, device: torch.device, batch: int = 64,
-            autocast_dtype: torch.dtype | None = None) -> np.ndarray:
+def extract(
+    backbone: nn.Module,
+    images: np.ndarray,
+    device: torch.device,
+    batch: int = 64,
+    autocast_dtype: torch.dtype | None = None,
+) -> np.ndarray:
     # In eval mode BatchNorm is a fixed affine map, so it folds into the convolution before it:
     # the same features with one pass less over every activation. `inplace` spares a copy of the
     # whole network (VGG16: 0.5 GB); the fused convolutions are new modules all the same.
@@ -89,7 +97,7 @@ def extract(backbone: nn.Module, images: np.ndarray, device: torch.device, batch
     chunks = []
     for start in range(0, len(images), batch):
         # a writable copy: torch warns on wrapping the image cache's read-only memory map
-        x = torch.from_numpy(np.array(images[start:start + batch])).to(device, non_blocking=True)
+        x = torch.from_numpy(np.array(images[start : start + batch])).to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             chunks.append(backbone(x).float().cpu())
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)

@@ -5,6 +5,7 @@ backbone and the feature cache on (the default), the backbone runs once per imag
 trains on cached features; otherwise images flow through backbone and head every epoch.
 Rank 0 alone writes the run folder; every rank resumes from the same checkpoint.
 """
+
 from __future__ import annotations
 
 import io
@@ -72,8 +73,12 @@ class _DDP(_Single):
     def __init__(self, env: DistEnv):
         self.world_size = env.world_size
         env.export()
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", init_method="env://",
-                                rank=env.rank, world_size=env.world_size)
+        dist.init_process_group(
+            "nccl" if torch.cuda.is_available() else "gloo",
+            init_method="env://",
+            rank=env.rank,
+            world_size=env.world_size,
+        )
 
     def gather(self, obj) -> list:
         out = [None] * self.world_size
@@ -81,7 +86,9 @@ class _DDP(_Single):
         return out
 
     def wrap(self, model, optimizer, device):
-        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None), optimizer
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        ), optimizer
 
     def close(self) -> None:
         dist.destroy_process_group()
@@ -127,10 +134,16 @@ class Trainer:
         if self.feature_mode:
             weights = weights_id if cfg.pretrained else f"random-seed{cfg.seed}"
             feats, self.feature_cache = common.features(
-                data, cfg.model, weights, cfg.input_size, str(self.autocast),
-                lambda: extract(backbone, data.images, self.device, autocast_dtype=self.autocast), self.log)
-            self.inputs = torch.from_numpy(feats)
-            self.model = head
+                data,
+                cfg.model,
+                weights,
+                cfg.input_size,
+                str(self.autocast),
+                lambda: extract(backbone, data.images, self.device, autocast_dtype=self.autocast),
+                self.log,
+            )
+            self.inputs: torch.Tensor | np.ndarray = torch.from_numpy(feats)
+            self.model: nn.Module = head
         else:
             self.feature_cache = "off"
             self.inputs = data.images
@@ -150,17 +163,25 @@ class Trainer:
         """Batches of this rank's share; the global batch is `batch_size`, as in the study."""
         positions = self.index[split]
         if shuffle:
-            sampler = DistributedSampler(positions, num_replicas=self.env.world_size, rank=self.env.rank,
-                                         shuffle=True, seed=self.cfg.seed)
+            # it reads only len(positions): its indices pick from them
+            sampler = DistributedSampler(
+                positions, num_replicas=self.env.world_size, rank=self.env.rank, shuffle=True, seed=self.cfg.seed
+            )
             sampler.set_epoch(epoch)
             order = positions[list(sampler)]
         else:  # evaluation: an exact, unpadded shard
-            order = positions[self.env.rank::self.env.world_size]
-        batches = list(BatchSampler(order.tolist(), common.per_rank_batch(self.cfg.batch_size, self.env), drop_last=False))
+            order = positions[self.env.rank :: self.env.world_size]
+        batches = list(
+            BatchSampler(order.tolist(), common.per_rank_batch(self.cfg.batch_size, self.env), drop_last=False)
+        )
         on_disk = not isinstance(self.inputs, torch.Tensor)
-        return DataLoader(_Gather(self.inputs, self.labels), sampler=batches, batch_size=None,
-                          num_workers=self.workers if on_disk and self.workers > 1 else 0,
-                          pin_memory=self.device.type == "cuda")
+        return DataLoader(
+            _Gather(self.inputs, self.labels),
+            sampler=batches,
+            batch_size=None,
+            num_workers=self.workers if on_disk and self.workers > 1 else 0,
+            pin_memory=self.device.type == "cuda",
+        )
 
     # -- loops ----------------------------------------------------------------------------
     def _forward(self, model, x):
@@ -194,7 +215,7 @@ class Trainer:
         """(loss, accuracy, records) over the whole split; records are (position, predicted, probability)."""
         self.model.eval()
         loss_fn = nn.CrossEntropyLoss(reduction="sum")
-        total, records = 0.0, []
+        total, records = 0.0, list[tuple[int, int, float]]()
         for x, y, idx in self._loader(split, shuffle=False):
             y = y.to(self.device)
             logits = self._forward(self.model, x)
@@ -218,8 +239,15 @@ class Trainer:
 
     def save_checkpoint(self, epoch: int, rows: list, elapsed: float) -> None:
         buf = io.BytesIO()
-        torch.save({**common.bookkeeping(epoch, rows, elapsed, self.data), "model": self.model.state_dict(),
-                    "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state()}, buf)
+        torch.save(
+            {
+                **common.bookkeeping(epoch, rows, elapsed, self.data),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "rng": torch.get_rng_state(),
+            },
+            buf,
+        )
         atomic.write_bytes(self.run_dir / rundir.CHECKPOINT["torch"], buf.getvalue())
 
     # -- the run --------------------------------------------------------------------------
@@ -232,12 +260,25 @@ class Trainer:
         if self.env.world_size > 1:
             digest = common.state_digest(t.detach().cpu().numpy() for t in self.model.state_dict().values())
             in_sync = len(set(self.comm.gather(digest))) == 1
-        return common.result(self.data, rows, self.cfg.epochs, test_loss, test_acc, len(records), wall, self.env,
-                             str(self.device), self.feature_cache, self.comm.name, in_sync)
+        return common.result(
+            self.data,
+            rows,
+            self.cfg.epochs,
+            test_loss,
+            test_acc,
+            len(records),
+            wall,
+            self.env,
+            str(self.device),
+            self.feature_cache,
+            self.comm.name,
+            in_sync,
+        )
 
 
 def train(spec: RunSpec, run_dir: Path, env: DistEnv, log) -> dict:
     backend = backends.resolve("torch", spec.train.backend, env.world_size)
+    comm: _Single
     if backend == "horovod":
         hvd, env = backends.init_horovod("horovod.torch", env)
         comm = _Horovod(hvd)
