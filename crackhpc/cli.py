@@ -269,11 +269,10 @@ def cmd_predict(args) -> int:
     from .slurm import refusals
 
     run_dir = Path(args.model)
-    if args.best and Path(args.best).exists():  # `--best photos/`: the optional METRIC took the first photo
-        args.images.insert(0, args.best)
-        args.best = "best_val_acc"
+    if args.metric and not args.best:
+        raise CrackhpcError(f"--metric {args.metric}: only with --best (which picks a sweep's best run by it); add --best")
     if args.best:
-        run_dir, note = best_run(run_dir, args.best)
+        run_dir, note = best_run(run_dir, args.metric or "best_val_acc")
         print(note)
     settings = Settings(
         tile=args.tile,
@@ -539,10 +538,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="prediction folder (a rerun resumes it)")
     p.add_argument(
         "--best",
-        nargs="?",
-        const="best_val_acc",
-        metavar="METRIC",
-        help="MODEL is a sweep folder: use its best completed run by METRIC (default best_val_acc; ties: test_loss)",
+        action="store_true",
+        help="MODEL is a sweep folder: use its best completed run by --metric (ties: test_loss)",
+    )
+    p.add_argument(
+        "--metric",
+        metavar="NAME",
+        help="with --best: a numeric column of the sweep's summary.csv (default best_val_acc; "
+        "the smallest wins for test_loss, wall_time_s, compute_hours)",
     )
     p.add_argument(
         "--tile", type=int, default=227, help="patch side in px of the photo (default 227, the dataset's crops)"

