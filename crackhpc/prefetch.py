@@ -106,6 +106,7 @@ def fetch_one(
     wf: weights.WeightsFile, folder: Path, base_url: str | None = None, from_dir: str | Path | None = None
 ) -> Outcome:
     dest = folder / wf.filename
+    atomic.remove_stale(folder)  # a killed download's partial file (hundreds of MB for VGG16)
     if dest.is_file() and wf.matches(dest):
         return Outcome(wf, dest, "present")
     if wf.package and from_dir is None and base_url is None:

@@ -174,6 +174,7 @@ class SweepFolder:
                 f"jobs; wait for it (`crackhpc status {self.path}`) or stop it first"
             ) from None
         try:
+            atomic.remove_stale(self.path)  # a killed submitter's half sweep.json: its one writer holds the lock
             yield
         finally:
             lock.release()

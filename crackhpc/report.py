@@ -318,6 +318,8 @@ def write_reports(
     sweep_dir: str | Path, everything: bool = False, notes: list[str] | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     sweep_dir = Path(sweep_dir)
+    for folder in (sweep_dir, sweep_dir / REPORT_DIR):  # a killed report's half tables and figures
+        atomic.remove_stale(folder)
     df = summary(sweep_dir, everything, notes)
     comp = comparison(df)
     atomic.write_text(sweep_dir / "summary.csv", df.to_csv(index=False))
