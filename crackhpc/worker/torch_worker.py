@@ -284,8 +284,11 @@ def train(spec: RunSpec, run_dir: Path, env: DistEnv, log) -> dict:
         comm = _Horovod(hvd)
     else:
         comm = _DDP(env) if backend == "ddp" else _Single()
+    # restored after: an in-process run (debug executor) must not change the caller's later arithmetic
+    threads = torch.get_num_threads()
     torch.set_num_threads(max(1, spec.resources.cpus_per_task))
     try:
         return Trainer(spec, run_dir, env, log, comm).run()
     finally:
         comm.close()
+        torch.set_num_threads(threads)
