@@ -1,5 +1,6 @@
 """`crackhpc sbatch`: plain sbatch scripts from slurm_templates/, without a cluster."""
 
+import json
 import re
 import shlex
 import subprocess
@@ -8,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from crackhpc import rundir
+from crackhpc import procs, rundir
 from crackhpc.cli import main
 from crackhpc.config import DataConfig, Resources, RunSpec, TrainConfig, load_sweep
 from crackhpc.errors import ConfigError, DamagedFileError
 from crackhpc.sbatch import render
 
-from .conftest import tiny_sweep
+from .conftest import lock_holder, tiny_sweep
 
 RUN_DIR = "/scratch/my results/s/torch-resnet18-abc"  # a space: must stay one word in the script
 
@@ -165,6 +166,24 @@ def test_sbatch_command_skips_completed_runs(tmp_path, write_yaml, tiny_data, ca
     rundir.update_result(run_dir, status="completed")
     assert main(["sbatch", str(path), "--results", str(tmp_path)]) == 0
     assert f"{run_dir.name}  skip: completed" in capsys.readouterr().out
+
+
+def test_sbatch_takes_the_sweep_folders_lock_and_names_its_holder(tmp_path, write_yaml, tiny_data, capsys):
+    path = write_yaml(tiny_sweep(tiny_data))
+    argv = ["sbatch", str(path), "--results", str(tmp_path), "--retry-failed"]
+    assert main(argv) == 0
+    (run_dir,) = [p.parent for p in (tmp_path / "tiny").glob(f"*/{rundir.SBATCH_SCRIPT}")]
+    rundir.update_result(run_dir, status="failed")  # a script to write again
+    capsys.readouterr()
+    with lock_holder(tmp_path / "tiny") as holder:
+        since = json.loads((tmp_path / "tiny" / "sweep.json").read_text())["owner"]["since"]
+        assert main(argv) == 2
+        assert capsys.readouterr().err == (
+            f"error: {tmp_path / 'tiny'}: another `crackhpc sweep` (pid {holder.pid} on {procs.HOST}, since {since}) "
+            f"is submitting or running this folder's jobs; wait for it (`crackhpc status {tmp_path / 'tiny'}`) "
+            "or stop it first\n"
+        )
+    assert main(argv) == 0  # released with its holder's process
 
 
 def test_slurm_dry_run_without_slurm_is_one_line(tmp_path, write_yaml, tiny_data, capsys, monkeypatch):
