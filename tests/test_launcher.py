@@ -1,7 +1,6 @@
 """The launcher through real submitit executors (local processes and debug)."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -85,39 +84,6 @@ def test_synthetic_sweep_makes_its_data(tmp_path, write_yaml):
     assert len(list((tmp_path / "results" / ".data").glob("synth-n24-32px-seed0/*/*.jpg"))) == 24
     (run_id,) = json.loads((tmp_path / "results" / "syn" / "sweep.json").read_text())["runs"]
     assert rundir.read_result(tmp_path / "results" / "syn" / run_id)["status"] == "completed"
-
-
-@pytest.mark.tf
-def test_capstone_runs_all_three_study_models_on_synthetic_data(tmp_path, capsys):
-    """jobs/capstone.yaml as shipped, through the local executor, edited only by --set: synthetic
-    images instead of the dataset folder, random init instead of the offline ImageNet weights."""
-    import csv
-
-    pytest.importorskip("tensorflow", reason="the Keras runs need TensorFlow: pip install 'crackhpc[tf]'")
-    overrides = [
-        "name=capstone-synthetic",
-        "data.root=null",
-        "data.synthetic={n: 120, size: 64}",
-        "data.split=[0.6, 0.2, 0.2]",
-        "defaults.pretrained=false",
-        "defaults.input_size=64",
-        "defaults.epochs=1",
-        "resources.gpus_per_node=0",
-        "resources.cpus_per_task=1",
-    ]
-    capstone = Path(__file__).parents[1] / "jobs" / "capstone.yaml"
-    argv = ["sweep", str(capstone), "--executor", "local", "--results", str(tmp_path)]
-    assert main(argv + [a for o in overrides for a in ("--set", o)]) == 0
-    sweep_dir = tmp_path / "capstone-synthetic"
-    rows = list(csv.DictReader(open(sweep_dir / "summary.csv")))
-    assert sorted((r["framework"], r["model"], r["status"]) for r in rows) == [
-        ("keras", "resnet50", "completed"),
-        ("keras", "vgg16", "completed"),
-        ("torch", "resnet18", "completed"),
-    ]
-    assert all(r["batch_size"] == "100" and r["freeze_backbone"] == "True" for r in rows)
-    assert json.loads((sweep_dir / "sweep.json").read_text())["overrides"] == overrides
-    assert "keras-vgg16" in capsys.readouterr().out
 
 
 @pytest.mark.tf

@@ -1,12 +1,13 @@
-"""Crack maps that mean something: a run that learned (conftest's `learned`: ResNet18 trained end to
-end at 64 px on 400 synthetic crops, about 30 CPU seconds) against the true crack masks of synthetic photos.
+"""Crack maps that mean something: a run that learned (conftest's `learned`: the frozen ImageNet
+EfficientNet-Lite0 with its head trained on 400 synthetic 64 px crops, about 8 CPU seconds) against
+the true crack masks of synthetic photos.
 
 The measure: a patch is *crossed* where the photo's true mask has at least tile/4 crack pixels in
 it (a crack of a pixel's width over a quarter of the patch); the map's cracked patches are scored
 by precision (how many of them are crossed) and recall (how many crossed patches they find).
 Chance, a map marking patches at random, has the precision of the crossed fraction, about 0.33
-here. Measured on this machine: precision 1.0, recall 0.37 (384 patches, 126 crossed; with 2 torch
-threads, whose sums round differently: 0.97 and 0.27); the floors below leave room for that spread."""
+here. Measured on this machine: precision 0.88, recall 0.93 (384 patches, 126 crossed); the floors
+below leave room for another machine's rounding."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def test_a_learned_run_classifies_held_out_crops_at_its_reported_accuracy(learne
     assert code == 0, err
     prob = {r["image"]: float(r["max_probability"]) for r in rows(tmp_path / "crops" / "summary.csv")}
     accuracy = np.mean([(prob[str(data / i.path)] >= 0.5) == (i.label == 1) for i in test])
-    assert accuracy == pytest.approx(rundir.read_result(run)["test_acc"]) and accuracy > 0.6
+    assert accuracy == pytest.approx(rundir.read_result(run)["test_acc"]) and accuracy >= 0.75
 
 
 def test_cracked_patches_overlap_the_true_cracks_far_better_than_chance(learned, tmp_path):
@@ -63,4 +64,4 @@ def test_cracked_patches_overlap_the_true_cracks_far_better_than_chance(learned,
     print(scores)
     assert scores["patches"] == 6 * 64 and 0.15 < scores["chance"] < 0.6
     assert scores["precision"] >= 0.75 and scores["precision"] > scores["chance"] + 0.3
-    assert scores["recall"] >= 0.15
+    assert scores["recall"] >= 0.6

@@ -54,7 +54,9 @@ def test_git_state_says_whether_the_commit_alone_reproduces_the_sweep(repo, tmp_
     assert info["git_commit"] is None and len(info["sweep_sha256"]) == 64 and info["submitted_from"]
 
 
-@pytest.mark.parametrize("framework, absent", [pytest.param("keras", "torch", marks=pytest.mark.tf)])
+@pytest.mark.parametrize(
+    "framework, absent", [("torch", "tensorflow"), pytest.param("keras", "torch", marks=pytest.mark.tf)]
+)
 def test_runtime_imports_only_the_runs_framework(framework, absent):
     code = (
         "import json, sys; from crackhpc.provenance import runtime; info = runtime(sys.argv[1]); "

@@ -332,9 +332,9 @@ BINARY = bytes(range(256)) * 4  # not UTF-8, NUL bytes included
         ("config.yaml", lambda p: b"train: [framework: torch\nmodel", "not YAML"),
         ("config.yaml", lambda p: b"- just\n- a list\n", "not a run's config.yaml"),
         ("config.yaml", lambda p: BINARY, "binary or not UTF-8 text"),
-        ("metrics.csv", lambda p: BINARY, ""),
+        ("metrics.csv", lambda p: BINARY, ": binary or not UTF-8 text; "),
         ("metrics.csv", lambda p: b"step,loss\n1,0.5\n", "missing column(s) epoch, train_loss"),
-        ("metrics.csv", _truncated, ""),
+        ("metrics.csv", _truncated, ": missing column(s) "),  # cut inside its header
         ("misclassified.csv", lambda p: BINARY, "not a misclassified list (binary or not UTF-8 text)"),
         ("misclassified.csv", lambda p: _truncated(p)[:-3], "line 2: classes must be"),
         ("split.csv", lambda p: BINARY, "not a split manifest (binary or not UTF-8 text)"),
@@ -455,30 +455,6 @@ def test_a_damaged_misclassified_image_is_a_problem_not_a_traceback(tmp_path, ti
     assert line.startswith(f"problem: {image}: ") and "crackhpc data verify" in line
     assert not (tmp_path / "s" / "report" / "misclassified-r.png").exists()
     assert (tmp_path / "s" / "report" / "confusion-r.png").is_file()
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "run_id: r\nsweep: s\ntrain:\n  lr: 0.001\n  seed: 1\ndata:\n  split:\n  - 0.6\n  - 0.4\nresources: {}\n",
-        "# comment\ntrain:\n  note: |\n    two\n\n    lines\n  list:\n  - a\nb: 'quoted: x'\n\"c\": yes\n",
-        "---\ntrain: {lr: 1e-3}\n...\n",
-        "a: 1\na: 2\n",  # duplicate keys: YAML's last one wins
-        "a: &x {k: 1}\nb: *x\n",  # an alias into another block
-        "a: [1,\n2]\nb: 2\n",  # a flow list over two lines
-    ],
-)
-def test_config_yaml_read_block_by_block_is_yaml(text):
-    import yaml
-
-    assert rundir.load_config_yaml(text) == yaml.safe_load(text)
-
-
-def test_config_yaml_read_block_by_block_matches_write_config(complete):
-    import yaml
-
-    text = (complete / "keras-vgg16-s0" / rundir.CONFIG).read_text()
-    assert rundir.load_config_yaml(text) == yaml.safe_load(text)
 
 
 def test_a_backbone_the_study_did_not_use_is_named_with_its_weights(tmp_path, tiny_data):

@@ -37,7 +37,7 @@ quiet = {"echo": lambda *_: None}
 
 def slurm_yaml(folder, data, name, resources=None, **top):
     path = folder / f"{name}.yaml"
-    path.write_text(tiny_sweep(data, name, resources={**ON_SLURM, **(resources or {})}, **top))
+    path.write_text(tiny_sweep(data, name, resources={**ON_SLURM, **(resources or {})}, **{"executor": "slurm", **top}))
     return path
 
 
@@ -79,7 +79,8 @@ def array_sweep(tmp_path_factory, tiny_data, slurm_cluster):
     folder = tmp_path_factory.mktemp("array")
     path = slurm_yaml(folder, tiny_data, "array", resources={"array_parallelism": 2}, grid={"seed": [0, 1, 2, 3]})
     preview = cli("sweep", path, "--executor", "slurm", "--results", folder / "results", "--dry-run")
-    submit(load_sweep(path), folder / "results", "slurm", wait=True, **quiet)
+    cli("sweep", path, "--results", folder / "results")
+    finished(folder / "results" / "array")
     record = record_of(folder / "results" / "array")
     array_id = record["runs"][next(iter(record["runs"]))]["job_id"].split("_")[0]
     return SimpleNamespace(
@@ -130,26 +131,14 @@ def test_sweeping_again_skips_completed_runs(array_sweep):
 
 
 def test_two_tasks_train_data_parallel(tmp_path, tiny_data):
-    submit(
-        load_sweep(slurm_yaml(tmp_path, tiny_data, "ddp", resources={"tasks_per_node": 2})),
-        tmp_path,
-        "slurm",
-        wait=True,
-        **quiet,
-    )
+    cli("sweep", slurm_yaml(tmp_path, tiny_data, "ddp", resources={"tasks_per_node": 2}), "--results", tmp_path)
     (run,) = finished(tmp_path / "ddp")
     assert run.state == "completed" and "cpu=2" in run.tres
     assert rundir.read_result(tmp_path / "ddp" / run.run_id)["world_size"] == 2
 
 
 def test_gpu_job_is_scheduled_on_the_nodes_gpus(tmp_path, tiny_data):
-    submit(
-        load_sweep(slurm_yaml(tmp_path, tiny_data, "gpu", resources={"gpus_per_node": 1})),
-        tmp_path,
-        "slurm",
-        wait=True,
-        **quiet,
-    )
+    cli("sweep", slurm_yaml(tmp_path, tiny_data, "gpu", resources={"gpus_per_node": 1}), "--results", tmp_path)
     (run,) = finished(tmp_path / "gpu")
     assert run.state == "completed" and "gres/gpu=1" in run.tres
     assert rundir.read_result(tmp_path / "gpu" / run.run_id)["device"] == "cpu"  # placeholder GPUs: no CUDA
@@ -175,7 +164,7 @@ def test_run_that_raises_fails_once_with_its_error_in_status_and_report(tmp_path
     shutil.copytree(tiny_data, data)
     for image in data.rglob("*.jpg"):
         image.write_bytes(b"broken")
-    submit(load_sweep(slurm_yaml(tmp_path, data, "broken")), tmp_path, "slurm", wait=True, **quiet)
+    cli("sweep", slurm_yaml(tmp_path, data, "broken"), "--results", tmp_path)
     (run,) = finished(tmp_path / "broken")
     assert (run.state, run.slurm_state, run.requeues) == ("failed", "FAILED", 0)
     assert run.note.startswith("DataError: ") and "no readable images" in run.note
@@ -240,17 +229,26 @@ def test_plain_sbatch_script_requeues_itself_on_usr2_and_resumes(tmp_path, tiny_
 
 
 def test_status_watch_follows_a_sweep_to_completion(tmp_path, tiny_data):
-    path = slurm_yaml(tmp_path, tiny_data, "watch", grid={"seed": [0, 1]})
-    assert main(["sweep", str(path), "--executor", "slurm", "--results", str(tmp_path)]) == 0
-    watch = subprocess.run(
+    # Held in the queue until the watcher has printed its first line: a progress line, not the end.
+    path = slurm_yaml(tmp_path, tiny_data, "watch", grid={"seed": [0, 1]}, resources={"sbatch": {"begin": "now+1hour"}})
+    cli("sweep", path, "--results", tmp_path)
+    (array,) = {job["job_id"].split("_")[0] for job in record_of(tmp_path / "watch")["runs"].values()}
+    watch = subprocess.Popen(
         [sys.executable, "-m", "crackhpc.cli", "status", str(tmp_path / "watch"), "--watch", "1"],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
     )
-    lines = watch.stdout.splitlines()
-    assert watch.returncode == 0, watch.stdout + watch.stderr
-    assert re.match(r"\d\d:\d\d:\d\d 2 runs: .*; epochs \d+/4 \[[#-]{20}\] \d+%$", lines[0])  # piped: plain lines
+    try:
+        first = watch.stdout.readline()
+        subprocess.run(["scontrol", "update", f"JobId={array}", "StartTime=now"], check=True, capture_output=True)
+        rest, err = watch.communicate(timeout=300)
+    finally:
+        watch.kill()
+    assert watch.returncode == 0, rest + err
+    # piped: plain lines
+    assert re.match(r"\d\d:\d\d:\d\d 2 runs: 2 pending; epochs 0/4 \[-{20}\] 0%$", first), first
+    lines = rest.splitlines()
     assert lines[-1] == "2 runs: 2 completed; epochs 4/4 [####################] 100%"
     assert sum(" completed " in line for line in lines) == 2  # the final table
     follow = json.loads(
@@ -264,44 +262,50 @@ def test_status_watch_follows_a_sweep_to_completion(tmp_path, tiny_data):
     assert [r["state"] for r in follow["runs"]] == ["completed", "completed"]
 
 
+def sacct_elapsed(job_id: str) -> dict[str, int]:
+    """Each job's (or array task's) ElapsedRaw, in seconds, from sacct."""
+    accounting = subprocess.run(
+        ["sacct", "-X", "-P", "-n", "-o", "JobID,ElapsedRaw", "-j", job_id], capture_output=True, text=True, check=True
+    ).stdout
+    return {job: int(seconds) for job, seconds in (line.split("|") for line in accounting.split())}
+
+
 def test_status_resources_of_a_finished_job(array_sweep):
     finished(array_sweep.sweep_dir)
+    elapsed = sacct_elapsed(array_sweep.array_id)
     out = cli("status", array_sweep.sweep_dir, "--resources")
     header, *rows = out.splitlines()[:5]
     assert "mem peak/req" in header and "cpu eff" in header and "time used/limit" in header
     for row in rows:
+        s = elapsed[array_sweep.record["runs"][row.split()[0]]["job_id"]]
         # 1 GB and one CPU asked for, a 10 minute limit: what the sweep's resources say
-        assert re.search(r"/1G\s+\d+% of 1\s+0:00:\d\d/0:10:00\s+0 ", row), row
+        assert re.search(rf"/1G\s+\d+% of 1\s+{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}/0:10:00\s+0 ", row), row
+
+
+def squeue(*args: str) -> str:
+    return subprocess.run(["squeue", "-h", *args], capture_output=True, text=True, check=True).stdout.strip()
 
 
 def test_a_pending_job_shows_slurms_reason(tmp_path, tiny_data):
-    import os
-
+    until(lambda: not squeue("-t", "RUNNING,COMPLETING"), "the node free of earlier tests' jobs", 120)
+    cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, check=True).stdout.split()[0]
     holder = subprocess.run(
-        ["sbatch", "--parsable", "-c", str(os.cpu_count()), "--mem=1G", "-o", "/dev/null", "--wrap", "sleep 120"],
+        ["sbatch", "--parsable", "-c", cpus, "--mem=1G", "-o", "/dev/null", "--wrap", "sleep 120"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.strip()
     try:
-        until(
-            lambda: (
-                subprocess.run(
-                    ["squeue", "-h", "-j", holder, "-o", "%T"], capture_output=True, text=True
-                ).stdout.strip()
-                == "RUNNING"
-            ),
-            "the node held",
-            60,
-        )
-        submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "waits")), tmp_path, "slurm", **quiet)
+        until(lambda: squeue("-j", holder, "-o", "%T") == "RUNNING", "the node held", 60)
+        cli("sweep", slurm_yaml(tmp_path, tiny_data, "waits"), "--results", tmp_path)
         run = until(
             lambda: next((r for r in collect(tmp_path / "waits")[0] if "waiting:" in r.note), None),
             "a pending reason",
             60,
         )
-        assert run.state == "pending" and run.note == "waiting: Resources"
-        assert "waiting: Resources" in cli("status", tmp_path / "waits")
+        reason = squeue("-j", run.job_id, "-o", "%r")  # Resources, or Priority behind another pending job
+        assert run.state == "pending" and reason and run.note == f"waiting: {reason}"
+        assert f"waiting: {reason}" in cli("status", tmp_path / "waits")
     finally:
         subprocess.run(["scancel", holder])
         cli("cancel", tmp_path / "waits")
@@ -310,13 +314,7 @@ def test_a_pending_job_shows_slurms_reason(tmp_path, tiny_data):
 def test_report_resources_and_device_hours_come_from_slurms_accounting(array_sweep):
     finished(array_sweep.sweep_dir)
     df, _ = write_reports(array_sweep.sweep_dir)
-    accounting = subprocess.run(
-        ["sacct", "-X", "-P", "-n", "-o", "JobID,ElapsedRaw", "-j", array_sweep.array_id],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    elapsed = dict(line.split("|") for line in accounting.split())
+    elapsed = sacct_elapsed(array_sweep.array_id)
     record = record_of(array_sweep.sweep_dir)
     for row in df.to_dict("records"):
         seconds = float(elapsed[record["runs"][row["run_id"]]["job_id"]])

@@ -5,7 +5,6 @@ import copy
 import io
 import multiprocessing as mp
 import os
-import time
 
 import numpy as np
 import pytest
@@ -94,18 +93,34 @@ def test_extracted_features_are_the_eval_mode_backbone_outputs(tmp_path, tiny_da
 
 
 # -- two processes, one key ------------------------------------------------------------------
-ROWS = 8192  # 16 MB: long enough to write that a file written in place would be seen half done
+ROWS = 8192  # 16 MB
 
 
 def _features() -> np.ndarray:
     return np.arange(ROWS * 512, dtype=np.float32).reshape(ROWS, 512)
 
 
-def _ask(cache_dir, key, marker, barrier, results):
+def _ask(cache_dir, key, marker, barrier, pause, results):
+    """One process asking for the features; the one that computes them stops half-way through
+    writing the file until the test has looked at the cache folder."""
+    halfway, resume = pause
+    save = np.save
+
+    def paused_save(fh, array):
+        buf = io.BytesIO()
+        save(buf, array)
+        data = buf.getvalue()
+        fh.write(data[: len(data) // 2])
+        fh.flush()
+        halfway.set()
+        assert resume.wait(60)
+        fh.write(data[len(data) // 2 :])
+
+    np.save = paused_save  # in this child process only
+
     def compute():
         with open(marker, "a") as fh:
             fh.write(f"{os.getpid()}\n")
-        time.sleep(0.5)  # the other process reaches the lock meanwhile
         return _features()
 
     barrier.wait()
@@ -116,24 +131,25 @@ def _ask(cache_dir, key, marker, barrier, results):
 def test_two_processes_compute_once_and_both_read_it_whole(tmp_path, base):
     ctx = mp.get_context("spawn")
     key, marker = cache_key(**base), tmp_path / "computed-by"
-    barrier, results = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_ask, args=(tmp_path / "cache", key, marker, barrier, results)) for _ in range(2)]
-    final = tmp_path / "cache" / f"{key}.npy"
-    buf = io.BytesIO()
-    np.save(buf, _features())
-    sizes_seen = set()
+    barrier, pause, results = ctx.Barrier(2), (ctx.Event(), ctx.Event()), ctx.Queue()
+    procs = [
+        ctx.Process(target=_ask, args=(tmp_path / "cache", key, marker, barrier, pause, results)) for _ in range(2)
+    ]
     for p in procs:
         p.start()
-    while any(p.is_alive() for p in procs):
-        try:
-            sizes_seen.add(final.stat().st_size)
-        except FileNotFoundError:
-            pass
-        time.sleep(0.0005)
-    sizes_seen.add(final.stat().st_size)
-    outcomes = sorted(results.get(timeout=10) for _ in procs)
+    try:
+        assert pause[0].wait(120), "no process started writing the features"
+        # Half written: under a hidden temporary name, never under the final one, which the other
+        # process, waiting on the lock, has not been able to read.
+        (half,) = [p for p in (tmp_path / "cache").iterdir() if p.suffix == ".tmp"]
+        assert half.name.startswith(f".{key}.npy~") and 0 < half.stat().st_size
+        assert not (tmp_path / "cache" / f"{key}.npy").exists() and all(p.is_alive() for p in procs)
+    finally:
+        pause[1].set()
+    outcomes = sorted(results.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
     assert all(p.exitcode == 0 for p in procs)
     assert outcomes == [(False, True), (True, True)]
     assert len(marker.read_text().splitlines()) == 1
-    assert sizes_seen == {buf.getbuffer().nbytes}  # the final name only ever held the whole file
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [f"{key}.lock", f"{key}.npy"]
