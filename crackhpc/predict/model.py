@@ -59,7 +59,7 @@ def check_run(run_dir: str | Path) -> tuple[Path, RunSpec, dict]:
 def best_run(sweep_dir: str | Path, metric: str = "best_val_acc") -> tuple[Path, str]:
     """The sweep's best completed run with a checkpoint by `metric` (largest, or smallest for a
     loss or a cost), ties broken by test loss; and a line saying which and why."""
-    from ..report import summary
+    from ..report.tables import summary
 
     sweep_dir = Path(sweep_dir).resolve()
     if not (sweep_dir / RECORD).is_file():

@@ -38,6 +38,7 @@ from ..config import RunSpec
 from ..weights import locate
 from . import backends, common
 from .distributed import DistEnv
+from .features import FeatureKey
 
 APPLICATIONS = {
     "vgg16": (keras.applications.VGG16, keras.applications.vgg16.preprocess_input),
@@ -131,6 +132,7 @@ def _policy(precision: str, device: str) -> str:
 class Trainer:
     def __init__(self, spec: RunSpec, run_dir: Path, env: DistEnv, log, comm: _Single, device: str):
         self.spec, self.cfg, self.run_dir, self.env, self.log, self.comm = spec, spec.train, run_dir, env, log, comm
+        self.backend = comm.name
         self.device = device
         self.policy = _policy(self.cfg.precision, device)
 
@@ -158,10 +160,7 @@ class Trainer:
             extractor = _inference(backbone())  # outside the strategy: it runs forward only, on one rank at a time
             feats, self.feature_cache = common.features(
                 data,
-                f"keras-{cfg.model}",
-                weights_id,
-                size,
-                self.policy,
+                FeatureKey(f"keras-{cfg.model}", weights_id, size, self.policy),
                 lambda: self.predict(extractor, np.arange(len(data.items))),
                 self.log,
             )
@@ -278,22 +277,8 @@ class Trainer:
         self.prepare()
         state = self.load_checkpoint()
         self.comm.start(self.model.variables + self.optimizer.variables)
-        rows, test_loss, test_acc, records, wall = common.fit(self, start, state)
-        in_sync = self.params_in_sync() if self.env.world_size > 1 else None
-        return common.result(
-            self.data,
-            rows,
-            self.cfg.epochs,
-            test_loss,
-            test_acc,
-            len(records),
-            wall,
-            self.env,
-            self.device,
-            self.feature_cache,
-            self.comm.name,
-            in_sync,
-        )
+        outcome = common.fit(self, start, state)
+        return common.result(self, outcome, self.params_in_sync() if self.env.world_size > 1 else None)
 
 
 def train(spec: RunSpec, run_dir: Path, env: DistEnv, log) -> dict:
