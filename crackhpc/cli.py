@@ -262,7 +262,9 @@ def cmd_predict(args) -> int:
 
     run_dir = Path(args.model)
     if args.metric and not args.best:
-        raise CrackhpcError(f"--metric {args.metric}: only with --best (which picks a sweep's best run by it); add --best")
+        raise CrackhpcError(
+            f"--metric {args.metric}: only with --best (which picks a sweep's best run by it); add --best"
+        )
     if args.best:
         run_dir, note = best_run(run_dir, args.metric or "best_val_acc")
         print(note)

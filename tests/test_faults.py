@@ -137,9 +137,7 @@ def test_ctrl_c_stops_the_local_jobs_and_records_them(tmp_path, write_yaml, tiny
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "crackhpc.cli", *args], capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "-m", "crackhpc.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_a_second_sweep_of_a_busy_folder_refuses_and_a_dry_run_sees_the_live_run(
@@ -428,7 +426,12 @@ def test_a_killed_writers_temporary_file_is_removed_and_results_are_group_readab
     finally:
         os.umask(umask)
     assert not orphan.exists() and mine.exists()  # a live writer's file is left alone
-    for path in (run_dir / rundir.RESULT, run_dir / rundir.METRICS, run_dir / "checkpoint.pt", sweep_dir / "sweep.json"):
+    for path in (
+        run_dir / rundir.RESULT,
+        run_dir / rundir.METRICS,
+        run_dir / "checkpoint.pt",
+        sweep_dir / "sweep.json",
+    ):
         assert path.stat().st_mode & 0o777 == 0o664, path  # 0666 less the umask
 
 

@@ -8,7 +8,7 @@ from crackhpc import slurm
 from crackhpc.config import load_sweep
 from crackhpc.launcher import submit
 
-from .test_slurm_integration import finished, quiet, slurm_yaml
+from .test_slurm_integration import cli, finished, slurm_yaml
 
 
 def test_groups_are_cut_at_the_limit():
@@ -25,7 +25,7 @@ def test_shape_beyond_max_array_size_goes_out_as_several_arrays(tmp_path, tiny_d
     submit(load_sweep(path), tmp_path, "slurm", dry_run=True, echo=lines.append)
     shapes = [line.split(":")[0].strip() for line in lines if line.startswith("  job ")]
     assert shapes == ["job array of 5 runs", "job of 1 run"]
-    submit(load_sweep(path), tmp_path, "slurm", wait=True, **quiet)
+    cli("sweep", path, "--results", tmp_path)
     jobs = sorted(e["job_id"] for e in json.loads((tmp_path / "split" / "sweep.json").read_text())["runs"].values())
     arrays = sorted({j.split("_")[0] for j in jobs if "_" in j})
     assert len(arrays) == 1 and sorted(j for j in jobs if "_" in j) == [f"{arrays[0]}_{i}" for i in range(5)]

@@ -153,7 +153,7 @@ def test_logs_of_requeued_slurm_runs_show_each_attempt(tmp_path, tiny_data, slur
         (tmp_path / "sub" / sub_run, sub_job, []),
         (tmp_path / "plain" / plain_run, plain_job, ["--batch"]),
     ):
-        until(lambda: rundir.read_result(run_dir).get("epochs_done"), "first epoch", 120)
+        until(lambda run_dir=run_dir: rundir.read_result(run_dir).get("epochs_done"), "first epoch", 120)
         subprocess.run(["scancel", "--signal=USR2", *flags, job["job_id"]], check=True)
     finished(tmp_path / "sub")
     finished(tmp_path / "plain")

@@ -213,12 +213,12 @@ def test_exported_model_gives_predicts_probabilities(trained, photos, tmp_path, 
             import torch
 
             model = torch.jit.load(str(model_file))
-            forward = lambda x: model(torch.from_numpy(x)).detach().numpy()  # noqa: E731
+            forward = lambda x, model=model: model(torch.from_numpy(x)).detach().numpy()  # noqa: E731
         else:
             import onnxruntime
 
             session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
-            forward = lambda x: session.run(["probabilities"], {"images": x})[0]  # noqa: E731
+            forward = lambda x, session=session: session.run(["probabilities"], {"images": x})[0]  # noqa: E731
         for photo in rows(out / "summary.csv"):
             image = open_photo(photo["image"])
             boxes = grid(image.width, image.height, 32, 16)
@@ -228,6 +228,7 @@ def test_exported_model_gives_predicts_probabilities(trained, photos, tmp_path, 
 
 
 @pytest.mark.slurm
+@pytest.mark.timeout(240)  # it waits for its jobs (--wait)
 def test_three_shards_run_as_one_job_array_and_merge_to_the_local_tables(trained, photos, tmp_path, slurm_cluster):
     from crackhpc.status import collect
 
@@ -321,6 +322,7 @@ def test_a_shard_that_fails_is_reported_and_nothing_is_merged(trained, photos, t
 
 
 @pytest.mark.slurm
+@pytest.mark.timeout(240)  # it waits for its jobs (--wait)
 def test_predict_with_another_clusters_profile_runs_its_setup(trained, photos, tmp_path, slurm_cluster, monkeypatch):
     profiles = tmp_path / "clusters.yaml"
     profiles.write_text("here:\n  partition: debug\n  setup: ['echo \"setup of cluster here\"']\n")

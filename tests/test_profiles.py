@@ -125,6 +125,7 @@ def test_scontrol_names_the_local_cluster(slurm_cluster, monkeypatch):
 
 
 @pytest.mark.slurm
+@pytest.mark.timeout(240)  # it waits for its jobs (--wait)
 def test_profile_chosen_by_cluster_on_the_real_slurm(tmp_path, tiny_data, profiles, slurm_cluster, capsys):
     """A sweep that names no partition and no setup gets both from the profile --cluster picks."""
     profiles(f"""\

@@ -137,7 +137,7 @@ def test_every_readme_block_and_command_is_run_or_listed_as_not_run():
         f"{BLOCKS_FOUND[unknown[0]][0].text if BLOCKS_FOUND[unknown[0]] else '-'}). Every README command must "
         f"run as written: add the block's name to BLOCKS in tests/test_readme.py, and in {HOW} add what "
         "its commands need changed to run on a tiny sweep (the substitution table) or, for a command "
-        "that cannot run in a test, a row of the \"Not run\" table saying why"
+        'that cannot run in a test, a row of the "Not run" table saying why'
     )
     gone = [b for b in BLOCKS if b not in BLOCKS_FOUND] + [k for k in NOT_RUN if k[0] not in BLOCKS_FOUND]
     assert not gone, f"tests/test_readme.py and {HOW} name blocks README.md no longer has: {gone}"
@@ -147,7 +147,7 @@ def test_every_readme_block_and_command_is_run_or_listed_as_not_run():
     assert not stale, f"{HOW} lists as not run commands README.md no longer has (or has edited): {stale}"
     unused = [row[:2] for row in SUBSTITUTIONS if not any(row[1] in c.text for c in BLOCKS_FOUND.get(row[0], []))]
     assert not unused, f"{HOW} substitutes README text that its block no longer has: {unused}"
-    assert all(why for why in NOT_RUN.values()), f"every row of {HOW}'s \"Not run\" table says why"
+    assert all(why for why in NOT_RUN.values()), f'every row of {HOW}\'s "Not run" table says why'
     assert set(CHECKS) <= commands_text, "CHECKS names a command README.md no longer has"
 
 

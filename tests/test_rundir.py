@@ -88,7 +88,11 @@ def test_update_result_merges_fields_and_stamps_host_and_time(tmp_path):
 def test_a_new_attempt_keeps_only_the_requeue_count(tmp_path):
     rundir.update_result(tmp_path, status="failed", error="boom", requeues=2, epochs_done=3)
     result = rundir.reset_result(tmp_path, status=RunState.PENDING, run_id="r")
-    assert {k: result[k] for k in ("status", "run_id", "requeues")} == {"status": "pending", "run_id": "r", "requeues": 2}
+    assert {k: result[k] for k in ("status", "run_id", "requeues")} == {
+        "status": "pending",
+        "run_id": "r",
+        "requeues": 2,
+    }
     assert "error" not in result and "epochs_done" not in result
 
 

@@ -8,8 +8,10 @@ import contextlib
 import csv
 import io
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -286,29 +288,75 @@ def squeue(*args: str) -> str:
     return subprocess.run(["squeue", "-h", *args], capture_output=True, text=True, check=True).stdout.strip()
 
 
-def test_a_pending_job_shows_slurms_reason(tmp_path, tiny_data):
+@pytest.mark.timeout(420)  # a 1-minute time limit, and maybe the node busy with leftover jobs first
+def test_what_only_slurm_can_tell_pending_reason_time_limit_and_a_job_that_ends_without_a_result(tmp_path, tiny_data):
+    """Produced on the real cluster, concurrently, in one time limit (a minute or a little more):
+    a run whose setup sleeps through its 1-minute limit holds every CPU of the node, so a second run
+    waits with Slurm's reason, then is killed: TIMEOUT; the second run's setup exits 0 before its
+    worker starts: a job that ended COMPLETED without a result. Ctrl-C of the waiting `crackhpc
+    sweep --wait` leaves both jobs to Slurm (exit 130), and `status --watch` follows them to the end
+    and exits 1."""
     until(lambda: not squeue("-t", "RUNNING,COMPLETING"), "the node free of earlier tests' jobs", 120)
-    cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, check=True).stdout.split()[0]
-    holder = subprocess.run(
-        ["sbatch", "--parsable", "-c", cpus, "--mem=1G", "-o", "/dev/null", "--wrap", "sleep 120"],
-        capture_output=True,
+    cpus = int(
+        subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, check=True).stdout.split()[0]
+    )
+    runs = [
+        {"seed": 0, "resources": {"setup": ["sleep 600"], "timeout_min": 1, "cpus_per_task": cpus}},
+        {"seed": 1, "resources": {"setup": ["exit 0"]}},
+    ]
+    path = slurm_yaml(tmp_path, tiny_data, "ends", runs=runs)
+    sweep_dir = tmp_path / "ends"
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "crackhpc.cli", "sweep", str(path), "--results", str(tmp_path), "--wait"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
-        check=True,
-    ).stdout.strip()
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT below: where it hung
+    )
     try:
-        until(lambda: squeue("-j", holder, "-o", "%T") == "RUNNING", "the node held", 60)
-        cli("sweep", slurm_yaml(tmp_path, tiny_data, "waits"), "--results", tmp_path)
-        run = until(
-            lambda: next((r for r in collect(tmp_path / "waits")[0] if "waiting:" in r.note), None),
-            "a pending reason",
+        jobs = until(
+            lambda: (
+                (sweep_dir / "sweep.json").is_file()
+                and len(ids := [j["job_id"] for j in record_of(sweep_dir)["runs"].values()]) == 2
+                and ids
+            ),
+            "both jobs submitted",
             60,
         )
-        reason = squeue("-j", run.job_id, "-o", "%r")  # Resources, or Priority behind another pending job
-        assert run.state == "pending" and reason and run.note == f"waiting: {reason}"
-        assert f"waiting: {reason}" in cli("status", tmp_path / "waits")
+        sweep.send_signal(signal.SIGINT)
+        try:
+            _, err = sweep.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            sweep.send_signal(signal.SIGABRT)
+            pytest.fail(f"`crackhpc sweep --wait` did not stop at SIGINT:\n{sweep.communicate(timeout=30)[1][-5000:]}")
+        assert sweep.returncode == 130 and err.splitlines()[-1] == (
+            f"interrupted: 2 Slurm job(s) left queued or running, ids in {sweep_dir / 'sweep.json'}; "
+            f"`crackhpc status {sweep_dir}` follows them, `crackhpc cancel {sweep_dir}` stops them"
+        ), err
+        assert sorted(squeue("-j", ",".join(jobs), "-o", "%i").split()) == sorted(jobs)  # left to Slurm
+        waiting = until(
+            lambda: next((r for r in collect(sweep_dir)[0] if "waiting:" in r.note), None), "a pending reason", 60
+        )
+        reason = squeue("-j", waiting.job_id, "-o", "%r")  # Resources, or Priority behind another pending job
+        assert waiting.state == "pending" and reason and waiting.note == f"waiting: {reason}"
+        watch = subprocess.run(
+            [sys.executable, "-m", "crackhpc.cli", "status", str(sweep_dir), "--watch", "5"],
+            capture_output=True,
+            text=True,
+            timeout=240,  # the time limit, enforced by slurmctld every 30 s, and Slurm's KillWait
+        )
     finally:
-        subprocess.run(["scancel", holder])
-        cli("cancel", tmp_path / "waits")
+        if sweep.poll() is None:
+            sweep.kill()
+        subprocess.run(["scancel", "--name", f"crackhpc-{sweep_dir.name}"])  # whatever a failure left queued
+    assert watch.returncode == 1, watch.stdout + watch.stderr  # not every run completed
+    last = watch.stdout.splitlines()[-1]
+    assert last.startswith("2 runs: ") and "1 timeout" in last and "1 failed" in last, last
+    sleeper, quitter = sorted(finished(sweep_dir), key=lambda r: "-s1-" in r.run_id)  # seed 0 sleeps
+    assert (sleeper.state, sleeper.slurm_state) == ("timeout", "TIMEOUT")
+    assert (quitter.state, quitter.slurm_state) == ("failed", "COMPLETED")
+    for run in (sleeper, quitter):
+        assert f"job {run.job_id} ended {run.slurm_state} before the worker recorded a result; see " in run.note
 
 
 def test_report_resources_and_device_hours_come_from_slurms_accounting(array_sweep):
