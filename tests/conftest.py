@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -53,6 +54,13 @@ def tiny_sweep(data_root: Path, name: str = "tiny", defaults: dict | None = None
         **top,
     }
     return yaml.safe_dump(sweep, sort_keys=False)
+
+
+def in_foreground():
+    """A Popen preexec_fn: the command starts as at a terminal, with SIGINT (Ctrl-C) at its default,
+    also where the tests were started in the background (`pytest … &`), which hands its children an
+    ignored SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def killed_writer(target: Path) -> Path:

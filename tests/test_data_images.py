@@ -73,3 +73,20 @@ def test_the_cache_is_keyed_by_size_and_manifest(tmp_path, tiny_data, items, dec
     ImageCache.build(items, tiny_data, 16, tmp_path, workers=1)
     assert len(decoded) == 150
     assert len(list(tmp_path.glob("images-*px.npy"))) == 4
+
+
+@pytest.mark.parametrize(
+    "name, damage",
+    [
+        ("images-*px.npy", lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])),  # a disk that filled
+        ("images-*px.npy", lambda p: p.write_bytes(b"\0" * 100)),  # not an array at all
+        ("images-*.ok.npy", lambda p: p.write_bytes(b"garbage")),
+    ],
+)
+def test_a_damaged_cache_is_built_again(tmp_path, tiny_data, items, decoded, name, damage):
+    first = np.array(ImageCache.build(items, tiny_data, 32, tmp_path, workers=1, chunk=CHUNK).images)
+    (path,) = tmp_path.glob(name)
+    damage(path)
+    again = ImageCache.build(items, tiny_data, 32, tmp_path, workers=1, chunk=CHUNK)
+    assert len(decoded) == 80 and again.ok.all()  # decoded a second time: derived data, no error
+    np.testing.assert_array_equal(again.images, first)

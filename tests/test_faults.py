@@ -35,7 +35,7 @@ from crackhpc.cli import main
 from crackhpc.config import load_sweep
 from crackhpc.launcher import submit
 
-from .conftest import killed_writer, tiny_sweep
+from .conftest import in_foreground, killed_writer, tiny_sweep
 
 LONG = {"epochs": 40}  # long enough to be caught mid-training
 ENDLESS = {"epochs": 2000}  # for runs that are stopped before they end
@@ -43,7 +43,11 @@ ENDLESS = {"epochs": 2000}  # for runs that are stopped before they end
 
 def crackhpc(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "crackhpc.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+        [sys.executable, "-m", "crackhpc.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **{"preexec_fn": in_foreground, **kw},
     )
 
 
@@ -111,7 +115,7 @@ def test_ctrl_c_stops_the_local_jobs_and_records_them(tmp_path, write_yaml, tiny
         "local",
         "--results",
         str(tmp_path),
-        preexec_fn=_in_background if background else None,
+        preexec_fn=_in_background if background else in_foreground,
     )
     run = wait_until(lambda: training(sweep_dir), what="an epoch")
     # sweep.json is saved after every job: the first job is in it while the others wait for it

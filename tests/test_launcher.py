@@ -32,17 +32,20 @@ def test_local_sweep_runs_every_config_and_skips_completed_on_resubmission(tmp_p
     assert json.loads((sweep_dir / "sweep.json").read_text())["runs"] == saved["runs"]
 
 
-def test_failed_run_is_recorded_and_resubmitted_only_on_request(tmp_path, write_yaml, tiny_data):
+def test_failed_run_is_recorded_and_resubmitted_only_on_request(tmp_path, write_yaml, tiny_data, capsys):
     import shutil
 
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
     for image in data.rglob("*.jpg"):
         image.write_bytes(b"broken")
-    sweep = load_sweep(write_yaml(tiny_sweep(data)))
-    submit(sweep, tmp_path / "results", "local", echo=lambda *_: None)
+    path = write_yaml(tiny_sweep(data))
+    sweep = load_sweep(path)
+    # the run it waited for raised: exit 1, and one line naming it
+    assert main(["sweep", str(path), "--executor", "local", "--results", str(tmp_path / "results")]) == 1
     sweep_dir = tmp_path / "results" / "tiny"
     (run_id,) = json.loads((sweep_dir / "sweep.json").read_text())["runs"]
+    assert f"1 of 1 runs did not complete: {run_id} failed" in capsys.readouterr().err
     result = rundir.read_result(sweep_dir / run_id)
     assert result["status"] == "failed" and "no readable images" in result["error"]
     lines = []

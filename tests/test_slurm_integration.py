@@ -27,7 +27,7 @@ from crackhpc.report.tables import RESOURCE_COLUMNS, write_reports
 from crackhpc.slurm import ACTIVE_STATES
 from crackhpc.status import collect
 
-from .conftest import tiny_sweep
+from .conftest import in_foreground, tiny_sweep
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -312,6 +312,7 @@ def test_what_only_slurm_can_tell_pending_reason_time_limit_and_a_job_that_ends_
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT below: where it hung
+        preexec_fn=in_foreground,
     )
     try:
         jobs = until(

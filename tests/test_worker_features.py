@@ -68,6 +68,23 @@ def test_a_changed_input_recomputes(tmp_path, base, field, value):
 
 
 @pytest.mark.parametrize(
+    "damage",
+    [
+        lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),  # cut short: a disk that filled
+        lambda p: p.write_bytes(b"\x93NUMPY garbage"),
+        lambda p: p.write_bytes(b""),
+    ],
+)
+def test_a_damaged_feature_file_is_computed_again(tmp_path, base, damage):
+    calls = []
+    cached_features(tmp_path, key_name(**base), counted(calls, 1.0))
+    damage(tmp_path / f"{key_name(**base)}.npy")
+    feats, computed = cached_features(tmp_path, key_name(**base), counted(calls, 2.0))
+    assert computed and calls == [1.0, 2.0] and (feats == 2.0).all()
+    assert cached_features(tmp_path, key_name(**base), counted(calls, 3.0))[1] is False  # stored whole again
+
+
+@pytest.mark.parametrize(
     "manifest",
     [
         lambda root: make_manifest(root, SPLIT, 1),  # the same images, split differently
