@@ -16,6 +16,8 @@ from crackhpc.slurm import SlurmJob, parse_sacct
 from crackhpc.states import RunState
 from crackhpc.status import collect, merge, run_statuses
 
+from .conftest import in_foreground
+
 ERROR = "DataError: /data: no readable images in the train or test split (40 of 40 failed to decode; run `crackhpc data verify`)"
 
 
@@ -269,7 +271,7 @@ def fake_controller():
     """A process standing in for submitit's local controller: it exits 0 on SIGINT. Returned once it
     runs, with Python's SIGINT handler in place."""
     code = "import time\ntry:\n    print('ready', flush=True)\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    pass"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, preexec_fn=in_foreground)
     assert proc.stdout.readline() == b"ready\n"
     return proc
 
