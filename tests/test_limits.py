@@ -7,8 +7,9 @@ import pytest
 from crackhpc import slurm
 from crackhpc.config import load_sweep
 from crackhpc.launcher import submit
+from crackhpc.status import collect
 
-from .test_slurm_integration import cli, finished, slurm_yaml
+from .test_slurm_integration import cli, slurm_yaml, squeue
 
 
 def test_groups_are_cut_at_the_limit():
@@ -20,14 +21,20 @@ def test_groups_are_cut_at_the_limit():
 def test_shape_beyond_max_array_size_goes_out_as_several_arrays(tmp_path, tiny_data, slurm_cluster):
     """tests/slurm/slurm.conf.in sets MaxArraySize=5: six runs of one shape make two jobs."""
     assert slurm.max_array_size() == 5
-    path = slurm_yaml(tmp_path, tiny_data, "split", grid={"seed": [0, 1, 2, 3, 4, 5]}, defaults={"epochs": 1})
+    # Held in the queue: what is tested is how Slurm took them, not the runs (other tests run arrays)
+    held = {"sbatch": {"begin": "now+1hour"}}
+    path = slurm_yaml(tmp_path, tiny_data, "split", grid={"seed": [0, 1, 2, 3, 4, 5]}, resources=held)
     lines = []
     submit(load_sweep(path), tmp_path, "slurm", dry_run=True, echo=lines.append)
     shapes = [line.split(":")[0].strip() for line in lines if line.startswith("  job ")]
     assert shapes == ["job array of 5 runs", "job of 1 run"]
     cli("sweep", path, "--results", tmp_path)
-    jobs = sorted(e["job_id"] for e in json.loads((tmp_path / "split" / "sweep.json").read_text())["runs"].values())
-    arrays = sorted({j.split("_")[0] for j in jobs if "_" in j})
-    assert len(arrays) == 1 and sorted(j for j in jobs if "_" in j) == [f"{arrays[0]}_{i}" for i in range(5)]
-    assert len([j for j in jobs if "_" not in j]) == 1
-    assert [r.state for r in finished(tmp_path / "split")] == ["completed"] * 6
+    try:
+        jobs = sorted(e["job_id"] for e in json.loads((tmp_path / "split" / "sweep.json").read_text())["runs"].values())
+        arrays = sorted({j.split("_")[0] for j in jobs if "_" in j})
+        assert len(arrays) == 1 and sorted(j for j in jobs if "_" in j) == [f"{arrays[0]}_{i}" for i in range(5)]
+        assert len([j for j in jobs if "_" not in j]) == 1
+        assert sorted(squeue("-r", "-j", ",".join(jobs), "-o", "%i").split()) == jobs  # Slurm's own view
+        assert [r.state for r in collect(tmp_path / "split")[0]] == ["pending"] * 6
+    finally:
+        cli("cancel", tmp_path / "split")

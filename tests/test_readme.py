@@ -3,9 +3,9 @@
 
 A block is known by the heading above it (`Using it`, or `Using it #2` for a second block under the
 same heading). Each block must be in BLOCKS; each of its commands then runs, unless README's "Not
-run" table lists it with the reason. The commands of all blocks run in README order in one scratch
-folder, so that later commands find what earlier ones made (the tiny sweep that "Using it" trains
-is the model of "Using a trained model")."""
+run" table lists it with the reason. The commands of all blocks run in README order, in one test and
+one scratch folder, so that later commands find what earlier ones made (the tiny sweep that "Using
+it" trains is the model of "Using a trained model")."""
 
 from __future__ import annotations
 
@@ -163,10 +163,10 @@ def test_the_readme_block_parser():
     }
 
 
-@pytest.fixture(scope="module")
-def scratch(tmp_path_factory) -> tuple[Path, dict[str, str], dict[str, str]]:
+@pytest.fixture
+def scratch(tmp_path) -> tuple[Path, dict[str, str], dict[str, str]]:
     """(the folder the commands run in, their environment, the values of @name@ in the table)."""
-    home = tmp_path_factory.mktemp("readme")
+    home = tmp_path
     (home / "jobs").mkdir()
     shutil.copy(ROOT / "jobs" / "capstone.yaml", home / "jobs")
     smoke = yaml.safe_load((ROOT / "jobs" / "smoke.yaml").read_text())
@@ -244,11 +244,10 @@ CHECKS = {
 }
 
 
-@pytest.mark.xdist_group("readme")  # in README order, in one scratch folder
-@pytest.mark.parametrize("block", [b for b in BLOCKS if b in BLOCKS_FOUND])
-def test_readme_commands_run_as_written(scratch, block):
+def test_readme_commands_run_as_written(scratch):
+    """One test, the blocks in README order: later blocks use what earlier ones made."""
     home, env, values = scratch
-    for command in BLOCKS_FOUND[block]:
+    for command in (c for block in BLOCKS if block in BLOCKS_FOUND for c in BLOCKS_FOUND[block]):
         if why := why_not_run(command):
             print(f"not run: {command.text}: {why}")
             continue
@@ -257,8 +256,8 @@ def test_readme_commands_run_as_written(scratch, block):
         out = subprocess.run([BASH, "-c", line], cwd=home, env=env, capture_output=True, text=True, timeout=300)
         print(f"{time.monotonic() - start:6.1f} s  {line}")
         assert out.returncode == 0, (
-            f"README block {block!r}: `{command.text}`, run as `{line}`, exited {out.returncode}:\n"
+            f"README block {command.block!r}: `{command.text}`, run as `{line}`, exited {out.returncode}:\n"
             f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
         )
         check = CHECKS.get(command.text)
-        assert check is None or check(home), f"README block {block!r}: `{line}` did not leave what it should"
+        assert check is None or check(home), f"README block {command.block!r}: `{line}` did not leave what it should"
