@@ -247,7 +247,7 @@ CHECKS = {
 def test_readme_commands_run_as_written(scratch):
     """One test, the blocks in README order: later blocks use what earlier ones made."""
     home, env, values = scratch
-    for command in (c for block in BLOCKS if block in BLOCKS_FOUND for c in BLOCKS_FOUND[block]):
+    for command in (c for block, commands in BLOCKS_FOUND.items() if block in BLOCKS for c in commands):
         if why := why_not_run(command):
             print(f"not run: {command.text}: {why}")
             continue
