@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-import socket
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import yaml
 
-from . import atomic
+from . import atomic, procs
 from .config import RunSpec, validate
 from .errors import ConfigError, DamagedFileError
 from .states import RunState
@@ -52,10 +51,10 @@ class Epoch(NamedTuple):
 
 
 METRIC_COLUMNS = Epoch._fields
-RERUN = "delete it and rerun the run with `crackhpc sweep --retry-failed`"
+FIX_RERUN = "delete it and rerun the run with `crackhpc sweep --retry-failed`"
 # A damaged config.yaml (or other input) of a run: without result.json the run is resubmitted, and
 # its config.yaml and split.csv are written again.
-REDO = "delete {run}/result.json and run `crackhpc sweep <sweep file> --retry-failed`, which redoes the run"
+FIX_REDO = "delete {run}/result.json and run `crackhpc sweep <sweep file> --retry-failed`, which redoes the run"
 # libyaml's parser where PyYAML has it: `status` and `report` read a config.yaml per run (1,000 of them).
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -100,7 +99,7 @@ def read_config(run_dir: str | Path) -> RunSpec:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not a crackhpc run folder (config.yaml missing)")
-    fix = REDO.format(run=run_dir)
+    fix = FIX_REDO.format(run=run_dir)
     try:
         raw = load_config_yaml(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
@@ -121,7 +120,7 @@ def read_result(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / RESULT
     if not path.is_file():
         return {"status": RunState.PENDING.value}
-    return atomic.read_json(path, RERUN)
+    return atomic.read_json(path, FIX_RERUN)
 
 
 def state_of(result: dict) -> RunState:
@@ -147,7 +146,7 @@ def reset_result(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
 
 def _write_result(run_dir: str | Path, result: dict) -> dict:
     result = {k: (v.value if isinstance(v, RunState) else v) for k, v in result.items()}
-    result.update(updated=now(), host=socket.gethostname())
+    result.update(updated=now(), host=procs.HOST)
     atomic.write_json(Path(run_dir) / RESULT, result)
     return result
 

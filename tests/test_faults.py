@@ -31,7 +31,7 @@ import pytest
 from crackhpc import atomic, procs, rundir
 from crackhpc.cli import main
 from crackhpc.config import load_sweep
-from crackhpc.launcher import submit
+from crackhpc.launcher import Submission, submit
 
 from .conftest import tiny_sweep
 
@@ -214,7 +214,7 @@ def test_workers_left_by_a_killed_sweep_are_named_orphans_and_cancel_stops_them(
 def make_runs(tmp_path, tiny_data, n: int = 3) -> tuple[Path, list[Path]]:
     """A finished local sweep of `n` one-epoch runs (debug executor: in this process)."""
     sweep = load_sweep(tiny_sweep_file(tmp_path, tiny_data, n))
-    submit(sweep, tmp_path / "r", "debug", echo=lambda *_: None)
+    submit(sweep, tmp_path / "r", Submission("debug"), echo=lambda *_: None)
     sweep_dir = tmp_path / "r" / "tiny"
     return sweep_dir, sorted(p for p in sweep_dir.glob("torch-*"))
 
@@ -288,7 +288,9 @@ def test_a_damaged_checkpoint_fails_the_run_naming_the_file(tmp_path, tiny_data)
     checkpoint = run_dir / "checkpoint.pt"
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
     rundir.update_result(run_dir, status="failed")
-    submit(load_sweep(tmp_path / "tiny.yaml"), tmp_path / "r", "local", retry_failed=True, echo=lambda *_: None)
+    submit(
+        load_sweep(tmp_path / "tiny.yaml"), tmp_path / "r", Submission("local", retry_failed=True), echo=lambda *_: None
+    )
     result = rundir.read_result(run_dir)
     assert result["status"] == "failed"
     assert result["error"].startswith(f"DamagedFileError: {checkpoint}: cannot be read (")
@@ -304,11 +306,16 @@ def test_a_changed_dataset_is_not_resumed(tmp_path, tiny_data):
     shutil.copytree(tiny_data, data)
     path = tmp_path / "s.yaml"
     path.write_text(tiny_sweep(data, defaults={"epochs": 1}))
-    submit(load_sweep(path), tmp_path / "r", "debug", echo=lambda *_: None)
+    submit(load_sweep(path), tmp_path / "r", Submission("debug"), echo=lambda *_: None)
     (run_dir,) = (tmp_path / "r" / "tiny").glob("torch-*")
     rundir.update_result(run_dir, status="failed")  # as if killed after its first epoch
     next(data.glob("Positive/*.jpg")).unlink()  # the dataset changes: the split is drawn anew
-    submit(load_sweep(path.with_name("s.yaml")), tmp_path / "r", "local", retry_failed=True, echo=lambda *_: None)
+    submit(
+        load_sweep(path.with_name("s.yaml")),
+        tmp_path / "r",
+        Submission("local", retry_failed=True),
+        echo=lambda *_: None,
+    )
     result = rundir.read_result(run_dir)
     assert result["status"] == "failed" and "trained on another split of the data" in result["error"]
 
@@ -348,9 +355,7 @@ def test_status_answers_when_sacct_hangs_or_talks_garbage(
 ):
     import shutil
 
-    import crackhpc.slurm
-
-    monkeypatch.setattr(crackhpc.slurm, "TIMEOUT_S", 1.0)
+    monkeypatch.setenv("CRACKHPC_SLURM_TIMEOUT", "1")
     fake_slurm(script)
     sweep_dir = tmp_path / "tiny"
     shutil.copytree(finished[0], sweep_dir)
@@ -409,7 +414,9 @@ def test_a_killed_writers_temporary_file_is_removed_and_results_are_group_readab
     mine = run_dir / f".metrics.csv~{atomic.HOST}~{os.getpid()}~0.tmp"
     mine.write_bytes(b"")
     rundir.update_result(run_dir, status="failed")
-    submit(load_sweep(tmp_path / "tiny.yaml"), tmp_path / "r", "debug", retry_failed=True, echo=lambda *_: None)
+    submit(
+        load_sweep(tmp_path / "tiny.yaml"), tmp_path / "r", Submission("debug", retry_failed=True), echo=lambda *_: None
+    )
     assert not orphan.exists() and mine.exists()  # a live writer's file is left alone
     for name in (rundir.RESULT, rundir.METRICS, "checkpoint.pt", "sweep.json"):
         path = (run_dir / name) if name != "sweep.json" else sweep_dir / name

@@ -7,7 +7,7 @@ import submitit
 
 from crackhpc import slurm
 from crackhpc.config import DataConfig, Resources, RunSpec, TrainConfig
-from crackhpc.launcher import make_executor
+from crackhpc.engine import make_executor
 from crackhpc.sbatch import sbatch_lines
 
 RES = Resources(
