@@ -415,10 +415,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad command lines are one line too, as every other bad input (argparse prints its usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import EXECUTORS, MAX_RUNS, STUDY_SPLIT
 
-    parser = argparse.ArgumentParser(prog="crackhpc", description=__doc__)
+    parser = _Parser(prog="crackhpc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("sweep", help="train every run of a sweep YAML as its own job")

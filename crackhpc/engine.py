@@ -400,15 +400,18 @@ class Engine:
 
     # -- stopping ------------------------------------------------------------------------------------
 
-    def _stop_local(self, run_id: str) -> bool:
-        """Stop a run's local job: its worker (which records the run cancelled), then its controller.
-        False if neither was running."""
-        job = self.record.runs.get(run_id)
-        try:
-            worker = rundir.read_result(self.folder.run(run_id)).get("process")
-        except DamagedFileError:
-            worker = None
-        return procs.stop_local_job(worker, job.process if job else None)
+    def _stop_local(self, run_ids: Sequence[str]) -> list[bool]:
+        """Stop runs' local jobs, all at once: their workers (each records its run cancelled), then
+        their controllers. For each: False if neither was running."""
+        jobs = []
+        for run_id in run_ids:
+            job = self.record.runs.get(run_id)
+            try:
+                worker = rundir.read_result(self.folder.run(run_id)).get("process")
+            except DamagedFileError:
+                worker = None
+            jobs.append((worker, job.process if job else None))
+        return procs.stop_local_jobs(jobs)
 
     def _interrupted(self, units: Sequence[Unit]) -> str:
         """Ctrl-C: local jobs are this command's processes, so they stop with it and their runs are
@@ -419,8 +422,7 @@ class Engine:
                 f"`crackhpc status {self.folder.path}` follows them, `crackhpc cancel {self.folder.path}` stops them"
             )
         if self.executor == "local":
-            for unit, _ in self._jobs:
-                self._stop_local(unit.run_id)
+            self._stop_local([unit.run_id for unit, _ in self._jobs])
         cancelled = 0
         for unit in units:  # started (a stopped worker records itself cancelled) or still waiting for a core
             run_dir = self.folder.run(unit.run_id)
@@ -457,6 +459,10 @@ class Engine:
                 self.echo(f"  {run.run_id}: already {run.state}, left as it is")
         if slurm_jobs := [r.job_id for r in targets if r.executor == "slurm" and r.job_id]:
             slurm.scancel(slurm_jobs, echo=self.echo)
+        local = [r for r in targets if r.executor == "local"]
+        for run, stopped in zip(local, self._stop_local([r.run_id for r in local])):
+            if not stopped:
+                self.echo(f"  {run.run_id}: local job {run.job_id} is not running any more")
         return [r.run_id for r in targets if self._record_cancelled(r)]
 
     def _record_cancelled(self, run: RunStatus) -> bool:
@@ -465,8 +471,6 @@ class Engine:
                 f"  {run.run_id}: runs inside its `{self.record.command}` process (executor debug): stop that process"
             )
             return False
-        if run.executor == "local" and not self._stop_local(run.run_id):
-            self.echo(f"  {run.run_id}: local job {run.job_id} is not running any more")
         # A job can end between the look above and the scancel: keep the outcome it recorded.
         try:
             now = rundir.state_of(rundir.read_result(self.folder.run(run.run_id)))

@@ -8,6 +8,7 @@ which host this is and whether a process still runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -54,31 +55,29 @@ def alive(ident: dict | None) -> bool | None:
     return now is not None and abs(now - started) < 2 * _TICK_S
 
 
-def stop(ident: dict, timeout_s: float = 10.0) -> bool:
-    """SIGINT (what submitit's LocalJob.cancel sends its controller, which then stops its tasks),
-    SIGKILL if it is still there after `timeout_s`. False if the process had already gone."""
-    if not alive(ident):
-        return False
-    pid = int(ident["pid"])
+def stop(idents: list[dict], timeout_s: float = 10.0) -> list[bool]:
+    """SIGINT to each process (what submitit's LocalJob.cancel sends its controller, which then stops
+    its tasks, and what a worker records as cancelled), all at once, then SIGKILL to those still
+    there after `timeout_s`. For each: False if it had already gone."""
+    running = [alive(ident) is True for ident in idents]
     for sig in (signal.SIGINT, signal.SIGKILL):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return True
+        left = [ident for ident, run in zip(idents, running) if run and alive(ident)]
+        for ident in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(ident["pid"]), sig)
         deadline = time.monotonic() + timeout_s
-        while alive(ident) and time.monotonic() < deadline:
+        while any(alive(ident) for ident in left) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if not alive(ident):
-            return True
-    return True
+    return running
 
 
-def stop_local_job(worker: dict | None, controller: dict | None, timeout_s: float = 10.0) -> bool:
-    """Stop a local executor's job: its worker first (it records the run cancelled and exits, and
-    submitit's controller then ends by itself, quietly), the controller only if it lingers or its
-    worker never started. False if neither was running."""
-    stopped = worker is not None and stop(worker, timeout_s)
+def stop_local_jobs(jobs: list[tuple[dict | None, dict | None]], timeout_s: float = 10.0) -> list[bool]:
+    """Stop local executor jobs, each given as (worker, controller): the workers first (each records
+    its run cancelled and exits, and submitit's controller then ends by itself, quietly), then the
+    controllers that linger or whose worker never started. For each: False if neither was running."""
+    workers = stop([worker or {} for worker, _ in jobs], timeout_s)
     deadline = time.monotonic() + timeout_s
-    while stopped and alive(controller) and time.monotonic() < deadline:
+    while any(w and alive(c) for w, (_, c) in zip(workers, jobs)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return (controller is not None and stop(controller, timeout_s)) or stopped
+    controllers = stop([controller or {} for _, controller in jobs], timeout_s)
+    return [w or c for w, c in zip(workers, controllers)]

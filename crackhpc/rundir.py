@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import yaml
 
 from . import atomic, procs
 from .config import RunSpec, validate
-from .errors import ConfigError, DamagedFileError
+from .errors import ConfigError, CrackhpcError, DamagedFileError
 from .states import RunState
 
 CONFIG, SPLIT, METRICS, RESULT, MISCLASSIFIED, LOG = (
@@ -156,3 +157,21 @@ def is_completed(run_dir: str | Path) -> bool:
         return state_of(read_result(run_dir)) is RunState.COMPLETED
     except DamagedFileError:
         return False
+
+
+T = TypeVar("T")
+# A checkpoint that cannot be read, of a run still training and of a completed run
+FIX_RESTART = "delete it to restart the run from its first epoch, then `crackhpc sweep --retry-failed`"
+FIX_RETRAIN = "the trained weights are lost: " + FIX_REDO
+
+
+def read_checkpoint(path: Path, read: Callable[[Path], T], fix: str) -> T:
+    """`read(path)`, the framework loading a checkpoint (and the model taking its weights), or one
+    DamagedFileError naming the file and `fix`: truncated, overwritten or of another model, each
+    framework has its own words for it (torch's RuntimeError, numpy's BadZipFile, an OSError)."""
+    try:
+        return read(path)
+    except CrackhpcError:
+        raise
+    except Exception as exc:
+        raise DamagedFileError(path, f"cannot be read ({type(exc).__name__}: {exc})", fix) from None

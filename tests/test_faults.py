@@ -320,10 +320,17 @@ def test_a_changed_dataset_is_not_resumed(tmp_path, tiny_data):
     assert result["status"] == "failed" and "trained on another split of the data" in result["error"]
 
 
-def test_a_worker_given_a_broken_config_says_so_in_one_line(tmp_path):
+def test_a_worker_given_a_broken_or_no_config_says_so_in_one_line_with_exit_2(tmp_path):
+    """Bad input, as for every crackhpc command (README, exit codes): damaged and missing alike."""
+    worker = [sys.executable, "-m", "crackhpc.worker", str(tmp_path)]
+    out = subprocess.run(worker, capture_output=True, text=True)
+    assert (
+        out.returncode == 2
+        and out.stderr == f"error: {tmp_path / rundir.CONFIG}: not a crackhpc run folder (config.yaml missing)\n"
+    )
     (tmp_path / rundir.CONFIG).write_text("run_id: [\n")
-    out = subprocess.run([sys.executable, "-m", "crackhpc.worker", str(tmp_path)], capture_output=True, text=True)
-    assert out.returncode == 1 and out.stderr.count("\n") == 1
+    out = subprocess.run(worker, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert out.stderr.startswith(f"error: {tmp_path / rundir.CONFIG}: not valid YAML")
     assert rundir.read_result(tmp_path)["status"] == "failed"
 
@@ -409,9 +416,9 @@ def test_a_killed_writers_temporary_file_is_removed_and_results_are_group_readab
     sweep_dir, (run_dir, *_) = make_runs(tmp_path, tiny_data, 1)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    orphan = run_dir / f".checkpoint.pt~{atomic.HOST}~{dead.pid}~0.tmp"
+    orphan = run_dir / f".checkpoint.pt~{procs.HOST}~{dead.pid}~0.tmp"
     orphan.write_bytes(b"\0" * 1000)
-    mine = run_dir / f".metrics.csv~{atomic.HOST}~{os.getpid()}~0.tmp"
+    mine = run_dir / f".metrics.csv~{procs.HOST}~{os.getpid()}~0.tmp"
     mine.write_bytes(b"")
     rundir.update_result(run_dir, status="failed")
     submit(

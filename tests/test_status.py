@@ -287,8 +287,10 @@ def test_a_process_is_known_by_its_start_time_not_its_pid(tmp_path):
         ticks = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
         assert procs.alive({"host": ident["host"], "pid": proc.pid, "pid_start": ticks}) is True  # an older record
         assert procs.alive({**ident, "host": "elsewhere"}) is None  # cannot be told from here
-        assert procs.stop(ident) and proc.wait(timeout=5) == 0  # SIGINT: KeyboardInterrupt, as LocalJob.cancel
-        assert procs.alive(ident) is False and not procs.stop(ident)
+        assert (
+            procs.stop([ident]) == [True] and proc.wait(timeout=5) == 0
+        )  # SIGINT: KeyboardInterrupt, as LocalJob.cancel
+        assert procs.alive(ident) is False and procs.stop([ident]) == [False]
     finally:
         proc.kill()
 

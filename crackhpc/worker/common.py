@@ -18,7 +18,7 @@ from ..config import RunSpec, TrainConfig
 from ..data.images import ImageCache
 from ..data.layout import CLASSES, Item
 from ..data.split import manifest_hash, read_manifest
-from ..errors import DamagedFileError, DataError
+from ..errors import DataError
 from ..record import CACHE
 from ..states import RunState
 from .distributed import DistEnv
@@ -94,16 +94,7 @@ def resume(path: Path, data: RunData, log, read: Callable[[Path], dict]) -> dict
     framework's file into the model and optimizer and returns its bookkeeping."""
     if not path.exists():
         return {"epoch": 0, "rows": [], "elapsed": 0.0}
-    try:
-        state = read(path)
-    except (DataError, DamagedFileError):
-        raise
-    except Exception as exc:  # truncated, overwritten, from another model: each framework has its own words
-        raise DamagedFileError(
-            path,
-            f"cannot be read ({type(exc).__name__}: {exc})",
-            "delete it to restart the run from its first epoch, then `crackhpc sweep --retry-failed`",
-        ) from None
+    state = rundir.read_checkpoint(path, read, rundir.FIX_RESTART)
     if state.get("manifest", data.manifest) != data.manifest:
         # A dataset changed between a kill and the resume re-draws the split: resuming would test on trained images.
         raise DataError(
