@@ -132,6 +132,7 @@ class Engine:
         self.record = SweepRecord(kind=kind)
         self._jobs: list[tuple[Unit, Any]] = []  # what went out, with submitit's job where there is one
         self._executors: dict[str, Any] = {}
+        self._units: list[Unit] = []
         self._owned = False
 
     # -- planning -----------------------------------------------------------------------------------
@@ -216,6 +217,7 @@ class Engine:
     def locked(self, fix: str) -> Iterator[SweepRecord]:
         """The folder's submission lock, held while this command submits (and, locally, runs) its
         jobs, and its record as it is under the lock; saved on the way out, whatever happened."""
+        self.open(fix)  # before the lock, which would leave its file in a folder of another kind
         with self.folder.lock():
             try:
                 yield self.open(fix)
@@ -237,6 +239,7 @@ class Engine:
         where asked: the state of each run waited for. Ctrl-C or SIGTERM stops local jobs and records
         them cancelled; Slurm's are left queued (Interrupted says which)."""
         self.record.submitted = rundir.now()
+        self._units = list(units)
         try:
             if self.executor == SBATCH:
                 for unit in units:
@@ -333,11 +336,7 @@ class Engine:
 
     def _cancelled_meanwhile(self, unit: Unit) -> bool:
         """`crackhpc cancel` of a run still waiting for a core: it stays cancelled."""
-        try:
-            cancelled = rundir.state_of(rundir.read_result(self.folder.run(unit.run_id))) is RunState.CANCELLED
-        except DamagedFileError:
-            cancelled = False
-        if cancelled:
+        if cancelled := rundir.stop_requested(self.folder.run(unit.run_id)) is not None:
             self.echo(f"  {unit.run_id}: cancelled while it waited for a core, not started")
         return cancelled
 
@@ -363,7 +362,8 @@ class Engine:
         return state
 
     def _states(self) -> dict[str, RunState]:
-        ids = [unit.run_id for unit, _ in self._jobs]
+        """Of every run this command submitted, or would have (one cancelled meanwhile, say)."""
+        ids = [unit.run_id for unit in self._units]
         return {s.run_id: s.state for s in run_statuses(self.folder, ids, self.folder.load())}
 
     def _wait_local(self) -> dict[str, RunState]:
@@ -435,6 +435,10 @@ class Engine:
                     run_dir, status=RunState.CANCELLED, cancelled=rundir.now(), error="interrupted (Ctrl-C or kill)"
                 )
             cancelled += state.live or state is RunState.CANCELLED
+        if self.kind == PREDICTION:
+            return (
+                f"{cancelled} shard(s) recorded cancelled; {self.record.resubmit} resumes them (mapped photos are kept)"
+            )
         return f"{cancelled} run(s) recorded cancelled; {self.record.resubmit} resumes them from their checkpoints"
 
     def cancel(self, run_ids: Sequence[str] = (), query: SlurmQuery | None = None) -> list[str]:
@@ -457,6 +461,8 @@ class Engine:
                 targets.append(run)
             elif run_ids:
                 self.echo(f"  {run.run_id}: already {run.state}, left as it is")
+        for run in targets:  # heard by a worker that starts, or reaches an epoch's end, after this look
+            rundir.request_stop(self.folder.run(run.run_id), RunState.CANCELLED, "crackhpc cancel")
         if slurm_jobs := [r.job_id for r in targets if r.executor == "slurm" and r.job_id]:
             slurm.scancel(slurm_jobs, echo=self.echo)
         local = [r for r in targets if r.executor == "local"]

@@ -20,6 +20,14 @@ from .errors import DamagedFileError
 from .states import RunState
 
 
+class Stopped(Exception):
+    """A stop request (crackhpc.rundir.request_stop) taken at an epoch boundary: the run ends as asked."""
+
+    def __init__(self, request: dict):
+        super().__init__(request.get("why", ""))
+        self.state = RunState.parse(str(request.get("state", RunState.CANCELLED.value)))
+
+
 class RecordedJob(submitit.helpers.Checkpointable):
     """A job whose folder records each attempt; `run` does the work."""
 
@@ -43,10 +51,16 @@ class RecordedJob(submitit.helpers.Checkpointable):
 
 def attempt(folder: str | Path, work: Callable[[], dict], log: Callable[[str], None], record: bool = True) -> dict:
     """`work()`, its end recorded in the folder's result.json (where `record`: rank 0 of a
-    multi-task run): completed with its numbers, failed with the error and its traceback, or
-    cancelled at Ctrl-C, SIGTERM or `crackhpc cancel` (SIGINT): a stopped job did not fail."""
+    multi-task run): completed with its numbers, failed with the error and its traceback,
+    cancelled at Ctrl-C, SIGTERM or `crackhpc cancel` (SIGINT), or as a stop request asks (Stopped):
+    a stopped job did not fail."""
     try:
         out = work()
+    except Stopped as stop:  # the job ends as asked, not failed: its last epoch and checkpoint stay
+        if record:
+            rundir.update_result(folder, status=stop.state, error=str(stop) or None, finished=rundir.now())
+        log(f"stopped: {stop.state}" + (f" ({stop})" if str(stop) else ""))
+        return {}
     except KeyboardInterrupt:
         if record:
             rundir.update_result(folder, status=RunState.CANCELLED, error="interrupted", finished=rundir.now())

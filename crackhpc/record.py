@@ -135,8 +135,9 @@ class SweepFolder:
         if (self.path / rundir.CONFIG).is_file():
             raise CrackhpcError(f"{self.path}: a run folder (it has {rundir.CONFIG}), not {what}: {fix}")
         record = self.load()
-        holds_runs = kind == PREDICTION and not self.record_path.is_file() and bool(self.run_ids(record))
-        if record.kind != kind or holds_runs:
+        if not self.record_path.is_file():  # a new folder, or a sweep's that lost its record but has runs
+            record.kind = None if kind == PREDICTION and self.run_ids(record) else kind
+        if record.kind != kind:
             other = "a prediction folder of `crackhpc predict`" if record.kind == PREDICTION else "a sweep folder"
             raise CrackhpcError(f"{self.path}: {other}, not {what}: {fix}")
         return record

@@ -9,6 +9,7 @@
     checkpoint.pt      last finished epoch, for resume and requeue (checkpoint.npz for Keras)
     worker.log         the worker's log
     job.sbatch         the plain sbatch script (`crackhpc sbatch`), its logs slurm-<job id>.out/.err
+    stop.json          a request to stop at the next epoch (`crackhpc cancel`), until the run's next attempt
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ CONFIG, SPLIT, METRICS, RESULT, MISCLASSIFIED, LOG = (
 )
 CHECKPOINT = {"torch": "checkpoint.pt", "keras": "checkpoint.npz"}
 SBATCH_SCRIPT, SBATCH_LOG = "job.sbatch", "slurm-%j"
+STOP = "stop.json"
 MISCLASSIFIED_COLUMNS = ("path", "true", "predicted", "probability")
 
 
@@ -141,8 +143,28 @@ def update_result(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
 
 
 def reset_result(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
-    """A new attempt's result.json, keeping only the earlier attempts' requeue count."""
+    """A new attempt's result.json, keeping only the earlier attempts' requeue count (and no stop
+    request of an earlier attempt)."""
+    (Path(run_dir) / STOP).unlink(missing_ok=True)
     return _write_result(run_dir, {"requeues": _result_or_empty(run_dir).get("requeues", 0), **fields})
+
+
+def request_stop(run_dir: str | Path, state: RunState, why: str) -> None:
+    """Ask the run's worker to stop at its next epoch and record `state` (or not to start at all):
+    the one way to reach a worker that this process cannot signal, or that it could not see start."""
+    atomic.write_json(Path(run_dir) / STOP, {"state": state.value, "why": why, "at": now()})
+
+
+def stop_requested(run_dir: str | Path) -> dict | None:
+    """The stop request of the current attempt ({"state", "why", "at"}), if any; a damaged one still
+    asks to stop."""
+    path = Path(run_dir) / STOP
+    if not path.is_file():
+        return None
+    try:
+        return atomic.read_json(path, "")
+    except DamagedFileError:
+        return {"state": RunState.CANCELLED.value, "why": f"{path} (damaged)"}
 
 
 def _write_result(run_dir: str | Path, result: dict) -> dict:
@@ -174,4 +196,5 @@ def read_checkpoint(path: Path, read: Callable[[Path], T], fix: str) -> T:
     except CrackhpcError:
         raise
     except Exception as exc:
-        raise DamagedFileError(path, f"cannot be read ({type(exc).__name__}: {exc})", fix) from None
+        why = (str(exc).strip().splitlines() or [""])[0]
+        raise DamagedFileError(path, f"cannot be read ({type(exc).__name__}: {why})", fix) from None

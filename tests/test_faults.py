@@ -28,43 +28,16 @@ from pathlib import Path
 
 import pytest
 
-from crackhpc import atomic, procs, rundir
+from crackhpc import procs, rundir
 from crackhpc.cli import main
 from crackhpc.config import load_sweep
 from crackhpc.launcher import Submission, submit
 
 from .conftest import tiny_sweep
+from .running import crackhpc, training, wait_until
 
 LONG = {"epochs": 40}  # long enough to be caught mid-training
 ENDLESS = {"epochs": 2000}  # for runs that are stopped before they end
-
-
-def crackhpc(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "crackhpc.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
-    )
-
-
-def wait_until(predicate, timeout: float = 120.0, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def training(sweep_dir: Path) -> dict | None:
-    """The result.json of a run that has finished an epoch, with its worker's process."""
-    for path in sweep_dir.glob("*/result.json"):
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if result.get("status") == "running" and result.get("epochs_done") and result.get("process"):
-            return {**result, "run_dir": path.parent}
-    return None
 
 
 def status_of(sweep_dir: Path, capsys) -> tuple[str, str]:

@@ -120,7 +120,7 @@ def torch_module(run_dir: Path, spec: RunSpec):
     def read(path: Path) -> None:
         trained.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
 
-    rundir.read_checkpoint(checkpoint_path(run_dir, spec), read, rundir.FIX_RETRAIN)
+    rundir.read_checkpoint(checkpoint_path(run_dir, spec), read, rundir.FIX_RETRAIN.format(run=run_dir))
     normalize, net = backbone
     return nn.Sequential(normalize, net, head).eval()
 
@@ -185,7 +185,7 @@ def keras_model(run_dir: Path, spec: RunSpec, policy: str = "float32"):
             weights = sorted((k for k in saved.files if k.startswith("w")), key=lambda k: int(k[1:]))
             trained.set_weights([saved[k] for k in weights])
 
-    rundir.read_checkpoint(checkpoint_path(run_dir, spec), read, rundir.FIX_RETRAIN)
+    rundir.read_checkpoint(checkpoint_path(run_dir, spec), read, rundir.FIX_RETRAIN.format(run=run_dir))
     return model, preprocess
 
 

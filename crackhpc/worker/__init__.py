@@ -53,6 +53,11 @@ def run(run_dir: str | Path) -> dict:
             rundir.update_result(run_dir, status=RunState.FAILED, error=str(exc), finished=rundir.now())
         raise UnreadableRun(str(exc)) from None
     log = _logger(run_dir, env)
+    if request := rundir.stop_requested(run_dir):  # e.g. cancelled while its job waited to start
+        log(f"{spec.run_id}: not started: a stop request asks it to end {request.get('state')}")
+        if env.is_main:
+            rundir.update_result(run_dir, status=RunState.parse(str(request.get("state"))), finished=rundir.now())
+        return {}
     if env.is_main:
         atomic.remove_stale(run_dir)  # a killed attempt's half-written checkpoint
         # Slurm's own count covers requeues that no Worker.checkpoint saw: a plain sbatch script's
@@ -84,7 +89,8 @@ def run(run_dir: str | Path) -> dict:
         return train(spec, run_dir, env, log)
 
     metrics = attempt(run_dir, train, log, record=env.is_main)
-    log(f"completed: test acc {metrics['test_acc']:.4f}, test loss {metrics['test_loss']:.4f}")
+    if metrics:  # none when a stop request ended it
+        log(f"completed: test acc {metrics['test_acc']:.4f}, test loss {metrics['test_loss']:.4f}")
     return metrics
 
 

@@ -19,6 +19,7 @@ from ..data.images import ImageCache
 from ..data.layout import CLASSES, Item
 from ..data.split import manifest_hash, read_manifest
 from ..errors import DataError
+from ..jobs import Stopped
 from ..record import CACHE
 from ..states import RunState
 from .distributed import DistEnv
@@ -120,6 +121,7 @@ class Trainer(Protocol):
     def train_epoch(self, epoch: int) -> tuple[float, float, int]: ...
     def evaluate(self, split: str) -> tuple[float, float, list[Record]]: ...
     def save_checkpoint(self, epoch: int, rows: list, elapsed: float) -> None: ...
+    def agree(self, flag: bool) -> bool: ...  # True on every rank if it is on any
 
 
 @dataclass(frozen=True)
@@ -141,10 +143,14 @@ def _record_epoch(trainer: Trainer, rows: list[rundir.Epoch], elapsed_s: float) 
         f"epoch {row.epoch}/{trainer.cfg.epochs}: train loss {row.train_loss:.4f} acc {row.train_acc:.4f}, "
         f"val loss {row.val_loss:.4f} acc {row.val_acc:.4f} ({row.epoch_time_s:.1f}s)"
     )
+    request = None
     if trainer.env.is_main:
         atomic.write_csv(trainer.run_dir / rundir.METRICS, rundir.METRIC_COLUMNS, rows)
         trainer.save_checkpoint(row.epoch, rows, elapsed_s)
         rundir.update_result(trainer.run_dir, status=RunState.RUNNING, epochs_done=row.epoch)
+        request = rundir.stop_requested(trainer.run_dir)
+    if trainer.agree(request is not None):  # every rank stops at the same epoch, or collectives would hang
+        raise Stopped(request or {})
 
 
 def fit(trainer: Trainer, start: float, state: dict) -> Outcome:
