@@ -73,6 +73,7 @@ def cmd_report(args) -> int:
     from .report.build import REPORT_HTML, REPORT_MD, parse_figures, write_document
     from .report.reading import run_dirs
     from .report.tables import format_table, sort_runs, to_json, write_reports
+    from .states import RunState
 
     if args.misclassified < 0:
         raise CrackhpcError(f"--misclassified {args.misclassified}: give 0 (none) or more images per run")
@@ -101,7 +102,7 @@ def cmd_report(args) -> int:
         + ("" if args.no_figures else f" (figures in {sweep_dir / 'report'})"),
         file=notes,
     )
-    for _, row in df[df["status"] == "failed"].iterrows():
+    for _, row in df[df["status"] == RunState.FAILED.value].iterrows():
         print(f"failed: {row['run_id']}: {row['error']}", file=notes)
     older = len(run_dirs(sweep_dir)) - len(df)
     if older > 0:

@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -276,23 +275,6 @@ def fake_controller():
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
     assert proc.stdout.readline() == b"ready\n"
     return proc
-
-
-def test_a_process_is_known_by_its_start_time_not_its_pid(tmp_path):
-    proc = fake_controller()
-    try:
-        ident = procs.identity(proc.pid)
-        assert procs.alive(ident) is True
-        assert procs.alive({**ident, "started": ident["started"] - 1}) is False  # the pid, reused by another
-        ticks = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-        assert procs.alive({"host": ident["host"], "pid": proc.pid, "pid_start": ticks}) is True  # an older record
-        assert procs.alive({**ident, "host": "elsewhere"}) is None  # cannot be told from here
-        assert (
-            procs.stop([ident]) == [True] and proc.wait(timeout=5) == 0
-        )  # SIGINT: KeyboardInterrupt, as LocalJob.cancel
-        assert procs.alive(ident) is False and procs.stop([ident]) == [False]
-    finally:
-        proc.kill()
 
 
 def test_cancel_of_a_local_run_stops_its_controller(tmp_path):

@@ -70,7 +70,7 @@ def best_run(sweep_dir: str | Path, metric: str = "best_val_acc") -> tuple[Path,
         raise CrackhpcError(
             f"--best {metric}: not a column of {sweep_dir / 'summary.csv'}; one of: {', '.join(numeric)}"
         )
-    done = df[(df["status"] == "completed") & df[metric].notna()]
+    done = df[(df["status"] == RunState.COMPLETED.value) & df[metric].notna()]
     done = done[[checkpoint_path(sweep_dir / r, rundir.read_config(sweep_dir / r)).is_file() for r in done["run_id"]]]
     if done.empty:
         raise CrackhpcError(
