@@ -278,6 +278,9 @@ class Engine:
         self.echo(f"  {unit.run_id}  job {job_id}  logs {logs}")
 
     def _slurm_array(self, array: list[Unit]) -> None:
+        array = [unit for unit in array if not self._cancelled_meanwhile(unit)]
+        if not array:
+            return
         submitter = self._executor(array[0].shape, array[0])
         with submitter.batch():
             jobs = [submitter.submit(unit.job) for unit in array]
@@ -335,9 +338,9 @@ class Engine:
             self._say(unit, job.job_id, f"{job.paths.stdout.with_suffix('')}.{{out,err}}")
 
     def _cancelled_meanwhile(self, unit: Unit) -> bool:
-        """`crackhpc cancel` of a run still waiting for a core: it stays cancelled."""
+        """`crackhpc cancel` of a run still waiting for a core (or its turn to be submitted): it stays cancelled."""
         if cancelled := rundir.stop_requested(self.folder.run(unit.run_id)) is not None:
-            self.echo(f"  {unit.run_id}: cancelled while it waited for a core, not started")
+            self.echo(f"  {unit.run_id}: cancelled before it was submitted")
         return cancelled
 
     # -- waiting -------------------------------------------------------------------------------------
@@ -462,7 +465,8 @@ class Engine:
             elif run_ids:
                 self.echo(f"  {run.run_id}: already {run.state}, left as it is")
         for run in targets:  # heard by a worker that starts, or reaches an epoch's end, after this look
-            rundir.request_stop(self.folder.run(run.run_id), RunState.CANCELLED, "crackhpc cancel")
+            if run.executor != "slurm" or not run.job_id:  # a job that scancel ends never starts
+                rundir.request_stop(self.folder.run(run.run_id), RunState.CANCELLED, "crackhpc cancel")
         if slurm_jobs := [r.job_id for r in targets if r.executor == "slurm" and r.job_id]:
             slurm.scancel(slurm_jobs, echo=self.echo)
         local = [r for r in targets if r.executor == "local"]
