@@ -135,6 +135,8 @@ def submit(sweep: Sweep, results: Path, how: Submission = Submission(), echo: Ec
         for warning in preflight.weights_warnings(todo):
             echo(warning)
         return {}
+    # Missing weights stop the sweep before it writes anything, not after hours in the queue.
+    preflight.require_weights([s for s in specs if not rundir.is_completed(folder.run(s.run_id))])
     with engine.locked(FIX_KIND) as record:
         actions = engine.plan([s.run_id for s in specs], how.retry_failed)
         todo = [s for s in specs if actions[s.run_id] == SUBMIT]
@@ -148,7 +150,6 @@ def submit(sweep: Sweep, results: Path, how: Submission = Submission(), echo: Ec
                 "  not resubmitted without --retry-failed: "
                 + ", ".join(f"{r} ({why})" for r, why in sorted(left.items()))
             )
-        preflight.require_weights(todo)  # fail here, not after hours in the queue
         record.current_runs = [s.run_id for s in specs]  # what the report compares; older runs stay on disk
         engine.own()
         if not todo:
