@@ -20,9 +20,12 @@ feature pass, in fp32 and bf16. TensorFlow is imported after the torch rows (see
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -207,6 +210,9 @@ def table(rows: list[dict], columns: list[str]) -> str:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.compile:  # cold compiles, as a job's first on a node: not inductor's cache of an earlier run
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cold = tempfile.mkdtemp(prefix="crackhpc-inductor-")
+        atexit.register(shutil.rmtree, cold, True)
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
     units = fastpath.cpu_label(args.threads)

@@ -90,6 +90,7 @@ def run_sweep(work: Path, text: str, after_run: Callable[[], dict] | None = None
                 "wrong": wrong,
                 "feature_s": feature_seconds(sweep_dir / spec.run_id),
                 "run_dir": sweep_dir / spec.run_id,
+                "precision": rundir.read_result(sweep_dir / spec.run_id).get("precision"),
                 **(after_run() if after_run else {}),
             }
         )

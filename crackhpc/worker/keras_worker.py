@@ -155,7 +155,7 @@ class Trainer:
             ("features", len(data.items)) if self.feature_mode else ("train", cfg.epochs * len(data.index["train"]))
         )
         self.choice = choose(self.spec, self.device, phase, images, data.cache_dir, self.log)
-        self.log(self.choice.describe())
+        common.record_choice(self.run_dir, self.env, self.log, self.choice)
         self.policy = fastpath.keras_policy(self.choice)  # softmax head kept float32 below
         keras.mixed_precision.set_global_policy(self.policy)
         weights, weights_id = None, f"random-seed{cfg.seed}"
@@ -298,23 +298,20 @@ class Trainer:
         self.comm.start(self.model.variables + self.optimizer.variables)
         rows, test_loss, test_acc, records, wall = common.fit(self, start, state)
         in_sync = self.params_in_sync() if self.env.world_size > 1 else None
-        return {
-            **common.result(
-                self.data,
-                rows,
-                self.cfg.epochs,
-                test_loss,
-                test_acc,
-                len(records),
-                wall,
-                self.env,
-                self.device,
-                self.feature_cache,
-                self.comm.name,
-                in_sync,
-            ),
-            **self.choice.fields(),
-        }
+        return common.result(
+            self.data,
+            rows,
+            self.cfg.epochs,
+            test_loss,
+            test_acc,
+            len(records),
+            wall,
+            self.env,
+            self.device,
+            self.feature_cache,
+            self.comm.name,
+            in_sync,
+        )
 
 
 def train(spec: RunSpec, run_dir: Path, env: DistEnv, log) -> dict:

@@ -156,7 +156,7 @@ class Trainer:
     def _choose(self, module: nn.Module, phase: str, images: int) -> fastpath.Choice:
         job = fastpath.Job.of(self.cfg, phase, images)
         choice = fastpath.torch_choice(job, module, self.device, self.data.cache_dir, self.log)
-        self.log(choice.describe())
+        common.record_choice(self.run_dir, self.env, self.log, choice)
         return choice
 
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -266,23 +266,20 @@ class Trainer:
         if self.env.world_size > 1:
             digest = common.state_digest(t.detach().cpu().numpy() for t in self.model.state_dict().values())
             in_sync = len(set(self.comm.gather(digest))) == 1
-        return {
-            **common.result(
-                self.data,
-                rows,
-                self.cfg.epochs,
-                test_loss,
-                test_acc,
-                len(records),
-                wall,
-                self.env,
-                str(self.device),
-                self.feature_cache,
-                self.comm.name,
-                in_sync,
-            ),
-            **self.choice.fields(),
-        }
+        return common.result(
+            self.data,
+            rows,
+            self.cfg.epochs,
+            test_loss,
+            test_acc,
+            len(records),
+            wall,
+            self.env,
+            str(self.device),
+            self.feature_cache,
+            self.comm.name,
+            in_sync,
+        )
 
 
 def train(spec: RunSpec, run_dir: Path, env: DistEnv, log) -> dict:
