@@ -1,6 +1,6 @@
 """fp32 against bf16, side by side in one process: the feature pass and the training step of each model.
 
-    python -m benchmarks.precision [--models resnet18,resnet50,vgg16,efficientnet_lite0,keras:vgg16,keras:resnet50]
+    python -m benchmarks.precision [--models resnet18,efficientnet_lite0,resnet50,vgg16,keras:resnet50,keras:vgg16]
         [--phases features,train] [--size 224] [--batch 16] [--rounds 3] [--threads 1] [--compile]
         [--out benchmarks/results/precision.md]
 
@@ -14,7 +14,8 @@ and the ratios hold on a busy machine where the absolute images/s do not. Torch 
 - `auto`: what `precision: auto` chooses here (the probe's own run, and what it cost, are printed).
 Keras rows: `float32` against `mixed_bfloat16` (inference in a tf.function; a GradientTape step
 with Adam). `--compile` adds torch.compile's compile time and compiled speed for each torch model's
-feature pass, in fp32 and bf16. TensorFlow is imported after the torch rows (see README: Triton).
+feature pass, in fp32 and bf16. TensorFlow is imported after the torch rows (see README: Triton),
+so name Keras models last. The output is rewritten after every model.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from crackhpc import atomic
 from crackhpc.worker import fastpath
 from crackhpc.worker.torch_models import build, for_inference
 
-DEFAULT_MODELS = "resnet18,resnet50,vgg16,efficientnet_lite0,keras:vgg16,keras:resnet50"
+DEFAULT_MODELS = "resnet18,efficientnet_lite0,resnet50,vgg16,keras:resnet50,keras:vgg16"
 
 
 def parse_args(argv):
@@ -100,9 +101,10 @@ def torch_rows(model: str, phase: str, args) -> list[dict]:
     candidates = {}
     if phase == "features":
         candidates["today (fp32 channels_last)"] = ((lambda: None), run(today, "fp32"))
-    for precision in ("fp32", "bf16"):
-        for fmt in fastpath.FORMATS:
-            candidates[f"{precision} {fmt}"] = (_formatter(net, fmt), run(net, precision))
+    for fmt in fastpath.FORMATS:  # one format after the other, as the probe orders them
+        prepare = _formatter(net, fmt)
+        for precision in ("fp32", "bf16"):
+            candidates[f"{precision} {fmt}"] = (prepare, run(net, precision))
     speeds = fastpath.interleaved(candidates, args.batch, args.rounds)
     base = speeds["today (fp32 channels_last)"] if phase == "features" else speeds["fp32 channels_last"]
     auto = speeds[f"{choice.precision} {choice.memory_format}"]
@@ -215,39 +217,46 @@ def main(argv=None) -> int:
         atexit.register(shutil.rmtree, cold, True)
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
-    units = fastpath.cpu_label(args.threads)
-    rows, compiled = [], []
-    torch_models = [m for m in args.models if not m.startswith("keras:")]
-    for model in torch_models:
-        for phase in args.phases:
-            print(f"[{model}] {phase}", flush=True)
-            rows += torch_rows(model, phase, args)
-        if args.compile:
-            compiled += compile_rows(model, args)
-    keras_models = [m.split(":", 1)[1] for m in args.models if m.startswith("keras:")]
-    if keras_models:
-        import tensorflow as tf
+    rows: list[dict] = []
+    compiled: list[dict] = []
 
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-        for model in keras_models:
-            for phase in args.phases:
-                print(f"[keras:{model}] {phase}", flush=True)
-                rows += keras_rows(model, phase, args)
+    def write() -> str:  # after every model: a run cut short keeps what it measured
+        text = report(args, argv, load, rows, compiled)
+        atomic.write_text(args.out, text + "\n")
+        return text
+
+    keras_started = False
+    for label in args.models:
+        framework, _, model = label.rpartition(":")
+        if framework == "keras" and not keras_started:  # TensorFlow after torch (README: Triton)
+            import tensorflow as tf
+
+            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+            keras_started = True
+        for phase in args.phases:
+            print(f"[{label}] {phase}", flush=True)
+            rows += keras_rows(model, phase, args) if framework == "keras" else torch_rows(model, phase, args)
+        if args.compile and framework != "keras":
+            compiled += compile_rows(model, args)
+        write()
+    print(write())
+    return 0
+
+
+def report(args, argv: list[str], load: float, rows: list[dict], compiled: list[dict]) -> str:
     text = (
         f"# fp32 against bf16 ({dt.date.today().isoformat()})\n\n"
-        f"`python -m benchmarks.precision {' '.join(argv)}`: {units}, torch {torch.__version__}, "
-        f"{args.size} px, batch {args.batch}, best of {args.rounds} interleaved rounds; load average "
-        f"{load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end. `vs_today`: images/s over "
-        f"main's fp32 path (Keras: over float32).\n\n" + table(rows, ["model", "phase", "setting", "img_s", "vs_today"])
+        f"`python -m benchmarks.precision {' '.join(argv)}`: {fastpath.cpu_label(args.threads)}, torch "
+        f"{torch.__version__}, {args.size} px, batch {args.batch}, best of {args.rounds} interleaved rounds; load "
+        f"average {load:.1f} at the start, {os.getloadavg()[0]:.1f} now. `vs_today`: images/s over main's fp32 "
+        f"path (Keras: over float32).\n\n" + table(rows, ["model", "phase", "setting", "img_s", "vs_today"])
     )
     if compiled:
         text += "\n\n## torch.compile, feature pass\n\n" + table(
             compiled, ["model", "precision", "compile_s", "eager_img_s", "compiled_img_s", "gain", "pays_after_s"]
         )
-    atomic.write_text(args.out, text + "\n")
-    print(text)
-    return 0
+    return text
 
 
 if __name__ == "__main__":

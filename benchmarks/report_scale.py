@@ -37,7 +37,7 @@ from crackhpc.config import load_sweep
 from crackhpc.data.layout import CLASSES, Item
 from crackhpc.data.split import split_items, write_manifest
 from crackhpc.grid import expand
-from crackhpc.report import READ_CACHE
+from crackhpc.report.reading import READ_CACHE
 
 HERE = Path(__file__).resolve().parent
 N_IMAGES = 40_000
@@ -139,7 +139,7 @@ def make_sweep(folder: Path, runs: int) -> Path:
     return sweep_dir
 
 
-TABLES = "from crackhpc.report import write_reports; import sys; write_reports(sys.argv[1])"
+TABLES = "from crackhpc.report.tables import write_reports; import sys; write_reports(sys.argv[1])"
 REPORT = "from crackhpc.cli import main; import sys; sys.exit(main(['report', *sys.argv[1:]]))"
 # name: (what it is, the code run, the arguments after the sweep folder)
 CASES = {

@@ -43,7 +43,7 @@ def cmd_sweep(args) -> int:
     """Exit status: 0 when every run this call waited for completed (or, not waiting, every job was
     submitted), 1 when one failed, died or was cancelled, so that a script or CI job can tell."""
     from .launcher import submit
-    from .report import format_table, write_reports
+    from .report.tables import format_table, write_reports
     from .slurm import refusals
     from .states import RunState
 
@@ -73,17 +73,9 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import (
-        REPORT_HTML,
-        REPORT_MD,
-        format_table,
-        parse_figures,
-        run_dirs,
-        sort_runs,
-        to_json,
-        write_document,
-        write_reports,
-    )
+    from .report.build import REPORT_HTML, REPORT_MD, parse_figures, write_document
+    from .report.reading import run_dirs
+    from .report.tables import format_table, sort_runs, to_json, write_reports
 
     if args.misclassified < 0:
         raise CrackhpcError(f"--misclassified {args.misclassified}: give 0 (none) or more images per run")
@@ -150,7 +142,7 @@ def format_status(statuses, resources: bool = False) -> str:
     """The table `crackhpc status` prints, with a count per state and the epochs done under it."""
     import pandas as pd
 
-    from .report import format_table
+    from .report.tables import format_table
 
     rows = []
     for s in statuses:

@@ -17,7 +17,7 @@ import datetime as _dt
 import functools
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -36,7 +36,22 @@ CONFIG, SPLIT, METRICS, RESULT, MISCLASSIFIED, LOG = (
 )
 CHECKPOINT = {"torch": "checkpoint.pt", "keras": "checkpoint.npz"}
 SBATCH_SCRIPT, SBATCH_LOG = "job.sbatch", "slurm-%j"
-METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "images_per_s")
+MISCLASSIFIED_COLUMNS = ("path", "true", "predicted", "probability")
+
+
+class Epoch(NamedTuple):
+    """One row of metrics.csv, by name (checkpoints keep them as plain lists: `Epoch(*row)`)."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    epoch_time_s: float
+    images_per_s: float
+
+
+METRIC_COLUMNS = Epoch._fields
 RERUN = "delete it and rerun the run with `crackhpc sweep --retry-failed`"
 # A damaged config.yaml (or other input) of a run: without result.json the run is resubmitted, and
 # its config.yaml and split.csv are written again.

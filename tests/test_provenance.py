@@ -12,7 +12,8 @@ from crackhpc import rundir
 from crackhpc.config import load_sweep
 from crackhpc.launcher import submit
 from crackhpc.provenance import git_state, gpus, submission
-from crackhpc.report import write_document, write_reports
+from crackhpc.report.build import write_document
+from crackhpc.report.tables import write_reports
 
 from .conftest import tiny_sweep
 

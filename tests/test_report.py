@@ -14,7 +14,9 @@ from crackhpc import atomic, rundir
 from crackhpc.cli import main
 from crackhpc.config import DataConfig, Resources, RunSpec, TrainConfig
 from crackhpc.data.split import make_manifest, write_manifest
-from crackhpc.report import SUMMARY_COLUMNS, comparison, confusion, summary, write_document, write_reports
+from crackhpc.report.build import write_document
+from crackhpc.report.evidence import confusion
+from crackhpc.report.tables import SUMMARY_COLUMNS, comparison, summary, write_reports
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CPU = Resources(gpus_per_node=0, cpus_per_task=2)

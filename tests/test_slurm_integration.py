@@ -21,7 +21,7 @@ from crackhpc import rundir
 from crackhpc.cli import main
 from crackhpc.config import load_sweep
 from crackhpc.launcher import submit
-from crackhpc.report import RESOURCE_COLUMNS, write_reports
+from crackhpc.report.tables import RESOURCE_COLUMNS, write_reports
 from crackhpc.slurm import ACTIVE_STATES
 from crackhpc.status import collect
 
@@ -116,7 +116,7 @@ def test_report_of_slurm_runs_matches_the_local_executors(array_sweep, tmp_path,
     submit(local_sweep, tmp_path / "results", "local", **quiet)
     local, _ = write_reports(tmp_path / "results" / "array")
     assert list(slurm.columns) == list(local.columns)
-    # the same columns filled, and Slurm's accounting besides (crackhpc.report.RESOURCE_COLUMNS)
+    # the same columns filled, and Slurm's accounting besides (crackhpc.report.tables.RESOURCE_COLUMNS)
     filled = [c for c in slurm.columns if slurm[c].notna().all() and c not in RESOURCE_COLUMNS]
     assert filled == [c for c in local.columns if local[c].notna().all()]
     seed0 = slurm[slurm["seed"] == 0].iloc[0]

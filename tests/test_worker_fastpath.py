@@ -245,3 +245,19 @@ def test_bf16_features_give_the_predictions_of_fp32(tmp_path):
     a, b = (np.load(f) for f in sorted((fp32["dir"].parent / ".cache" / "features").glob("*.npy")))
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cosine.mean() >= 0.99
+
+
+def test_predict_probes_for_its_machine_and_caches_it_in_the_prediction_folder(tmp_path, tiny_data, monkeypatch):
+    from crackhpc.data.images import ImageCache
+    from crackhpc.data.split import make_manifest
+    from crackhpc.predict.model import load
+
+    (result,) = _sweep(tmp_path, tiny_data, [{"precision": "auto"}]).values()
+    images = ImageCache.build(make_manifest(tiny_data, (0.5, 0.25, 0.25), 0), str(tiny_data), 32, tmp_path / "img", 1)
+    fp32 = load(result["dir"], tmp_path / "predict-fp32")
+    assert fp32.precision == "fp32"  # no bf16 units
+    monkeypatch.setenv(ENV_BF16, "1")
+    probed = load(result["dir"], tmp_path / "predict")
+    assert probed.precision in ("fp32", "bf16") and len(list((tmp_path / "predict" / "fastpath").glob("*.json"))) == 1
+    p, q = fp32.probabilities(images.images[:16]), probed.probabilities(images.images[:16])
+    assert np.abs(p - q).max() < 0.02

@@ -13,7 +13,7 @@ import torch
 
 from crackhpc.data.images import ImageCache
 from crackhpc.data.split import make_manifest, manifest_hash
-from crackhpc.worker.features import cache_key, cached_features
+from crackhpc.worker.features import FeatureKey, cached_features
 from crackhpc.worker.torch_models import build, extract
 
 SPLIT = (0.5, 0.25, 0.25)
@@ -30,6 +30,10 @@ def base(tiny_data):
     }
 
 
+def key_name(manifest: str, **key) -> str:
+    return FeatureKey(**key).name(manifest)
+
+
 def counted(calls: list, value: float):
     def compute():
         calls.append(value)
@@ -40,9 +44,9 @@ def counted(calls: list, value: float):
 
 def test_same_inputs_reuse_the_features(tmp_path, base):
     calls = []
-    first, computed = cached_features(tmp_path, cache_key(**base), counted(calls, 1.0))
+    first, computed = cached_features(tmp_path, key_name(**base), counted(calls, 1.0))
     assert computed and calls == [1.0]
-    again, computed = cached_features(tmp_path, cache_key(**base), counted(calls, 2.0))
+    again, computed = cached_features(tmp_path, key_name(**base), counted(calls, 2.0))
     assert not computed and calls == [1.0]
     np.testing.assert_array_equal(again, first)
 
@@ -59,8 +63,8 @@ def test_same_inputs_reuse_the_features(tmp_path, base):
 )
 def test_a_changed_input_recomputes(tmp_path, base, field, value):
     calls = []
-    cached_features(tmp_path, cache_key(**base), counted(calls, 1.0))
-    feats, computed = cached_features(tmp_path, cache_key(**{**base, field: value}), counted(calls, 2.0))
+    cached_features(tmp_path, key_name(**base), counted(calls, 1.0))
+    feats, computed = cached_features(tmp_path, key_name(**{**base, field: value}), counted(calls, 2.0))
     assert computed and calls == [1.0, 2.0] and (feats == 2.0).all()
 
 
@@ -74,9 +78,9 @@ def test_a_changed_input_recomputes(tmp_path, base, field, value):
 )
 def test_a_changed_split_manifest_recomputes(tmp_path, tiny_data, base, manifest):
     calls = []
-    cached_features(tmp_path, cache_key(**base), counted(calls, 1.0))
+    cached_features(tmp_path, key_name(**base), counted(calls, 1.0))
     changed = {**base, "manifest": manifest_hash(manifest(tiny_data))}
-    _, computed = cached_features(tmp_path, cache_key(**changed), counted(calls, 2.0))
+    _, computed = cached_features(tmp_path, key_name(**changed), counted(calls, 2.0))
     assert computed and calls == [1.0, 2.0]
 
 
@@ -115,7 +119,7 @@ def _ask(cache_dir, key, marker, barrier, results):
 
 def test_two_processes_compute_once_and_both_read_it_whole(tmp_path, base):
     ctx = mp.get_context("spawn")
-    key, marker = cache_key(**base), tmp_path / "computed-by"
+    key, marker = key_name(**base), tmp_path / "computed-by"
     barrier, results = ctx.Barrier(2), ctx.Queue()
     procs = [ctx.Process(target=_ask, args=(tmp_path / "cache", key, marker, barrier, results)) for _ in range(2)]
     final = tmp_path / "cache" / f"{key}.npy"

@@ -21,6 +21,9 @@ from ..record import RECORD
 from ..states import RunState
 
 CRACK = CLASSES.index("positive")
+# The patches a prediction will classify are not counted before its model loads: it is always
+# probed where the CPU has bf16 units (a few seconds, once per prediction folder).
+UNCOUNTED = 2**31
 ASCENDING = ("test_loss", "wall_time_s", "compute_hours")  # --best metrics where less is better
 
 
@@ -59,7 +62,7 @@ def check_run(run_dir: str | Path) -> tuple[Path, RunSpec, dict]:
 def best_run(sweep_dir: str | Path, metric: str = "best_val_acc") -> tuple[Path, str]:
     """The sweep's best completed run with a checkpoint by `metric` (largest, or smallest for a
     loss or a cost), ties broken by test loss; and a line saying which and why."""
-    from ..report import summary
+    from ..report.tables import summary
 
     sweep_dir = Path(sweep_dir).resolve()
     if not (sweep_dir / RECORD).is_file():
@@ -140,7 +143,8 @@ def _load_torch(run_dir: Path, spec: RunSpec, cache: Path | None) -> Classifier:
     module = for_inference(torch_module(run_dir, spec))
     # the worker's rules for its feature pass (inference), decided for this machine; never compiled:
     # predict's batches change size with the photos
-    choice = fastpath.torch_choice(fastpath.Job.of(spec.train, "features", 0), module, device, cache, _quiet)
+    job = fastpath.Job.of(spec.train, "features", UNCOUNTED)
+    choice = fastpath.torch_choice(job, module, device, cache, _quiet)
     module = fastpath.set_memory_format(module.to(device), choice.memory_format)
     autocast = fastpath.torch_autocast(choice)
 
@@ -191,7 +195,7 @@ def _load_keras(run_dir: Path, spec: RunSpec, cache: Path | None) -> Classifier:
     from ..worker.keras_worker import choose
 
     device = "gpu:0" if tf.config.list_physical_devices("GPU") else "cpu"
-    choice = choose(spec, device, "features", 0, cache, _quiet)
+    choice = choose(spec, device, "features", UNCOUNTED, cache, _quiet)
     model, preprocess = keras_model(run_dir, spec, fastpath.keras_policy(choice))
     forward = tf.function(lambda x: model(preprocess(tf.cast(x, tf.float32)), training=False), reduce_retracing=True)
 

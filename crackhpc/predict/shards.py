@@ -453,7 +453,7 @@ def merge(out_dir: str | Path) -> tuple[int, int]:
 
 
 def _write_page(out_dir: Path, plan: dict, summary: list[dict], errors: list[dict]) -> None:
-    from ..report import Document
+    from ..report.document import Document
 
     ranked = sorted(summary, key=lambda r: (-float(r["cracked_fraction"]), -float(r["max_probability"]), r["image"]))
     settings = plan["settings"]

@@ -9,18 +9,20 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
 from .. import atomic, rundir
-from ..config import RunSpec
+from ..config import RunSpec, TrainConfig
 from ..data.images import ImageCache
 from ..data.layout import CLASSES, Item
 from ..data.split import manifest_hash, read_manifest
 from ..errors import DamagedFileError, DataError
 from ..record import CACHE
+from ..states import RunState
 from .distributed import DistEnv
-from .features import cache_key, cached_features
+from .features import FeatureKey, cached_features
 
 # (position in the manifest, predicted class, probability of that class)
 Record = tuple[int, int, float]
@@ -72,12 +74,11 @@ def per_rank_batch(batch_size: int, env: DistEnv) -> int:
 
 
 def features(
-    data: RunData, model: str, weights_id: str, input_size: int, precision: str, compute: Callable[[], np.ndarray], log
+    data: RunData, key: FeatureKey, compute: Callable[[], np.ndarray], log: Callable[[str], None]
 ) -> tuple[np.ndarray, str]:
     """The frozen backbone's features of every image, and whether this run "computed" or "reused" them."""
-    key = cache_key(model, weights_id, input_size, data.manifest, precision)
     t0 = time.perf_counter()
-    feats, computed = cached_features(data.cache_dir / "features", key, compute)
+    feats, computed = cached_features(data.cache_dir / "features", key.name(data.manifest), compute)
     status = "computed" if computed else "reused"
     log(f"features {status} ({feats.shape[1]}-d) in {time.perf_counter() - t0:.1f}s")
     return feats, status
@@ -121,59 +122,66 @@ def resume(path: Path, data: RunData, log, read: Callable[[Path], dict]) -> dict
     return state
 
 
-def finish_epoch(
-    run_dir: Path,
-    env: DistEnv,
-    log,
-    rows: list,
-    epoch: int,
-    epochs: int,
-    train: tuple[float, float],
-    valid: tuple[float, float],
-    seconds: float,
-    n_images: int,
-    save_checkpoint: Callable[[], None],
-) -> None:
-    """Append the epoch's metrics row; rank 0 writes metrics.csv, then the checkpoint, then result.json."""
-    rows.append([epoch, train[0], train[1], valid[0], valid[1], seconds, n_images / seconds])
-    log(
-        f"epoch {epoch}/{epochs}: train loss {train[0]:.4f} acc {train[1]:.4f}, "
-        f"val loss {valid[0]:.4f} acc {valid[1]:.4f} ({seconds:.1f}s)"
+class Trainer(Protocol):
+    """What `fit` and `result` need of a framework's trainer."""
+
+    cfg: TrainConfig
+    env: DistEnv
+    run_dir: Path
+    data: RunData
+    feature_cache: str  # computed, reused or off
+    backend: str
+    device: Any  # torch.device or Keras's "cpu"/"gpu:N": recorded as its str()
+
+    def log(self, message: str) -> None: ...
+    def train_epoch(self, epoch: int) -> tuple[float, float, int]: ...
+    def evaluate(self, split: str) -> tuple[float, float, list[Record]]: ...
+    def save_checkpoint(self, epoch: int, rows: list, elapsed: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished training: the epochs (this attempt's and the resumed ones) and the test split."""
+
+    rows: list[rundir.Epoch]
+    test_loss: float
+    test_acc: float
+    records: list[Record]
+    wall_s: float
+
+
+def _record_epoch(trainer: Trainer, rows: list[rundir.Epoch], elapsed_s: float) -> None:
+    """Rank 0 writes metrics.csv, then the checkpoint, then result.json: a resumed run restarts
+    after the last epoch the checkpoint holds, and metrics.csv never lags it."""
+    row = rows[-1]
+    trainer.log(
+        f"epoch {row.epoch}/{trainer.cfg.epochs}: train loss {row.train_loss:.4f} acc {row.train_acc:.4f}, "
+        f"val loss {row.val_loss:.4f} acc {row.val_acc:.4f} ({row.epoch_time_s:.1f}s)"
     )
-    if env.is_main:
-        atomic.write_csv(run_dir / rundir.METRICS, rundir.METRIC_COLUMNS, rows)
-        save_checkpoint()
-        rundir.update_result(run_dir, status="running", epochs_done=epoch)
+    if trainer.env.is_main:
+        atomic.write_csv(trainer.run_dir / rundir.METRICS, rundir.METRIC_COLUMNS, rows)
+        trainer.save_checkpoint(row.epoch, rows, elapsed_s)
+        rundir.update_result(trainer.run_dir, status=RunState.RUNNING, epochs_done=row.epoch)
 
 
-def fit(trainer, start: float, state: dict):
-    """The loop both workers share: epochs from the checkpoint's on, then the test split.
-
-    `trainer` has cfg, env, log, run_dir, data, train_epoch(epoch), evaluate(split) and
-    save_checkpoint(epoch, rows, elapsed). Returns (rows, test_loss, test_acc, test_records, wall_s).
-    """
-    rows, elapsed_before = list(state["rows"]), state["elapsed"]
+def fit(trainer: Trainer, start: float, state: dict) -> Outcome:
+    """The loop both workers share: epochs from the checkpoint's on, then the test split."""
+    rows, elapsed_before = [rundir.Epoch(*r) for r in state["rows"]], state["elapsed"]
     for epoch in range(state["epoch"] + 1, trainer.cfg.epochs + 1):
         t0 = time.perf_counter()
         train_loss, train_acc, n_train = trainer.train_epoch(epoch)
         val_loss, val_acc, val_records = trainer.evaluate("valid")
-        finish_epoch(
-            trainer.run_dir,
-            trainer.env,
-            trainer.log,
-            rows,
-            epoch,
-            trainer.cfg.epochs,
-            (train_loss, train_acc),
-            (val_loss, val_acc),
-            time.perf_counter() - t0,
-            n_train + len(val_records),
-            lambda: trainer.save_checkpoint(epoch, rows, elapsed_before + time.perf_counter() - start),
+        seconds = time.perf_counter() - t0
+        rows.append(
+            rundir.Epoch(
+                epoch, train_loss, train_acc, val_loss, val_acc, seconds, (n_train + len(val_records)) / seconds
+            )
         )
+        _record_epoch(trainer, rows, elapsed_before + time.perf_counter() - start)
     test_loss, test_acc, records = trainer.evaluate("test")
     if trainer.env.is_main:
         write_misclassified(trainer.run_dir, trainer.data, records)
-    return rows, test_loss, test_acc, records, elapsed_before + time.perf_counter() - start
+    return Outcome(rows, test_loss, test_acc, records, elapsed_before + time.perf_counter() - start)
 
 
 def accuracy(records: Sequence[Record], labels: np.ndarray) -> float:
@@ -186,7 +194,7 @@ def write_misclassified(run_dir: Path, data: RunData, records: Iterable[Record])
         for p, pred, prob in records
         if pred != data.labels[p]
     ]
-    atomic.write_csv(run_dir / rundir.MISCLASSIFIED, ("path", "true", "predicted", "probability"), wrong)
+    atomic.write_csv(run_dir / rundir.MISCLASSIFIED, rundir.MISCLASSIFIED_COLUMNS, wrong)
 
 
 def state_digest(arrays: Iterable[np.ndarray]) -> str:
@@ -197,39 +205,28 @@ def state_digest(arrays: Iterable[np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def result(
-    data: RunData,
-    rows: list,
-    epochs: int,
-    test_loss: float,
-    test_acc: float,
-    n_test: int,
-    wall: float,
-    env: DistEnv,
-    device: str,
-    feature_cache: str,
-    backend: str,
-    params_in_sync: bool | None,
-) -> dict:
-    val_accs = [r[4] for r in rows]
-    best = int(np.argmax(val_accs)) if val_accs else 0
-    n_images = epochs * (len(data.index["train"]) + len(data.index["valid"]))
+def result(trainer: Trainer, outcome: Outcome, params_in_sync: bool | None) -> dict:
+    """result.json's numbers of a completed run."""
+    data, rows = trainer.data, outcome.rows
+    best = max(rows, key=lambda r: r.val_acc, default=None)  # the first of equals, as np.argmax
+    n_images = trainer.cfg.epochs * (len(data.index["train"]) + len(data.index["valid"]))
+    wall = outcome.wall_s
     out = {
         "epochs_done": len(rows),
-        "best_val_acc": val_accs[best] if val_accs else None,
-        "best_epoch": best + 1 if val_accs else None,
-        "test_loss": test_loss,
-        "test_acc": test_acc,
+        "best_val_acc": best.val_acc if best else None,
+        "best_epoch": best.epoch if best else None,
+        "test_loss": outcome.test_loss,
+        "test_acc": outcome.test_acc,
         "n_train": int(len(data.index["train"])),
         "n_valid": int(len(data.index["valid"])),
-        "n_test": n_test,
+        "n_test": len(outcome.records),
         "skipped_images": data.skipped,
         "wall_time_s": round(wall, 3),
         "images_per_s": round(n_images / wall, 2) if wall > 0 else None,
-        "world_size": env.world_size,
-        "device": device,
-        "feature_cache": feature_cache,
-        "backend": backend,
+        "world_size": trainer.env.world_size,
+        "device": str(trainer.device),
+        "feature_cache": trainer.feature_cache,
+        "backend": trainer.backend,
     }
     if params_in_sync is not None:
         out["params_in_sync"] = params_in_sync

@@ -2,8 +2,8 @@
 memory, and torch.compile, decided per (framework, model, input size, phase, device).
 
 Why a probe and not a list of models: on CPUs with bf16 units (AMX, AVX512-BF16; Arm's BF16)
-bf16 autocast ran 1.5-3.4x as fast as fp32 here for 224 px convolutions, but slower for
-EfficientNet-Lite0's training step at 64 px (0.7x), and bf16 is slower everywhere on CPUs without
+bf16 autocast ran 1.5-3.4x as fast as fp32 for 224 px convolutions on this project's machine, but
+slower for EfficientNet-Lite0's training step at 64 px (0.6-0.7x), and bf16 is slower everywhere on CPUs without
 the units; which memory format wins also changes with the network and the size. So on a CPU the
 worker times a few batches of the run's own network at the run's input size in each candidate
 setting, interleaved so that other load on the node weighs on each alike, and keeps the fastest.
@@ -46,8 +46,8 @@ PROBE_ROUNDS = 3
 # A phase that pushes fewer images than this many times the probe's own is not probed (a smoke
 # run, a test): it keeps fp32 (or the precision it sets) and channels_last.
 PROBE_PAYS = 10
-# torch.compile on CPU took 20-75 s here and made the frozen feature pass 0.97-1.9x as fast
-# (benchmarks/results/precision.md); the training step 0.92x after 83 s. `compile: auto` compiles
+# torch.compile on CPU took 20-75 s here and made the frozen feature pass 0.95-1.3x as fast
+# (README, Speed; benchmarks/results/precision.md); the training step 0.92x after 83 s. `compile: auto` compiles
 # the feature pass only where the probe says it would run longer than this without.
 COMPILE_PAYS_S = 15 * 60
 
@@ -142,12 +142,20 @@ Candidate = tuple[Callable[[], None], Callable[[], None]]  # (prepare, one batch
 
 
 def interleaved(candidates: dict[str, Candidate], images: int, rounds: int = PROBE_ROUNDS) -> dict[str, float]:
-    """Images/s of each candidate: one warm-up batch each, then `rounds` rounds taking each in
-    turn, the best of each kept (load from other processes only ever slows a batch down)."""
+    """Images/s of each candidate: a warm-up round, then `rounds` rounds taking each in turn, the
+    best of each kept (load from other processes only ever slows a batch down). A `prepare` that
+    differs from the previous candidate's (another memory format: new weight tensors, which the
+    convolution library lays out again on their first use) is followed by an untimed batch, as a
+    run pays that once; candidates sharing one `prepare` object should be adjacent."""
     best = dict.fromkeys(candidates, math.inf)
+    last = None
     for round_ in range(rounds + 1):
         for name, (prepare, batch) in candidates.items():
-            prepare()
+            if prepare is not last:
+                prepare()
+                if round_:  # the warm-up round's batch is untimed anyway
+                    batch()
+                last = prepare
             t0 = time.perf_counter()
             batch()
             if round_:
@@ -275,6 +283,8 @@ def torch_choice(job: Job, module, device, cache_dir: Path | None, log) -> Choic
         x = torch.randint(0, 256, (b, s, s, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
         buffers = [(buf, buf.detach().clone()) for buf in module.buffers()]
 
+        formats = {fmt: (lambda fmt=fmt: set_memory_format(module, fmt)) for fmt in FORMATS}
+
         def candidate(name: str) -> Candidate:
             precision, fmt = name.split("/")
 
@@ -286,11 +296,12 @@ def torch_choice(job: Job, module, device, cache_dir: Path | None, log) -> Choic
                     else:
                         module(x).float().sum().backward()
 
-            return (lambda: set_memory_format(module, fmt)), batch
+            return formats[fmt], batch
 
         try:
-            with torch.random.fork_rng(devices=[]):
-                return interleaved({name: candidate(name) for name in candidates}, b)
+            with torch.random.fork_rng(devices=[]):  # one memory format after the other: fewer re-layouts
+                ordered = sorted(candidates, key=lambda name: FORMATS.index(name.split("/")[1]))
+                return interleaved({name: candidate(name) for name in ordered}, b)
         finally:
             with torch.no_grad():
                 for buf, saved in buffers:

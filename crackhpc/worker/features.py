@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,18 @@ from filelock import FileLock
 from .. import atomic
 
 
-def cache_key(model: str, weights_id: str, input_size: int, manifest: str, precision: str) -> str:
-    blob = f"{model}|{weights_id}|{input_size}|{manifest}|{precision}"
-    return f"features-{model}-{hashlib.sha1(blob.encode()).hexdigest()[:16]}"
+@dataclass(frozen=True)
+class FeatureKey:
+    """What makes two runs' backbone features the same, besides their split manifest."""
+
+    model: str
+    weights_id: str
+    input_size: int
+    precision: str
+
+    def name(self, manifest: str) -> str:
+        blob = f"{self.model}|{self.weights_id}|{self.input_size}|{manifest}|{self.precision}"
+        return f"features-{self.model}-{hashlib.sha1(blob.encode()).hexdigest()[:16]}"
 
 
 def cached_features(cache_dir: str | Path, key: str, compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:

@@ -38,6 +38,7 @@ from ..config import RunSpec
 from ..weights import locate
 from . import backends, common, fastpath
 from .distributed import DistEnv
+from .features import FeatureKey
 
 APPLICATIONS = {
     "vgg16": (keras.applications.VGG16, keras.applications.vgg16.preprocess_input),
@@ -144,6 +145,7 @@ def choose(spec: RunSpec, device: str, phase: str, images: int, cache_dir: Path 
 class Trainer:
     def __init__(self, spec: RunSpec, run_dir: Path, env: DistEnv, log, comm: _Single, device: str):
         self.spec, self.cfg, self.run_dir, self.env, self.log, self.comm = spec, spec.train, run_dir, env, log, comm
+        self.backend = comm.name
         self.device = device
 
     # -- data and model -------------------------------------------------------------------
@@ -176,10 +178,7 @@ class Trainer:
             extractor = _inference(backbone())  # outside the strategy: it runs forward only, on one rank at a time
             feats, self.feature_cache = common.features(
                 data,
-                f"keras-{cfg.model}",
-                weights_id,
-                size,
-                self.policy,
+                FeatureKey(f"keras-{cfg.model}", weights_id, size, self.policy),
                 lambda: self.predict(extractor, np.arange(len(data.items))),
                 self.log,
             )
@@ -296,22 +295,8 @@ class Trainer:
         self.prepare()
         state = self.load_checkpoint()
         self.comm.start(self.model.variables + self.optimizer.variables)
-        rows, test_loss, test_acc, records, wall = common.fit(self, start, state)
-        in_sync = self.params_in_sync() if self.env.world_size > 1 else None
-        return common.result(
-            self.data,
-            rows,
-            self.cfg.epochs,
-            test_loss,
-            test_acc,
-            len(records),
-            wall,
-            self.env,
-            self.device,
-            self.feature_cache,
-            self.comm.name,
-            in_sync,
-        )
+        outcome = common.fit(self, start, state)
+        return common.result(self, outcome, self.params_in_sync() if self.env.world_size > 1 else None)
 
 
 def train(spec: RunSpec, run_dir: Path, env: DistEnv, log) -> dict:

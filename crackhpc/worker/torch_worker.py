@@ -23,6 +23,7 @@ from .. import atomic, rundir
 from ..config import RunSpec
 from . import backends, common, fastpath
 from .distributed import DistEnv
+from .features import FeatureKey
 from .torch_models import build, extract, for_inference
 
 
@@ -111,6 +112,7 @@ class _Horovod(_Single):
 class Trainer:
     def __init__(self, spec: RunSpec, run_dir: Path, env: DistEnv, log, comm: _Single):
         self.spec, self.cfg, self.run_dir, self.env, self.log, self.comm = spec, spec.train, run_dir, env, log, comm
+        self.backend = comm.name
         self.device = _device(env)
         self.workers = common.cpu_workers(spec)
 
@@ -130,10 +132,7 @@ class Trainer:
             weights = weights_id if cfg.pretrained else f"random-seed{cfg.seed}"
             feats, self.feature_cache = common.features(
                 data,
-                cfg.model,
-                weights,
-                cfg.input_size,
-                str(fastpath.torch_autocast(self.choice)),
+                FeatureKey(cfg.model, weights, cfg.input_size, str(fastpath.torch_autocast(self.choice))),
                 lambda: extract(backbone, data.images, self.device, choice=self.choice),
                 self.log,
             )
@@ -261,25 +260,12 @@ class Trainer:
         start = time.perf_counter()
         self.prepare()
         state = self.load_checkpoint()
-        rows, test_loss, test_acc, records, wall = common.fit(self, start, state)
+        outcome = common.fit(self, start, state)
         in_sync = None
         if self.env.world_size > 1:
             digest = common.state_digest(t.detach().cpu().numpy() for t in self.model.state_dict().values())
             in_sync = len(set(self.comm.gather(digest))) == 1
-        return common.result(
-            self.data,
-            rows,
-            self.cfg.epochs,
-            test_loss,
-            test_acc,
-            len(records),
-            wall,
-            self.env,
-            str(self.device),
-            self.feature_cache,
-            self.comm.name,
-            in_sync,
-        )
+        return common.result(self, outcome, in_sync)
 
 
 def train(spec: RunSpec, run_dir: Path, env: DistEnv, log) -> dict:
