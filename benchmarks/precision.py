@@ -44,7 +44,12 @@ DEFAULT_MODELS = "resnet18,efficientnet_lite0,resnet50,vgg16,keras:resnet50,kera
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks.precision", description=__doc__)
     p.add_argument("--models", default=DEFAULT_MODELS, type=lambda s: s.split(","))
-    p.add_argument("--phases", default="features,train", type=lambda s: s.split(","))
+    p.add_argument(
+        "--phases",
+        default="features,train",
+        type=lambda s: [p for p in s.split(",") if p],
+        help='features, train, or "" (with --compile: the compile table alone)',
+    )
     p.add_argument("--size", default=224, type=int, help="input size (px)")
     p.add_argument("--batch", default=16, type=int)
     p.add_argument("--rounds", default=3, type=int)

@@ -7,7 +7,8 @@ slower for EfficientNet-Lite0's training step at 64 px (0.6-0.7x), and bf16 is s
 the units; which memory format wins also changes with the network and the size. So on a CPU the
 worker times a few batches of the run's own network at the run's input size in each candidate
 setting, interleaved so that other load on the node weighs on each alike, and keeps the fastest.
-bf16 must win by BF16_MARGIN: it keeps 8 bits of mantissa, worth it only for a clear gain.
+bf16 must win by MARGIN: it keeps 8 bits of mantissa, worth it only for a clear gain; so must
+contiguous memory over channels_last, the default before the probe.
 The timings are cached in the sweep's cache folder per (framework, model, input size, phase,
 batch, device, threads), so every run of a sweep and every rank of a job takes the same decision
 (the feature cache, keyed by precision, relies on that), and the probe is paid once.
@@ -40,7 +41,7 @@ from ..errors import CrackhpcError
 ENV_BF16 = "CRACKHPC_CPU_BF16"
 BF16_UNITS = ("amx_bf16", "avx512_bf16", "bf16")  # x86 flags; `bf16` in an Arm CPU's Features line
 FORMATS = ("channels_last", "contiguous")
-BF16_MARGIN = 1.1
+MARGIN = 1.1  # what bf16 (or contiguous memory) must gain over fp32 (over channels_last) to be chosen
 PROBE_BATCH = 8
 PROBE_ROUNDS = 3
 # A phase that pushes fewer images than this many times the probe's own is not probed (a smoke
@@ -201,19 +202,27 @@ def _precisions(setting: str, device_is_cpu: bool) -> tuple[list[str], str]:
 
 
 def _decide(job: Job, timings: dict[str, float], where: str, fixed_reason: str) -> tuple[str, str, str]:
-    """(precision, memory format, reason) from a probe's timings ("precision/format" -> img/s)."""
+    """(precision, memory format, reason) from a probe's timings ("precision/format" -> img/s).
+    Each precision keeps channels_last (the default before the probe) unless contiguous wins by
+    MARGIN; then bf16 must win by MARGIN over fp32: timings of a few batches move with the load
+    on a shared node, and a change should be worth that noise."""
     best: dict[str, tuple[float, str]] = {}
-    for name, img_s in timings.items():
-        precision, fmt = name.split("/")
-        if precision not in best or img_s > best[precision][0]:
-            best[precision] = (img_s, fmt)
+    for precision in ("fp32", "bf16"):
+        by_format = {f: timings[f"{precision}/{f}"] for f in FORMATS if f"{precision}/{f}" in timings}
+        if by_format:
+            fmt = (
+                "contiguous"
+                if by_format.get("contiguous", 0) >= MARGIN * by_format.get("channels_last", 0)
+                else FORMATS[0]
+            )
+            best[precision] = (by_format[fmt], fmt)
     if len(best) == 1:
         ((precision, (_, fmt)),) = best.items()
         return precision, fmt, fixed_reason
     ratio = best["bf16"][0] / best["fp32"][0]
-    precision = "bf16" if ratio >= BF16_MARGIN else "fp32"
+    precision = "bf16" if ratio >= MARGIN else "fp32"
     reason = (
-        f"auto: bf16 ran {ratio:.2f}x as fast as fp32 ({'>=' if precision == 'bf16' else '<'} {BF16_MARGIN}x) "
+        f"auto: bf16 ran {ratio:.2f}x as fast as fp32 ({'>=' if precision == 'bf16' else '<'} {MARGIN}x) "
         f"in a probe of {job.model} at {job.input_size} px ({job.phase}, {where})"
     )
     return precision, best[precision][1], reason
