@@ -352,8 +352,6 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    phases = Phases(args.budget_s)
-    phases.run("environment", environment)
     data = args.work / "data" / f"synth-n{args.n}-{args.size}px-seed0"
 
     def synth() -> dict:
@@ -361,17 +359,25 @@ def main(argv=None) -> int:
         synthesize(data, args.n, size=args.size, seed=0, workers=args.threads)
         return {"images": args.n, "px": args.size, "img_s": round(args.n / (time.perf_counter() - t0), 1)}
 
-    phases.run("synth", synth)
-    phases.run("study", lambda: study(args, data))
-    phases.run("naive", lambda: naive(args, data))
-    phases.run("ceiling", lambda: ceiling(args))
-    phases.run("ddp", ddp)
+    steps = [
+        ("environment", environment),
+        ("synth", synth),
+        ("study", lambda: study(args, data)),
+        ("naive", lambda: naive(args, data)),
+        ("ceiling", lambda: ceiling(args)),
+        ("ddp", ddp),
+    ]
     if not args.smoke:  # a CPU compile takes a minute: the smoke run checks the rest
-        phases.run("compile", lambda: compiled(args))
-    phases.results["environment"]["tensorflow_imported"] = "tensorflow" in sys.modules
-    text = markdown(phases.results, argv)
-    atomic.write_text(args.out, text + "\n")
-    atomic.write_text(args.out.with_suffix(".json"), json.dumps(phases.results, indent=1, default=str) + "\n")
+        steps.append(("compile", lambda: compiled(args)))
+    phases = Phases(args.budget_s)
+    for name, fn in steps:
+        phases.run(name, fn)
+        if "environment" in phases.results:
+            phases.results["environment"]["tensorflow_imported"] = "tensorflow" in sys.modules
+        # after every phase: a run stopped by the device's time limit keeps what it measured
+        text = markdown(phases.results, argv)
+        atomic.write_text(args.out, text + "\n")
+        atomic.write_text(args.out.with_suffix(".json"), json.dumps(phases.results, indent=1, default=str) + "\n")
     print(text)
     failed = [n for n, r in phases.results.items() if r.get("status", "").startswith("failed")]
     return 1 if failed else 0
