@@ -9,6 +9,7 @@ A sweep file has these top-level keys:
     grid:      {key: [values]} crossed with each other
     runs:      [{key: value}]  explicit runs, each crossed with the grid
     resources: Resources       per job; a run may override it with its own `resources:`
+    x-...:                     anything, for YAML anchors that merge keys (`<<: *name`) reuse
 
 Every problem is reported as one line naming the file, the key and what is allowed:
 `<file>: <key.path>: <problem> (allowed: …)`.
@@ -374,11 +375,15 @@ def validate(model: type[BaseModel], data: Any, where: str, prefix: Sequence = (
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML whose mappings refuse a key given twice: PyYAML keeps the last silently (`epochs: 1` … `epochs: 50`)."""
+    """YAML whose mappings refuse a key given twice: PyYAML keeps the last silently (`epochs: 1` … `epochs: 50`).
+    Merge keys (`<<: *defaults`) still work: a key the mapping sets itself overrides the merged one,
+    as YAML means it to; only a key written twice in the mapping itself is refused."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice", key_node.start_mark)
@@ -468,7 +473,9 @@ def load_sweep(
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: <top>: a sweep file must be a mapping with at least `name` and `data`")
-    raw = apply_overrides(raw, overrides, path)
+    # `x-...` keys hold what other keys merge in (`x-common: &common {...}`, then `<<: *common`), as
+    # in docker-compose files; the sweep itself does not read them.
+    raw = apply_overrides({k: v for k, v in raw.items() if not str(k).startswith("x-")}, overrides, path)
     if edit is not None:
         raw = edit(raw)
     if "data" not in raw and "name" in raw:

@@ -73,7 +73,7 @@ def best_run(sweep_dir: str | Path, metric: str = "best_val_acc") -> tuple[Path,
         raise CrackhpcError(
             f"--best {metric}: not a column of {sweep_dir / 'summary.csv'}; one of: {', '.join(numeric)}"
         )
-    done = df[(df["status"] == "completed") & df[metric].notna()]
+    done = df[(df["status"] == RunState.COMPLETED.value) & df[metric].notna()]
     done = done[[checkpoint_path(sweep_dir / r, rundir.read_config(sweep_dir / r)).is_file() for r in done["run_id"]]]
     if done.empty:
         raise CrackhpcError(
@@ -120,11 +120,12 @@ def torch_module(run_dir: Path, spec: RunSpec):
     cfg = spec.train
     torch.manual_seed(cfg.seed)  # the worker's order: seed, then build (a random frozen backbone is this init)
     backbone, head, _ = build(cfg.model, cfg.pretrained)
-    state = torch.load(checkpoint_path(run_dir, spec), map_location="cpu", weights_only=False)["model"]
-    if cfg.freeze_backbone and cfg.feature_cache:
-        head.load_state_dict(state)
-    else:
-        nn.Sequential(backbone, head).load_state_dict(state)
+    trained = head if cfg.freeze_backbone and cfg.feature_cache else nn.Sequential(backbone, head)
+
+    def read(path: Path) -> None:
+        trained.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
+
+    rundir.read_checkpoint(checkpoint_path(run_dir, spec), read, rundir.FIX_RETRAIN.format(run=run_dir))
     normalize, net = backbone
     return nn.Sequential(normalize, net, head).eval()
 
@@ -172,19 +173,21 @@ def keras_model(run_dir: Path, spec: RunSpec, policy: str = "float32"):
     application, preprocess = APPLICATIONS[cfg.model]
     size = cfg.input_size
     net = application(include_top=False, weights=weights, input_shape=(size, size, 3), pooling="avg")
-    with np.load(checkpoint_path(run_dir, spec)) as saved:
-        trained = [saved[k] for k in sorted((k for k in saved.files if k.startswith("w")), key=lambda k: int(k[1:]))]
     dense = keras.layers.Dense(2, activation="softmax", dtype="float32")
+    x = keras.Input((size, size, 3))
     if cfg.freeze_backbone and cfg.feature_cache:
         features = keras.Input(net.output_shape[1:])
-        head = keras.Model(features, dense(features))
-        head.set_weights(trained)
-        x = keras.Input((size, size, 3))
-        model = keras.Model(x, head(net(x, training=False)))
+        trained = keras.Model(features, dense(features))  # the head, trained on the cached features
+        model = keras.Model(x, trained(net(x, training=False)))
     else:
-        x = keras.Input((size, size, 3))
-        model = keras.Model(x, dense(net(x)))
-        model.set_weights(trained)
+        trained = model = keras.Model(x, dense(net(x)))
+
+    def read(path: Path) -> None:
+        with np.load(path) as saved:
+            weights = sorted((k for k in saved.files if k.startswith("w")), key=lambda k: int(k[1:]))
+            trained.set_weights([saved[k] for k in weights])
+
+    rundir.read_checkpoint(checkpoint_path(run_dir, spec), read, rundir.FIX_RETRAIN.format(run=run_dir))
     return model, preprocess
 
 

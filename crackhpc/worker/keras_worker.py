@@ -271,6 +271,9 @@ class Trainer:
         slots[self.env.rank] = int(common.state_digest(self.model.get_weights())[:12], 16)
         return len(set(self.comm.all_sum(slots))) == 1
 
+    def agree(self, flag: bool) -> bool:
+        return bool(self.comm.all_sum(np.array([float(flag)]))[0])
+
     # -- checkpoints ----------------------------------------------------------------------
     def load_checkpoint(self) -> dict:
         def read(path):

@@ -231,6 +231,9 @@ class Trainer:
         records = sorted(r for _, part in gathered for r in part)
         return sum(t for t, _ in gathered) / max(len(records), 1), common.accuracy(records, self.labels), records
 
+    def agree(self, flag: bool) -> bool:
+        return any(self.comm.gather(flag))
+
     # -- checkpoints ----------------------------------------------------------------------
     def load_checkpoint(self) -> dict:
         def read(path):
