@@ -250,13 +250,16 @@ def main(argv=None) -> int:
 
 
 def report(args, argv: list[str], load: float, rows: list[dict], compiled: list[dict]) -> str:
+    title = "fp32 against bf16" if rows else "torch.compile on CPU"
     text = (
-        f"# fp32 against bf16 ({dt.date.today().isoformat()})\n\n"
+        f"# {title} ({dt.date.today().isoformat()})\n\n"
         f"`python -m benchmarks.precision {' '.join(argv)}`: {fastpath.cpu_label(args.threads)}, torch "
         f"{torch.__version__}, {args.size} px, batch {args.batch}, best of {args.rounds} interleaved rounds; load "
         f"average {load:.1f} at the start, {os.getloadavg()[0]:.1f} now. `vs_today`: images/s over main's fp32 "
-        f"path (Keras: over float32).\n\n" + table(rows, ["model", "phase", "setting", "img_s", "vs_today"])
+        f"path (Keras: over float32)."
     )
+    if rows:
+        text += "\n\n" + table(rows, ["model", "phase", "setting", "img_s", "vs_today"])
     if compiled:
         text += "\n\n## torch.compile, feature pass\n\n" + table(
             compiled, ["model", "precision", "compile_s", "eager_img_s", "compiled_img_s", "gain", "pays_after_s"]

@@ -47,10 +47,13 @@ PROBE_ROUNDS = 3
 # A phase that pushes fewer images than this many times the probe's own is not probed (a smoke
 # run, a test): it keeps fp32 (or the precision it sets) and channels_last.
 PROBE_PAYS = 10
-# torch.compile on CPU took 20-75 s here and made the frozen feature pass 0.95-1.3x as fast
-# (README, Speed; benchmarks/results/precision.md); the training step 0.92x after 83 s. `compile: auto` compiles
-# the feature pass only where the probe says it would run longer than this without.
-COMPILE_PAYS_S = 15 * 60
+# Why `compile: auto` is off (README, Speed; benchmarks/results/compile.md): measured on this
+# project's CPU; on a GPU, benchmarks/gpu.sh measures it.
+COMPILE_OFF = {
+    "features": "auto: off, compiling the feature pass took 14-103 s and ran it 0.72-1.33x as fast on CPU "
+    "here, a loss as often as a gain (GPU: not measured yet); compile: true where it was measured to pay",
+    "train": "auto: off, the training step ran 0.92x as fast on CPU here after 83 s of compiling",
+}
 
 
 @dataclass(frozen=True)
@@ -228,22 +231,13 @@ def _decide(job: Job, timings: dict[str, float], where: str, fixed_reason: str) 
     return precision, best[precision][1], reason
 
 
-def _compile(job: Job, img_s: float | None) -> tuple[bool, str]:
-    """Whether to torch.compile, and why; `img_s`: the chosen setting's speed in the probe."""
+def _compile(job: Job) -> tuple[bool, str]:
+    """Whether to torch.compile, and why."""
     if job.compile != "auto":
         return bool(job.compile), f"compile: {str(job.compile).lower()} in the run's settings"
     if job.framework != "torch":
         return False, "auto: torch.compile is torch's"
-    if job.phase != "features":
-        return False, "auto: off for training (0.92x on CPU here after 83 s of compiling)"
-    if img_s is None:
-        return False, "auto: off without a probe's timing (on a GPU: until measured there, benchmarks/gpu.sh)"
-    eager_s = job.images / img_s
-    pays = eager_s > COMPILE_PAYS_S
-    return pays, (
-        f"auto: the feature pass would take about {eager_s:.0f} s uncompiled, "
-        f"{'over' if pays else 'under'} the {COMPILE_PAYS_S // 60} min from which compiling pays on CPU"
-    )
+    return False, COMPILE_OFF[job.phase]
 
 
 def choose(job: Job, cpu: str | None, measure: Callable[[list[str]], dict[str, float]], cache_dir, log) -> Choice:
@@ -261,8 +255,7 @@ def choose(job: Job, cpu: str | None, measure: Callable[[list[str]], dict[str, f
                 f"auto: fp32, {job.images} images are too few for a probe of {probe_images} to pay "
                 f"(bf16 is probed from {PROBE_PAYS * probe_images} on)"
             )
-        compile_, compile_reason = _compile(job, None)
-        return Choice(precision, fixed_reason, formats[0], compile_, compile_reason)
+        return Choice(precision, fixed_reason, formats[0], *_compile(job))
     key = f"{job.framework}|{job.model}|{job.input_size} px|{job.phase}|batch {job.probe_batch}|{cpu}"
     t0 = time.perf_counter()
     timings, measured = probe(cache_dir, key, candidates, measure)
@@ -272,8 +265,7 @@ def choose(job: Job, cpu: str | None, measure: Callable[[list[str]], dict[str, f
         + (f" (measured in {time.perf_counter() - t0:.1f}s)" if measured else " (cached)")
     )
     precision, memory_format, reason = _decide(job, timings, str(cpu), fixed_reason)
-    compile_, compile_reason = _compile(job, timings[f"{precision}/{memory_format}"])
-    return Choice(precision, reason, memory_format, compile_, compile_reason)
+    return Choice(precision, reason, memory_format, *_compile(job))
 
 
 # -- the frameworks -----------------------------------------------------------------------
