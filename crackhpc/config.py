@@ -150,6 +150,7 @@ class TrainConfig(_Model):
     seed: Seed = 0
     backend: StrictStr = "auto"
     precision: StrictStr = "auto"
+    compile: StrictBool | StrictStr = "auto"  # torch.compile: auto | true | false
     # Frozen backbone without augmentation: backbone features are computed once and reused.
     feature_cache: StrictBool = True
     num_workers: StrictInt | None = Field(None, ge=0)
@@ -164,6 +165,16 @@ class TrainConfig(_Model):
             "precision": ("auto", "fp32", "bf16"),
         }
         return _one_of(value, allowed[str(info.field_name)])
+
+    @field_validator("compile")
+    @classmethod
+    def _compile(cls, value: bool | str, info: ValidationInfo) -> bool | str:
+        if isinstance(value, str):
+            if value != "auto":
+                raise _problem(f"unknown value {value!r} (allowed: auto, true, false)")
+        elif value and info.data.get("framework") == "keras":
+            raise _problem("torch.compile is for torch runs; leave it out (or auto) for Keras")
+        return value
 
     @field_validator("model", "backend")
     @classmethod

@@ -143,7 +143,7 @@ class _Shard:
         if self.classifier is None:  # loaded only when a photo needs it: a resumed shard may need none
             from .model import load
 
-            self.classifier = load(self.plan["model"])
+            self.classifier = load(self.plan["model"], SweepFolder(self.out_dir).cache)
         return self.classifier
 
     def run(self) -> dict:
@@ -197,6 +197,7 @@ class _Shard:
             "seconds": round(seconds, 3),
             "photos_per_s": round(len(summary) / seconds, 3) if seconds else None,
             "device": self.classifier.device if self.classifier else None,
+            "precision": self.classifier.precision if self.classifier else None,
         }
 
     def _flush(self) -> None:

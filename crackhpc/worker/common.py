@@ -85,6 +85,14 @@ def features(
     return feats, status
 
 
+def record_choice(run_dir: Path, env: DistEnv, log, choice) -> None:
+    """How the run uses the hardware (a fastpath.Choice), in worker.log and in result.json as soon
+    as it is decided: a running run already says it."""
+    log(choice.describe())
+    if env.is_main:
+        rundir.update_result(run_dir, **choice.fields())
+
+
 def bookkeeping(epoch: int, rows: list, elapsed: float, data: RunData) -> dict:
     """What a checkpoint holds besides the weights: where the run is, and on which split it trained."""
     return {"epoch": epoch, "rows": rows, "elapsed": elapsed, "manifest": data.manifest}
