@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,12 @@ import pytest
 import yaml
 
 from crackhpc.data.synth import synthesize
+from crackhpc.worker.fastpath import ENV_BF16
+
+# `precision: auto` as on a CPU without bf16 units, for every test and the workers they start:
+# the suite's numbers must not hang on a probe's timing nor on the machine it runs on. The tests of
+# the other branch (tests/test_worker_fastpath.py) set it to 1.
+os.environ[ENV_BF16] = "0"
 
 
 @pytest.fixture(scope="session")
@@ -54,13 +59,6 @@ def tiny_sweep(data_root: Path, name: str = "tiny", defaults: dict | None = None
         **top,
     }
     return yaml.safe_dump(sweep, sort_keys=False)
-
-
-def in_foreground():
-    """A Popen preexec_fn: the command starts as at a terminal, with SIGINT (Ctrl-C) at its default,
-    also where the tests were started in the background (`pytest … &`), which hands its children an
-    ignored SIGINT."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def killed_writer(target: Path) -> Path:

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from crackhpc import atomic
+from crackhpc import atomic, procs
 from crackhpc.errors import DamagedFileError
 
 from .conftest import killed_writer
@@ -23,7 +23,7 @@ def test_a_reader_sees_the_old_file_until_the_new_one_is_complete(tmp_path):
     with atomic.replacing(target) as tmp:
         tmp.write_text("new, half")
         assert target.read_text() == "old"
-        assert re.fullmatch(rf"\.result\.json~{re.escape(atomic.HOST)}~{os.getpid()}~\d+\.tmp", tmp.name)
+        assert re.fullmatch(rf"\.result\.json~{re.escape(procs.HOST)}~{os.getpid()}~\d+\.tmp", tmp.name)
         assert tmp.parent == tmp_path  # beside it: the rename stays on one file system
     assert target.read_text() == "new, half" and sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
 
@@ -50,14 +50,14 @@ def test_remove_stale_leaves_live_writers_other_hosts_and_other_files(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait(timeout=30)
     kept = [
-        f".a~{atomic.HOST}~{os.getpid()}~0.tmp",  # a live writer: this process
+        f".a~{procs.HOST}~{os.getpid()}~0.tmp",  # a live writer: this process
         f".b~other-host~{dead.pid}~0.tmp",  # another host's process cannot be checked from here
-        f".c~{atomic.HOST}~notapid~0.tmp",
+        f".c~{procs.HOST}~notapid~0.tmp",
         ".d.tmp",
         "e~x~1~0.tmp",  # not hidden: not crackhpc's
         "result.json",
     ]
-    stale = tmp_path / f".f~{atomic.HOST}~{dead.pid}~3.tmp"
+    stale = tmp_path / f".f~{procs.HOST}~{dead.pid}~3.tmp"
     for name in [*kept, stale.name]:
         (tmp_path / name).write_text("")
     assert atomic.remove_stale(tmp_path) == [stale]

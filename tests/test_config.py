@@ -205,3 +205,21 @@ def test_max_runs_on_the_command_line_lifts_the_limit(write_yaml, tmp_path, caps
     )
     assert main([*argv, "--max-runs", "1001"]) == 0
     assert "1001 runs, 1001 to submit" in capsys.readouterr().out
+
+
+def test_merge_keys_reuse_settings_and_a_key_set_twice_is_still_refused(write_yaml):
+    path = write_yaml(
+        BASE
+        + """x-common: &common {epochs: 2, lr: 0.01, batch_size: 8}
+runs:
+  - <<: *common
+    model: resnet50
+  - <<: *common
+    lr: 0.1
+"""
+    )
+    sweep = load_sweep(path)
+    settings = [(t.model, t.epochs, t.lr, t.batch_size) for _, t, _ in sweep.entries]
+    assert settings == [("resnet50", 2, 0.01, 8), ("resnet18", 2, 0.1, 8)]  # its own key wins over the merged one
+    twice = BASE + "x-common: &common {epochs: 2}\nruns:\n  - {<<: *common, lr: 0.1, lr: 0.2}\n"
+    assert "key 'lr' given twice" in _error(write_yaml, twice)

@@ -6,7 +6,7 @@ import pytest
 
 from crackhpc import slurm
 from crackhpc.config import load_sweep
-from crackhpc.launcher import submit
+from crackhpc.launcher import Submission, submit
 from crackhpc.status import collect
 
 from .test_slurm_integration import cli, slurm_yaml, squeue
@@ -25,9 +25,9 @@ def test_shape_beyond_max_array_size_goes_out_as_several_arrays(tmp_path, tiny_d
     held = {"sbatch": {"begin": "now+1hour"}}
     path = slurm_yaml(tmp_path, tiny_data, "split", grid={"seed": [0, 1, 2, 3, 4, 5]}, resources=held)
     lines = []
-    submit(load_sweep(path), tmp_path, "slurm", dry_run=True, echo=lines.append)
-    shapes = [line.split(":")[0].strip() for line in lines if line.startswith("  job ")]
-    assert shapes == ["job array of 5 runs", "job of 1 run"]
+    submit(load_sweep(path), tmp_path, Submission("slurm", dry_run=True), echo=lines.append)
+    shapes = [line.split(":")[0].strip() for line in lines if line.startswith("  6 runs")]
+    assert shapes == ["6 runs as 2 job arrays (MaxArraySize), runs 1-5, 6"]  # one shape: one script
     cli("sweep", path, "--results", tmp_path)
     try:
         jobs = sorted(e["job_id"] for e in json.loads((tmp_path / "split" / "sweep.json").read_text())["runs"].values())

@@ -71,9 +71,12 @@ def test_the_sweeps_own_resources_win_over_the_profile(profiles, tiny_data, writ
 
 def test_cache_reaches_the_job_unless_the_shell_sets_one():
     line = cache_line("/scratch/$USER/cache")
-    run = lambda env: subprocess.run(
-        ["bash", "-c", line + '; echo "$CRACKHPC_CACHE"'], env=env, capture_output=True, text=True
-    ).stdout.strip()
+
+    def run(env):
+        return subprocess.run(
+            ["bash", "-c", line + '; echo "$CRACKHPC_CACHE"'], env=env, capture_output=True, text=True
+        ).stdout.strip()
+
     assert run({"USER": "ann"}) == "/scratch/ann/cache"
     assert run({"USER": "ann", "CRACKHPC_CACHE": "/mine"}) == "/mine"
 

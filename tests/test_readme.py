@@ -188,7 +188,7 @@ def scratch(tmp_path) -> tuple[Path, dict[str, str], dict[str, str]]:
     bin_dir.mkdir()
     (bin_dir / "git").symlink_to(shutil.which("git") or "/usr/bin/git")
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_", "CRACKHPC_"))},
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_"))},
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{bin_dir}",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         "CRACKHPC_CLUSTERS": str(home / "clusters.yaml"),

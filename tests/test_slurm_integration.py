@@ -22,12 +22,13 @@ import pytest
 from crackhpc import rundir
 from crackhpc.cli import main
 from crackhpc.config import load_sweep
-from crackhpc.launcher import submit
+from crackhpc.launcher import Submission, submit
 from crackhpc.report.tables import RESOURCE_COLUMNS, write_reports
 from crackhpc.slurm import ACTIVE_STATES
 from crackhpc.status import collect
 
-from .conftest import in_foreground, tiny_sweep
+from .conftest import tiny_sweep
+from .running import in_foreground
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -116,7 +117,7 @@ def test_dry_run_prints_the_script_submitit_submits(array_sweep):
 def test_report_of_slurm_runs_matches_the_local_executors(array_sweep, tmp_path, tiny_data):
     slurm, _ = write_reports(array_sweep.sweep_dir)
     local_sweep = load_sweep(slurm_yaml(tmp_path, tiny_data, "array", grid={"seed": [0]}))
-    submit(local_sweep, tmp_path / "results", "local", **quiet)
+    submit(local_sweep, tmp_path / "results", Submission("local"), **quiet)
     local, _ = write_reports(tmp_path / "results" / "array")
     assert list(slurm.columns) == list(local.columns)
     # the same columns filled, and Slurm's accounting besides (crackhpc.report.tables.RESOURCE_COLUMNS)
@@ -128,7 +129,7 @@ def test_report_of_slurm_runs_matches_the_local_executors(array_sweep, tmp_path,
 
 def test_sweeping_again_skips_completed_runs(array_sweep):
     lines = []
-    assert submit(load_sweep(array_sweep.path), array_sweep.results, "slurm", echo=lines.append) == {}
+    assert submit(load_sweep(array_sweep.path), array_sweep.results, Submission("slurm"), echo=lines.append) == {}
     assert "4 runs, 0 to submit" in lines[0] and record_of(array_sweep.sweep_dir)["runs"] == array_sweep.record["runs"]
 
 
@@ -147,7 +148,9 @@ def test_gpu_job_is_scheduled_on_the_nodes_gpus(tmp_path, tiny_data):
 
 
 def test_preempted_run_is_requeued_and_resumes_from_its_checkpoint(tmp_path, tiny_data):
-    submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "preempt", defaults=SLOW)), tmp_path, "slurm", **quiet)
+    submit(
+        load_sweep(slurm_yaml(tmp_path, tiny_data, "preempt", defaults=SLOW)), tmp_path, Submission("slurm"), **quiet
+    )
     ((run_id, job),) = record_of(tmp_path / "preempt")["runs"].items()
     run_dir = tmp_path / "preempt" / run_id
     until(lambda: rundir.read_result(run_dir).get("epochs_done"), "first epoch", 120)
@@ -178,10 +181,10 @@ def test_run_that_raises_fails_once_with_its_error_in_status_and_report(tmp_path
 
 def test_live_jobs_are_left_alone_until_cancelled(tmp_path, tiny_data):
     sweep = load_sweep(slurm_yaml(tmp_path, tiny_data, "cancel", defaults={**SLOW, "epochs": 30}))
-    submit(sweep, tmp_path, "slurm", **quiet)
+    submit(sweep, tmp_path, Submission("slurm"), **quiet)
     ((run_id, job),) = record_of(tmp_path / sweep.name)["runs"].items()
     lines = []
-    submit(sweep, tmp_path, "slurm", dry_run=True, echo=lines.append)
+    submit(sweep, tmp_path, Submission("slurm", dry_run=True), echo=lines.append)
     assert "1 runs, 0 to submit" in lines[0] and re.search(rf"skip: job {job['job_id']} (pending|running)", lines[1])
     # Cancelled mid-training: the worker, which ignores SIGTERM, must not outlive the cancel.
     until(lambda: rundir.read_result(tmp_path / "cancel" / run_id).get("epochs_done"), "first epoch", 120)
@@ -198,10 +201,10 @@ def test_live_jobs_are_left_alone_until_cancelled(tmp_path, tiny_data):
     assert re.search(rf"{run_id}\s+cancelled\s+{job['job_id']}\s", cli("status", tmp_path / "cancel"))
 
     lines = []
-    submit(sweep, tmp_path, "slurm", dry_run=True, echo=lines.append)
+    submit(sweep, tmp_path, Submission("slurm", dry_run=True), echo=lines.append)
     assert "skip: cancelled (use --retry-failed)" in lines[1]
     lines = []
-    submit(sweep, tmp_path, "slurm", dry_run=True, retry_failed=True, echo=lines.append)
+    submit(sweep, tmp_path, Submission("slurm", dry_run=True, retry_failed=True), echo=lines.append)
     assert "1 runs, 1 to submit" in lines[0]
 
 
