@@ -61,7 +61,7 @@ def test_a_damaged_config_yaml_names_the_file_and_how_to_redo_the_run(tmp_path, 
         rundir.read_config(tmp_path)
     message = str(raised.value)
     assert message.startswith(f"{tmp_path / rundir.CONFIG}: ") and problem in message, message
-    assert message.endswith(rundir.REDO.format(run=tmp_path)) and "\n" not in message
+    assert message.endswith(rundir.FIX_REDO.format(run=tmp_path)) and "\n" not in message
 
 
 def test_a_folder_without_config_yaml_is_not_a_run_folder(tmp_path):
@@ -101,7 +101,7 @@ def test_a_damaged_result_json_is_read_as_an_error_and_replaced_by_the_next_writ
     with pytest.raises(DamagedFileError) as raised:
         rundir.read_result(tmp_path)
     assert str(raised.value).startswith(f"{tmp_path / rundir.RESULT}: not valid JSON")
-    assert str(raised.value).endswith(rundir.RERUN)
+    assert str(raised.value).endswith(rundir.FIX_RERUN)
     assert not rundir.is_completed(tmp_path)
     rundir.update_result(tmp_path, status=RunState.FAILED)  # what it said is lost already
     assert rundir.read_result(tmp_path)["status"] == "failed"
