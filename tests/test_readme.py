@@ -62,8 +62,11 @@ def _strip_comment(line: str) -> str:
     return line.rstrip()
 
 
+SHELLS = ("bash", "sh", "shell", "console")  # the fences whose lines are commands
+
+
 def readme_blocks(text: str) -> dict[str, list[Command]]:
-    """The `bash` blocks of a README, each as its commands, by block name, in README order."""
+    """The shell blocks of a README, each as its commands, by block name, in README order."""
     blocks: dict[str, list[Command]] = {}
     heading, fence, lines = "(top)", None, []
     for line in text.splitlines():
@@ -76,7 +79,7 @@ def readme_blocks(text: str) -> dict[str, list[Command]]:
         if line.strip() != fence[0]:
             lines.append(line)
             continue
-        if fence[1] == "bash":
+        if fence[1] in SHELLS:
             name, n = heading, 2
             while name in blocks:
                 name, n = f"{heading} #{n}", n + 1
@@ -128,6 +131,14 @@ def substituted(command: Command, values: dict[str, str]) -> str:
 
 def why_not_run(command: Command) -> str | None:
     return NOT_RUN.get((command.block, command.text)) or NOT_RUN.get((command.block, "*"))
+
+
+def test_every_fenced_block_says_its_language():
+    """An untagged block could hold commands this test would not see: bash for commands, text for output."""
+    openers = [m.group(1) for m in re.finditer(r"^\s*```+(\S*).*$", TEXT, re.M)][::2]
+    assert "" not in openers, (
+        "README.md has a fenced block without a language: tag it (bash for commands, text for output)"
+    )
 
 
 def test_every_readme_block_and_command_is_run_or_listed_as_not_run():
