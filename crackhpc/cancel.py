@@ -9,7 +9,7 @@ from . import procs, rundir, slurm
 from .errors import CrackhpcError, DamagedFileError
 from .record import SweepFolder
 from .states import RunState
-from .status import SlurmQuery, collect
+from .status import SlurmQuery, collect, report_job
 
 
 def cancel(
@@ -19,8 +19,9 @@ def cancel(
     scancel: Callable | None = None,
     echo=print,
 ) -> list[str]:
-    """Cancel the named runs (every live run if none) and record `cancelled` in their result.json.
-    The Slurm calls (default: sacct, scancel) can be replaced, as in the tests."""
+    """Cancel the named runs (every live run if none, and the sweep's `--then-report` job) and
+    record `cancelled` in their result.json. The Slurm calls (default: sacct, scancel) can be
+    replaced, as in the tests."""
     folder = SweepFolder(sweep_dir)
     statuses, problems = collect(folder.path, query)
     for line in problems:
@@ -37,8 +38,14 @@ def cancel(
         elif run_ids:
             echo(f"  {run.run_id}: already {run.state}, left as it is")
     slurm_jobs = [r.job_id for r in targets if r.executor == "slurm" and r.job_id]
+    # First in the call: the runs' jobs ending would otherwise start it.
+    report = None if run_ids else report_job(folder.path, query)
+    if report and report.active:
+        slurm_jobs.insert(0, report.job_id)
     if slurm_jobs:
         (scancel or slurm.scancel)(slurm_jobs, echo=echo)
+    if report and report.active:
+        echo(f"  report job {report.job_id}: cancelled")
     record = folder.load() if targets else None
     cancelled = []
     for run in targets:

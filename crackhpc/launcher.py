@@ -22,6 +22,7 @@ from .grid import expand
 from .record import DATA, SweepFolder, SweepRecord
 from .states import RunState
 from .status import RETRY, run_statuses
+from .then_report import ThenReport
 
 
 def resolve_executor(executor: str) -> str:
@@ -148,9 +149,11 @@ def submit(
     retry_failed: bool = False,
     wait: bool | None = None,
     echo=print,
+    then_report: ThenReport | None = None,
 ) -> dict[str, RunState]:
     """Submit every run of `sweep` that needs it. Returns the state of each run this call waited
-    for (none when it did not wait); the record is in sweep.json."""
+    for (none when it did not wait); the record is in sweep.json. `then_report`: a report job after
+    the submitted Slurm jobs, where this call does not wait for them."""
     executor = resolve_executor(executor if executor != "auto" else sweep.executor)
     folder, specs, record, actions = plan_sweep(sweep, results, retry_failed)
     groups: dict[str, list[RunSpec]] = defaultdict(list)  # one job array per resource shape
@@ -189,7 +192,10 @@ def submit(
                 )
                 submitter = make_executor(executor, folder.submitit, params)
                 _submit_group(submitter, executor, [specs[s.run_id] for s in group], folder, record, jobs, echo)
-            if wait if wait is not None else executor != "slurm":
+            waits = wait if wait is not None else executor != "slurm"
+            if then_report and executor == "slurm" and not waits:
+                echo(then_report.submit(folder, record, [job.job_id for _, job in jobs], todo[0].resources))
+            if waits:
                 if executor == "debug":
                     # The debug executor runs each job in this process when it is waited on. torchvision's Triton
                     # segfaults when it loads after TensorFlow 2.21 but not before, so torch runs go first.

@@ -316,13 +316,21 @@ def ask_test_only(script: str) -> SlurmAnswer | None:
     return SlurmAnswer(out.returncode == 0, lines)
 
 
-def sbatch(script: Path) -> str:
-    """Submit a script; returns the job id."""
+def sbatch(script: Path, *options: str) -> str:
+    """Submit a script, with sbatch `options` (e.g. `--dependency=afterany:123`); returns the job id."""
     if not shutil.which("sbatch"):
         raise CrackhpcError(
             "sbatch not found: --submit works on a Slurm login node; without it the scripts are only written"
         )
-    out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, timeout=TIMEOUT_S)
+    try:
+        out = subprocess.run(
+            ["sbatch", "--parsable", *options, str(script)], capture_output=True, text=True, timeout=TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        raise SlurmUnavailable(
+            f"{script}: sbatch did not answer in {TIMEOUT_S:.0f} s (set CRACKHPC_SLURM_TIMEOUT to wait longer); "
+            "see `squeue --me` before submitting it again"
+        ) from None
     if out.returncode:
         why = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
         raise CrackhpcError(f"{script}: sbatch refused it: {why}")
