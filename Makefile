@@ -8,7 +8,7 @@ EXTRAS ?= torch,tf,onnx,dev,pretrained,tracking
 # The second venv, for the Horovod tests: tensorflow-cpu 2.15.1 + Horovod 0.28.1 (tests/horovod/build.sh)
 HOROVOD_VENV ?= $(CURDIR)/.venv-horovod
 
-.PHONY: demo install horovod test slurm-up slurm-down bench
+.PHONY: demo install horovod lint test slurm-up slurm-down bench
 
 demo: install
 	$(BIN)/crackhpc sweep jobs/smoke.yaml --executor local
@@ -32,10 +32,16 @@ slurm-up:
 slurm-down:
 	bash tests/slurm/stop.sh
 
+# Lint, format and types (pyproject.toml): `make test` stops here on the first error.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
 # The Slurm cluster is stopped whatever pytest's outcome; pytest's exit code is kept. Two pytest-xdist
 # workers: many tests wait on Slurm or on other processes, and tests/conftest.py keeps those that
 # share the cluster on one worker.
-test: install horovod slurm-up
+test: install lint horovod slurm-up
 	CRACKHPC_HOROVOD_VENV=$(HOROVOD_VENV) $(BIN)/python -m pytest -v -rs --durations=15 -n 2 --dist loadgroup tests; rc=$$?; bash tests/slurm/stop.sh; exit $$rc
 
 bench: install

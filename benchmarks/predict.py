@@ -20,7 +20,7 @@ import yaml
 from crackhpc.data.synth import synthesize_photos
 from crackhpc.predict import inputs, maps
 from crackhpc.predict.model import load
-from crackhpc.predict.shards import Settings, predict
+from crackhpc.predict.shards import Prediction, Settings, predict
 
 CACHE = Path(__file__).parent / "results" / ".cache" / "predict"
 
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
 
         shutil.rmtree(out)
     t0 = time.perf_counter()
-    predict(run_dir, [str(p) for p in photos], out, "debug", Settings(tile=args.tile), echo=lambda *_: None)
+    ask = Prediction(tuple(str(p) for p in photos), out, "debug", Settings(tile=args.tile))
+    predict(run_dir, ask, echo=lambda *_: None)
     wall = time.perf_counter() - t0
     shard = json.loads((out / "shard-000" / "result.json").read_text())
     row = {

@@ -10,7 +10,7 @@ import csv
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
@@ -66,8 +66,9 @@ def feature_seconds(run_dir: Path) -> float:
     return float(found[1]) if found else 0.0
 
 
-def run_sweep(work: Path, text: str) -> list[dict]:
-    """Every run of the sweep, from cold caches: its result, lr, seed, wall time and misclassified test images."""
+def run_sweep(work: Path, text: str, after_run: Callable[[], dict] | None = None) -> list[dict]:
+    """Every run of the sweep, from cold caches: its result, lr, seed, wall time, misclassified test
+    images and folder; `after_run()`'s dict (e.g. the GPU's memory peak) is added to each run's."""
     sweep_file = work / "sweeps" / f"{yaml.safe_load(text)['name']}.yaml"
     atomic.write_text(sweep_file, text)
     sweep = load_sweep(sweep_file)
@@ -88,6 +89,9 @@ def run_sweep(work: Path, text: str) -> list[dict]:
                 "run_s": run_s,
                 "wrong": wrong,
                 "feature_s": feature_seconds(sweep_dir / spec.run_id),
+                "run_dir": sweep_dir / spec.run_id,
+                "precision": rundir.read_result(sweep_dir / spec.run_id).get("precision"),
+                **(after_run() if after_run else {}),
             }
         )
     return results

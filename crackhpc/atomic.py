@@ -16,14 +16,13 @@ import io
 import itertools
 import json
 import os
-import socket
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import procs
 from .errors import DamagedFileError
 
-HOST = socket.gethostname()
 _SEQ = itertools.count()
 
 
@@ -33,7 +32,7 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
     error, removed when it raises (or is interrupted)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}~{HOST}~{os.getpid()}~{next(_SEQ)}.tmp"
+    tmp = path.parent / f".{path.name}~{procs.HOST}~{os.getpid()}~{next(_SEQ)}.tmp"
     try:
         yield tmp
         os.replace(tmp, path)
@@ -42,23 +41,13 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale(folder: str | os.PathLike) -> list[Path]:
     """Delete the temporary files of writers on this host that died before renaming them (a
     killed worker's half checkpoint, a half image cache): nothing else would ever remove them."""
     removed = []
     for tmp in Path(folder).glob(".*~*~*~*.tmp"):
         _, host, pid, _ = tmp.name.rsplit("~", 3)
-        if host == HOST and pid.isdigit() and not _alive(int(pid)):
+        if host == procs.HOST and pid.isdigit() and not procs.pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import math
+import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import CrackhpcError
@@ -42,9 +46,9 @@ def load_with_profile(args):
 def cmd_sweep(args) -> int:
     """Exit status: 0 when every run this call waited for completed (or, not waiting, every job was
     submitted), 1 when one failed, died or was cancelled, so that a script or CI job can tell."""
-    from .launcher import submit
+    from .launcher import Submission, submit
+    from .record import SweepFolder
     from .report.tables import format_table, write_reports
-    from .slurm import refusals
     from .states import RunState
     from .then_report import ThenReport
 
@@ -52,21 +56,13 @@ def cmd_sweep(args) -> int:
         raise CrackhpcError("--mlflow: give it with --then-report (or import later: crackhpc report DIR --mlflow)")
     then = ThenReport(args.mlflow) if args.then_report else None
     sweep = load_with_profile(args)
-    with refusals(args.sweep, "`crackhpc sweep --dry-run` asks Slurm without submitting"):
-        states = submit(
-            sweep,
-            Path(args.results),
-            args.executor,
-            dry_run=args.dry_run,
-            retry_failed=args.retry_failed,
-            wait=True if args.wait else None,
-            then_report=then,
-        )
+    how = Submission(args.executor, args.dry_run, args.retry_failed, wait=True if args.wait else None, then_report=then)
+    states = submit(sweep, Path(args.results), how)
     sweep_dir = Path(args.results) / sweep.name
     reported = 0
     if then and not args.dry_run and then.job_id is None:  # the jobs have ended (or none went out): report now
         reported = cmd_report(build_parser().parse_args(then.arguments(sweep_dir)))
-    elif not args.dry_run and (sweep_dir / "sweep.json").is_file():
+    elif not args.dry_run and SweepFolder(sweep_dir).record_path.is_file():
         df, comp = write_reports(sweep_dir)
         print(format_table(df, SUMMARY_VIEW))
         print(f"\nwritten: {sweep_dir / 'summary.csv'}, {sweep_dir / 'comparison.csv'}")
@@ -84,6 +80,7 @@ def cmd_report(args) -> int:
     from .report.build import REPORT_HTML, REPORT_MD, parse_figures, write_document
     from .report.reading import run_dirs
     from .report.tables import format_table, sort_runs, to_json, write_reports
+    from .states import RunState
 
     if args.misclassified < 0:
         raise CrackhpcError(f"--misclassified {args.misclassified}: give 0 (none) or more images per run")
@@ -112,7 +109,7 @@ def cmd_report(args) -> int:
         + ("" if args.no_figures else f" (figures in {sweep_dir / 'report'})"),
         file=notes,
     )
-    for _, row in df[df["status"] == "failed"].iterrows():
+    for _, row in df[df["status"] == RunState.FAILED.value].iterrows():
         print(f"failed: {row['run_id']}: {row['error']}", file=notes)
     older = len(run_dirs(sweep_dir)) - len(df)
     if older > 0:
@@ -267,7 +264,7 @@ def _resubmit(sweep_dir) -> str:
 
 
 def cmd_cancel(args) -> int:
-    from .cancel import cancel
+    from .engine import cancel
 
     cancelled = cancel(args.sweep_dir, args.run_ids)
     print(f"{len(cancelled)} run(s) cancelled" + (f"; {_resubmit(args.sweep_dir)} resubmits them" if cancelled else ""))
@@ -276,9 +273,8 @@ def cmd_cancel(args) -> int:
 
 def cmd_predict(args) -> int:
     from .predict.model import best_run
-    from .predict.shards import Settings, predict
+    from .predict.shards import Prediction, Settings, predict
     from .profiles import select_profile
-    from .slurm import refusals
 
     run_dir = Path(args.model)
     if args.best and Path(args.best).exists():  # `--best photos/`: the optional METRIC took the first photo
@@ -297,23 +293,18 @@ def cmd_predict(args) -> int:
     profile = select_profile(args.cluster) if args.cluster else None
     if profile is not None:
         print(profile.describe())
-    with refusals(
-        args.out,
-        "fix what Slurm says, e.g. the partition with --set resources.partition=… or "
-        "--cluster NAME, then run the same command again",
-    ):
-        return predict(
-            run_dir,
-            args.images,
-            Path(args.out),
-            args.executor,
-            settings,
-            shards=args.shards,
-            per_task=args.per_task,
-            overrides=args.overrides,
-            wait=True if args.wait else None,
-            profile=profile,
-        )
+    ask = Prediction(
+        tuple(args.images),
+        Path(args.out),
+        args.executor,
+        settings,
+        shards=args.shards,
+        per_task=args.per_task,
+        overrides=tuple(args.overrides),
+        wait=True if args.wait else None,
+        profile=profile,
+    )
+    return predict(run_dir, ask)
 
 
 def cmd_export(args) -> int:
@@ -444,10 +435,28 @@ def _add_mlflow_option(p: argparse.ArgumentParser, what: str) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .config import MAX_RUNS
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds, checked when the command line is read."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds, e.g. 10")
+    return value
 
-    parser = argparse.ArgumentParser(prog="crackhpc", description=__doc__)
+
+class _Parser(argparse.ArgumentParser):
+    """Bad command lines are one line too, as every other bad input (argparse prints its usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (`{self.prog} --help` lists the options)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import EXECUTORS, MAX_RUNS, STUDY_SPLIT
+
+    parser = _Parser(prog="crackhpc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("sweep", help="train every run of a sweep YAML as its own job")
@@ -455,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--executor",
         default="auto",
-        choices=["auto", "local", "debug", "slurm"],
+        choices=EXECUTORS,
         help="auto: the YAML's choice, else slurm where sbatch exists, else local",
     )
     p.add_argument("--results", default="results", help="results root; runs go to RESULTS/<sweep name>/")
@@ -541,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--watch",
         nargs="?",
-        type=float,
+        type=_seconds,
         const=10.0,
         metavar="SECONDS",
         help="refresh every SECONDS (default 10) until every run has ended; exit 0 if all completed, else 1",
@@ -589,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--executor",
         default="auto",
-        choices=["auto", "local", "debug", "slurm"],
+        choices=EXECUTORS,
         help="auto: slurm where sbatch exists, else local",
     )
     p.add_argument("--shards", type=int, help="split the photos into N tasks of one job array")
@@ -686,9 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("split", help="write the stratified split manifest of a dataset")
     p.add_argument("dir")
     p.add_argument("--out", default="split.csv")
-    p.add_argument(
-        "--fractions", type=float, nargs=3, default=[0.75, 0.2375, 0.0125], metavar=("TRAIN", "VALID", "TEST")
-    )
+    p.add_argument("--fractions", type=float, nargs=3, default=list(STUDY_SPLIT), metavar=("TRAIN", "VALID", "TEST"))
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_data_split)
     from .data import fetch as data_fetch
@@ -711,7 +718,52 @@ def _terminated(signum, frame):
     raise KeyboardInterrupt
 
 
+class _ReaderMayLeave:
+    """sys.stdout or sys.stderr while a command runs: once the reader has gone (`| head`, a dropped
+    ssh session), what is written goes nowhere instead of raising BrokenPipeError half-way through a
+    submission, whose jobs would then be missing from sweep.json."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _gone(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)  # the stream's fd, so that its last flush finds a reader
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._gone()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _output_survives_its_reader() -> Iterator[None]:
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
 def main(argv: list[str] | None = None) -> int:
+    with _output_survives_its_reader():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     # `kill PID` (SIGTERM, also what a batch system or a shutdown sends) stops a command as Ctrl-C does: its
     # local jobs are stopped and recorded cancelled, not left running as orphans.
@@ -733,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
             errno.EROFS: "; a read-only file system: write to a folder elsewhere",
             errno.EACCES: "; check the folder's permissions",
             errno.ENAMETOOLONG: "; use a shorter name",
-        }.get(exc.errno, "")
+        }.get(exc.errno or 0, "")
         print(f"error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}{hint}", file=sys.stderr)
         return 2
     finally:

@@ -9,6 +9,7 @@ A sweep file has these top-level keys:
     grid:      {key: [values]} crossed with each other
     runs:      [{key: value}]  explicit runs, each crossed with the grid
     resources: Resources       per job; a run may override it with its own `resources:`
+    x-...:                     anything, for YAML anchors that merge keys (`<<: *name`) reuse
 
 Every problem is reported as one line naming the file, the key and what is allowed:
 `<file>: <key.path>: <problem> (allowed: …)`.
@@ -149,6 +150,7 @@ class TrainConfig(_Model):
     seed: Seed = 0
     backend: StrictStr = "auto"
     precision: StrictStr = "auto"
+    compile: StrictBool | StrictStr = "auto"  # torch.compile: auto | true | false
     # Frozen backbone without augmentation: backbone features are computed once and reused.
     feature_cache: StrictBool = True
     num_workers: StrictInt | None = Field(None, ge=0)
@@ -163,6 +165,16 @@ class TrainConfig(_Model):
             "precision": ("auto", "fp32", "bf16"),
         }
         return _one_of(value, allowed[str(info.field_name)])
+
+    @field_validator("compile")
+    @classmethod
+    def _compile(cls, value: bool | str, info: ValidationInfo) -> bool | str:
+        if isinstance(value, str):
+            if value != "auto":
+                raise _problem(f"unknown value {value!r} (allowed: auto, true, false)")
+        elif value and info.data.get("framework") == "keras":
+            raise _problem("torch.compile is for torch runs; leave it out (or auto) for Keras")
+        return value
 
     @field_validator("model", "backend")
     @classmethod
@@ -365,11 +377,15 @@ def validate(model: type[BaseModel], data: Any, where: str, prefix: Sequence = (
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML whose mappings refuse a key given twice: PyYAML keeps the last silently (`epochs: 1` … `epochs: 50`)."""
+    """YAML whose mappings refuse a key given twice: PyYAML keeps the last silently (`epochs: 1` … `epochs: 50`).
+    Merge keys (`<<: *defaults`) still work: a key the mapping sets itself overrides the merged one,
+    as YAML means it to; only a key written twice in the mapping itself is refused."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice", key_node.start_mark)
@@ -459,7 +475,9 @@ def load_sweep(
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: <top>: a sweep file must be a mapping with at least `name` and `data`")
-    raw = apply_overrides(raw, overrides, path)
+    # `x-...` keys hold what other keys merge in (`x-common: &common {...}`, then `<<: *common`), as
+    # in docker-compose files; the sweep itself does not read them.
+    raw = apply_overrides({k: v for k, v in raw.items() if not str(k).startswith("x-")}, overrides, path)
     if edit is not None:
         raw = edit(raw)
     if "data" not in raw and "name" in raw:

@@ -24,9 +24,10 @@ def _torch_probabilities(run_dir: Path, spec):
     """The module predict runs (BatchNorm folded), with the softmax: uint8 NHWC → (N, 2), on the CPU."""
     import torch
 
-    from .predict.model import folded, torch_module
+    from .predict.model import torch_module
+    from .worker.torch_models import for_inference
 
-    return torch.nn.Sequential(folded(torch_module(run_dir, spec)), torch.nn.Softmax(dim=1)).eval()
+    return torch.nn.Sequential(for_inference(torch_module(run_dir, spec)), torch.nn.Softmax(dim=1)).eval()
 
 
 def _write_torchscript(run_dir: Path, spec, path: Path) -> None:

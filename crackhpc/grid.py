@@ -24,14 +24,23 @@ _SHORT = {
     "optimizer": "opt",
     "backend": "be",
     "precision": "prec",
+    "compile": "cmp",
     "feature_cache": "fc",
     "loss": "loss",
     "num_workers": "nw",
 }
 
 
+# How fast a run goes, not what it computes: like the resources, out of the hash, so turning
+# compile on does not orphan the runs a sweep completed without it.
+NOT_HASHED = {"compile"}
+
+
 def config_hash(train: TrainConfig, data: DataConfig) -> str:
-    blob = json.dumps({"train": train.model_dump(mode="json"), "data": data.model_dump(mode="json")}, sort_keys=True)
+    blob = json.dumps(
+        {"train": train.model_dump(mode="json", exclude=NOT_HASHED), "data": data.model_dump(mode="json")},
+        sort_keys=True,
+    )
     return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
 

@@ -29,7 +29,7 @@ class Attempt:
     number: int
     job_id: str  # '' for a run folder that no job of sweep.json names (python -m crackhpc.worker)
     restart: int | None  # None: the job's files have no start lines (written before crackhpc.attempts)
-    files: dict  # source → Path | None
+    files: dict[str, Path | None]  # source → its file
 
     def describe(self, total: int) -> str:
         job = f"job {self.job_id}" if self.job_id else "no job recorded"
@@ -41,13 +41,13 @@ class Attempt:
 def _job_files(entry: Job, job_id: str) -> dict:
     """The .out/.err of one of the run's jobs: the recorded ones for the latest, the same names with
     the job id replaced for an earlier one."""
-    files = {}
-    for source, path in (("out", entry.stdout), ("err", entry.stderr)):
-        if not path:
-            files[source] = None
-            continue
-        path = Path(path)
-        files[source] = path if job_id == entry.job_id else path.with_name(path.name.replace(entry.job_id, job_id))
+    files: dict[str, Path | None] = {}
+    for source, name in (("out", entry.stdout), ("err", entry.stderr)):
+        path = Path(name) if name else None
+        if path is None or job_id == entry.job_id:
+            files[source] = path
+        else:
+            files[source] = path.with_name(path.name.replace(entry.job_id, job_id))
     return files
 
 
@@ -69,14 +69,15 @@ def attempts(folder: SweepFolder, run_id: str, record: SweepRecord) -> list[Atte
     worker = folder.run(run_id) / rundir.LOG
     if not entry or not entry.job_id:
         return [Attempt(1, "", None, {"out": None, "err": None, "worker": worker})]
-    found, worker_starts = [], _segments(_read(worker), WORKER_START_RE)
+    found: list[Attempt] = []
+    worker_starts = _segments(_read(worker), WORKER_START_RE)
     for job_id in [*entry.history, entry.job_id]:
         files = _job_files(entry, job_id)
         restarts = sorted(
             {r for source in ("out", "err") for j, r, _ in _segments(_read(files[source]), START_RE) if j == job_id}
             | {r for j, r, _ in worker_starts if j == job_id}
         )
-        for restart in restarts or [None]:
+        for restart in restarts or (None,):
             found.append(Attempt(len(found) + 1, job_id, restart, {**files, "worker": worker}))
     return found
 
@@ -167,21 +168,30 @@ def show(
     return attempt, path, len(raw)
 
 
-def follow(
-    sweep_dir,
-    run_id: str,
-    source: str = "out",
-    write=_write,
-    note=_note,
-    poll_s: float = 1.0,
-    check_s: float = 5.0,
-    is_live: Callable[[Path, str], bool] | None = None,
-) -> None:
+def _is_live(sweep_dir: Path, run_id: str) -> bool:
+    from .status import run_statuses
+
+    folder = SweepFolder(sweep_dir)
+    return run_statuses(folder, [run_id], folder.load())[0].live
+
+
+@dataclass(frozen=True)
+class Following:
+    """How `follow` prints and polls (the tests poll faster and judge liveness themselves)."""
+
+    write: Callable[[str], object] = _write
+    note: Callable[[str], object] = _note
+    poll_s: float = 1.0  # between looks at the log
+    check_s: float = 5.0  # between looks at the run's state and its latest job
+    is_live: Callable[[Path, str], bool] = _is_live
+
+
+def follow(sweep_dir, run_id: str, source: str = "out", how: Following = Following()) -> None:
     """Show the latest attempt, then what its log gains, until the run has ended. A requeue appends
     to the same file (its start line shows where); a new job (--retry-failed), or a log that appears
     once a queued job starts, switches files."""
+    write, note, poll_s, check_s, is_live = how.write, how.note, how.poll_s, how.check_s, how.is_live
     attempt, path, offset = show(sweep_dir, run_id, source, None, write, note)
-    is_live = is_live or _is_live
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a chunk may end inside a character
     checked, live = time.monotonic(), True
     while True:
@@ -204,10 +214,3 @@ def follow(
             if not live and not was_live and not grew:
                 return  # ended, and its log has had a poll to catch up
         time.sleep(poll_s)
-
-
-def _is_live(sweep_dir: Path, run_id: str) -> bool:
-    from .status import run_statuses
-
-    folder = SweepFolder(sweep_dir)
-    return run_statuses(folder, [run_id], folder.load())[0].live

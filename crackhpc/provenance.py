@@ -20,12 +20,11 @@ import importlib.metadata
 import os
 import platform
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-from . import __version__, rundir
+from . import __version__, procs, rundir
 from .errors import CrackhpcError
 
 # The summary.csv columns taken from a run's provenance.
@@ -55,7 +54,7 @@ def git_state(path: Path) -> dict:
 
 def submission(sweep_file: str | Path) -> dict:
     path = Path(sweep_file).resolve()
-    info = {**git_state(path), "sweep_file": str(path), "submitted_from": socket.gethostname()}
+    info = {**git_state(path), "sweep_file": str(path), "submitted_from": procs.HOST}
     if path.is_file():
         info["sweep_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     own = git_state(Path(__file__).resolve().parent)  # crackhpc run from a checkout: which commit of it
@@ -103,7 +102,7 @@ def runtime(framework: str, backend: str = "auto") -> dict:
         "python": platform.python_version(),
         "submitit": _version("submitit"),
         "numpy": _version("numpy"),
-        "host": socket.gethostname(),
+        "host": procs.HOST,
         "platform": platform.platform(),
     }
     if framework == "torch":

@@ -29,7 +29,7 @@ from .errors import CrackhpcError, DamagedFileError
 RECORD, SUBMITIT, CACHE, LOCK = "sweep.json", "submitit", ".cache", ".lock"
 PREDICTION = "prediction"  # the record's `kind` for a `crackhpc predict` folder (a sweep's has none)
 DATA = ".data"
-_FIX = (
+FIX_RECORD = (
     "move it aside and run `crackhpc sweep` again: it rebuilds the record from the run folders "
     "(jobs still queued are then not known to `status` and `cancel`)"
 )
@@ -63,6 +63,7 @@ class SweepRecord(BaseModel):
     finished: str | None = None
     provenance: dict | None = None  # the submission's part (crackhpc.provenance), also in each run's result.json
     kind: str | None = None  # PREDICTION, or None for a sweep
+    model: str | None = None  # a prediction's trained run folder
     report_job: Job | None = None  # `crackhpc sweep --then-report`: the report's job after the runs' (then_report)
 
     @property
@@ -129,16 +130,31 @@ class SweepFolder:
             raise CrackhpcError(f"{self.path}: no such sweep folder (run `crackhpc sweep jobs/<name>.yaml` first)")
         return self
 
+    def claim(self, kind: str | None, fix: str) -> SweepRecord:
+        """The record of a folder a command is about to write into as a sweep's (`kind` None) or a
+        prediction's folder. One of the other kind, or a run folder, is refused in one line ending in
+        `fix`: writing would replace its record and tables (its runs would vanish from `report`)."""
+        what = "a prediction folder" if kind == PREDICTION else "a sweep folder"
+        if (self.path / rundir.CONFIG).is_file():
+            raise CrackhpcError(f"{self.path}: a run folder (it has {rundir.CONFIG}), not {what}: {fix}")
+        record = self.load()
+        if not self.record_path.is_file():  # a new folder, or a sweep's that lost its record but has runs
+            record.kind = None if kind == PREDICTION and self.run_ids(record) else kind
+        if record.kind != kind:
+            other = "a prediction folder of `crackhpc predict`" if record.kind == PREDICTION else "a sweep folder"
+            raise CrackhpcError(f"{self.path}: {other}, not {what}: {fix}")
+        return record
+
     def load(self) -> SweepRecord:
         """The record, empty before the first submission; a DamagedFileError if it cannot be read."""
         if not self.record_path.is_file():
             return SweepRecord()
         try:
-            return SweepRecord.model_validate(atomic.read_json(self.record_path, _FIX))
+            return SweepRecord.model_validate(atomic.read_json(self.record_path, FIX_RECORD))
         except ValidationError as exc:
             problem = exc.errors()[0]
             raise DamagedFileError(
-                self.record_path, f"{'.'.join(map(str, problem['loc']))}: {problem['msg']}", _FIX
+                self.record_path, f"{'.'.join(map(str, problem['loc']))}: {problem['msg']}", FIX_RECORD
             ) from None
 
     def save(self, record: SweepRecord) -> None:

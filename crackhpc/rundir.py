@@ -10,21 +10,22 @@
     worker.log         the worker's log
     tensorboard/       the worker's TensorBoard events: per-epoch scalars and the HParams record
     job.sbatch         the plain sbatch script (`crackhpc sbatch`), its logs slurm-<job id>.out/.err
+    stop.json          a request to stop at the next epoch (`crackhpc cancel`), until the run's next attempt
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import functools
-import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import yaml
 
-from . import atomic
+from . import atomic, procs
 from .config import RunSpec, validate
-from .errors import ConfigError, DamagedFileError
+from .errors import ConfigError, CrackhpcError, DamagedFileError
 from .states import RunState
 
 CONFIG, SPLIT, METRICS, RESULT, MISCLASSIFIED, LOG = (
@@ -38,6 +39,7 @@ CONFIG, SPLIT, METRICS, RESULT, MISCLASSIFIED, LOG = (
 CHECKPOINT = {"torch": "checkpoint.pt", "keras": "checkpoint.npz"}
 TENSORBOARD = "tensorboard"
 SBATCH_SCRIPT, SBATCH_LOG = "job.sbatch", "slurm-%j"
+STOP = "stop.json"
 MISCLASSIFIED_COLUMNS = ("path", "true", "predicted", "probability")
 
 
@@ -54,10 +56,10 @@ class Epoch(NamedTuple):
 
 
 METRIC_COLUMNS = Epoch._fields
-RERUN = "delete it and rerun the run with `crackhpc sweep --retry-failed`"
+FIX_RERUN = "delete it and rerun the run with `crackhpc sweep --retry-failed`"
 # A damaged config.yaml (or other input) of a run: without result.json the run is resubmitted, and
 # its config.yaml and split.csv are written again.
-REDO = "delete {run}/result.json and run `crackhpc sweep <sweep file> --retry-failed`, which redoes the run"
+FIX_REDO = "delete {run}/result.json and run `crackhpc sweep <sweep file> --retry-failed`, which redoes the run"
 # libyaml's parser where PyYAML has it: `status` and `report` read a config.yaml per run (1,000 of them).
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -102,7 +104,7 @@ def read_config(run_dir: str | Path) -> RunSpec:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not a crackhpc run folder (config.yaml missing)")
-    fix = REDO.format(run=run_dir)
+    fix = FIX_REDO.format(run=run_dir)
     try:
         raw = load_config_yaml(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
@@ -123,7 +125,7 @@ def read_result(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / RESULT
     if not path.is_file():
         return {"status": RunState.PENDING.value}
-    return atomic.read_json(path, RERUN)
+    return atomic.read_json(path, FIX_RERUN)
 
 
 def state_of(result: dict) -> RunState:
@@ -143,13 +145,33 @@ def update_result(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
 
 
 def reset_result(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
-    """A new attempt's result.json, keeping only the earlier attempts' requeue count."""
+    """A new attempt's result.json, keeping only the earlier attempts' requeue count (and no stop
+    request of an earlier attempt)."""
+    (Path(run_dir) / STOP).unlink(missing_ok=True)
     return _write_result(run_dir, {"requeues": _result_or_empty(run_dir).get("requeues", 0), **fields})
+
+
+def request_stop(run_dir: str | Path, state: RunState, why: str) -> None:
+    """Ask the run's worker to stop at its next epoch and record `state` (or not to start at all):
+    the one way to reach a worker that this process cannot signal, or that it could not see start."""
+    atomic.write_json(Path(run_dir) / STOP, {"state": state.value, "why": why, "at": now()})
+
+
+def stop_requested(run_dir: str | Path) -> dict | None:
+    """The stop request of the current attempt ({"state", "why", "at"}), if any; a damaged one still
+    asks to stop."""
+    path = Path(run_dir) / STOP
+    if not path.is_file():
+        return None
+    try:
+        return atomic.read_json(path, "")
+    except DamagedFileError:
+        return {"state": RunState.CANCELLED.value, "why": f"{path} (damaged)"}
 
 
 def _write_result(run_dir: str | Path, result: dict) -> dict:
     result = {k: (v.value if isinstance(v, RunState) else v) for k, v in result.items()}
-    result.update(updated=now(), host=socket.gethostname())
+    result.update(updated=now(), host=procs.HOST)
     atomic.write_json(Path(run_dir) / RESULT, result)
     return result
 
@@ -159,3 +181,22 @@ def is_completed(run_dir: str | Path) -> bool:
         return state_of(read_result(run_dir)) is RunState.COMPLETED
     except DamagedFileError:
         return False
+
+
+T = TypeVar("T")
+# A checkpoint that cannot be read, of a run still training and of a completed run
+FIX_RESTART = "delete it to restart the run from its first epoch, then `crackhpc sweep --retry-failed`"
+FIX_RETRAIN = "the trained weights are lost: " + FIX_REDO
+
+
+def read_checkpoint(path: Path, read: Callable[[Path], T], fix: str) -> T:
+    """`read(path)`, the framework loading a checkpoint (and the model taking its weights), or one
+    DamagedFileError naming the file and `fix`: truncated, overwritten or of another model, each
+    framework has its own words for it (torch's RuntimeError, numpy's BadZipFile, an OSError)."""
+    try:
+        return read(path)
+    except CrackhpcError:
+        raise
+    except Exception as exc:
+        why = (str(exc).strip().splitlines() or [""])[0]
+        raise DamagedFileError(path, f"cannot be read ({type(exc).__name__}: {why})", fix) from None

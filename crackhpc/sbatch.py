@@ -22,8 +22,10 @@ from string import Template
 from . import atomic, preflight, rundir, slurm
 from .attempts import START_SHELL
 from .config import RunSpec, Sweep
+from .engine import SBATCH, SUBMIT, Engine, Unit
 from .errors import CrackhpcError
-from .launcher import plan_sweep, prepare_runs
+from .grid import expand
+from .launcher import FIX_KIND, prepare_runs, sweep_folder
 
 # slurm_templates/ of the source checkout (an editable install), else the copy a wheel installs.
 TEMPLATE_DIRS = (
@@ -81,29 +83,34 @@ def write_scripts(
     sweep: Sweep, results: Path, out: Path | None = None, submit: bool = False, retry_failed: bool = False, echo=print
 ) -> list[Path]:
     """Run folders and a script for each run that needs one (as `crackhpc sweep` would submit);
-    with `submit`, sbatch each and record the job ids in sweep.json for status and cancel."""
-    folder, specs, record, actions = plan_sweep(sweep, results, retry_failed)
-    todo = [s for s in specs if actions[s.run_id] == "submit"]
-    echo(f"sweep {sweep.name}: {len(specs)} runs, {len(todo)} to write, results in {folder.path}")
-    for spec in specs:
-        if actions[spec.run_id] != "submit":
-            echo(f"  {spec.run_id}  {actions[spec.run_id]}")
-    if not todo:
-        return []
-    scripts = []
-    preflight.require_weights(todo)
-    with folder.lock():
-        for spec in prepare_runs(sweep, results, folder, todo, record, "slurm"):
+    with `submit`, the engine sbatches each and records the job ids in sweep.json for status and cancel."""
+    folder = sweep_folder(sweep, results)
+    specs = expand(sweep)
+    engine = Engine(folder, None, SBATCH, echo)
+    with engine.locked(FIX_KIND) as record:
+        actions = engine.plan([s.run_id for s in specs], retry_failed)
+        todo = [s for s in specs if actions[s.run_id] == SUBMIT]
+        echo(f"sweep {sweep.name}: {len(specs)} runs, {len(todo)} to write, results in {folder.path}")
+        for spec in specs:
+            if actions[spec.run_id] != SUBMIT:
+                echo(f"  {spec.run_id}  {actions[spec.run_id]}")
+        if not todo:
+            return []
+        preflight.require_weights(todo)
+        record.current_runs = [s.run_id for s in specs]
+        if submit:
+            engine.own()
+        scripts = {}
+        for spec in prepare_runs(sweep, results, folder, todo, record):
             run_dir = folder.run(spec.run_id)
-            script = out / f"{spec.run_id}.sbatch" if out else run_dir / rundir.SBATCH_SCRIPT
-            atomic.write_text(script, render(spec, run_dir))
-            scripts.append(script)
+            scripts[spec.run_id] = out / f"{spec.run_id}.sbatch" if out else run_dir / rundir.SBATCH_SCRIPT
+            atomic.write_text(scripts[spec.run_id], render(spec, run_dir))
             if not submit:
-                echo(f"  {script}")
-                continue
-            job_id = slurm.sbatch(script)
-            logs = [run_dir / f"{rundir.SBATCH_LOG.replace('%j', job_id)}{ext}" for ext in (".out", ".err")]
-            record.add_job(spec.run_id, job_id, "slurm", *logs)
-            folder.save(record)  # after each: a later sbatch failure loses no job id
-            echo(f"  {script}  job {job_id}  log {logs[0]}")
-    return scripts
+                echo(f"  {scripts[spec.run_id]}")
+        folder.save(record)
+        if submit:
+            engine.run(
+                [Unit(s.run_id, scripts[s.run_id], s.resources, f"{s.resources.job_name}-{sweep.name}") for s in todo],
+                wait=False,
+            )
+    return list(scripts.values())

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -51,8 +53,8 @@ SACCT_FIELDS = ("JobID", "State", "Elapsed", "NodeList", "AllocTRES", "Reason")
 # What each job used against what it asked for (crackhpc.usage); MaxRSS is a step's, not the job's.
 USAGE_FIELDS = ("ElapsedRaw", "TotalCPU", "MaxRSS", "ReqMem", "AllocCPUS", "TimelimitRaw")
 T = TypeVar("T")
-# A hung slurmctld or slurmdbd must not hang `crackhpc status`.
-TIMEOUT_S = float(os.environ.get("CRACKHPC_SLURM_TIMEOUT", 30))
+# timeout(1)'s exit status when it stopped the command (TERM, then KILL for one that ignores TERM)
+_TIMED_OUT = (124, 137)
 
 
 class SlurmUnavailable(CrackhpcError):
@@ -166,16 +168,47 @@ def preview(submitter, n_runs: int) -> str:
 # -- Slurm's commands ---------------------------------------------------------------------------
 
 
-def _run(cmd: list[str], may_fail: bool = False) -> str:
+def timeout_s() -> float:
+    """How long any Slurm command may take: a hung slurmctld or slurmdbd must not hang crackhpc."""
+    return float(os.environ.get("CRACKHPC_SLURM_TIMEOUT", 30))
+
+
+def _timed(cmd: Sequence[str]) -> list[str]:
+    """`cmd` under coreutils' timeout, which gives it a process group of its own and, when the time is
+    up, stops the whole group: a site's wrapper script and whatever it started, not just the wrapper."""
+    return ["timeout", "--kill-after=2", f"{timeout_s():g}", *cmd]
+
+
+def _call(cmd: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """Run one Slurm command within timeout_s(); SlurmUnavailable if it did not answer in time."""
+    if not shutil.which(cmd[0]):
+        raise SlurmUnavailable(f"{cmd[0]} not found: run this on the cluster's login node")
+    proc = subprocess.Popen(
+        _timed(cmd), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
+        out, err = proc.communicate()
+    except BaseException:  # Ctrl-C while waiting: the command's group goes with this process
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    if proc.returncode in _TIMED_OUT:
         raise SlurmUnavailable(
-            f"`{cmd[0]}` did not answer in {TIMEOUT_S:.0f} s (set CRACKHPC_SLURM_TIMEOUT to wait longer)"
-        ) from None
+            f"`{cmd[0]}` did not answer in {timeout_s():g} s (set CRACKHPC_SLURM_TIMEOUT to wait longer)"
+        )
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _why(out: subprocess.CompletedProcess[str]) -> str:
+    return (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+
+
+def _run(cmd: list[str], may_fail: bool = False) -> str:
+    """stdout of a Slurm command; "" where it failed and `may_fail`, else SlurmUnavailable."""
+    out = _call(cmd)
     if out.returncode and not may_fail:
-        why = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
-        raise SlurmUnavailable(f"`{' '.join(cmd[:3])} …` failed: {why} (is slurmdbd running?)")
+        raise SlurmUnavailable(f"`{' '.join(cmd[:3])} …` failed: {_why(out)} (is slurmdbd running?)")
     return out.stdout if not out.returncode else ""
 
 
@@ -249,7 +282,7 @@ def scancel(job_ids: list[str], echo: Callable = print, poll_s: float = 1.0, tim
     and SIGKILL KillWait seconds later: until then a worker may still write result.json."""
     if not shutil.which("scancel"):
         raise CrackhpcError("scancel not found: cancel Slurm runs on the cluster that runs them (its login node)")
-    out = subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=TIMEOUT_S)
+    out = _call(["scancel", *job_ids])
     for line in out.stderr.strip().splitlines():
         echo(f"  {line}")  # e.g. a job that ended meanwhile; the others are cancelled all the same
     deadline = time.monotonic() + timeout_s
@@ -265,12 +298,15 @@ def config_value(key: str) -> str | None:
     """One value of `scontrol show config` (None without Slurm, or where it is not set)."""
     if not shutil.which("scontrol"):
         return None
-    try:
-        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    match = re.search(rf"^{re.escape(key)}\s*=\s*(\S+)", out.stdout, re.M)
+    match = re.search(rf"^{re.escape(key)}\s*=\s*(\S+)", _run(["scontrol", "show", "config"], may_fail=True), re.M)
     return match[1] if match else None
+
+
+def hostnames(nodelist: str) -> tuple[str, ...]:
+    """A job's hosts in Slurm's order, from its nodelist (`node[1-2],gpu7`); a plain list needs no scontrol."""
+    if "[" not in nodelist:
+        return tuple(h for h in nodelist.split(",") if h)
+    return tuple(_run(["scontrol", "show", "hostnames", nodelist]).split())
 
 
 def max_array_size() -> int | None:
@@ -305,11 +341,9 @@ def ask_test_only(script: str) -> SlurmAnswer | None:
         path = Path(tmp) / "job.sh"
         path.write_text(script)
         try:
-            out = subprocess.run(
-                ["sbatch", "--test-only", str(path)], capture_output=True, text=True, timeout=TIMEOUT_S
-            )
-        except subprocess.TimeoutExpired:
-            return SlurmAnswer(False, (f"no answer from slurmctld within {TIMEOUT_S:.0f} s",))
+            out = _call(["sbatch", "--test-only", str(path)])
+        except SlurmUnavailable as exc:
+            return SlurmAnswer(False, (str(exc),))
     lines = tuple(
         line.removeprefix("sbatch: ").strip() for line in (out.stderr + out.stdout).splitlines() if line.strip()
     )
@@ -322,29 +356,35 @@ def sbatch(script: Path, *options: str) -> str:
         raise CrackhpcError(
             "sbatch not found: --submit works on a Slurm login node; without it the scripts are only written"
         )
-    try:
-        out = subprocess.run(
-            ["sbatch", "--parsable", *options, str(script)], capture_output=True, text=True, timeout=TIMEOUT_S
-        )
-    except subprocess.TimeoutExpired:
-        raise SlurmUnavailable(
-            f"{script}: sbatch did not answer in {TIMEOUT_S:.0f} s (set CRACKHPC_SLURM_TIMEOUT to wait longer); "
-            "see `squeue --me` before submitting it again"
-        ) from None
+    out = _call(["sbatch", "--parsable", *options, str(script)])
     if out.returncode:
-        why = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
-        raise CrackhpcError(f"{script}: sbatch refused it: {why}")
+        raise CrackhpcError(f"{script}: sbatch refused it: {_why(out)}")
     return out.stdout.strip().split(";")[0]  # --parsable prints `id` or `id;cluster`
 
 
 @contextlib.contextmanager
-def refusals(what: str, hint: str) -> Iterator[None]:
-    """sbatch's refusal of a submitit submission (a partition that does not exist, an unreachable
-    controller) as one line naming what was submitted; the run folders stay ready for a retry."""
+def submission(what: str, hint: str) -> Iterator[None]:
+    """Around submitit's submissions: its sbatch call runs within timeout_s() like every other Slurm
+    command here (submitit gives it none), and sbatch's refusal (a partition that does not exist, an
+    unreachable controller) or silence becomes one line naming what was submitted, instead of
+    submitit's copy of sbatch's stderr and a traceback; the run folders stay ready for a retry."""
     from submitit.core.utils import FailedJobError
+    from submitit.slurm.slurm import SlurmExecutor
 
+    command = SlurmExecutor._make_submission_command
+    # Class-wide, not per instance: submitit submits an array through a fresh SlurmExecutor.
+    SlurmExecutor._make_submission_command = lambda self, path: _timed(["sbatch", str(path)])  # type: ignore[method-assign,assignment]
     try:
-        yield
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
     except FailedJobError as exc:
-        lines = [line.removeprefix("sbatch: ") for line in str(exc).strip().splitlines()]
-        raise CrackhpcError(f"{what}: Slurm refused the job: {' / '.join(lines)} ({hint})") from None
+        code = getattr(exc.__cause__, "returncode", None)
+        if code in _TIMED_OUT:
+            why = f"sbatch did not answer in {timeout_s():g} s (set CRACKHPC_SLURM_TIMEOUT to wait longer; `squeue --me` shows whether it queued anything)"
+        else:
+            why = "Slurm refused the job: " + " / ".join(
+                line.removeprefix("sbatch: ") for line in str(exc).strip().splitlines()
+            )
+        raise CrackhpcError(f"{what}: {why} ({hint})") from None
+    finally:
+        SlurmExecutor._make_submission_command = command  # type: ignore[method-assign]

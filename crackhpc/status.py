@@ -23,7 +23,7 @@ from .states import LIVE, RECORDED, RunState
 from .usage import Usage
 
 SlurmQuery = Callable[[list[str]], dict[str, slurm.SlurmJob]]
-RETRY = "{again} resumes it from its last checkpoint"
+FIX_RESUME = "{again} resumes it from its last checkpoint"
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def last_val_acc(run_dir: Path) -> float | None:
         raise DamagedFileError(
             path,
             f"not a metrics table ({type(exc).__name__})",
-            "the run's learning curves are lost; delete the file, or " + rundir.REDO.format(run=run_dir),
+            "the run's learning curves are lost; delete the file, or " + rundir.FIX_REDO.format(run=run_dir),
         ) from None
 
 
@@ -126,7 +126,7 @@ def _local_state(
     recorded: RunState, result: dict, job: Job | None, owner_alive: bool, again: str
 ) -> tuple[RunState, bool, str]:
     """(state, live, note) of a run of the local or debug executor, from its processes."""
-    worker = result.get("process")
+    worker = result.get("process") or {}
     if recorded in (RunState.RUNNING, RunState.REQUEUED):
         if procs.alive(worker) is False:
             return (
@@ -134,13 +134,13 @@ def _local_state(
                 False,
                 f"worker process {worker['pid']} on {worker['host']} died without recording "
                 f"an outcome (killed, out of memory or disk?); "
-                f"{RETRY.format(again=again)}",
+                f"{FIX_RESUME.format(again=again)}",
             )
         return recorded, True, ""
     if recorded is not RunState.PENDING:
         return recorded, recorded in LIVE, ""
     controller = job.process if job and not _stale(job, result) else None
-    if controller is not None and procs.alive(controller) is False and job.executor == "local":
+    if job and controller is not None and procs.alive(controller) is False and job.executor == "local":
         return RunState.FAILED, False, f"local job {job.job_id} ended before its worker started; see {job.stderr}"
     if controller is None and not owner_alive:
         return RunState.PENDING, False, "not submitted"
@@ -152,8 +152,9 @@ def run_status(
 ) -> RunStatus:
     run_dir, job = folder.run(run_id), record.runs.get(run_id)
     executor = job.executor if job else ""
-    on_slurm = executor == "slurm" and bool(job.job_id)
-    sjob = accounting.get(job.job_id) if on_slurm else None
+    job_id = job.job_id if job else ""
+    on_slurm = executor == "slurm" and bool(job_id)
+    sjob = accounting.get(job_id) if on_slurm else None
     notes, result, damaged, orphan = [], {}, [], False
     try:
         result = rundir.read_result(run_dir)
@@ -171,13 +172,13 @@ def run_status(
             if recorded is RunState.UNREADABLE
             else _local_state(recorded, result, job, procs.alive(record.owner) is True, record.resubmit)
         )
-        submitter = job.owner or record.owner if job else None  # records before per-job owners had one
+        submitter = (job.owner or record.owner if job else None) or {}  # records before per-job owners had one
         orphan = live and executor == "local" and procs.alive(submitter) is False
         notes.append(orphaned(record.command, submitter) if orphan else note)
     if state is RunState.FAILED and result.get("error") and recorded is RunState.FAILED:
         notes.insert(0, result["error"])
     if sjob and recorded not in RECORDED and not sjob.active and sjob.state != "CANCELLED":
-        notes.append(f"job {job.job_id} ended {sjob.state} before the worker recorded a result; see {job.stderr}")
+        notes.append(f"job {job_id} ended {sjob.state} before the worker recorded a result; see {job and job.stderr}")
     if state is RunState.PENDING and sjob and sjob.reason:
         notes.append(f"waiting: {sjob.reason}")
     # The epochs planned are in result.json since submission; runs from before that keep them only in config.yaml.

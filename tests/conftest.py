@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -7,6 +8,12 @@ import pytest
 import yaml
 
 from crackhpc.data.synth import synthesize
+from crackhpc.worker.fastpath import ENV_BF16
+
+# `precision: auto` as on a CPU without bf16 units, for every test and the workers they start:
+# the suite's numbers must not hang on a probe's timing nor on the machine it runs on. The tests of
+# the other branch (tests/test_worker_fastpath.py) set it to 1.
+os.environ[ENV_BF16] = "0"
 
 
 @pytest.fixture(scope="session")

@@ -188,3 +188,21 @@ def test_absurd_grids_are_refused_before_crossing(write_yaml):
     with pytest.raises(ConfigError, match=r"6 runs \(2 x 3\)"):
         load_sweep(small, max_runs=5)
     assert len(load_sweep(small, max_runs=6).entries) == 6
+
+
+def test_merge_keys_reuse_settings_and_a_key_set_twice_is_still_refused(write_yaml):
+    path = write_yaml(
+        BASE
+        + """x-common: &common {epochs: 2, lr: 0.01, batch_size: 8}
+runs:
+  - <<: *common
+    model: resnet50
+  - <<: *common
+    lr: 0.1
+"""
+    )
+    sweep = load_sweep(path)
+    settings = [(t.model, t.epochs, t.lr, t.batch_size) for _, t, _ in sweep.entries]
+    assert settings == [("resnet50", 2, 0.01, 8), ("resnet18", 2, 0.1, 8)]  # its own key wins over the merged one
+    twice = BASE + "x-common: &common {epochs: 2}\nruns:\n  - {<<: *common, lr: 0.1, lr: 0.2}\n"
+    assert "key 'lr' given twice" in _error(write_yaml, twice)

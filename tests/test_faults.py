@@ -28,43 +28,16 @@ from pathlib import Path
 
 import pytest
 
-from crackhpc import atomic, procs, rundir
+from crackhpc import procs, rundir
 from crackhpc.cli import main
 from crackhpc.config import load_sweep
-from crackhpc.launcher import submit
+from crackhpc.launcher import Submission, submit
 
 from .conftest import tiny_sweep
+from .running import crackhpc, training, wait_until
 
 LONG = {"epochs": 40}  # long enough to be caught mid-training
 ENDLESS = {"epochs": 2000}  # for runs that are stopped before they end
-
-
-def crackhpc(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "crackhpc.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
-    )
-
-
-def wait_until(predicate, timeout: float = 120.0, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def training(sweep_dir: Path) -> dict | None:
-    """The result.json of a run that has finished an epoch, with its worker's process."""
-    for path in sweep_dir.glob("*/result.json"):
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if result.get("status") == "running" and result.get("epochs_done") and result.get("process"):
-            return {**result, "run_dir": path.parent}
-    return None
 
 
 def status_of(sweep_dir: Path, capsys) -> tuple[str, str]:
@@ -214,7 +187,7 @@ def test_workers_left_by_a_killed_sweep_are_named_orphans_and_cancel_stops_them(
 def make_runs(tmp_path, tiny_data, n: int = 3) -> tuple[Path, list[Path]]:
     """A finished local sweep of `n` one-epoch runs (debug executor: in this process)."""
     sweep = load_sweep(tiny_sweep_file(tmp_path, tiny_data, n))
-    submit(sweep, tmp_path / "r", "debug", echo=lambda *_: None)
+    submit(sweep, tmp_path / "r", Submission("debug"), echo=lambda *_: None)
     sweep_dir = tmp_path / "r" / "tiny"
     return sweep_dir, sorted(p for p in sweep_dir.glob("torch-*"))
 
@@ -288,7 +261,9 @@ def test_a_damaged_checkpoint_fails_the_run_naming_the_file(tmp_path, tiny_data)
     checkpoint = run_dir / "checkpoint.pt"
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
     rundir.update_result(run_dir, status="failed")
-    submit(load_sweep(tmp_path / "tiny.yaml"), tmp_path / "r", "local", retry_failed=True, echo=lambda *_: None)
+    submit(
+        load_sweep(tmp_path / "tiny.yaml"), tmp_path / "r", Submission("local", retry_failed=True), echo=lambda *_: None
+    )
     result = rundir.read_result(run_dir)
     assert result["status"] == "failed"
     assert result["error"].startswith(f"DamagedFileError: {checkpoint}: cannot be read (")
@@ -304,19 +279,31 @@ def test_a_changed_dataset_is_not_resumed(tmp_path, tiny_data):
     shutil.copytree(tiny_data, data)
     path = tmp_path / "s.yaml"
     path.write_text(tiny_sweep(data, defaults={"epochs": 1}))
-    submit(load_sweep(path), tmp_path / "r", "debug", echo=lambda *_: None)
+    submit(load_sweep(path), tmp_path / "r", Submission("debug"), echo=lambda *_: None)
     (run_dir,) = (tmp_path / "r" / "tiny").glob("torch-*")
     rundir.update_result(run_dir, status="failed")  # as if killed after its first epoch
     next(data.glob("Positive/*.jpg")).unlink()  # the dataset changes: the split is drawn anew
-    submit(load_sweep(path.with_name("s.yaml")), tmp_path / "r", "local", retry_failed=True, echo=lambda *_: None)
+    submit(
+        load_sweep(path.with_name("s.yaml")),
+        tmp_path / "r",
+        Submission("local", retry_failed=True),
+        echo=lambda *_: None,
+    )
     result = rundir.read_result(run_dir)
     assert result["status"] == "failed" and "trained on another split of the data" in result["error"]
 
 
-def test_a_worker_given_a_broken_config_says_so_in_one_line(tmp_path):
+def test_a_worker_given_a_broken_or_no_config_says_so_in_one_line_with_exit_2(tmp_path):
+    """Bad input, as for every crackhpc command (README, exit codes): damaged and missing alike."""
+    worker = [sys.executable, "-m", "crackhpc.worker", str(tmp_path)]
+    out = subprocess.run(worker, capture_output=True, text=True)
+    assert (
+        out.returncode == 2
+        and out.stderr == f"error: {tmp_path / rundir.CONFIG}: not a crackhpc run folder (config.yaml missing)\n"
+    )
     (tmp_path / rundir.CONFIG).write_text("run_id: [\n")
-    out = subprocess.run([sys.executable, "-m", "crackhpc.worker", str(tmp_path)], capture_output=True, text=True)
-    assert out.returncode == 1 and out.stderr.count("\n") == 1
+    out = subprocess.run(worker, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert out.stderr.startswith(f"error: {tmp_path / rundir.CONFIG}: not valid YAML")
     assert rundir.read_result(tmp_path)["status"] == "failed"
 
@@ -348,9 +335,7 @@ def test_status_answers_when_sacct_hangs_or_talks_garbage(
 ):
     import shutil
 
-    import crackhpc.slurm
-
-    monkeypatch.setattr(crackhpc.slurm, "TIMEOUT_S", 1.0)
+    monkeypatch.setenv("CRACKHPC_SLURM_TIMEOUT", "1")
     fake_slurm(script)
     sweep_dir = tmp_path / "tiny"
     shutil.copytree(finished[0], sweep_dir)
@@ -404,12 +389,14 @@ def test_a_killed_writers_temporary_file_is_removed_and_results_are_group_readab
     sweep_dir, (run_dir, *_) = make_runs(tmp_path, tiny_data, 1)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    orphan = run_dir / f".checkpoint.pt~{atomic.HOST}~{dead.pid}~0.tmp"
+    orphan = run_dir / f".checkpoint.pt~{procs.HOST}~{dead.pid}~0.tmp"
     orphan.write_bytes(b"\0" * 1000)
-    mine = run_dir / f".metrics.csv~{atomic.HOST}~{os.getpid()}~0.tmp"
+    mine = run_dir / f".metrics.csv~{procs.HOST}~{os.getpid()}~0.tmp"
     mine.write_bytes(b"")
     rundir.update_result(run_dir, status="failed")
-    submit(load_sweep(tmp_path / "tiny.yaml"), tmp_path / "r", "debug", retry_failed=True, echo=lambda *_: None)
+    submit(
+        load_sweep(tmp_path / "tiny.yaml"), tmp_path / "r", Submission("debug", retry_failed=True), echo=lambda *_: None
+    )
     assert not orphan.exists() and mine.exists()  # a live writer's file is left alone
     for name in (rundir.RESULT, rundir.METRICS, "checkpoint.pt", "sweep.json"):
         path = (run_dir / name) if name != "sweep.json" else sweep_dir / name

@@ -8,7 +8,7 @@ import pytest
 from crackhpc import rundir
 from crackhpc.cli import main
 from crackhpc.config import load_sweep
-from crackhpc.launcher import submit
+from crackhpc.launcher import Submission, submit
 
 from .conftest import tiny_sweep
 
@@ -17,7 +17,7 @@ TWO_SEEDS = {"seed": [0, 1]}
 
 def test_local_sweep_runs_every_config_and_skips_completed_on_resubmission(tmp_path, write_yaml, tiny_data):
     sweep = load_sweep(write_yaml(tiny_sweep(tiny_data, grid=TWO_SEEDS)))
-    states = submit(sweep, tmp_path / "results", "local", echo=lambda *_: None)
+    states = submit(sweep, tmp_path / "results", Submission("local"), echo=lambda *_: None)
     sweep_dir = tmp_path / "results" / "tiny"
     assert list(states.values()) == ["completed", "completed"]
     saved = json.loads((sweep_dir / "sweep.json").read_text())
@@ -28,7 +28,7 @@ def test_local_sweep_runs_every_config_and_skips_completed_on_resubmission(tmp_p
         assert (sweep_dir / run_id / "split.csv").read_text() == (sweep_dir / "split.csv").read_text()
         assert entry["job_id"]
     lines = []
-    assert submit(sweep, tmp_path / "results", "local", echo=lines.append) == {}
+    assert submit(sweep, tmp_path / "results", Submission("local"), echo=lines.append) == {}
     assert "2 runs, 0 to submit" in lines[0]
     assert json.loads((sweep_dir / "sweep.json").read_text())["runs"] == saved["runs"]
 
@@ -41,19 +41,19 @@ def test_failed_run_is_recorded_and_resubmitted_only_on_request(tmp_path, write_
     for image in data.rglob("*.jpg"):
         image.write_bytes(b"broken")
     sweep = load_sweep(write_yaml(tiny_sweep(data)))
-    submit(sweep, tmp_path / "results", "local", echo=lambda *_: None)
+    submit(sweep, tmp_path / "results", Submission("local"), echo=lambda *_: None)
     sweep_dir = tmp_path / "results" / "tiny"
     (run_id,) = json.loads((sweep_dir / "sweep.json").read_text())["runs"]
     result = rundir.read_result(sweep_dir / run_id)
     assert result["status"] == "failed" and "no readable images" in result["error"]
     lines = []
-    submit(sweep, tmp_path / "results", "debug", dry_run=True, echo=lines.append)
+    submit(sweep, tmp_path / "results", Submission("debug", dry_run=True), echo=lines.append)
     assert "skip: failed (use --retry-failed)" in "\n".join(lines)
     lines = []
-    assert submit(sweep, tmp_path / "results", "local", echo=lines.append) == {}
+    assert submit(sweep, tmp_path / "results", Submission("local"), echo=lines.append) == {}
     assert lines[1] == f"  not resubmitted without --retry-failed: {run_id} (failed)"
     lines = []
-    submit(sweep, tmp_path / "results", "debug", dry_run=True, retry_failed=True, echo=lines.append)
+    submit(sweep, tmp_path / "results", Submission("debug", dry_run=True, retry_failed=True), echo=lines.append)
     assert "1 to submit" in lines[0]
 
 
@@ -81,7 +81,7 @@ def test_synthetic_sweep_makes_its_data(tmp_path, write_yaml):
         resources: {gpus_per_node: 0, cpus_per_task: 1}
         """.replace("        ", "")
     )
-    submit(load_sweep(path), tmp_path / "results", "debug", echo=lambda *_: None)
+    submit(load_sweep(path), tmp_path / "results", Submission("debug"), echo=lambda *_: None)
     assert len(list((tmp_path / "results" / ".data").glob("synth-n24-32px-seed0/*/*.jpg"))) == 24
     (run_id,) = json.loads((tmp_path / "results" / "syn" / "sweep.json").read_text())["runs"]
     assert rundir.read_result(tmp_path / "results" / "syn" / run_id)["status"] == "completed"

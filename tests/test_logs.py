@@ -12,7 +12,7 @@ import pytest
 from crackhpc import atomic, rundir
 from crackhpc.attempts import START_SHELL, worker_start
 from crackhpc.cli import main
-from crackhpc.logs import attempts, follow, show
+from crackhpc.logs import Following, attempts, follow, show
 from crackhpc.record import SweepFolder
 
 
@@ -114,7 +114,7 @@ def test_follow_prints_what_the_log_gains_until_the_run_ends(sweep_dir):
                 fh.write("epoch 2 — done\n")
         return len(polls) < 2
 
-    follow(sweep_dir, "r1", write=out.append, note=lambda _: None, poll_s=0.01, check_s=0, is_live=is_live)
+    follow(sweep_dir, "r1", how=Following(out.append, lambda _: None, poll_s=0.01, check_s=0, is_live=is_live))
     assert "".join(out).endswith("resumed after epoch 1\nepoch 2 — done\n") and len(polls) == 3
 
 
@@ -122,12 +122,12 @@ def test_follow_prints_what_the_log_gains_until_the_run_ends(sweep_dir):
 def test_logs_of_requeued_slurm_runs_show_each_attempt(tmp_path, tiny_data, slurm_cluster):
     """A submitit run and a plain sbatch run, each requeued once by USR2 after its first epoch."""
     from crackhpc.config import load_sweep
-    from crackhpc.launcher import submit
+    from crackhpc.launcher import Submission, submit
 
     from .test_slurm_integration import SLOW, finished, quiet, slurm_yaml, until
 
     slow = {**SLOW, "epochs": 4}
-    submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "sub", defaults=slow)), tmp_path, "slurm", **quiet)
+    submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "sub", defaults=slow)), tmp_path, Submission("slurm"), **quiet)
     ((sub_run, sub_job),) = json.loads((tmp_path / "sub" / "sweep.json").read_text())["runs"].items()
     assert (
         main(

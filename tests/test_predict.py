@@ -313,7 +313,10 @@ def test_a_shard_that_fails_is_reported_and_nothing_is_merged(trained, photos, t
     shutil.copytree(runs[0], broken)
     (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")  # there, so accepted; fails in the job
     code, out, _ = cli("predict", broken, photos, "--out", tmp_path / "pred", "--tile", "32", "--executor", "local")
-    assert code == 1 and "shard-000: failed: UnpicklingError" in out
+    assert (
+        code == 1
+        and f"shard-000: failed: DamagedFileError: {broken / 'checkpoint.pt'}: cannot be read (UnpicklingError" in out
+    )
     assert "run this command again to resubmit" in out and not (tmp_path / "pred" / "predictions.csv").exists()
 
 

@@ -12,7 +12,7 @@ import pytest
 from crackhpc import rundir
 from crackhpc.config import load_sweep
 from crackhpc.errors import CrackhpcError
-from crackhpc.launcher import submit
+from crackhpc.launcher import Submission, submit
 from crackhpc.weights import locate
 
 REAL_DATA = Path(os.environ.get("CRACKHPC_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -37,7 +37,7 @@ defaults: {{framework: torch, model: resnet18, pretrained: true, freeze_backbone
 resources: {{gpus_per_node: 0, cpus_per_task: 2, timeout_min: 120}}
 """)
     )
-    (run_id,) = submit(sweep, tmp_path / "results", "local", echo=lambda *_: None)
+    (run_id,) = submit(sweep, tmp_path / "results", Submission("local"), echo=lambda *_: None)
     result = rundir.read_result(tmp_path / "results" / "real" / run_id)
     assert result["status"] == "completed" and result["test_acc"] >= 0.99, result
 
@@ -62,7 +62,7 @@ defaults: {{framework: torch, model: efficientnet_lite0, pretrained: true, freez
 resources: {{gpus_per_node: 0, cpus_per_task: 2, timeout_min: 120}}
 """)
     )
-    (run_id,) = submit(sweep, tmp_path / "results", "local", echo=lambda *_: None)
+    (run_id,) = submit(sweep, tmp_path / "results", Submission("local"), echo=lambda *_: None)
     result = rundir.read_result(tmp_path / "results" / "real-lite" / run_id)
     assert result["status"] == "completed" and result["test_acc"] >= expected, result
     assert result["feature_cache"] == "computed"

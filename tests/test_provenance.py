@@ -10,7 +10,7 @@ import pytest
 
 from crackhpc import rundir
 from crackhpc.config import load_sweep
-from crackhpc.launcher import submit
+from crackhpc.launcher import Submission, submit
 from crackhpc.provenance import git_state, gpus, submission
 from crackhpc.report.build import write_document
 from crackhpc.report.tables import write_reports
@@ -88,7 +88,7 @@ def test_gpus_are_the_visible_ones_nvidia_smi_lists(tmp_path, monkeypatch):
 
 def test_every_run_records_its_provenance_and_the_report_shows_it(repo, tmp_path):
     sweep = load_sweep(repo / "jobs" / "tiny.yaml")
-    submit(sweep, tmp_path / "results", "local", echo=lambda *_: None)
+    submit(sweep, tmp_path / "results", Submission("local"), echo=lambda *_: None)
     head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     sweep_dir = tmp_path / "results" / "tiny"
     record = json.loads((sweep_dir / "sweep.json").read_text())

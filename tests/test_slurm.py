@@ -1,13 +1,17 @@
 """The Slurm adapter: one source of sbatch options for submitit and the plain templates, and the
 submitit internals the dry-run preview relies on."""
 
+import os
+import subprocess
+import time
 from pathlib import Path
 
+import pytest
 import submitit
 
 from crackhpc import slurm
 from crackhpc.config import DataConfig, Resources, RunSpec, TrainConfig
-from crackhpc.launcher import make_executor
+from crackhpc.engine import make_executor
 from crackhpc.sbatch import sbatch_lines
 
 RES = Resources(
@@ -68,3 +72,27 @@ def test_local_parameters_keep_to_this_machine():
         "gpus_per_node": 0,
         "name": "x",
     }
+
+
+def fake_command(tmp_path, monkeypatch, name: str, script: str) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / name).write_text(f"#!/bin/sh\n{script}\n")
+    (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def test_a_hung_slurm_command_is_stopped_with_what_it_started(tmp_path, monkeypatch):
+    """A site's wrapper script whose child hangs: after CRACKHPC_SLURM_TIMEOUT both are gone."""
+    fake_command(tmp_path, monkeypatch, "sacct", "sleep 71.25 & wait")
+    monkeypatch.setenv("CRACKHPC_SLURM_TIMEOUT", "1")
+    with pytest.raises(slurm.SlurmUnavailable, match=r"^`sacct` did not answer in 1 s \(set CRACKHPC_SLURM_TIMEOUT"):
+        slurm.sacct(["1"])
+    time.sleep(0.5)
+    assert not subprocess.run(["pgrep", "-f", "sleep 71.25"], capture_output=True).stdout
+
+
+def test_hostnames_of_a_plain_list_need_no_scontrol_and_a_range_asks_it(tmp_path, monkeypatch):
+    assert slurm.hostnames("node7,gpu2") == ("node7", "gpu2")
+    fake_command(tmp_path, monkeypatch, "scontrol", 'test "$1 $2" = "show hostnames" && printf "n1\\nn2\\n"')
+    assert slurm.hostnames("n[1-2]") == ("n1", "n2")

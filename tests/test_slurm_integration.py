@@ -20,7 +20,7 @@ import pytest
 from crackhpc import rundir
 from crackhpc.cli import main
 from crackhpc.config import load_sweep
-from crackhpc.launcher import submit
+from crackhpc.launcher import Submission, submit
 from crackhpc.report.tables import RESOURCE_COLUMNS, write_reports
 from crackhpc.slurm import ACTIVE_STATES
 from crackhpc.status import collect
@@ -79,7 +79,7 @@ def array_sweep(tmp_path_factory, tiny_data, slurm_cluster):
     folder = tmp_path_factory.mktemp("array")
     path = slurm_yaml(folder, tiny_data, "array", resources={"array_parallelism": 2}, grid={"seed": [0, 1, 2, 3]})
     preview = cli("sweep", path, "--executor", "slurm", "--results", folder / "results", "--dry-run")
-    submit(load_sweep(path), folder / "results", "slurm", wait=True, **quiet)
+    submit(load_sweep(path), folder / "results", Submission("slurm", wait=True), **quiet)
     record = record_of(folder / "results" / "array")
     array_id = record["runs"][next(iter(record["runs"]))]["job_id"].split("_")[0]
     return SimpleNamespace(
@@ -113,7 +113,7 @@ def test_dry_run_prints_the_script_submitit_submits(array_sweep):
 def test_report_of_slurm_runs_matches_the_local_executors(array_sweep, tmp_path, tiny_data):
     slurm, _ = write_reports(array_sweep.sweep_dir)
     local_sweep = load_sweep(slurm_yaml(tmp_path, tiny_data, "array", grid={"seed": [0]}))
-    submit(local_sweep, tmp_path / "results", "local", **quiet)
+    submit(local_sweep, tmp_path / "results", Submission("local"), **quiet)
     local, _ = write_reports(tmp_path / "results" / "array")
     assert list(slurm.columns) == list(local.columns)
     # the same columns filled, and Slurm's accounting besides (crackhpc.report.tables.RESOURCE_COLUMNS)
@@ -125,7 +125,7 @@ def test_report_of_slurm_runs_matches_the_local_executors(array_sweep, tmp_path,
 
 def test_sweeping_again_skips_completed_runs(array_sweep):
     lines = []
-    assert submit(load_sweep(array_sweep.path), array_sweep.results, "slurm", echo=lines.append) == {}
+    assert submit(load_sweep(array_sweep.path), array_sweep.results, Submission("slurm"), echo=lines.append) == {}
     assert "4 runs, 0 to submit" in lines[0] and record_of(array_sweep.sweep_dir)["runs"] == array_sweep.record["runs"]
 
 
@@ -133,8 +133,7 @@ def test_two_tasks_train_data_parallel(tmp_path, tiny_data):
     submit(
         load_sweep(slurm_yaml(tmp_path, tiny_data, "ddp", resources={"tasks_per_node": 2})),
         tmp_path,
-        "slurm",
-        wait=True,
+        Submission("slurm", wait=True),
         **quiet,
     )
     (run,) = finished(tmp_path / "ddp")
@@ -146,8 +145,7 @@ def test_gpu_job_is_scheduled_on_the_nodes_gpus(tmp_path, tiny_data):
     submit(
         load_sweep(slurm_yaml(tmp_path, tiny_data, "gpu", resources={"gpus_per_node": 1})),
         tmp_path,
-        "slurm",
-        wait=True,
+        Submission("slurm", wait=True),
         **quiet,
     )
     (run,) = finished(tmp_path / "gpu")
@@ -156,7 +154,9 @@ def test_gpu_job_is_scheduled_on_the_nodes_gpus(tmp_path, tiny_data):
 
 
 def test_preempted_run_is_requeued_and_resumes_from_its_checkpoint(tmp_path, tiny_data):
-    submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "preempt", defaults=SLOW)), tmp_path, "slurm", **quiet)
+    submit(
+        load_sweep(slurm_yaml(tmp_path, tiny_data, "preempt", defaults=SLOW)), tmp_path, Submission("slurm"), **quiet
+    )
     ((run_id, job),) = record_of(tmp_path / "preempt")["runs"].items()
     run_dir = tmp_path / "preempt" / run_id
     until(lambda: rundir.read_result(run_dir).get("epochs_done"), "first epoch", 120)
@@ -175,7 +175,7 @@ def test_run_that_raises_fails_once_with_its_error_in_status_and_report(tmp_path
     shutil.copytree(tiny_data, data)
     for image in data.rglob("*.jpg"):
         image.write_bytes(b"broken")
-    submit(load_sweep(slurm_yaml(tmp_path, data, "broken")), tmp_path, "slurm", wait=True, **quiet)
+    submit(load_sweep(slurm_yaml(tmp_path, data, "broken")), tmp_path, Submission("slurm", wait=True), **quiet)
     (run,) = finished(tmp_path / "broken")
     assert (run.state, run.slurm_state, run.requeues) == ("failed", "FAILED", 0)
     assert run.note.startswith("DataError: ") and "no readable images" in run.note
@@ -187,10 +187,10 @@ def test_run_that_raises_fails_once_with_its_error_in_status_and_report(tmp_path
 
 def test_live_jobs_are_left_alone_until_cancelled(tmp_path, tiny_data):
     sweep = load_sweep(slurm_yaml(tmp_path, tiny_data, "cancel", defaults={**SLOW, "epochs": 30}))
-    submit(sweep, tmp_path, "slurm", **quiet)
+    submit(sweep, tmp_path, Submission("slurm"), **quiet)
     ((run_id, job),) = record_of(tmp_path / sweep.name)["runs"].items()
     lines = []
-    submit(sweep, tmp_path, "slurm", dry_run=True, echo=lines.append)
+    submit(sweep, tmp_path, Submission("slurm", dry_run=True), echo=lines.append)
     assert "1 runs, 0 to submit" in lines[0] and re.search(rf"skip: job {job['job_id']} (pending|running)", lines[1])
     # Cancelled mid-training: the worker, which ignores SIGTERM, must not outlive the cancel.
     until(lambda: rundir.read_result(tmp_path / "cancel" / run_id).get("epochs_done"), "first epoch", 120)
@@ -207,10 +207,10 @@ def test_live_jobs_are_left_alone_until_cancelled(tmp_path, tiny_data):
     assert re.search(rf"{run_id}\s+cancelled\s+{job['job_id']}\s", cli("status", tmp_path / "cancel"))
 
     lines = []
-    submit(sweep, tmp_path, "slurm", dry_run=True, echo=lines.append)
+    submit(sweep, tmp_path, Submission("slurm", dry_run=True), echo=lines.append)
     assert "skip: cancelled (use --retry-failed)" in lines[1]
     lines = []
-    submit(sweep, tmp_path, "slurm", dry_run=True, retry_failed=True, echo=lines.append)
+    submit(sweep, tmp_path, Submission("slurm", dry_run=True, retry_failed=True), echo=lines.append)
     assert "1 runs, 1 to submit" in lines[0]
 
 
@@ -294,7 +294,7 @@ def test_a_pending_job_shows_slurms_reason(tmp_path, tiny_data):
             "the node held",
             60,
         )
-        submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "waits")), tmp_path, "slurm", **quiet)
+        submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "waits")), tmp_path, Submission("slurm"), **quiet)
         run = until(
             lambda: next((r for r in collect(tmp_path / "waits")[0] if "waiting:" in r.note), None),
             "a pending reason",

@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from crackhpc import atomic, procs, rundir
-from crackhpc.cancel import cancel
 from crackhpc.cli import format_status, main
 from crackhpc.config import DataConfig, Resources, RunSpec, TrainConfig
+from crackhpc.engine import cancel
 from crackhpc.errors import CrackhpcError
 from crackhpc.record import Job, SweepFolder
 from crackhpc.slurm import SlurmJob, parse_sacct
@@ -96,13 +96,15 @@ def test_status_of_a_local_sweep_comes_from_the_run_folders(tmp_path):
 
 def test_epoch_shows_progress_against_the_configured_epochs(tmp_path, tiny_data, write_yaml):
     from crackhpc.config import load_sweep
-    from crackhpc.launcher import plan_sweep, prepare_runs
+    from crackhpc.grid import expand
+    from crackhpc.launcher import prepare_runs, sweep_folder
+    from crackhpc.record import SweepRecord
 
     from .conftest import tiny_sweep
 
     sweep = load_sweep(write_yaml(tiny_sweep(tiny_data, defaults={"epochs": 5})))
-    folder, specs, record, _ = plan_sweep(sweep, tmp_path, retry_failed=False)
-    (spec,) = prepare_runs(sweep, tmp_path, folder, specs, record, "local")
+    folder = sweep_folder(sweep, tmp_path)
+    (spec,) = prepare_runs(sweep, tmp_path, folder, expand(sweep), SweepRecord())
     rundir.update_result(folder.run(spec.run_id), status="running", epochs_done=3)
     (run,), _ = collect(folder.path, query=no_sacct)
     assert run.state == "running" and run.epoch == "3/5"
@@ -201,7 +203,9 @@ def test_status_merges_sacct_with_the_run_folders(tmp_path):
     assert [r for r, s in runs.items() if s.live] == ["queued", "preempted", "gpu"]
 
 
-def test_cancel_scancels_live_jobs_and_records_cancelled(tmp_path):
+def test_cancel_scancels_live_jobs_and_records_cancelled(tmp_path, monkeypatch):
+    import crackhpc.slurm as slurm
+
     sweep_dir = make_sweep(
         tmp_path / "s",
         "slurm",
@@ -213,12 +217,8 @@ def test_cancel_scancels_live_jobs_and_records_cancelled(tmp_path):
         },
     )
     scancelled, lines = [], []
-    cancelled = cancel(
-        sweep_dir,
-        query=lambda ids: parse_sacct(SACCT),
-        scancel=lambda ids, echo: scancelled.extend(ids),
-        echo=lines.append,
-    )
+    monkeypatch.setattr(slurm, "scancel", lambda ids, echo: scancelled.extend(ids))
+    cancelled = cancel(sweep_dir, query=lambda ids: parse_sacct(SACCT), echo=lines.append)
     assert sorted(scancelled) == ["70_3", "71"] and cancelled == ["gpu", "never_submitted", "queued"]
     assert {r: rundir.read_result(sweep_dir / r)["status"] for r in ("done", "queued", "gpu", "never_submitted")} == {
         "done": "completed",
@@ -255,13 +255,16 @@ def test_cancel_named_runs_only_and_keeps_finished_ones(tmp_path, capsys, monkey
     )
 
 
-def test_a_job_that_finishes_while_being_cancelled_keeps_its_outcome(tmp_path):
+def test_a_job_that_finishes_while_being_cancelled_keeps_its_outcome(tmp_path, monkeypatch):
+    import crackhpc.slurm as slurm
+
     sweep_dir = make_sweep(tmp_path / "s", "slurm", {"gpu": {"job": "71", "status": "running"}})
 
     def finishes_first(ids, echo):
         rundir.update_result(sweep_dir / "gpu", status="completed")
 
-    assert cancel(sweep_dir, query=lambda ids: parse_sacct(SACCT), scancel=finishes_first, echo=lambda *_: None) == []
+    monkeypatch.setattr(slurm, "scancel", finishes_first)
+    assert cancel(sweep_dir, query=lambda ids: parse_sacct(SACCT), echo=lambda *_: None) == []
     assert rundir.read_result(sweep_dir / "gpu")["status"] == "completed"
 
 
@@ -272,19 +275,6 @@ def fake_controller():
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
     assert proc.stdout.readline() == b"ready\n"
     return proc
-
-
-def test_a_process_is_known_by_its_start_time_not_its_pid(tmp_path):
-    proc = fake_controller()
-    try:
-        ident = procs.identity(proc.pid)
-        assert procs.alive(ident) is True
-        assert procs.alive({**ident, "pid_start": "1"}) is False  # the pid, reused by another process
-        assert procs.alive({**ident, "host": "elsewhere"}) is None  # cannot be told from here
-        assert procs.stop(ident) and proc.wait(timeout=5) == 0  # SIGINT: KeyboardInterrupt, as LocalJob.cancel
-        assert procs.alive(ident) is False and not procs.stop(ident)
-    finally:
-        proc.kill()
 
 
 def test_cancel_of_a_local_run_stops_its_controller(tmp_path):

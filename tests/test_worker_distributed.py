@@ -9,7 +9,7 @@ from crackhpc.cli import main
 from crackhpc.config import load_sweep
 from crackhpc.errors import CrackhpcError
 from crackhpc.grid import expand
-from crackhpc.launcher import submit, write_run_folders
+from crackhpc.launcher import Submission, submit, write_run_folders
 from crackhpc.record import SweepFolder
 from crackhpc.worker import run
 from crackhpc.worker.backends import resolve
@@ -33,7 +33,7 @@ def _submit(tmp_path, write_yaml, data, name, tasks, defaults) -> dict:
     sweep = load_sweep(
         write_yaml(tiny_sweep(data, name=name, defaults=defaults, resources=_tasks(tasks)), f"{name}.yaml")
     )
-    submit(sweep, tmp_path / "results", "local", echo=lambda *_: None)
+    submit(sweep, tmp_path / "results", Submission("local"), echo=lambda *_: None)
     sweep_dir = tmp_path / "results" / name
     (run_id,) = json.loads((sweep_dir / "sweep.json").read_text())["runs"]
     return rundir.read_result(sweep_dir / run_id)

@@ -17,7 +17,7 @@ from crackhpc import rundir  # noqa: E402
 from crackhpc.config import load_sweep  # noqa: E402
 from crackhpc.errors import CrackhpcError, WeightsError  # noqa: E402
 from crackhpc.grid import expand  # noqa: E402
-from crackhpc.launcher import submit, write_run_folders  # noqa: E402
+from crackhpc.launcher import Submission, submit, write_run_folders  # noqa: E402
 from crackhpc.record import SweepFolder
 from crackhpc.worker import run  # noqa: E402
 
@@ -166,7 +166,7 @@ def test_two_worker_tf_distribute_run_matches_one_process(tmp_path, write_yaml, 
     mean gradient, so the test loss agrees up to float rounding (tolerance 1e-4)."""
     resources = {"gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 3, "tasks_per_node": 2}
     sweep = load_sweep(write_yaml(tiny_sweep(tiny_data, name="two", defaults=HEAD_ONLY, resources=resources)))
-    submit(sweep, tmp_path / "results", "local", echo=lambda *_: None)
+    submit(sweep, tmp_path / "results", Submission("local"), echo=lambda *_: None)
     (run_id,) = json.loads((tmp_path / "results" / "two" / "sweep.json").read_text())["runs"]
     two = rundir.read_result(tmp_path / "results" / "two" / run_id)
     assert two["status"] == "completed", two.get("error")

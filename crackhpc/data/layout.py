@@ -44,7 +44,7 @@ class Scan:
     broken_links: list[tuple[str, str]] = field(default_factory=list)  # (path, why) relative to the root
 
 
-def _link_problem(path: Path) -> str | None:
+def link_problem(path: Path) -> str | None:
     """Why the symlink `path` cannot be read as an image, or None when it leads to a file."""
     try:
         os.stat(path)
@@ -64,7 +64,7 @@ def _images(folder: Path, root: Path, scan: Scan) -> list[str]:
             if os.path.splitext(entry.name)[1].lower() not in IMAGE_SUFFIXES:
                 continue
             rel = (folder / entry.name).relative_to(root).as_posix()
-            why = _link_problem(Path(entry.path)) if entry.is_symlink() else None
+            why = link_problem(Path(entry.path)) if entry.is_symlink() else None
             if why:
                 scan.broken_links.append((rel, why))
             elif entry.is_file():

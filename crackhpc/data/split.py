@@ -21,7 +21,7 @@ from .layout import CLASSES, SPLITS, Item, list_items
 COLUMNS = ("path", "label", "split")
 # What to do about a damaged manifest: the launcher writes the sweep's manifest again into the
 # sweep folder and into each run folder it submits.
-REWRITE = (
+FIX_SPLIT = (
     "delete it and run `crackhpc sweep <sweep file> --retry-failed`, which writes it again for each run it resubmits "
     "(a completed run is resubmitted once its result.json is deleted)"
 )
@@ -77,22 +77,22 @@ def parse_manifest(data: bytes, path: str | Path) -> list[Item]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise DataError(f"{path}: not a split manifest (binary or not UTF-8 text); {REWRITE}") from None
+        raise DataError(f"{path}: not a split manifest (binary or not UTF-8 text); {FIX_SPLIT}") from None
     reader = csv.reader(io.StringIO(text, newline=""))
     items = []
     try:
         header = tuple(next(reader, ()))
         if header != COLUMNS:
-            raise DataError(f"{path}: not a split manifest (columns must be {', '.join(COLUMNS)}); {REWRITE}")
+            raise DataError(f"{path}: not a split manifest (columns must be {', '.join(COLUMNS)}); {FIX_SPLIT}")
         for row in reader:
             if len(row) != 3 or row[1] not in ("0", "1") or row[2] not in SPLITS or not row[0]:
                 raise DataError(
                     f"{path}: line {reader.line_num}: not `path,label,split` with label 0 or 1 and "
-                    f"split {' or '.join(SPLITS)} (got {','.join(row)[:80]!r}); {REWRITE}"
+                    f"split {' or '.join(SPLITS)} (got {','.join(row)[:80]!r}); {FIX_SPLIT}"
                 )
             items.append(Item(row[0], int(row[1]), row[2]))
     except csv.Error as exc:
-        raise DataError(f"{path}: line {reader.line_num}: not CSV ({exc}); {REWRITE}") from None
+        raise DataError(f"{path}: line {reader.line_num}: not CSV ({exc}); {FIX_SPLIT}") from None
     return items
 
 

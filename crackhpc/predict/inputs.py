@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..data.layout import link_problem
 from ..data.synth import MASK_SUFFIX
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -22,7 +23,15 @@ class PhotoError(Exception):
     """A photo that cannot be used; the message is its reason in errors.csv."""
 
 
-def _photos_in(folder: Path) -> list[Path]:
+def _usable(path: Path, errors: list[tuple[str, str]]) -> bool:
+    """A symlink that leads nowhere (dangling, a loop) goes to errors.csv, as `data verify` lists it."""
+    why = link_problem(path) if path.is_symlink() else None
+    if why:
+        errors.append((str(path), why))
+    return why is None
+
+
+def _photos_in(folder: Path, errors: list[tuple[str, str]]) -> list[Path]:
     """Photos under a folder, recursively, in a stable order; hidden files and crack masks left out."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -30,7 +39,10 @@ def _photos_in(folder: Path) -> list[Path]:
         found += [
             Path(dirpath) / f
             for f in sorted(filenames)
-            if f.lower().endswith(PHOTO_SUFFIXES) and not f.startswith(".") and not f.endswith(MASK_SUFFIX)
+            if f.lower().endswith(PHOTO_SUFFIXES)
+            and not f.startswith(".")
+            and not f.endswith(MASK_SUFFIX)
+            and _usable(Path(dirpath) / f, errors)
         ]
     return found
 
@@ -38,17 +50,22 @@ def _photos_in(folder: Path) -> list[Path]:
 def expand(args: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """(photos, errors): files as given, folders searched recursively, .txt/.lst files read as one
     path per line (relative to the list's folder unless absolute; # comments). Each photo once."""
-    photos, errors = [], []
+    photos: list[Path] = []
+    errors: list[tuple[str, str]] = []
     for arg in args:
         path = Path(arg)
+        if not _usable(path, errors):
+            continue
         if path.is_dir():
-            photos += _photos_in(path)
+            photos += _photos_in(path, errors)
         elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
             for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
                 line = line.strip()
                 if not line or line.startswith("#"):
                     continue
                 listed = Path(line) if Path(line).is_absolute() else path.parent / line
+                if not _usable(listed, errors):
+                    continue
                 if listed.is_file():
                     photos.append(listed)
                 else:

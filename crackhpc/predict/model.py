@@ -21,6 +21,9 @@ from ..record import RECORD
 from ..states import RunState
 
 CRACK = CLASSES.index("positive")
+# The patches a prediction will classify are not counted before its model loads: it is always
+# probed where the CPU has bf16 units (a few seconds, once per prediction folder).
+UNCOUNTED = 2**31
 ASCENDING = ("test_loss", "wall_time_s", "compute_hours")  # --best metrics where less is better
 
 
@@ -70,7 +73,7 @@ def best_run(sweep_dir: str | Path, metric: str = "best_val_acc") -> tuple[Path,
         raise CrackhpcError(
             f"--best {metric}: not a column of {sweep_dir / 'summary.csv'}; one of: {', '.join(numeric)}"
         )
-    done = df[(df["status"] == "completed") & df[metric].notna()]
+    done = df[(df["status"] == RunState.COMPLETED.value) & df[metric].notna()]
     done = done[[checkpoint_path(sweep_dir / r, rundir.read_config(sweep_dir / r)).is_file() for r in done["run_id"]]]
     if done.empty:
         raise CrackhpcError(
@@ -100,9 +103,11 @@ class Classifier:
         return self.spec.train.input_size
 
 
-def load(run_dir: str | Path) -> Classifier:
+def load(run_dir: str | Path, cache: Path | None = None) -> Classifier:
+    """The run's classifier; `cache`: a folder where the precision probe's timings are kept
+    (worker/fastpath.py), so the shards of one prediction probe once."""
     run_dir, spec, _ = check_run(run_dir)
-    return (_load_torch if spec.train.framework == "torch" else _load_keras)(run_dir, spec)
+    return (_load_torch if spec.train.framework == "torch" else _load_keras)(run_dir, spec, cache)
 
 
 def torch_module(run_dir: Path, spec: RunSpec):
@@ -115,36 +120,34 @@ def torch_module(run_dir: Path, spec: RunSpec):
     cfg = spec.train
     torch.manual_seed(cfg.seed)  # the worker's order: seed, then build (a random frozen backbone is this init)
     backbone, head, _ = build(cfg.model, cfg.pretrained)
-    state = torch.load(checkpoint_path(run_dir, spec), map_location="cpu", weights_only=False)["model"]
-    if cfg.freeze_backbone and cfg.feature_cache:
-        head.load_state_dict(state)
-    else:
-        nn.Sequential(backbone, head).load_state_dict(state)
+    trained = head if cfg.freeze_backbone and cfg.feature_cache else nn.Sequential(backbone, head)
+
+    def read(path: Path) -> None:
+        trained.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
+
+    rundir.read_checkpoint(checkpoint_path(run_dir, spec), read, rundir.FIX_RETRAIN.format(run=run_dir))
     normalize, net = backbone
     return nn.Sequential(normalize, net, head).eval()
 
 
-def folded(module):
-    """BatchNorm folded into the convolutions, as the worker's feature pass does: the same numbers,
-    faster. EfficientNet-Lite0 (timm's shape-dependent "same" padding, which torch.fx cannot
-    trace) keeps its BatchNorm layers, as it does there."""
-    from torch.fx.experimental.optimization import fuse
-    from torch.fx.proxy import TraceError
-
-    try:
-        return fuse(module, inplace=True)
-    except TraceError:
-        return module
+def _quiet(message: str) -> None:
+    pass
 
 
-def _load_torch(run_dir: Path, spec: RunSpec) -> Classifier:
+def _load_torch(run_dir: Path, spec: RunSpec, cache: Path | None) -> Classifier:
     import torch
 
-    from ..worker.torch_worker import _autocast_dtype
+    from ..worker import fastpath
+    from ..worker.torch_models import for_inference
 
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    autocast = _autocast_dtype(spec.train.precision, device)
-    module = folded(torch_module(run_dir, spec)).to(device).to(memory_format=torch.channels_last)
+    module = for_inference(torch_module(run_dir, spec))
+    # the worker's rules for its feature pass (inference), decided for this machine; never compiled:
+    # predict's batches change size with the photos
+    job = fastpath.Job.of(spec.train, "features", UNCOUNTED)
+    choice = fastpath.torch_choice(job, module, device, cache, _quiet)
+    module = fastpath.set_memory_format(module.to(device), choice.memory_format)
+    autocast = fastpath.torch_autocast(choice)
 
     @torch.inference_mode()
     def probabilities(images: np.ndarray) -> np.ndarray:
@@ -153,7 +156,7 @@ def _load_torch(run_dir: Path, spec: RunSpec) -> Classifier:
             logits = module(x).float()
         return torch.softmax(logits, 1)[:, CRACK].double().cpu().numpy()
 
-    return Classifier(run_dir, spec, str(device), str(autocast or "fp32").replace("torch.", ""), probabilities, module)
+    return Classifier(run_dir, spec, str(device), choice.precision, probabilities, module)
 
 
 def keras_model(run_dir: Path, spec: RunSpec, policy: str = "float32"):
@@ -170,33 +173,36 @@ def keras_model(run_dir: Path, spec: RunSpec, policy: str = "float32"):
     application, preprocess = APPLICATIONS[cfg.model]
     size = cfg.input_size
     net = application(include_top=False, weights=weights, input_shape=(size, size, 3), pooling="avg")
-    with np.load(checkpoint_path(run_dir, spec)) as saved:
-        trained = [saved[k] for k in sorted((k for k in saved.files if k.startswith("w")), key=lambda k: int(k[1:]))]
     dense = keras.layers.Dense(2, activation="softmax", dtype="float32")
+    x = keras.Input((size, size, 3))
     if cfg.freeze_backbone and cfg.feature_cache:
         features = keras.Input(net.output_shape[1:])
-        head = keras.Model(features, dense(features))
-        head.set_weights(trained)
-        x = keras.Input((size, size, 3))
-        model = keras.Model(x, head(net(x, training=False)))
+        trained = keras.Model(features, dense(features))  # the head, trained on the cached features
+        model = keras.Model(x, trained(net(x, training=False)))
     else:
-        x = keras.Input((size, size, 3))
-        model = keras.Model(x, dense(net(x)))
-        model.set_weights(trained)
+        trained = model = keras.Model(x, dense(net(x)))
+
+    def read(path: Path) -> None:
+        with np.load(path) as saved:
+            weights = sorted((k for k in saved.files if k.startswith("w")), key=lambda k: int(k[1:]))
+            trained.set_weights([saved[k] for k in weights])
+
+    rundir.read_checkpoint(checkpoint_path(run_dir, spec), read, rundir.FIX_RETRAIN.format(run=run_dir))
     return model, preprocess
 
 
-def _load_keras(run_dir: Path, spec: RunSpec) -> Classifier:
+def _load_keras(run_dir: Path, spec: RunSpec, cache: Path | None) -> Classifier:
     import tensorflow as tf
 
-    from ..worker.keras_worker import _policy
+    from ..worker import fastpath
+    from ..worker.keras_worker import choose
 
     device = "gpu:0" if tf.config.list_physical_devices("GPU") else "cpu"
-    policy = _policy(spec.train.precision, device)
-    model, preprocess = keras_model(run_dir, spec, policy)
+    choice = choose(spec, device, "features", UNCOUNTED, cache, _quiet)
+    model, preprocess = keras_model(run_dir, spec, fastpath.keras_policy(choice))
     forward = tf.function(lambda x: model(preprocess(tf.cast(x, tf.float32)), training=False), reduce_retracing=True)
 
     def probabilities(images: np.ndarray) -> np.ndarray:
         return np.asarray(forward(tf.constant(images)), dtype=np.float64)[:, CRACK]
 
-    return Classifier(run_dir, spec, device, policy, probabilities, model)
+    return Classifier(run_dir, spec, device, choice.precision, probabilities, model)

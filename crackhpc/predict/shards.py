@@ -9,23 +9,22 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
-import os
 import re
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import submitit
 
-from .. import atomic, procs, rundir, slurm
+from .. import atomic, procs, rundir
 from ..config import Resources, apply_overrides, validate
 from ..errors import CrackhpcError
+from ..jobs import RecordedJob, attempt
 from ..profiles import RESOURCE_KEYS, Profile, apply_profile
 from ..record import PREDICTION, SweepFolder
 from ..states import RunState
 from . import inputs, maps
+from .model import Classifier
 
 PLAN, PREDICTIONS, SUMMARY, ERRORS, INDEX_MD, INDEX_HTML = (
     "predict.json",
@@ -40,7 +39,7 @@ PREDICTION_COLUMNS = ("image", *maps.PATCH_COLUMNS)
 ERROR_COLUMNS = ("image", "reason")
 # What makes two predictions the same: a rerun with these unchanged resumes, anything else is refused.
 PLAN_KEYS = ("model", "photos", "settings", "shards")
-REPLAN = "delete the prediction folder (or give another --out) and run `crackhpc predict` again"
+FIX_PLAN = "delete the prediction folder (or give another --out) and run `crackhpc predict` again"
 
 
 @dataclass(frozen=True)
@@ -137,13 +136,14 @@ class _Shard:
         # position in the plan → (photo, boxes, probabilities, size); of the photos that failed, → (path, reason)
         self.done: dict[int, tuple] = {}
         self.failed: dict[int, tuple[str, str]] = {}
-        self.pending, self.classifier = [], None
+        self.pending: list[tuple] = []
+        self.classifier: Classifier | None = None
 
     def model(self):
         if self.classifier is None:  # loaded only when a photo needs it: a resumed shard may need none
             from .model import load
 
-            self.classifier = load(self.plan["model"])
+            self.classifier = load(self.plan["model"], SweepFolder(self.out_dir).cache)
         return self.classifier
 
     def run(self) -> dict:
@@ -197,6 +197,7 @@ class _Shard:
             "seconds": round(seconds, 3),
             "photos_per_s": round(len(summary) / seconds, 3) if seconds else None,
             "device": self.classifier.device if self.classifier else None,
+            "precision": self.classifier.precision if self.classifier else None,
         }
 
     def _flush(self) -> None:
@@ -228,66 +229,59 @@ class _Shard:
 
 
 def run_shard(out_dir: str | Path, shard_id: str) -> dict:
-    """Classify one shard's photos; its result.json says completed (with counts) or failed (with the error)."""
+    """Classify one shard's photos; its result.json says completed (with counts), failed (with the
+    error) or cancelled."""
     out_dir = Path(out_dir).resolve()
-    plan = atomic.read_json(out_dir / PLAN, REPLAN)
+    plan = atomic.read_json(out_dir / PLAN, FIX_PLAN)
     shard_dir = out_dir / shard_id
     # Its own process, as the worker records it: `crackhpc status` tells a local shard that died
     # from one still running, and `crackhpc cancel` stops it.
     rundir.update_result(
         shard_dir, run_id=shard_id, status=RunState.RUNNING, started=rundir.now(), error=None, process=procs.identity()
     )
-    try:
+
+    def classify() -> dict:
         if rundir.read_config(plan["model"]).train.framework == "torch":
             import torch
 
             torch.set_num_threads(max(1, plan.get("cpus_per_task") or 1))  # the task's CPUs, as the worker does
-        counts = _Shard(out_dir, plan, shard_id).run()
-    except Exception as exc:
-        rundir.update_result(
-            shard_dir,
-            status=RunState.FAILED,
-            error=f"{type(exc).__name__}: {exc}",
-            traceback=traceback.format_exc(),
-            finished=rundir.now(),
-        )
-        raise
-    rundir.update_result(shard_dir, status=RunState.COMPLETED, finished=rundir.now(), **counts)
-    return counts
+        return _Shard(out_dir, plan, shard_id).run()
+
+    return attempt(shard_dir, classify, lambda message: print(f"{shard_id}: {message}", flush=True))
 
 
-class ShardJob(submitit.helpers.Checkpointable):
+class ShardJob(RecordedJob):
     """What goes out per shard. Requeued at a time limit, it resumes: finished photos are kept."""
 
-    def __init__(self, out_dir: str | Path, shard_id: str):
-        self.out_dir, self.shard_id = str(out_dir), shard_id
-
-    def __call__(self) -> dict:
-        return run_shard(self.out_dir, self.shard_id)
-
-    def checkpoint(self, *args, **kwargs):
-        shard_dir = Path(self.out_dir) / self.shard_id
-        rundir.update_result(
-            shard_dir, status=RunState.REQUEUED, requeues=rundir.read_result(shard_dir).get("requeues", 0) + 1
-        )
-        return super().checkpoint(*args, **kwargs)
+    def run(self) -> dict:
+        return run_shard(Path(self.folder).parent, Path(self.folder).name)
 
 
 # -- the whole prediction: plan, submit, wait, merge ------------------------------------------
 
+FIX_KIND = "give --out a new folder for the predictions"
+
 
 @dataclass(frozen=True)
-class _Unit:
-    """A shard where the launcher's planning expects a run spec: only its id is read."""
+class Prediction:
+    """What `crackhpc predict` is asked for, besides the model."""
 
-    run_id: str
+    images: tuple[str, ...]
+    out: Path
+    executor: str = "auto"
+    settings: Settings = Settings()
+    shards: int | None = None
+    per_task: int = 500
+    overrides: tuple[str, ...] = ()  # --set resources.KEY=VALUE
+    wait: bool | None = None  # None: wait for local jobs, not for Slurm's
+    profile: Profile | None = None  # --cluster
 
 
 def _check_same(out_dir: Path, plan: dict) -> None:
     path = out_dir / PLAN
     if not path.is_file():
         return
-    old = atomic.read_json(path, REPLAN)
+    old = atomic.read_json(path, FIX_PLAN)
     changed = [k for k in PLAN_KEYS if old.get(k) != plan.get(k)]
     if changed:
         raise CrackhpcError(
@@ -302,78 +296,54 @@ def n_shards_for(n_photos: int, shards: int | None, per_task: int) -> int:
     return max(1, min(n_photos, shards if shards is not None else math.ceil(n_photos / per_task)))
 
 
-def predict(
-    run_dir: Path,
-    images: list[str],
-    out_dir: Path,
-    executor_kind: str = "auto",
-    settings: Settings = Settings(),
-    shards: int | None = None,
-    per_task: int = 500,
-    overrides: list[str] = (),
-    wait: bool | None = None,
-    profile: Profile | None = None,
-    echo=print,
-) -> int:
+def predict(run_dir: Path, ask: Prediction, echo=print) -> int:
     """Plan, submit the shards that need it, wait (unless Slurm without --wait), merge when every
     shard is done. Returns the exit code: 0 all photos done, 1 some photo or shard failed."""
-    from ..launcher import make_executor, plan, resolve_executor, say_orphans, wait_for
+    from ..engine import SUBMIT, Engine, Unit, resolve_executor
     from ..status import run_statuses
     from .model import check_run
 
-    settings.check()
+    ask.settings.check()
     run_dir, spec, _ = check_run(run_dir)
-    photos, input_errors = inputs.expand(images)
+    photos, input_errors = inputs.expand(list(ask.images))
     if not photos:
         raise CrackhpcError(
             "no photos to predict: " + "; ".join(f"{a}: {r}" for a, r in input_errors[:3])
             if input_errors
-            else f"no photos ({', '.join(inputs.PHOTO_SUFFIXES)}) in {' '.join(images)}"
+            else f"no photos ({', '.join(inputs.PHOTO_SUFFIXES)}) in {' '.join(ask.images)}"
         )
-    kind = resolve_executor(executor_kind)
-    folder = SweepFolder(Path(out_dir).resolve())
+    kind = resolve_executor(ask.executor)
+    folder = SweepFolder(Path(ask.out).resolve())
     out_dir = folder.path
-    resources = prediction_resources(spec.resources, list(overrides), profile)
-    the_plan = make_plan(
-        run_dir, photos, input_errors, settings, n_shards_for(len(photos), shards, per_task), resources
-    )
-    _check_same(out_dir, the_plan)
-    units = [_Unit(s) for s in the_plan["shards"]]
-    with folder.lock():  # one command at a time submits to the folder, as for a sweep
+    resources = prediction_resources(spec.resources, list(ask.overrides), ask.profile)
+    n_shards = n_shards_for(len(photos), ask.shards, ask.per_task)
+    the_plan = make_plan(run_dir, photos, input_errors, ask.settings, n_shards, resources)
+    shards = list(the_plan["shards"])
+    engine = Engine(folder, PREDICTION, kind, echo)
+    with engine.locked(FIX_KIND) as record:  # one command at a time submits to the folder, as for a sweep
+        _check_same(out_dir, the_plan)
         atomic.write_json(out_dir / PLAN, the_plan)
-        record = folder.load()
-        record.kind, record.model = PREDICTION, str(run_dir)
-        record.executor, record.current_runs = kind, [u.run_id for u in units]
-        actions = plan(units, folder, record, retry_failed=True)  # before this process is the owner
-        record.owner = {**procs.identity(), "since": rundir.now()}
-        folder.save(record)
-        todo = [u for u in units if actions[u.run_id] == "submit"]
+        record.model, record.current_runs = str(run_dir), shards
+        actions = engine.plan(shards, retry_failed=True)  # before this process is the owner
+        engine.own()
+        todo = [s for s in shards if actions[s] == SUBMIT]
         echo(
             f"predict: {len(photos)} photos with {spec.run_id} ({spec.train.framework} {spec.train.model}, "
-            f"{spec.train.input_size} px), {len(units)} shards, {len(todo)} to submit, executor {kind}, out {out_dir}"
+            f"{spec.train.input_size} px), {len(shards)} shards, {len(todo)} to submit, executor {kind}, out {out_dir}"
         )
-        say_orphans(actions, folder, record, echo)
-        jobs = []
-        if todo:
-            executor = make_executor(kind, folder.submitit, slurm.submitit_parameters(resources, kind, "predict"))
-            for unit in todo:  # a new attempt: status and cancel read result.json as the latest job's state
-                rundir.reset_result(folder.run(unit.run_id), run_id=unit.run_id, status=RunState.PENDING)
-            record.submitted = rundir.now()
-            jobs = _submit(executor, kind, todo, folder, record, resources)
-            echo(f"  jobs {', '.join(str(j.job_id) for _, j in jobs)}; logs in {folder.submitit}")
-        if jobs and (wait if wait is not None else kind != "slurm"):
-            wait_for(jobs, folder, record, kind)
-            record.finished = rundir.now()
-            folder.save(record)
+        engine.say_orphans(actions)
+        for shard in todo:  # a new attempt: status and cancel read result.json as the latest job's state
+            rundir.reset_result(folder.run(shard), run_id=shard, status=RunState.PENDING)
+        units = [Unit(s, ShardJob(folder.run(s)), resources, "predict") for s in todo]
+        engine.run(units, ask.wait if ask.wait is not None else kind != "slurm")
     # The merged state, as `crackhpc status` shows it: a job Slurm killed (time limit, memory) is
     # not left waiting as "running" when its worker could not record the end.
-    states = {r.run_id: r for r in run_statuses(folder, [u.run_id for u in units], record)}
+    states = {r.run_id: r for r in run_statuses(folder, shards, folder.load())}
     failed = [r for r in states.values() if r.state is not RunState.COMPLETED and not r.live]
     for r in failed:
         echo(f"  {r.run_id}: {r.state.value}" + (f": {r.note}" if r.note else ""))
     if any(r.state is not RunState.COMPLETED for r in states.values()):
-        unfinished = sum(r.live for r in states.values())
-        if unfinished:
+        if unfinished := sum(r.live for r in states.values()):
             echo(
                 f"{unfinished} shard(s) queued or running: `crackhpc status {out_dir}`; run this command again "
                 f"to merge once they are done"
@@ -392,40 +362,6 @@ def predict(
     return 1 if n_errors else 0
 
 
-def _submit(executor, kind: str, units: list[_Unit], folder: SweepFolder, record, res: Resources) -> list:
-    """The shards' jobs, each recorded (and the record saved) as it goes out, so an interrupt
-    loses no job id: one job array on Slurm (several where there are more shards than its
-    MaxArraySize); local processes share this machine's cores, at most cores/cpus_per_task at a time."""
-    from submitit.helpers import as_completed
-
-    def recorded(unit, job):
-        process = procs.identity(int(job.job_id)) if kind == "local" else None
-        record.add_job(unit.run_id, job.job_id, kind, job.paths.stdout, job.paths.stderr, process)
-        folder.save(record)
-        return unit, job
-
-    if kind == "slurm":
-        jobs = []
-        for array in slurm.split_arrays([units], slurm.max_array_size()):  # more shards than MaxArraySize: several
-            with executor.batch():
-                submitted = [(u, executor.submit(ShardJob(folder.path, u.run_id))) for u in array]
-            jobs += [recorded(u, j) for u, j in submitted]
-        return jobs
-    limit = (
-        max(1, min(res.array_parallelism, (os.cpu_count() or 1) // res.cpus_per_task))
-        if kind == "local"
-        else len(units)
-    )
-    running, submitted = [], []
-    for unit in units:
-        if len(running) >= limit:
-            running.remove(next(as_completed(running, poll_frequency=0.5)))
-        job = executor.submit(ShardJob(folder.path, unit.run_id))
-        running.append(job)
-        submitted.append(recorded(unit, job))
-    return submitted
-
-
 def _read_rows(path: Path) -> list[dict]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
@@ -435,7 +371,7 @@ def merge(out_dir: str | Path) -> tuple[int, int]:
     """The shards' parts → predictions.csv, summary.csv, errors.csv (photo order) and the page of
     overlays, most cracked first. Returns (photos done, photos not)."""
     out_dir = Path(out_dir)
-    plan = atomic.read_json(out_dir / PLAN, REPLAN)
+    plan = atomic.read_json(out_dir / PLAN, FIX_PLAN)
     predictions, summary, errors = [], [], []
     for shard in plan["shards"]:
         predictions += _read_rows(out_dir / shard / PREDICTIONS)

@@ -17,6 +17,7 @@ import pandas as pd
 
 from .. import atomic, plots, provenance, rundir
 from ..errors import CrackhpcError
+from ..states import RunState
 from .document import Document
 from .evidence import TestSplits, confusion, load_image, read_metrics, read_misclassified
 from .reading import READ_CACHE, ReadCache, read_or_note, read_settings
@@ -51,7 +52,7 @@ def _plots_version() -> str:
 def figure_runs(df: pd.DataFrame, figures: int | Sequence[str]) -> list[str]:
     """The completed runs that get figures, in the order of `df`: the `figures` best and as many
     worst by test accuracy (every one when there are no more than twice that), or those named."""
-    done = df[df["status"] == "completed"]
+    done = df[df["status"] == RunState.COMPLETED.value]
     if isinstance(figures, int):
         if len(done) <= 2 * figures:
             return list(done["run_id"])
@@ -357,7 +358,7 @@ class Report:
         return read_or_note(self.sweep_dir / run_id / rundir.METRICS, read_metrics, self.notes)
 
     def _figures(self, shown: list[str]) -> None:
-        done = self.df[self.df["status"] == "completed"]
+        done = self.df[self.df["status"] == RunState.COMPLETED.value]
         if done.empty:
             self.doc.para("No completed runs yet: figures appear once runs complete.")
             return

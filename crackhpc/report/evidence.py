@@ -22,7 +22,7 @@ def read_misclassified(run_dir: Path) -> list[dict[str, str]]:
     path = run_dir / rundir.MISCLASSIFIED
     if not path.is_file():
         return []
-    fix = rundir.REDO.format(run=run_dir)
+    fix = rundir.FIX_REDO.format(run=run_dir)
     try:
         reader = csv.DictReader(io.StringIO(path.read_bytes().decode("utf-8"), newline=""))
         if tuple(reader.fieldnames or ()) != rundir.MISCLASSIFIED_COLUMNS:
@@ -117,7 +117,7 @@ def confusion(run_dir: Path, n_test: int | None, splits: TestSplits | None = Non
     if min(matrix[0][0], matrix[1][1]) < 0:
         raise CrackhpcError(
             f"{run_dir / rundir.MISCLASSIFIED}: more misclassified images than test images in "
-            f"{run_dir / rundir.SPLIT}; the two files are from different runs: " + rundir.REDO.format(run=run_dir)
+            f"{run_dir / rundir.SPLIT}; the two files are from different runs: " + rundir.FIX_REDO.format(run=run_dir)
         )
     note = None
     total = negatives + positives

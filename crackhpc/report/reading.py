@@ -15,7 +15,7 @@ import yaml
 from .. import atomic, rundir
 from ..config import Resources, validate
 from ..errors import CrackhpcError
-from ..record import SweepFolder, SweepRecord
+from ..record import PREDICTION, SweepFolder, SweepRecord
 
 T = TypeVar("T")
 HPARAMS = ("pretrained", "freeze_backbone", "epochs", "batch_size", "optimizer", "lr", "input_size", "seed", "backend")
@@ -45,7 +45,7 @@ def read_or_note(path: Path, reader: Callable[[Path], T], notes: list[str], fix:
     except (OSError, ValueError, csv.Error, yaml.YAMLError) as exc:  # ValueError: JSON, UTF-8, pandas, ours
         if isinstance(exc, PermissionError):
             fix = "give the report's user read permission on it"
-        notes.append(f"{path}: {problem_text(exc)}; {fix or rundir.REDO.format(run=path.parent)}")
+        notes.append(f"{path}: {problem_text(exc)}; {fix or rundir.FIX_REDO.format(run=path.parent)}")
     return None
 
 
@@ -118,5 +118,14 @@ def run_dirs(sweep_dir: Path, everything: bool = True, notes: list[str] | None =
 
 def runs_and_record(sweep_dir: Path, everything: bool, notes: list[str]) -> tuple[list[Path], SweepRecord]:
     folder = SweepFolder(sweep_dir)
+    if (folder.path / rundir.CONFIG).is_file():
+        raise CrackhpcError(
+            f"{folder.path}: a run folder, not a sweep folder: give its sweep folder, {folder.path.parent}"
+        )
     record = read_or_note(folder.record_path, lambda _: folder.load(), notes) or SweepRecord()
+    if record.kind == PREDICTION:  # its summary.csv is a table of photos, which a report would replace
+        raise CrackhpcError(
+            f"{folder.path}: a prediction folder of `crackhpc predict`, not a sweep folder: its tables are "
+            f"summary.csv and predictions.csv there, its page index.html; `crackhpc status {folder.path}` follows it"
+        )
     return [folder.run(run_id) for run_id in folder.run_ids(record, everything)], record

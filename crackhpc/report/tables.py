@@ -116,7 +116,7 @@ def _summary_row(run_dir: Path, notes: list[str], cache: ReadCache, splits: Test
         result = {}
     else:
         row.update({k: result.get(k) for k in SUMMARY_COLUMNS if k in result and k != "run_id"})
-        row["status"] = result.get("status", "pending")
+        row["status"] = result.get("status", RunState.PENDING.value)
         row.update(provenance.columns(result))
     if (run_dir / rundir.CONFIG).is_file():
         config = read_or_note(run_dir / rundir.CONFIG, lambda p: cache.get(p, read_settings), notes)
@@ -132,7 +132,7 @@ def _summary_row(run_dir: Path, notes: list[str], cache: ReadCache, splits: Test
             cpu_efficiency=None if eff is None else round(eff, 3),
             resource_hints="; ".join(usage.hints()),
         )
-    if row["status"] == "completed":
+    if row["status"] == RunState.COMPLETED.value:
         cm = read_or_note(run_dir / rundir.MISCLASSIFIED, lambda _: confusion(run_dir, None, splits), notes)
         if cm is not None:
             row.update(tp=cm.tp, fp=cm.fp, fn=cm.fn, tn=cm.tn)
@@ -167,11 +167,13 @@ def varying_keys(df: pd.DataFrame) -> list[str]:
 def comparison(df: pd.DataFrame) -> pd.DataFrame:
     """Mean, std and n of each metric per framework, model and the hyper-parameters that vary, over seeds."""
     keys = ["framework", "model", *varying_keys(df)]
-    done = df[df["status"] == "completed"].copy()
+    done = df[df["status"] == RunState.COMPLETED.value].copy()
     for col in METRICS:
         done[col] = pd.to_numeric(done[col], errors="coerce")
     counts = df.groupby(keys, dropna=False).agg(runs=("run_id", "count"))
-    counts["completed"] = df.assign(ok=df["status"].eq("completed")).groupby(keys, dropna=False)["ok"].sum()
+    counts["completed"] = (
+        df.assign(ok=df["status"].eq(RunState.COMPLETED.value)).groupby(keys, dropna=False)["ok"].sum()
+    )
     stats = done.groupby(keys, dropna=False)[list(METRICS)].agg(["mean", "std"])
     stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
     units = done.groupby(keys, dropna=False)["compute_unit"].agg(lambda s: "/".join(sorted(set(s.dropna()))))

@@ -10,17 +10,19 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-import traceback
 from pathlib import Path
-
-import submitit
 
 from .. import atomic, procs, rundir
 from ..attempts import worker_start
 from ..errors import CrackhpcError
+from ..jobs import RecordedJob, attempt
 from ..provenance import record_runtime
 from ..states import RunState
 from .distributed import DistEnv, from_environment
+
+
+class UnreadableRun(CrackhpcError):
+    """The run folder's config.yaml is missing or damaged: nothing to train."""
 
 
 def _logger(run_dir: Path, env: DistEnv):
@@ -46,11 +48,16 @@ def run(run_dir: str | Path) -> dict:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         spec = rundir.read_config(run_dir)
-    except CrackhpcError as exc:
-        if env.is_main and run_dir.is_dir():
+    except (FileNotFoundError, CrackhpcError) as exc:
+        if env.is_main and (run_dir / rundir.CONFIG).is_file():
             rundir.update_result(run_dir, status=RunState.FAILED, error=str(exc), finished=rundir.now())
-        raise
+        raise UnreadableRun(str(exc)) from None
     log = _logger(run_dir, env)
+    if request := rundir.stop_requested(run_dir):  # e.g. cancelled while its job waited to start
+        log(f"{spec.run_id}: not started: a stop request asks it to end {request.get('state')}")
+        if env.is_main:
+            rundir.update_result(run_dir, status=RunState.parse(str(request.get("state"))), finished=rundir.now())
+        return {}
     if env.is_main:
         atomic.remove_stale(run_dir)  # a killed attempt's half-written checkpoint
         # Slurm's own count covers requeues that no Worker.checkpoint saw: a plain sbatch script's
@@ -71,51 +78,27 @@ def run(run_dir: str | Path) -> dict:
     log(
         f"{spec.run_id}: {spec.train.framework} {spec.train.model}, {spec.train.epochs} epochs, world size {env.world_size}"
     )
-    try:
+
+    def train() -> dict:
         if env.is_main:  # in here: it imports the framework, which an interrupt may cut short
             record_runtime(run_dir, spec.train.framework, spec.train.backend)
         if spec.train.framework == "torch":
             from .torch_worker import train
         else:
             from .keras_worker import train
-        metrics = train(spec, run_dir, env, log)
-    except KeyboardInterrupt:
-        # Ctrl-C, or `crackhpc cancel` stopping a local job: the run was stopped, it did not fail.
-        if env.is_main:
-            rundir.update_result(run_dir, status=RunState.CANCELLED, error="interrupted", finished=rundir.now())
-        log("interrupted")
-        raise
-    except Exception as exc:
-        if env.is_main:
-            rundir.update_result(
-                run_dir,
-                status=RunState.FAILED,
-                error=f"{type(exc).__name__}: {exc}",
-                traceback=traceback.format_exc(),
-                finished=rundir.now(),
-            )
-        log(f"failed: {type(exc).__name__}: {exc}")
-        raise
-    if env.is_main:
-        rundir.update_result(run_dir, status=RunState.COMPLETED, finished=rundir.now(), **metrics)
-    log(f"completed: test acc {metrics['test_acc']:.4f}, test loss {metrics['test_loss']:.4f}")
+        return train(spec, run_dir, env, log)
+
+    metrics = attempt(run_dir, train, log, record=env.is_main)
+    if metrics:  # none when a stop request ended it
+        log(f"completed: test acc {metrics['test_acc']:.4f}, test loss {metrics['test_loss']:.4f}")
     return metrics
 
 
-class Worker(submitit.helpers.Checkpointable):
-    """What the launcher submits. On a time limit or preemption submitit calls `checkpoint`,
-    which requeues this same callable; the rerun resumes from the run folder's last epoch."""
+class Worker(RecordedJob):
+    """What the engine submits for a training run; a requeued one resumes from its last epoch."""
 
-    def __init__(self, run_dir: str | Path):
-        self.run_dir = str(run_dir)
-
-    def __call__(self) -> dict:
-        return run(self.run_dir)
-
-    def checkpoint(self, *args, **kwargs):
-        result = rundir.read_result(self.run_dir)
-        rundir.update_result(self.run_dir, status=RunState.REQUEUED, requeues=result.get("requeues", 0) + 1)
-        return super().checkpoint(*args, **kwargs)
+    def run(self) -> dict:
+        return run(self.folder)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,9 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         run(args[0])
-    except (FileNotFoundError, CrackhpcError) as exc:
+    except UnreadableRun as exc:  # bad input, as for every crackhpc command
         print(f"error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, FileNotFoundError) else 1
+        return 2
+    except CrackhpcError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except Exception as exc:

@@ -18,7 +18,8 @@ from ..config import RunSpec, TrainConfig
 from ..data.images import ImageCache
 from ..data.layout import CLASSES, Item
 from ..data.split import manifest_hash, read_manifest
-from ..errors import DamagedFileError, DataError
+from ..errors import DataError
+from ..jobs import Stopped
 from ..record import CACHE
 from ..states import RunState
 from .distributed import DistEnv
@@ -85,6 +86,14 @@ def features(
     return feats, status
 
 
+def record_choice(run_dir: Path, env: DistEnv, log, choice) -> None:
+    """How the run uses the hardware (a fastpath.Choice), in worker.log and in result.json as soon
+    as it is decided: a running run already says it."""
+    log(choice.describe())
+    if env.is_main:
+        rundir.update_result(run_dir, **choice.fields())
+
+
 def bookkeeping(epoch: int, rows: list, elapsed: float, data: RunData) -> dict:
     """What a checkpoint holds besides the weights: where the run is, and on which split it trained."""
     return {"epoch": epoch, "rows": rows, "elapsed": elapsed, "manifest": data.manifest}
@@ -95,16 +104,7 @@ def resume(path: Path, data: RunData, log, read: Callable[[Path], dict]) -> dict
     framework's file into the model and optimizer and returns its bookkeeping."""
     if not path.exists():
         return {"epoch": 0, "rows": [], "elapsed": 0.0}
-    try:
-        state = read(path)
-    except (DataError, DamagedFileError):
-        raise
-    except Exception as exc:  # truncated, overwritten, from another model: each framework has its own words
-        raise DamagedFileError(
-            path,
-            f"cannot be read ({type(exc).__name__}: {exc})",
-            "delete it to restart the run from its first epoch, then `crackhpc sweep --retry-failed`",
-        ) from None
+    state = rundir.read_checkpoint(path, read, rundir.FIX_RESTART)
     if state.get("manifest", data.manifest) != data.manifest:
         # A dataset changed between a kill and the resume re-draws the split: resuming would test on trained images.
         raise DataError(
@@ -131,6 +131,7 @@ class Trainer(Protocol):
     def train_epoch(self, epoch: int) -> tuple[float, float, int]: ...
     def evaluate(self, split: str) -> tuple[float, float, list[Record]]: ...
     def save_checkpoint(self, epoch: int, rows: list, elapsed: float) -> None: ...
+    def agree(self, flag: bool) -> bool: ...  # True on every rank if it is on any
 
 
 @dataclass(frozen=True)
@@ -158,12 +159,16 @@ def _record_epoch(trainer: Trainer, rows: list[rundir.Epoch], elapsed_s: float, 
         f"epoch {row.epoch}/{trainer.cfg.epochs}: train loss {row.train_loss:.4f} acc {row.train_acc:.4f}, "
         f"val loss {row.val_loss:.4f} acc {row.val_acc:.4f} ({row.epoch_time_s:.1f}s)"
     )
+    request = None
     if trainer.env.is_main:
         atomic.write_csv(trainer.run_dir / rundir.METRICS, rundir.METRIC_COLUMNS, rows)
         if events is not None:
             events.epoch(row, trainer.cfg.lr)
         trainer.save_checkpoint(row.epoch, rows, elapsed_s)
         rundir.update_result(trainer.run_dir, status=RunState.RUNNING, epochs_done=row.epoch)
+        request = rundir.stop_requested(trainer.run_dir)
+    if trainer.agree(request is not None):  # every rank stops at the same epoch, or collectives would hang
+        raise Stopped(request or {})
 
 
 def fit(trainer: Trainer, start: float, state: dict) -> Outcome:

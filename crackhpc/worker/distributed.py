@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from dataclasses import dataclass
+
+from .. import slurm
 
 
 @dataclass(frozen=True)
@@ -56,15 +57,6 @@ def _port(job_id: str) -> int:
     return 20000 + int(digits[-6:]) % 20000
 
 
-def _hostnames(nodelist: str) -> tuple[str, ...]:
-    try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
-        hosts = tuple(out.stdout.split())
-    except (OSError, subprocess.CalledProcessError):
-        hosts = ()
-    return hosts or tuple(nodelist.split(","))
-
-
 def from_environment() -> DistEnv:
     restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
     if "SUBMITIT_EXECUTOR" in os.environ or "SUBMITIT_LOCAL_JOB_ID" in os.environ:
@@ -84,7 +76,7 @@ def from_environment() -> DistEnv:
         )
     if "SLURM_PROCID" in os.environ and "SLURM_STEP_ID" in os.environ:
         job = os.environ.get("SLURM_JOB_ID", "")
-        nodes = _hostnames(os.environ.get("SLURM_JOB_NODELIST", "127.0.0.1"))
+        nodes = slurm.hostnames(os.environ.get("SLURM_JOB_NODELIST", "127.0.0.1"))
         return DistEnv(
             int(os.environ["SLURM_PROCID"]),
             int(os.environ.get("SLURM_LOCALID", 0)),

@@ -36,7 +36,7 @@ import tensorflow as tf
 from .. import atomic, rundir
 from ..config import RunSpec
 from ..weights import locate
-from . import backends, common
+from . import backends, common, fastpath
 from .distributed import DistEnv
 from .features import FeatureKey
 
@@ -123,10 +123,23 @@ def _inference(model):
     return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
 
-def _policy(precision: str, device: str) -> str:
-    if precision == "bf16" or (precision == "auto" and device != "cpu"):
-        return "mixed_bfloat16"  # no loss scaling needed, unlike float16
-    return "float32"
+def choose(spec: RunSpec, device: str, phase: str, images: int, cache_dir: Path | None, log) -> fastpath.Choice:
+    """fp32 or bf16 for this run's network on this device (fastpath), timed on a random-init copy
+    of it: the backbone for the feature pass, backbone and head for training."""
+    cfg = spec.train
+    application, _ = APPLICATIONS[cfg.model]
+    size = cfg.input_size
+
+    def network():
+        net = application(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")
+        if phase == "features":
+            return net
+        net.trainable = not cfg.freeze_backbone
+        x = keras.Input((size, size, 3))
+        return keras.Model(x, keras.layers.Dense(2, activation="softmax", dtype="float32")(net(x)))
+
+    job = fastpath.Job.of(cfg, phase, images)
+    return fastpath.keras_choice(job, network, device, max(1, spec.resources.cpus_per_task), cache_dir, log)
 
 
 class Trainer:
@@ -134,13 +147,19 @@ class Trainer:
         self.spec, self.cfg, self.run_dir, self.env, self.log, self.comm = spec, spec.train, run_dir, env, log, comm
         self.backend = comm.name
         self.device = device
-        self.policy = _policy(self.cfg.precision, device)
 
     # -- data and model -------------------------------------------------------------------
     def prepare(self) -> None:
         cfg = self.cfg
-        keras.mixed_precision.set_global_policy(self.policy)
         self.data = data = common.load_data(self.spec, self.run_dir, common.cpu_workers(self.spec), self.log)
+        self.feature_mode = cfg.freeze_backbone and cfg.feature_cache
+        phase, images = (
+            ("features", len(data.items)) if self.feature_mode else ("train", cfg.epochs * len(data.index["train"]))
+        )
+        self.choice = choose(self.spec, self.device, phase, images, data.cache_dir, self.log)
+        common.record_choice(self.run_dir, self.env, self.log, self.choice)
+        self.policy = fastpath.keras_policy(self.choice)  # softmax head kept float32 below
+        keras.mixed_precision.set_global_policy(self.policy)
         weights, weights_id = None, f"random-seed{cfg.seed}"
         if cfg.pretrained:
             path, wf = locate("keras", cfg.model)
@@ -154,7 +173,6 @@ class Trainer:
             net.trainable = not cfg.freeze_backbone  # frozen: BatchNorm keeps its statistics, as in torch
             return net
 
-        self.feature_mode = cfg.freeze_backbone and cfg.feature_cache
         self.inputs, self.preprocess, self.feature_cache = data.images, preprocess, "off"
         if self.feature_mode:
             extractor = _inference(backbone())  # outside the strategy: it runs forward only, on one rank at a time
@@ -252,6 +270,9 @@ class Trainer:
         slots = np.zeros(self.env.world_size)
         slots[self.env.rank] = int(common.state_digest(self.model.get_weights())[:12], 16)
         return len(set(self.comm.all_sum(slots))) == 1
+
+    def agree(self, flag: bool) -> bool:
+        return bool(self.comm.all_sum(np.array([float(flag)]))[0])
 
     # -- checkpoints ----------------------------------------------------------------------
     def load_checkpoint(self) -> dict:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
-from torch.fx.experimental.optimization import fuse
+from torch import fx, nn
 from torch.fx.proxy import TraceError
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..weights import locate
+from . import fastpath
+from .fastpath import Choice
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -26,16 +28,18 @@ def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 class Normalize(nn.Module):
-    """uint8 NHWC batches → normalised float NCHW, channels_last (faster convolutions)."""
+    """uint8 NHWC batches → normalised float NCHW in `memory_format` (fastpath.set_memory_format
+    sets it with the network's: a convolution runs channels_last if its input or weight is)."""
 
     def __init__(self, mean=MEAN, std=STD):
         super().__init__()
         self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std).view(1, 3, 1, 1)))
         self.register_buffer("shift", (torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1))
+        self.memory_format = torch.channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 3, 1, 2).float()
-        return (x * self.scale - self.shift).contiguous(memory_format=torch.channels_last)
+        return (x * self.scale - self.shift).contiguous(memory_format=self.memory_format)
 
 
 def build(name: str, pretrained: bool, num_classes: int = 2) -> tuple[nn.Module, nn.Module, str]:
@@ -74,30 +78,71 @@ def _efficientnet_lite0(pretrained: bool, num_classes: int) -> tuple[nn.Module, 
     return nn.Sequential(Normalize(*normalization("efficientnet_lite0")), net), head, weights_id
 
 
+class _ConvNormLeaves(fx.Tracer):
+    """Traces a network down to its convolutions and BatchNorms, not into them: a subclass's own
+    forward need not be traceable (timm's TF-"same" padding sizes its pad from the input's shape,
+    which stops torch.fx's tracing and its `fuse` with it)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, (nn.Conv2d, nn.BatchNorm2d)) or super().is_leaf_module(m, module_qualified_name)
+
+
+def _fold_batchnorm(module: nn.Module) -> nn.Module:
+    """`module` (in eval mode) with each BatchNorm that only follows a convolution folded into it."""
+    graph = fx.GraphModule(module, _ConvNormLeaves().trace(module))
+    modules = dict(graph.named_modules())
+    for node in list(graph.graph.nodes):
+        norm = modules.get(node.target) if node.op == "call_module" else None
+        conv_node = node.args[0] if node.args else None
+        if not (
+            isinstance(norm, nn.BatchNorm2d)
+            and norm.track_running_stats
+            and isinstance(conv_node, fx.Node)
+            and conv_node.op == "call_module"
+            and isinstance(modules[conv_node.target], nn.Conv2d)
+            and len(conv_node.users) == 1
+        ):
+            continue
+        if type(norm) is nn.BatchNorm2d:
+            node.replace_all_uses_with(conv_node)
+            graph.graph.erase_node(node)
+        elif type(norm).__name__ == "BatchNormAct2d":  # timm's: the norm, then its dropout and activation
+            graph.set_submodule(str(node.target), nn.Sequential(norm.drop, norm.act))
+        else:
+            continue  # another subclass of BatchNorm2d: its forward may do more than normalise
+        graph.set_submodule(str(conv_node.target), fuse_conv_bn_eval(modules[conv_node.target], norm))
+    graph.graph.lint()
+    graph.recompile()
+    return graph
+
+
+def for_inference(module: nn.Module) -> nn.Module:
+    """`module` in eval mode, each BatchNorm after a convolution folded into it: in eval mode
+    BatchNorm is a fixed affine map, so the same outputs come with one pass less over every
+    activation. Normalize stays a module: a traced one would keep the memory format it was traced in."""
+    if isinstance(module, nn.Sequential):
+        return nn.Sequential(*(m.eval() if isinstance(m, Normalize) else for_inference(m) for m in module)).eval()
+    try:
+        return _fold_batchnorm(module.eval())
+    except TraceError:
+        return module  # data-dependent control flow: the network runs as it is, BatchNorm unfolded
+
+
 @torch.no_grad()
 def extract(
-    backbone: nn.Module,
-    images: np.ndarray,
-    device: torch.device,
-    batch: int = 64,
-    autocast_dtype: torch.dtype | None = None,
+    backbone: nn.Module, images: np.ndarray, device: torch.device, batch: int = 64, choice: Choice | None = None
 ) -> np.ndarray:
-    # In eval mode BatchNorm is a fixed affine map, so it folds into the convolution before it:
-    # the same features with one pass less over every activation. `inplace` spares a copy of the
-    # whole network (VGG16: 0.5 GB); the fused convolutions are new modules all the same.
-    try:
-        backbone = fuse(backbone.eval(), inplace=True)
-    except TraceError:
-        # timm's TF-"same" padding sizes its pad from the input's shape, which torch.fx cannot
-        # trace: EfficientNet-Lite0 keeps its BatchNorm layers (the same features, a little slower)
-        pass
-    backbone = backbone.to(device)
-    if device.type == "cpu":
-        backbone = backbone.to(memory_format=torch.channels_last)
+    """The features of `images` (uint8 NHWC) through `backbone` (for_inference's), in the precision,
+    memory format and compilation of `choice` (fp32, channels_last, eager without one)."""
+    choice = choice or Choice("fp32", "", "channels_last")
+    backbone = fastpath.set_memory_format(backbone.eval().to(device), choice.memory_format)
+    compiled = torch.compile(backbone) if choice.compile else backbone
+    dtype = fastpath.torch_autocast(choice)
     chunks = []
     for start in range(0, len(images), batch):
         # a writable copy: torch warns on wrapping the image cache's read-only memory map
         x = torch.from_numpy(np.array(images[start : start + batch])).to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            chunks.append(backbone(x).float().cpu())
+        net = compiled if len(x) == batch else backbone  # a last, smaller batch would compile again
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            chunks.append(net(x).float().cpu())
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)

@@ -21,10 +21,10 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 from .. import atomic, rundir
 from ..config import RunSpec
-from . import backends, common
+from . import backends, common, fastpath
 from .distributed import DistEnv
 from .features import FeatureKey
-from .torch_models import build, extract
+from .torch_models import build, extract, for_inference
 
 
 class _Gather(torch.utils.data.Dataset):
@@ -47,12 +47,6 @@ def _device(env: DistEnv) -> torch.device:
         torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
-
-
-def _autocast_dtype(precision: str, device: torch.device):
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
 
 
 class _Single:
@@ -120,7 +114,6 @@ class Trainer:
         self.spec, self.cfg, self.run_dir, self.env, self.log, self.comm = spec, spec.train, run_dir, env, log, comm
         self.backend = comm.name
         self.device = _device(env)
-        self.autocast = _autocast_dtype(self.cfg.precision, self.device)
         self.workers = common.cpu_workers(spec)
 
     # -- data -----------------------------------------------------------------------------
@@ -134,23 +127,36 @@ class Trainer:
             backbone.requires_grad_(False)
         self.feature_mode = cfg.freeze_backbone and cfg.feature_cache
         if self.feature_mode:
+            backbone = for_inference(backbone)
+            self.choice = self._choose(backbone, "features", len(data.items))
             weights = weights_id if cfg.pretrained else f"random-seed{cfg.seed}"
             feats, self.feature_cache = common.features(
                 data,
-                FeatureKey(cfg.model, weights, cfg.input_size, str(self.autocast)),
-                lambda: extract(backbone, data.images, self.device, autocast_dtype=self.autocast),
+                FeatureKey(cfg.model, weights, cfg.input_size, str(fastpath.torch_autocast(self.choice))),
+                lambda: extract(backbone, data.images, self.device, choice=self.choice),
                 self.log,
             )
             self.inputs: torch.Tensor | np.ndarray = torch.from_numpy(feats)
             self.model: nn.Module = head
+            self.autocast = None  # the head, a linear layer over the cached features, trains in fp32
         else:
             self.feature_cache = "off"
             self.inputs = data.images
             self.model = nn.Sequential(backbone, head)
+            self._set_train_mode()
+            self.choice = self._choose(self.model, "train", cfg.epochs * len(data.index["train"]))
+            self.autocast = fastpath.torch_autocast(self.choice)
+            fastpath.set_memory_format(self.model, self.choice.memory_format)
         self.model.to(self.device)
-        if self.device.type == "cuda" or not self.feature_mode:
-            self.model.to(memory_format=torch.channels_last)
         self.train_model, self.optimizer = self.comm.wrap(self.model, self._optimizer(), self.device)
+        if self.choice.compile and not self.feature_mode:
+            self.train_model = torch.compile(self.train_model)
+
+    def _choose(self, module: nn.Module, phase: str, images: int) -> fastpath.Choice:
+        job = fastpath.Job.of(self.cfg, phase, images)
+        choice = fastpath.torch_choice(job, module, self.device, self.data.cache_dir, self.log)
+        common.record_choice(self.run_dir, self.env, self.log, choice)
+        return choice
 
     def _optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -224,6 +230,9 @@ class Trainer:
         gathered = self.comm.gather((total, records))
         records = sorted(r for _, part in gathered for r in part)
         return sum(t for t, _ in gathered) / max(len(records), 1), common.accuracy(records, self.labels), records
+
+    def agree(self, flag: bool) -> bool:
+        return any(self.comm.gather(flag))
 
     # -- checkpoints ----------------------------------------------------------------------
     def load_checkpoint(self) -> dict:
