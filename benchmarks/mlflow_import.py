@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     clean(sweep_dir)
     store = (args.store or work).resolve()
     store.mkdir(parents=True, exist_ok=True)
-    for path in (store / DB, store / ARTIFACTS, sweep_dir / LOCK):
+    for path in (store / DB, store / f"{DB}-journal", store / f"{DB}.lock", store / ARTIFACTS, sweep_dir / LOCK):
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     uri = f"sqlite:///{store / DB}"
     ours = str(Path(__file__).resolve().parents[1])

@@ -19,7 +19,9 @@ replaces its MLflow run. MLflow keeps a run's first value of each param.
 
 Workers never talk to MLflow: compute nodes often have no network, and SQLite's locking is
 unreliable across NFS clients, so the one writer is this import (on the login node, or the sweep's
-report job), one at a time per sweep folder (`.mlflow.lock`).
+report job), one at a time per store: a lock file beside the SQLite database (`mlflow.db.lock`; the
+report jobs of two sweeps may end together), or per sweep folder for a tracking server
+(`.mlflow.lock`: two imports of one sweep would both create its runs).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from .status import RunStatus, run_statuses
 from .then_report import absolute
 
 DB, ARTIFACTS, LOCK = "mlflow.db", "mlartifacts", ".mlflow.lock"
+LOCK_WAIT_S = 600  # another import of 1,000 runs takes a minute or two
 # MLflow's limits (mlflow.utils.validation): per log_batch call, and on the length of a value.
 MAX_METRICS, MAX_PARAMS, MAX_TAGS, MAX_ENTITIES = 1000, 100, 100, 1000
 MAX_PARAM_VALUE, MAX_TAG_VALUE = 6000, 8000
@@ -421,6 +424,12 @@ def reachable(uri: str, timeout_s: float = 10.0) -> None:
         ) from None
 
 
+def _lock_path(folder: SweepFolder, uri: str) -> str:
+    if uri.startswith("sqlite:///"):
+        return uri[len("sqlite:///") :] + ".lock"
+    return str(folder.path / LOCK)
+
+
 @dataclass
 class Imported:
     uri: str
@@ -451,12 +460,13 @@ def import_sweep(sweep_dir: str | Path, uri: str | None, df: pd.DataFrame, notes
     reachable(uri)
     # A flaky network gets a few tries, not MLflow's default of minutes; what the user set wins.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
-    lock = FileLock(str(folder.path / LOCK), timeout=0)
+    lock = FileLock(_lock_path(folder, uri), timeout=LOCK_WAIT_S)
     try:
         lock.acquire()
     except Timeout:
         raise CrackhpcError(
-            f"{folder.path}: another MLflow import of this sweep is running (it holds {LOCK}); let it end"
+            f"--mlflow {uri}: another import into it has been running for {LOCK_WAIT_S // 60} minutes "
+            f"(it holds {lock.lock_file}); let it end, then run this again; the report files are written"
         ) from None
     try:
         from mlflow import MlflowClient

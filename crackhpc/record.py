@@ -9,7 +9,7 @@
     .cache/         decoded images and backbone features shared by the sweep's runs
     .lock           held by the `crackhpc sweep` that submits (and, locally, runs) the jobs
     report-job.sbatch, report-job-<job id>.out/.err   `--then-report`'s job (crackhpc.then_report)
-    .mlflow.lock    held by the MLflow import of the sweep (crackhpc.mlflow_import)
+    .mlflow.lock    held by an MLflow import of the sweep into a tracking server (crackhpc.mlflow_import)
 <results>/.data/    synthetic datasets, shared by sweeps
 """
 

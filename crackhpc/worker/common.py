@@ -193,6 +193,8 @@ def fit(trainer: Trainer, start: float, state: dict) -> Outcome:
             )
             _record_epoch(trainer, rows, elapsed_before + time.perf_counter() - start, events)
         test_loss, test_acc, records = trainer.evaluate("test")
+    except Stopped:
+        raise  # as asked (crackhpc cancel): the run did not fail, and its events say nothing of its end
     except Exception:
         if events is not None:
             events.end(len(rows), None)
