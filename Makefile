@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= torch,tf,onnx,dev,pretrained
+EXTRAS ?= torch,tf,onnx,dev,pretrained,tracking
 # The second venv, for the Horovod tests: tensorflow-cpu 2.15.1 + Horovod 0.28.1 (tests/horovod/build.sh)
 HOROVOD_VENV ?= $(CURDIR)/.venv-horovod
 

@@ -50,12 +50,19 @@ def cmd_sweep(args) -> int:
     from .record import SweepFolder
     from .report.tables import format_table, write_reports
     from .states import RunState
+    from .then_report import ThenReport
 
+    if args.mlflow is not None and not args.then_report:
+        raise CrackhpcError("--mlflow: give it with --then-report (or import later: crackhpc report DIR --mlflow)")
+    then = ThenReport(args.mlflow) if args.then_report else None
     sweep = load_with_profile(args)
-    how = Submission(args.executor, args.dry_run, args.retry_failed, wait=True if args.wait else None)
+    how = Submission(args.executor, args.dry_run, args.retry_failed, wait=True if args.wait else None, then_report=then)
     states = submit(sweep, Path(args.results), how)
     sweep_dir = Path(args.results) / sweep.name
-    if not args.dry_run and SweepFolder(sweep_dir).record_path.is_file():
+    reported = 0
+    if then and not args.dry_run and then.job_id is None:  # the jobs have ended (or none went out): report now
+        reported = cmd_report(build_parser().parse_args(then.arguments(sweep_dir)))
+    elif not args.dry_run and SweepFolder(sweep_dir).record_path.is_file():
         df, comp = write_reports(sweep_dir)
         print(format_table(df, SUMMARY_VIEW))
         print(f"\nwritten: {sweep_dir / 'summary.csv'}, {sweep_dir / 'comparison.csv'}")
@@ -66,7 +73,7 @@ def cmd_sweep(args) -> int:
             + ", ".join(f"{r} {s}" for r, s in sorted(unfinished.items())),
             file=sys.stderr,
         )
-    return 1 if unfinished else 0
+    return 1 if unfinished or reported else 0
 
 
 def cmd_report(args) -> int:
@@ -110,8 +117,17 @@ def cmd_report(args) -> int:
             f"not shown: {older} run{'s' * (older > 1)} of earlier versions of the sweep file (--all includes them)",
             file=notes,
         )
-    for line in dict.fromkeys(problems):
-        print(f"problem: {line}", file=sys.stderr)
+    try:
+        if args.mlflow is not None:
+            from .mlflow_import import import_sweep
+
+            imported = import_sweep(sweep_dir, args.mlflow or None, df, problems)
+            print(imported.line(), file=notes)
+            for line in imported.notes:
+                print(f"note: {line}", file=notes)
+    finally:  # a damaged run folder is not imported: the same line as the report's says why
+        for line in dict.fromkeys(problems):
+            print(f"problem: {line}", file=sys.stderr)
     return 1 if problems else 0
 
 
@@ -195,11 +211,12 @@ def cmd_status(args) -> int:
     import time
 
     from .states import RunState
-    from .status import collect
+    from .status import collect, report_job
 
     redraw = args.watch is not None and sys.stdout.isatty()
     while True:
         statuses, problems = collect(args.sweep_dir)
+        report = report_job(args.sweep_dir)
         ended = not any(s.live for s in statuses)
         if args.json:
             print(
@@ -208,12 +225,14 @@ def cmd_status(args) -> int:
                         "time": dt.datetime.now().isoformat(timespec="seconds"),
                         "summary": summary_line(statuses),
                         "runs": [_status_dict(s) for s in statuses],
+                        "report_job": vars(report) if report else None,
                     }
                 ),
                 flush=True,
             )
         elif args.watch is None or redraw or ended:
-            print(("\x1b[H\x1b[J" if redraw else "") + format_status(statuses, args.resources), flush=True)
+            table = format_status(statuses, args.resources) + (f"\n{report.line()}" if report else "")
+            print(("\x1b[H\x1b[J" if redraw else "") + table, flush=True)
         else:  # piped: one plain line per refresh
             print(f"{dt.datetime.now():%H:%M:%S} {summary_line(statuses)}", flush=True)
         if args.watch is None or ended:
@@ -406,6 +425,17 @@ def _add_set_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_mlflow_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="",
+        metavar="URI",
+        help=f"{what}; URI: a tracking server (http://host:5000) or a database "
+        "(default sqlite:///<results>/mlflow.db); a second import updates, never duplicates",
+    )
+
+
 def _seconds(text: str) -> float:
     """A positive, finite number of seconds, checked when the command line is read."""
     try:
@@ -442,6 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print runs and requested resources, submit nothing")
     p.add_argument("--retry-failed", action="store_true", help="resubmit runs whose last attempt failed")
     p.add_argument("--wait", action="store_true", help="with slurm: wait for the jobs and print the report")
+    p.add_argument(
+        "--then-report",
+        action="store_true",
+        help="write the report when the jobs end: on Slurm a 1-CPU job after the submission's arrays "
+        "(afterany) runs `crackhpc report`, nobody waits here; locally it runs after the wait",
+    )
+    _add_mlflow_option(p, "with --then-report: the report job also imports the sweep into MLflow")
     p.add_argument(
         "--max-runs",
         type=int,
@@ -484,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or for the runs named; figures of unchanged runs are kept, not redrawn",
     )
     figures.add_argument("--no-figures", action="store_true", help="tables and text only, no figures (fastest)")
+    _add_mlflow_option(p, "then import the sweep into MLflow (a parent run for the sweep, a run per run)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("prefetch", help="on the login node: put the ImageNet weights sweeps need in the offline cache")

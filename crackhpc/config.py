@@ -248,6 +248,8 @@ class RunSpec(_Model):
     train: TrainConfig
     data: DataConfig
     resources: Resources
+    # The training settings that differ between the runs of its sweep: its TensorBoard HParams.
+    varying: tuple[StrictStr, ...] = ()
 
     def to_plain(self) -> dict:
         return self.model_dump(mode="json")

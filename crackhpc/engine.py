@@ -29,7 +29,7 @@ from .config import EXECUTORS, Resources
 from .errors import CrackhpcError, DamagedFileError, Interrupted
 from .record import PREDICTION, SweepFolder, SweepRecord
 from .states import RunState
-from .status import FIX_RESUME, RunStatus, SlurmQuery, collect, run_statuses
+from .status import FIX_RESUME, RunStatus, SlurmQuery, collect, report_job, run_statuses
 
 SUBMIT = "submit"
 FIX_RETRY = " (use --retry-failed)"
@@ -445,8 +445,9 @@ class Engine:
         return f"{cancelled} run(s) recorded cancelled; {self.record.resubmit} resumes them from their checkpoints"
 
     def cancel(self, run_ids: Sequence[str] = (), query: SlurmQuery | None = None) -> list[str]:
-        """`crackhpc cancel`: the named runs (every live run if none) stopped and recorded cancelled;
-        a run that ended meanwhile keeps its own outcome. `query` replaces sacct, as in the tests."""
+        """`crackhpc cancel`: the named runs (every live run if none, and then the sweep's report job
+        too) stopped and recorded cancelled; a run that ended meanwhile keeps its own outcome. `query`
+        replaces sacct, as in the tests."""
         statuses, problems = collect(self.folder.path, query)
         with contextlib.suppress(DamagedFileError):  # collect has said so: cancel what it can tell
             self.record = self.folder.load()
@@ -467,8 +468,15 @@ class Engine:
         for run in targets:  # heard by a worker that starts, or reaches an epoch's end, after this look
             if run.executor != "slurm" or not run.job_id:  # a job that scancel ends never starts
                 rundir.request_stop(self.folder.run(run.run_id), RunState.CANCELLED, "crackhpc cancel")
-        if slurm_jobs := [r.job_id for r in targets if r.executor == "slurm" and r.job_id]:
+        slurm_jobs = [r.job_id for r in targets if r.executor == "slurm" and r.job_id]
+        # The sweep's report job (crackhpc.then_report) with the whole sweep, first: the runs' jobs ending would start it.
+        report = None if run_ids else report_job(self.folder.path, query)
+        if report and report.active:
+            slurm_jobs.insert(0, report.job_id)
+        if slurm_jobs:
             slurm.scancel(slurm_jobs, echo=self.echo)
+        if report and report.active:
+            self.echo(f"  report job {report.job_id}: cancelled")
         local = [r for r in targets if r.executor == "local"]
         for run, stopped in zip(local, self._stop_local([r.run_id for r in local])):
             if not stopped:

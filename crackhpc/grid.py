@@ -69,6 +69,7 @@ def expand(sweep: Sweep) -> list[RunSpec]:
             train=train,
             data=sweep.data,
             resources=resources,
+            varying=tuple(varying),
         )
         if spec.run_id in seen:
             where = f"runs[{index}]" if index is not None else "defaults"

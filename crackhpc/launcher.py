@@ -18,6 +18,7 @@ from .errors import CrackhpcError
 from .grid import expand
 from .record import DATA, SweepFolder, SweepRecord
 from .states import RunState
+from .then_report import ThenReport
 
 FIX_KIND = "rename the sweep (`name:` in its file) or give another --results"
 
@@ -30,6 +31,7 @@ class Submission:
     dry_run: bool = False
     retry_failed: bool = False
     wait: bool | None = None  # None: wait for local jobs, not for Slurm's
+    then_report: ThenReport | None = None  # a report job after the Slurm jobs, where this does not wait for them
 
 
 def synthetic_root(results: Path, s: SynthConfig) -> Path:
@@ -157,4 +159,8 @@ def submit(sweep: Sweep, results: Path, how: Submission = Submission(), echo: Ec
         todo = prepare_runs(sweep, results, folder, todo, record)
         folder.save(record)
         wait = how.wait if how.wait is not None else executor != "slurm"
-        return engine.run(units(todo, folder, sweep, executor), wait)
+        states = engine.run(units(todo, folder, sweep, executor), wait)
+        if how.then_report and executor == "slurm" and not wait:
+            job_ids = [record.runs[s.run_id].job_id for s in todo if s.run_id in record.runs]
+            echo(how.then_report.submit(folder, record, job_ids, todo[0].resources))
+        return states

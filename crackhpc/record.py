@@ -8,6 +8,8 @@
     submitit/       submitit's scripts, pickles and logs
     .cache/         decoded images and backbone features shared by the sweep's runs
     .lock           held by the `crackhpc sweep` that submits (and, locally, runs) the jobs
+    report-job.sbatch, report-job-<job id>.out/.err   `--then-report`'s job (crackhpc.then_report)
+    .mlflow.lock    held by an MLflow import of the sweep into a tracking server (crackhpc.mlflow_import)
 <results>/.data/    synthetic datasets, shared by sweeps
 """
 
@@ -62,6 +64,7 @@ class SweepRecord(BaseModel):
     provenance: dict | None = None  # the submission's part (crackhpc.provenance), also in each run's result.json
     kind: str | None = None  # PREDICTION, or None for a sweep
     model: str | None = None  # a prediction's trained run folder
+    report_job: Job | None = None  # `crackhpc sweep --then-report`: the report's job after the runs' (then_report)
 
     @property
     def command(self) -> str:

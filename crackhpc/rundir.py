@@ -8,6 +8,7 @@
     misclassified.csv  test images the model got wrong
     checkpoint.pt      last finished epoch, for resume and requeue (checkpoint.npz for Keras)
     worker.log         the worker's log
+    tensorboard/       the worker's TensorBoard events: per-epoch scalars and the HParams record
     job.sbatch         the plain sbatch script (`crackhpc sbatch`), its logs slurm-<job id>.out/.err
     stop.json          a request to stop at the next epoch (`crackhpc cancel`), until the run's next attempt
 """
@@ -36,6 +37,7 @@ CONFIG, SPLIT, METRICS, RESULT, MISCLASSIFIED, LOG = (
     "worker.log",
 )
 CHECKPOINT = {"torch": "checkpoint.pt", "keras": "checkpoint.npz"}
+TENSORBOARD = "tensorboard"
 SBATCH_SCRIPT, SBATCH_LOG = "job.sbatch", "slurm-%j"
 STOP = "stop.json"
 MISCLASSIFIED_COLUMNS = ("path", "true", "predicted", "probability")

@@ -107,8 +107,8 @@ def write_scripts(
             atomic.write_text(scripts[spec.run_id], render(spec, run_dir))
             if not submit:
                 echo(f"  {scripts[spec.run_id]}")
-        folder.save(record)
-        if submit:
+        if submit:  # scripts alone leave no record: the runs are found by their folders until submitted
+            folder.save(record)
             engine.run(
                 [Unit(s.run_id, scripts[s.run_id], s.resources, f"{s.resources.job_name}-{sweep.name}") for s in todo],
                 wait=False,

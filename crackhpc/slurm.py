@@ -350,13 +350,13 @@ def ask_test_only(script: str) -> SlurmAnswer | None:
     return SlurmAnswer(out.returncode == 0, lines)
 
 
-def sbatch(script: Path) -> str:
-    """Submit a script; returns the job id."""
+def sbatch(script: Path, *options: str) -> str:
+    """Submit a script, with sbatch `options` (e.g. `--dependency=afterany:123`); returns the job id."""
     if not shutil.which("sbatch"):
         raise CrackhpcError(
             "sbatch not found: --submit works on a Slurm login node; without it the scripts are only written"
         )
-    out = _call(["sbatch", "--parsable", str(script)])
+    out = _call(["sbatch", "--parsable", *options, str(script)])
     if out.returncode:
         raise CrackhpcError(f"{script}: sbatch refused it: {_why(out)}")
     return out.stdout.strip().split(";")[0]  # --parsable prints `id` or `id;cluster`

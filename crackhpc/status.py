@@ -244,3 +244,39 @@ def collect(sweep_dir: str | Path, query: SlurmQuery | None = None) -> tuple[lis
     if not run_ids:
         raise CrackhpcError(f"{folder.path}: no runs in it (no {folder.record_path.name}, no run folders)")
     return run_statuses(folder, run_ids, record, query), problems
+
+
+@dataclass(frozen=True)
+class ReportJob:
+    """The sweep's `--then-report` job (crackhpc.then_report) as Slurm's accounting sees it."""
+
+    job_id: str
+    state: str  # Slurm's, or "unknown" where it cannot be asked
+    reason: str
+    active: bool
+    stdout: str
+
+    def line(self) -> str:
+        why = f" ({self.reason})" if self.reason else ""
+        return f"report job {self.job_id} (`crackhpc report` once the runs' jobs end): {self.state}{why}; log {self.stdout}"
+
+
+def report_job(sweep_dir: str | Path, query: SlurmQuery | None = None) -> ReportJob | None:
+    """The sweep's report job, if it has one (a damaged sweep.json: none, `status` says so already)."""
+    try:
+        job = SweepFolder(sweep_dir).load().report_job
+    except DamagedFileError:
+        return None
+    if job is None:
+        return None
+    try:
+        sjob = (query or slurm.sacct)([job.job_id]).get(job.job_id)
+    except slurm.SlurmUnavailable:
+        sjob = None
+    return ReportJob(
+        job.job_id,
+        sjob.state if sjob else "unknown",
+        sjob.reason if sjob else "",
+        bool(sjob and sjob.active),
+        job.stdout or "",
+    )

@@ -21,7 +21,7 @@ from crackhpc.launcher import Submission, submit, write_run_folders  # noqa: E40
 from crackhpc.record import SweepFolder
 from crackhpc.worker import run  # noqa: E402
 
-from .conftest import tiny_sweep  # noqa: E402
+from .conftest import assert_events_match_metrics, tiny_sweep  # noqa: E402
 
 pytestmark = pytest.mark.tf
 
@@ -93,6 +93,7 @@ def test_resumed_run_repeats_the_uninterrupted_one(tmp_path, write_yaml, tiny_da
         assert float(_rows(split)[2][key]) == pytest.approx(float(_rows(whole)[2][key]), rel=1e-5)
     assert resumed["test_loss"] == pytest.approx(uninterrupted["test_loss"], rel=1e-5)
     assert resumed["wall_time_s"] > first["wall_time_s"]
+    assert_events_match_metrics(split, 0.01)  # the same TensorBoard events as a torch run's, each epoch once
 
 
 def test_backbone_features_are_computed_once_for_the_sweep(tmp_path, write_yaml, tiny_data):

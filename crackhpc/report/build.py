@@ -34,7 +34,7 @@ STUDY = {
 }
 
 
-def _identity(path: Path) -> list[int] | None:
+def file_identity(path: Path) -> list[int] | None:
     """Size and modification time: what says a file was rewritten, without reading it."""
     try:
         st = path.stat()
@@ -182,12 +182,12 @@ class Report:
         path = self.sweep_dir / REPORT_DIR / name
         key = hashlib.sha1(json.dumps([_plots_version(), inputs], default=str).encode()).hexdigest()
         before = self.drawn.get(name)
-        if not (isinstance(before, list) and before == [key, *(_identity(path) or [])]):
+        if not (isinstance(before, list) and before == [key, *(file_identity(path) or [])]):
             png = draw()
             if png is None:
                 return
             atomic.write_bytes(path, png)
-        self.index[name] = [key, *(_identity(path) or [])]
+        self.index[name] = [key, *(file_identity(path) or [])]
         self.figures.add(path)
         self.doc.image(alt, f"{REPORT_DIR}/{name}")
 
@@ -386,7 +386,7 @@ class Report:
 
             self._figure(
                 "curves-all.png",
-                [title, {r: _identity(self.sweep_dir / r / rundir.METRICS) for r in with_metrics}],
+                [title, {r: file_identity(self.sweep_dir / r / rundir.METRICS) for r in with_metrics}],
                 overlay,
                 "learning curves of " + ("every run" if every else "the runs shown below"),
             )
@@ -414,7 +414,7 @@ class Report:
             title = f"{run_id}: learning curves"
             self._figure(
                 f"curves-{run_id}.png",
-                [title, _identity(metrics)],
+                [title, file_identity(metrics)],
                 lambda: None if (m := self._curves(run_id)) is None else plots.learning_curves(m, title),
                 f"learning curves of {run_id}",
             )

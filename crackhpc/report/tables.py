@@ -61,7 +61,11 @@ NUMBERS = (
 )
 
 
-def _read_result(path: Path) -> dict:
+# How to redo a run whose result.json cannot be read.
+RESULT_FIX = "delete it and run `crackhpc sweep <sweep file> --retry-failed`, which redoes the run"
+
+
+def read_run_result(path: Path) -> dict:
     """A run's result.json, its numbers checked: a table of 1,000 runs must not stop at a stray string."""
     result = rundir.read_result(path.parent)
     for key in NUMBERS:
@@ -103,9 +107,9 @@ def _summary_row(run_dir: Path, notes: list[str], cache: ReadCache, splits: Test
     row: dict[str, Any] = {"run_id": run_dir.name}
     result = read_or_note(
         run_dir / rundir.RESULT,
-        _read_result,
+        read_run_result,
         notes,
-        "delete it and run `crackhpc sweep <sweep file> --retry-failed`, which redoes the run",
+        RESULT_FIX,
     )
     if result is None:
         row.update(status=RunState.UNREADABLE.value, error=notes[-1])

@@ -24,6 +24,7 @@ from ..record import CACHE
 from ..states import RunState
 from .distributed import DistEnv
 from .features import FeatureKey, cached_features
+from .tensorboard_log import EventLog
 
 # (position in the manifest, predicted class, probability of that class)
 Record = tuple[int, int, float]
@@ -117,6 +118,7 @@ def resume(path: Path, data: RunData, log, read: Callable[[Path], dict]) -> dict
 class Trainer(Protocol):
     """What `fit` and `result` need of a framework's trainer."""
 
+    spec: RunSpec
     cfg: TrainConfig
     env: DistEnv
     run_dir: Path
@@ -143,9 +145,15 @@ class Outcome:
     wall_s: float
 
 
-def _record_epoch(trainer: Trainer, rows: list[rundir.Epoch], elapsed_s: float) -> None:
-    """Rank 0 writes metrics.csv, then the checkpoint, then result.json: a resumed run restarts
-    after the last epoch the checkpoint holds, and metrics.csv never lags it."""
+def best_epoch(rows: Sequence[rundir.Epoch]) -> rundir.Epoch | None:
+    """The epoch of the best validation accuracy, the first of equals (as np.argmax)."""
+    return max(rows, key=lambda r: r.val_acc, default=None)
+
+
+def _record_epoch(trainer: Trainer, rows: list[rundir.Epoch], elapsed_s: float, events: EventLog | None) -> None:
+    """Rank 0 writes metrics.csv and the TensorBoard events, then the checkpoint, then result.json:
+    a resumed run restarts after the last epoch the checkpoint holds, and metrics.csv never lags it
+    (nor do the events, which each attempt rewrites from the checkpoint's epochs)."""
     row = rows[-1]
     trainer.log(
         f"epoch {row.epoch}/{trainer.cfg.epochs}: train loss {row.train_loss:.4f} acc {row.train_acc:.4f}, "
@@ -154,6 +162,8 @@ def _record_epoch(trainer: Trainer, rows: list[rundir.Epoch], elapsed_s: float) 
     request = None
     if trainer.env.is_main:
         atomic.write_csv(trainer.run_dir / rundir.METRICS, rundir.METRIC_COLUMNS, rows)
+        if events is not None:
+            events.epoch(row, trainer.cfg.lr)
         trainer.save_checkpoint(row.epoch, rows, elapsed_s)
         rundir.update_result(trainer.run_dir, status=RunState.RUNNING, epochs_done=row.epoch)
         request = rundir.stop_requested(trainer.run_dir)
@@ -164,20 +174,37 @@ def _record_epoch(trainer: Trainer, rows: list[rundir.Epoch], elapsed_s: float) 
 def fit(trainer: Trainer, start: float, state: dict) -> Outcome:
     """The loop both workers share: epochs from the checkpoint's on, then the test split."""
     rows, elapsed_before = [rundir.Epoch(*r) for r in state["rows"]], state["elapsed"]
-    for epoch in range(state["epoch"] + 1, trainer.cfg.epochs + 1):
-        t0 = time.perf_counter()
-        train_loss, train_acc, n_train = trainer.train_epoch(epoch)
-        val_loss, val_acc, val_records = trainer.evaluate("valid")
-        seconds = time.perf_counter() - t0
-        rows.append(
-            rundir.Epoch(
-                epoch, train_loss, train_acc, val_loss, val_acc, seconds, (n_train + len(val_records)) / seconds
+    # No learning-rate schedule: the optimizer's rate is the configured one throughout.
+    events = (
+        EventLog.start(trainer.run_dir, trainer.spec, rows, trainer.cfg.lr, trainer.log)
+        if trainer.env.is_main
+        else None
+    )
+    try:
+        for epoch in range(state["epoch"] + 1, trainer.cfg.epochs + 1):
+            t0 = time.perf_counter()
+            train_loss, train_acc, n_train = trainer.train_epoch(epoch)
+            val_loss, val_acc, val_records = trainer.evaluate("valid")
+            seconds = time.perf_counter() - t0
+            rows.append(
+                rundir.Epoch(
+                    epoch, train_loss, train_acc, val_loss, val_acc, seconds, (n_train + len(val_records)) / seconds
+                )
             )
-        )
-        _record_epoch(trainer, rows, elapsed_before + time.perf_counter() - start)
-    test_loss, test_acc, records = trainer.evaluate("test")
+            _record_epoch(trainer, rows, elapsed_before + time.perf_counter() - start, events)
+        test_loss, test_acc, records = trainer.evaluate("test")
+    except Stopped:
+        raise  # as asked (crackhpc cancel): the run did not fail, and its events say nothing of its end
+    except Exception:
+        if events is not None:
+            events.end(len(rows), None)
+        raise
     if trainer.env.is_main:
         write_misclassified(trainer.run_dir, trainer.data, records)
+    if events is not None:
+        best = best_epoch(rows)
+        final = {"best_val_acc": best.val_acc if best else float("nan"), "test_acc": test_acc, "test_loss": test_loss}
+        events.end(len(rows), final)
     return Outcome(rows, test_loss, test_acc, records, elapsed_before + time.perf_counter() - start)
 
 
@@ -205,7 +232,7 @@ def state_digest(arrays: Iterable[np.ndarray]) -> str:
 def result(trainer: Trainer, outcome: Outcome, params_in_sync: bool | None) -> dict:
     """result.json's numbers of a completed run."""
     data, rows = trainer.data, outcome.rows
-    best = max(rows, key=lambda r: r.val_acc, default=None)  # the first of equals, as np.argmax
+    best = best_epoch(rows)
     n_images = trainer.cfg.epochs * (len(data.index["train"]) + len(data.index["valid"]))
     wall = outcome.wall_s
     out = {
