@@ -37,6 +37,8 @@ BLOCKS = (
     "Set-up: two commands",
     "Using it",
     "The sweep file",
+    "TensorBoard and MLflow",
+    "TensorBoard and MLflow #2",
     "Using a trained model",
     "Distributed runs and backends",
     "Distributed runs and backends #2",
