@@ -245,7 +245,7 @@ class Engine:
                 for unit in units:
                     self._sbatch(unit)
             elif self.executor == "slurm":
-                with slurm.submission(str(self.folder.path), self._refusal_hint):
+                with slurm.submission(self.record.yaml or str(self.folder.path), self._refusal_hint):
                     for array in self.arrays(units):
                         self._slurm_array(array)
             else:
