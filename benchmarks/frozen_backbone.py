@@ -30,6 +30,7 @@ from crackhpc.data.synth import synthesize
 
 from .decode import throughput
 from .meters import Clock, PeakRSS, rss_mb
+from .naive import Trial
 from .report import read, write
 from .worker_sweep import run_sweep, sweep_yaml
 
@@ -199,24 +200,20 @@ def bench_model(model: str, n: int, args: argparse.Namespace) -> tuple[dict, lis
             cache,
             sweep_yaml(
                 sweep_name,
-                root,
-                args.split,
-                framework,
-                name,
-                lrs,
-                seeds,
-                epochs,
+                {"root": str(root), "split": list(args.split), "split_seed": 0},
+                {"framework": framework, "model": name, "pretrained": pretrained, "epochs": epochs},
+                {"lr": list(lrs), "seed": list(seeds)},
                 args.input_size,
                 args.threads,
-                pretrained,
             ),
         )
 
     def naive_run(lr: float, seed: int, epochs: int) -> dict:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.naive_precision == "bf16"):
+            trial = Trial(lr, seed, epochs)
             if pretrained:
-                return naive.run(name, str(root), items, args.input_size, lr, seed, epochs, pretrained=True)
-            return naive.run(name, str(root), items, args.input_size, lr, seed, epochs)
+                return naive.run(name, str(root), items, args.input_size, trial, pretrained=True)
+            return naive.run(name, str(root), items, args.input_size, trial)
 
     slug = f"{framework}-{name}"
     with Clock() as one_crackhpc:

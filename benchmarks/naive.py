@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torchvision
@@ -88,10 +89,17 @@ def misclassified(net: nn.Module, data: ManifestImages) -> set[str]:
     return {item.path for item, p in zip(data.items, predicted) if p != item.label}
 
 
-def run(
-    model: str, root: str, items: Sequence[Item], size: int, lr: float, seed: int, epochs: int, pretrained: bool = False
-) -> dict:
+class Trial(NamedTuple):
+    """What varies between the runs of one naive model: learning rate, seed and epochs."""
+
+    lr: float
+    seed: int
+    epochs: int
+
+
+def run(model: str, root: str, items: Sequence[Item], size: int, trial: Trial, pretrained: bool = False) -> dict:
     """One training run: test accuracy, the misclassified test images and the per-epoch wall times."""
+    lr, seed, epochs = trial
     data = {
         s: ManifestImages(root, [i for i in items if i.split == s], size, model) for s in ("train", "valid", "test")
     }

@@ -25,6 +25,8 @@ import numpy as np
 from crackhpc.data.layout import Item
 from crackhpc.worker.keras_worker import APPLICATIONS
 
+from .naive import Trial
+
 BATCH = 100
 
 
@@ -74,8 +76,9 @@ def build(model: str, size: int, seed: int) -> keras.Model:
     return keras.Sequential([keras.Input((size, size, 3)), backbone, head])
 
 
-def run(model: str, root: str, items: Sequence[Item], size: int, lr: float, seed: int, epochs: int) -> dict:
+def run(model: str, root: str, items: Sequence[Item], size: int, trial: Trial) -> dict:
     """One training run: test accuracy, the misclassified test images and the per-epoch wall times."""
+    lr, seed, epochs = trial
     preprocess = APPLICATIONS[model][1]
     split = {s: [i for i in items if i.split == s] for s in ("train", "valid", "test")}
     train = ManifestBatches(root, split["train"], size, preprocess, seed)

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.split("x"))
     folder = CACHE / f"photos-{args.size}"
-    synthesize_photos(folder, args.photos, width, height)
+    synthesize_photos(folder, args.photos, (width, height))
     photos = sorted(folder.glob("photo-*.jpg"))[: args.photos]
     run_dir = make_run(args.input_size, args.threads)
     out = CACHE / f"out-{args.size}-{args.input_size}px"

@@ -10,7 +10,7 @@ import csv
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -22,36 +22,22 @@ from crackhpc.launcher import write_run_folders
 from crackhpc.record import SweepFolder
 
 
-def sweep_yaml(
-    name: str,
-    data_root: Path,
-    split: Sequence[float],
-    framework: str,
-    model: str,
-    lrs: Sequence[float],
-    seeds: Sequence[int],
-    epochs: int,
-    input_size: int,
-    threads: int,
-    pretrained: bool = False,
-) -> str:
+def sweep_yaml(name: str, data: dict, run: dict, grid: dict, input_size: int, threads: int) -> str:
+    """A frozen-backbone sweep file: `run` (framework, model, pretrained, epochs) over the `grid`."""
     return yaml.safe_dump(
         {
             "name": name,
             "executor": "local",
-            "data": {"root": str(data_root), "split": list(split), "split_seed": 0},
+            "data": data,
             "defaults": {
-                "framework": framework,
-                "model": model,
-                "pretrained": pretrained,
+                **run,
                 "freeze_backbone": True,
                 "feature_cache": True,
-                "epochs": epochs,
                 "batch_size": 100,
                 "optimizer": "adam",
                 "input_size": input_size,
             },
-            "grid": {"lr": list(lrs), "seed": list(seeds)},
+            "grid": grid,
             "resources": {"gpus_per_node": 0, "cpus_per_task": threads},
         },
         sort_keys=False,

@@ -364,7 +364,7 @@ def cmd_data_synth_photo(args) -> int:
     except ValueError:
         raise CrackhpcError(f"data synth-photo: --size {args.size}: give WIDTHxHEIGHT, e.g. 2048x1536") from None
     try:
-        rows = synthesize_photos(args.dir, args.n, width, height, scale=args.scale, seed=args.seed)
+        rows = synthesize_photos(args.dir, args.n, (width, height), scale=args.scale, seed=args.seed)
     except ValueError as exc:
         raise CrackhpcError(f"data synth-photo: {exc}") from None
     print(

@@ -4,6 +4,7 @@ import io
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -23,34 +24,38 @@ CPU = Resources(gpus_per_node=0, cpus_per_task=2)
 GPUS = Resources(nodes=2, gpus_per_node=2, cpus_per_task=8)
 
 
-def make_run(
-    sweep_dir: Path,
-    data: Path,
-    run_id: str,
-    status: str = "completed",
-    *,
-    framework="torch",
-    model="resnet18",
-    seed=0,
-    wrong=(0, 0),
-    resources=CPU,
-    device="cpu",
-    world_size=1,
-    wall=36.0,
-    n_test=None,
-    error="RuntimeError: boom",
-    root: Path | None = None,
-    pretrained=False,
-) -> Path:
-    """A run folder as the launcher and a worker leave it, split from the dataset `data` (config.yaml
-    says `root` instead when given). `wrong`: (negatives called positive, positives called negative)
-    among the 10 test images (5 per class) of the 40-image tiny dataset."""
+@dataclass(frozen=True)
+class Facts:
+    """What a hand-made run folder says of itself; `make_run`'s keywords. `wrong`: (negatives called
+    positive, positives called negative) among the 10 test images (5 per class) of the 40-image tiny
+    dataset; `root` is what config.yaml names as the dataset when given."""
+
+    framework: str = "torch"
+    model: str = "resnet18"
+    seed: int = 0
+    wrong: tuple[int, int] = (0, 0)
+    resources: Resources = CPU
+    device: str = "cpu"
+    world_size: int = 1
+    wall: float = 36.0
+    n_test: int | None = None
+    error: str = "RuntimeError: boom"
+    root: Path | None = None
+    pretrained: bool = False
+
+
+def make_run(sweep_dir: Path, data: Path, run_id: str, status: str = "completed", **facts) -> Path:
+    """A run folder as the launcher and a worker leave it, split from the dataset `data`; `facts` are
+    `Facts`' fields."""
+    f = Facts(**facts)
     spec = RunSpec(
         run_id=run_id,
         sweep=sweep_dir.name,
-        train=TrainConfig(framework=framework, model=model, seed=seed, pretrained=pretrained, epochs=2, input_size=32),
-        data=DataConfig(root=str(root or data)),
-        resources=resources,
+        train=TrainConfig(
+            framework=f.framework, model=f.model, seed=f.seed, pretrained=f.pretrained, epochs=2, input_size=32
+        ),
+        data=DataConfig(root=str(f.root or data)),
+        resources=f.resources,
     )
     run_dir = sweep_dir / run_id
     rundir.write_config(run_dir, spec)
@@ -58,14 +63,14 @@ def make_run(
     write_manifest(run_dir / rundir.SPLIT, items)
     if status == "pending":
         return run_dir
-    rundir.update_result(run_dir, run_id=run_id, status="running", world_size=world_size)
+    rundir.update_result(run_dir, run_id=run_id, status="running", world_size=f.world_size)
     if status == "failed":
-        rundir.update_result(run_dir, status="failed", error=error)
+        rundir.update_result(run_dir, status="failed", error=f.error)
         return run_dir
     test = [i for i in items if i.split == "test"]
     negatives, positives = [i for i in test if i.label == 0], [i for i in test if i.label == 1]
-    misclassified = [(i.path, "negative", "positive", 0.9) for i in negatives[: wrong[0]]]
-    misclassified += [(i.path, "positive", "negative", 0.6) for i in positives[: wrong[1]]]
+    misclassified = [(i.path, "negative", "positive", 0.9) for i in negatives[: f.wrong[0]]]
+    misclassified += [(i.path, "positive", "negative", 0.6) for i in positives[: f.wrong[1]]]
     atomic.write_csv(run_dir / rundir.MISCLASSIFIED, ("path", "true", "predicted", "probability"), misclassified)
     atomic.write_csv(
         run_dir / rundir.METRICS,
@@ -77,13 +82,13 @@ def make_run(
         status="completed",
         epochs_done=2,
         best_val_acc=0.7,
-        test_loss=0.5 + seed / 10,
-        test_acc=(10 - sum(wrong)) / 10,
-        n_test=n_test or 10,
-        wall_time_s=wall,
-        images_per_s=50.0 + seed,
-        device=device,
-        world_size=world_size,
+        test_loss=0.5 + f.seed / 10,
+        test_acc=(10 - sum(f.wrong)) / 10,
+        n_test=f.n_test or 10,
+        wall_time_s=f.wall,
+        images_per_s=50.0 + f.seed,
+        device=f.device,
+        world_size=f.world_size,
     )
     return run_dir
 

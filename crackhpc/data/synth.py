@@ -34,6 +34,7 @@ import io
 import math
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -196,8 +197,22 @@ def _background(
 
 
 # --------------------------------------------------------------------------- cracks
-def _walk(rng, start, theta, length, step, wiggle, persist, drift):
-    """Persistent random walk; returns (N,2) points and per-step main heading."""
+class _Crack(NamedTuple):
+    """One crack (or branch) to draw: where it starts, its heading and length, its width, and how
+    many branchings deep it is."""
+
+    start: np.ndarray
+    theta: float
+    length: float
+    width: float
+    depth: int = 0
+
+
+def _walk(rng, crack: _Crack, step, shape):
+    """Persistent random walk along `crack`, with `shape` = (wiggle, persistence, drift);
+    returns (N,2) points and per-step main heading."""
+    start, theta, length = crack.start, crack.theta, crack.length
+    wiggle, persist, drift = shape
     n = max(2, int(length / step))
     dev = np.empty(n, np.float64)
     dv = 0.0
@@ -218,19 +233,13 @@ def _walk(rng, start, theta, length, step, wiggle, persist, drift):
     return pts, ang
 
 
-def _draw_crack(rng, draw, size, start, theta, length, width, depth, s):
+def _draw_crack(rng, draw, size, crack: _Crack, s):
+    length, width, depth = crack.length, crack.width, crack.depth
     wide = 1.0 + 0.25 * width / max(s, 1e-3)  # wide cracks: longer, straighter steps
     step = max(1.0, 2.6 * s * math.sqrt(wide))
-    pts, ang = _walk(
-        rng,
-        start,
-        theta,
-        length,
-        step,
-        wiggle=rng.uniform(0.2, 0.42) / wide,
-        persist=rng.uniform(0.5, 0.8),
-        drift=rng.uniform(0.01, 0.04),
-    )
+    wiggle = rng.uniform(0.2, 0.42) / wide
+    persist = rng.uniform(0.5, 0.8)
+    pts, ang = _walk(rng, crack, step, (wiggle, persist, rng.uniform(0.01, 0.04)))
     # jagged: perpendicular jitter
     jit = rng.normal(0.0, rng.uniform(0.15, 0.5) * s, len(pts))
     pts[1:, 0] += -np.sin(ang) * jit[1:]
@@ -266,9 +275,8 @@ def _draw_crack(rng, draw, size, start, theta, length, width, depth, s):
             side = 1.0 if rng.random() < 0.5 else -1.0
             b_theta = ang[min(i, len(ang) - 1)] + side * rng.uniform(0.35, 1.1)
             b_len = length * rng.uniform(0.1, 0.45) / (1 + depth)
-            _draw_crack(
-                rng, draw, size, pts[i], b_theta, b_len, max(0.35 * s, w[i] * rng.uniform(0.35, 0.75)), depth + 1, s
-            )
+            b_width = max(0.35 * s, w[i] * rng.uniform(0.35, 0.75))
+            _draw_crack(rng, draw, size, _Crack(pts[i], b_theta, b_len, b_width, depth + 1), s)
 
 
 def _crack_layer(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -297,7 +305,7 @@ def _crack_layer(rng: np.random.Generator, size: int) -> np.ndarray:
             )
         else:
             width = rng.uniform(0.5, 2.5) * s
-        _draw_crack(rng, draw, size, start, theta, length, max(width, 0.3), 0, s)
+        _draw_crack(rng, draw, size, _Crack(start, theta, length, max(width, 0.3)), s)
     m = _downsample(canvas, size)
     m = _blur_mask(m, rng.uniform(0.3, 0.8) * max(s, 0.4))
     return _to_float(m)
@@ -424,7 +432,19 @@ def filename(index: int, width: int = 5) -> str:
     return f"{index:0{width}d}.jpg"
 
 
-def _write_one(root: str, cls: str, index: int, size: int, seed: int, quality: int, width: int) -> bool:
+class _Batch(NamedTuple):
+    """What every image of one `synthesize` call shares: folder, size, seed, JPEG quality and the
+    width of the numbered file names."""
+
+    root: str
+    size: int
+    seed: int
+    quality: int
+    width: int
+
+
+def _write_one(batch: _Batch, cls: str, index: int) -> bool:
+    root, size, seed, quality, width = batch
     path = os.path.join(root, cls, filename(index, width))
     try:
         if os.path.getsize(path) > 0:
@@ -437,9 +457,9 @@ def _write_one(root: str, cls: str, index: int, size: int, seed: int, quality: i
     return True
 
 
-def _write_chunk(args) -> int:
-    root, jobs, size, seed, quality, width = args
-    return sum(_write_one(root, cls, i, size, seed, quality, width) for cls, i in jobs)
+def _write_chunk(args: tuple[_Batch, list[tuple[str, int]]]) -> int:
+    batch, jobs = args
+    return sum(_write_one(batch, cls, i) for cls, i in jobs)
 
 
 def synthesize(root, n: int, size: int = 227, seed: int = 0, quality: int = 90, workers: int = 1) -> dict[str, int]:
@@ -466,13 +486,14 @@ def synthesize(root, n: int, size: int = 227, seed: int = 0, quality: int = 90, 
     for cls in FOLDERS:
         os.makedirs(os.path.join(root, cls), exist_ok=True)
     jobs = [(cls, i) for cls in FOLDERS for i in range(1, counts[cls] + 1)]
+    batch = _Batch(root, size, seed, quality, width)
     if workers == 1 or len(jobs) < 64:
-        _write_chunk((root, jobs, size, seed, quality, width))
+        _write_chunk((batch, jobs))
     else:
         import multiprocessing as mp
 
         nchunks = min(len(jobs), workers * 8)
-        chunks = [(root, jobs[k::nchunks], size, seed, quality, width) for k in range(nchunks)]
+        chunks = [(batch, jobs[k::nchunks]) for k in range(nchunks)]
         with mp.get_context("spawn").Pool(workers) as pool:
             for _ in pool.imap_unordered(_write_chunk, chunks):
                 pass
@@ -506,9 +527,8 @@ def render_photo(seed: int, index: int, width: int, height: int, scale: float = 
         crack_width = (
             rng.choice([rng.uniform(0.8, 1.6), rng.uniform(1.6, 3.5), rng.uniform(3.5, 7.0)], p=[0.3, 0.5, 0.2]) * scale
         )
-        _draw_crack(
-            rng, draw, size, np.array(a), math.atan2(b[1] - a[1], b[0] - a[0]), length, max(crack_width, 0.3), 0, scale
-        )
+        theta = math.atan2(b[1] - a[1], b[0] - a[0])
+        _draw_crack(rng, draw, size, _Crack(np.array(a), theta, length, max(crack_width, 0.3)), scale)
     m = _to_float(_blur_mask(_downsample(canvas, size), rng.uniform(0.3, 0.8) * max(scale, 0.4)))
     depth = rng.uniform(0.35, 0.85)
     inner = 1.0 + 0.15 * _octave(rng, size, max(1.0, 3.0 * scale))
@@ -523,13 +543,15 @@ def render_photo(seed: int, index: int, width: int, height: int, scale: float = 
 
 
 def synthesize_photos(
-    root, n: int, width: int, height: int, scale: float = 1.0, seed: int = 0, quality: int = 90
+    root, n: int, size: tuple[int, int], scale: float = 1.0, seed: int = 0, quality: int = 90
 ) -> list[dict]:
     """Write n photos `photo-0001.jpg`... and their masks `photo-0001.mask.png` (255 = crack) to
-    root, and `photos.csv` (photo, mask, width, height, crack_fraction); returns its rows.
+    root, and `photos.csv` (photo, mask, width, height, crack_fraction); returns its rows. `size` is
+    (width, height) in pixels.
     Existing photos are kept, as `synthesize` does."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    width, height = size
     if min(width, height) < 16 or max(width, height) > 8192:
         raise ValueError(f"size must be between 16 and 8192 px per side, got {width}x{height}")
     if not 0.05 <= scale <= 8:
