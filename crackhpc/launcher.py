@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import atomic, preflight, rundir
 from .config import RunSpec, Sweep, SynthConfig
-from .data.split import make_manifest, write_manifest
+from .data.split import make_manifest
 from .engine import FIX_RETRY, SUBMIT, Echo, Engine, Unit, resolve_executor
 from .errors import CrackhpcError
 from .grid import expand
@@ -53,16 +53,17 @@ def prepare_data(sweep: Sweep, results: Path) -> Path:
 def write_run_folders(
     specs: list[RunSpec], folder: SweepFolder, data_root: Path, sweep: Sweep, provenance: dict | None = None
 ) -> list[RunSpec]:
-    manifest = make_manifest(data_root, sweep.data.split, sweep.data.split_seed)
-    write_manifest(folder.split, manifest)
+    manifest = folder.store_manifest(make_manifest(data_root, sweep.data.split, sweep.data.split_seed))
     resolved = []
     for spec in specs:
-        spec = spec.model_copy(update={"data": spec.data.model_copy(update={"root": str(data_root)})})
+        spec = spec.model_copy(
+            update={"data": spec.data.model_copy(update={"root": str(data_root)}), "manifest": manifest}
+        )
         run_dir = folder.run(spec.run_id)
         if not rundir.is_completed(run_dir):
             atomic.remove_stale(run_dir)
             rundir.write_config(run_dir, spec)
-            write_manifest(run_dir / rundir.SPLIT, manifest)
+            (run_dir / rundir.SPLIT).unlink(missing_ok=True)  # an earlier submission's own copy
             # A new attempt: status, plan and cancel read result.json as the state of the latest job.
             rundir.reset_result(
                 run_dir, run_id=spec.run_id, status=RunState.PENDING, epochs=spec.train.epochs, provenance=provenance

@@ -1,12 +1,17 @@
 """The run folder: the one place a run's inputs and outputs live.
 
 <results>/<sweep>/<run_id>/
-    config.yaml        resolved settings (the worker reads only this)
-    split.csv          the manifest: which image is in which split
+    config.yaml        resolved settings (the worker reads only this), naming the run's split manifest:
+                       ../splits/<hash>.csv, the sweep's one copy (crackhpc.record); runs of sweeps
+                       from before it was shared have their own split.csv here
     metrics.csv        one row per epoch
     result.json        status (see crackhpc.states) and final numbers
     misclassified.csv  test images the model got wrong
-    checkpoint.pt      last finished epoch, for resume and requeue (checkpoint.npz for Keras)
+    checkpoint.pt      last finished epoch with the optimizer's state, for resume and requeue
+                       (checkpoint.npz for Keras); once the run completes, the weights its
+                       `checkpoints` setting keeps (last or best epoch), without the optimizer, or none
+    best.pt            `checkpoints: best`: the best validation epoch's weights, while the run is live
+                       (best.npz for Keras)
     worker.log         the worker's log
     tensorboard/       the worker's TensorBoard events: per-epoch scalars and the HParams record
     job.sbatch         the plain sbatch script (`crackhpc sbatch`), its logs slurm-<job id>.out/.err
@@ -37,9 +42,11 @@ CONFIG, SPLIT, METRICS, RESULT, MISCLASSIFIED, LOG = (
     "worker.log",
 )
 CHECKPOINT = {"torch": "checkpoint.pt", "keras": "checkpoint.npz"}
+BEST = {"torch": "best.pt", "keras": "best.npz"}
 TENSORBOARD = "tensorboard"
 SBATCH_SCRIPT, SBATCH_LOG = "job.sbatch", "slurm-%j"
 STOP = "stop.json"
+CLEANED = "checkpoint_removed"  # result.json: when `crackhpc clean --checkpoints` removed the run's weights
 MISCLASSIFIED_COLUMNS = ("path", "true", "predicted", "probability")
 
 
@@ -117,6 +124,25 @@ def read_config(run_dir: str | Path) -> RunSpec:
         return validate(RunSpec, raw, str(path))
     except ConfigError as exc:  # edited by hand: checked like the sweep it came from
         raise DamagedFileError(path, str(exc)[len(str(path)) + 2 :], fix) from None
+
+
+def manifest_path(run_dir: str | Path, manifest: str | None) -> Path:
+    """The run's split manifest, from its config.yaml's `manifest` (RunSpec.manifest): relative to
+    the run folder, so a sweep folder moved or copied whole still finds it; without one (sweeps from
+    before the manifest was shared), the run folder's own split.csv."""
+    return Path(run_dir) / (manifest or SPLIT)
+
+
+def manifest_of(run_dir: str | Path) -> Path:
+    """manifest_path from the run's config.yaml, read as written (no validation: the report asks
+    this of 1,000 runs); a damaged config.yaml fails as read_config would."""
+    try:
+        raw = load_config_yaml((Path(run_dir) / CONFIG).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError):
+        read_config(run_dir)  # raises the one-line DamagedFileError naming the file
+        raise
+    manifest = raw.get("manifest") if isinstance(raw, dict) else None
+    return manifest_path(run_dir, manifest if isinstance(manifest, str) else None)
 
 
 def read_result(run_dir: str | Path) -> dict[str, Any]:

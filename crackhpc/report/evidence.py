@@ -48,10 +48,10 @@ def read_misclassified(run_dir: Path) -> list[dict[str, str]]:
 
 
 class TestSplits:
-    """Class counts of the test split of run folders' split.csv. Every run of a sweep holds its own
-    copy of the sweep's manifest (1.1 MB for the real dataset's 40,000 images): a copy already seen
-    is recognised by its bytes, so that 1,000 runs cost 1,000 reads and compares but one parse, and
-    with a ReadCache, a file read by an earlier report is not read again."""
+    """Class counts of the test split of runs' split manifests. A sweep's runs share one (1.1 MB for
+    the real dataset's 40,000 images), which a ReadCache reads once; run folders of older sweeps hold
+    a copy each, and a copy already seen is recognised by its bytes, so that 1,000 of them cost 1,000
+    reads and compares but one parse."""
 
     __test__ = False  # not a pytest class, whatever its name
 
@@ -102,13 +102,17 @@ class Confusion:
         return self.matrix[0][0]
 
 
-def confusion(run_dir: Path, n_test: int | None, splits: TestSplits | None = None) -> Confusion:
-    if not (run_dir / rundir.SPLIT).is_file():
+def confusion(
+    run_dir: Path, n_test: int | None, splits: TestSplits | None = None, manifest: Path | None = None
+) -> Confusion:
+    """`manifest`: the run's split manifest where the caller has read its config.yaml already."""
+    manifest = manifest or rundir.manifest_of(run_dir)
+    if not manifest.is_file():
         raise CrackhpcError(
-            f"{run_dir / rundir.SPLIT}: missing; a completed run keeps its split manifest "
-            f"(copy the sweep's split.csv there if it was deleted)"
+            f"{manifest}: missing; a completed run keeps its split manifest (restore it, or copy the run's whole "
+            f"sweep folder: a run folder names its sweep's manifest, ../splits/<hash>.csv)"
         )
-    negatives, positives = (splits or TestSplits()).counts(run_dir / rundir.SPLIT)
+    negatives, positives = (splits or TestSplits()).counts(manifest)
     matrix = [[negatives, 0], [0, positives]]
     for row in read_misclassified(run_dir):
         true, predicted = CLASSES.index(row["true"]), CLASSES.index(row["predicted"])
@@ -117,7 +121,7 @@ def confusion(run_dir: Path, n_test: int | None, splits: TestSplits | None = Non
     if min(matrix[0][0], matrix[1][1]) < 0:
         raise CrackhpcError(
             f"{run_dir / rundir.MISCLASSIFIED}: more misclassified images than test images in "
-            f"{run_dir / rundir.SPLIT}; the two files are from different runs: " + rundir.FIX_REDO.format(run=run_dir)
+            f"{manifest}; the two files are from different runs: " + rundir.FIX_REDO.format(run=run_dir)
         )
     note = None
     total = negatives + positives

@@ -118,6 +118,7 @@ def _summary_row(run_dir: Path, notes: list[str], cache: ReadCache, splits: Test
         row.update({k: result.get(k) for k in SUMMARY_COLUMNS if k in result and k != "run_id"})
         row["status"] = result.get("status", RunState.PENDING.value)
         row.update(provenance.columns(result))
+    config = None
     if (run_dir / rundir.CONFIG).is_file():
         config = read_or_note(run_dir / rundir.CONFIG, lambda p: cache.get(p, read_settings), notes)
         if config is not None:
@@ -133,7 +134,8 @@ def _summary_row(run_dir: Path, notes: list[str], cache: ReadCache, splits: Test
             resource_hints="; ".join(usage.hints()),
         )
     if row["status"] == RunState.COMPLETED.value:
-        cm = read_or_note(run_dir / rundir.MISCLASSIFIED, lambda _: confusion(run_dir, None, splits), notes)
+        manifest = rundir.manifest_path(run_dir, config.get("manifest")) if config else None
+        cm = read_or_note(run_dir / rundir.MISCLASSIFIED, lambda _: confusion(run_dir, None, splits, manifest), notes)
         if cm is not None:
             row.update(tp=cm.tp, fp=cm.fp, fn=cm.fn, tn=cm.tn)
     return row
