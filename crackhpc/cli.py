@@ -271,6 +271,13 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+def cmd_clean(args) -> int:
+    from .clean import WHAT, clean
+
+    clean(args.sweep_dir, [w for w in WHAT if getattr(args, w)], args.dry_run)
+    return 0
+
+
 def cmd_predict(args) -> int:
     from .predict.model import best_run
     from .predict.shards import Prediction, Settings, predict
@@ -568,6 +575,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep_dir", help="results/<sweep name>")
     p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="runs to cancel (default: every unfinished run)")
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("clean", help="free space and files of a sweep's completed runs (never live ones)")
+    p.add_argument("sweep_dir", help="results/<sweep name>")
+    p.add_argument("--checkpoints", action="store_true", help="their trained weights (predict cannot use them then)")
+    p.add_argument("--logs", action="store_true", help="their jobs' submitit logs and pickles (worker.log stays)")
+    p.add_argument("--caches", action="store_true", help="the sweep's image and feature caches, if no run is live")
+    p.add_argument("--dry-run", action="store_true", help="say what would be freed, remove nothing")
+    p.set_defaults(func=cmd_clean)
 
     p = sub.add_parser("predict", help="classify new photos with a trained run: crack maps of large photos, as jobs")
     p.add_argument("model", help="a run folder, or a sweep folder with --best")
