@@ -55,20 +55,24 @@ def write_run_folders(
 ) -> list[RunSpec]:
     manifest = folder.store_manifest(make_manifest(data_root, sweep.data.split, sweep.data.split_seed))
     resolved = []
-    for spec in specs:
-        spec = spec.model_copy(
-            update={"data": spec.data.model_copy(update={"root": str(data_root)}), "manifest": manifest}
-        )
-        run_dir = folder.run(spec.run_id)
-        if not rundir.is_completed(run_dir):
-            atomic.remove_stale(run_dir)
-            rundir.write_config(run_dir, spec)
-            (run_dir / rundir.SPLIT).unlink(missing_ok=True)  # an earlier submission's own copy
-            # A new attempt: status, plan and cancel read result.json as the state of the latest job.
-            rundir.reset_result(
-                run_dir, run_id=spec.run_id, status=RunState.PENDING, epochs=spec.train.epochs, provenance=provenance
-            )
-        resolved.append(spec)
+    data = specs[0].data.model_copy(update={"root": str(data_root)}) if specs else None
+    with atomic.deferred():  # one sync for the sweep's files, not an fsync for each
+        for spec in specs:
+            spec = spec.model_copy(update={"data": data, "manifest": manifest})
+            run_dir = folder.run(spec.run_id)
+            if not rundir.is_completed(run_dir):
+                atomic.remove_stale(run_dir)
+                rundir.write_config(run_dir, spec)
+                (run_dir / rundir.SPLIT).unlink(missing_ok=True)  # an earlier submission's own copy
+                # A new attempt: status, plan and cancel read result.json as the state of the latest job.
+                rundir.reset_result(
+                    run_dir,
+                    run_id=spec.run_id,
+                    status=RunState.PENDING,
+                    epochs=spec.train.epochs,
+                    provenance=provenance,
+                )
+            resolved.append(spec)
     return resolved
 
 

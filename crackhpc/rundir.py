@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -103,8 +104,23 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+@functools.lru_cache(maxsize=256)
+def _dumped(key: str, value_json: str) -> str:
+    return yaml.dump({key: json.loads(value_json)}, Dumper=_Dumper, sort_keys=False)
+
+
+def dump_config_yaml(plain: dict) -> str:
+    """yaml.safe_dump(plain, sort_keys=False), one top-level key at a time, each distinct block
+    dumped once: a sweep's runs share their data and resources blocks (load_config_yaml's mirror;
+    10,000 config.yaml at submission)."""
+    return "".join(_dumped(key, json.dumps(value)) for key, value in plain.items())
+
+
 def write_config(run_dir: Path, spec: RunSpec) -> None:
-    atomic.write_text(run_dir / CONFIG, yaml.safe_dump(spec.to_plain(), sort_keys=False))
+    atomic.write_text(run_dir / CONFIG, dump_config_yaml(spec.to_plain()))
 
 
 def read_config(run_dir: str | Path) -> RunSpec:
