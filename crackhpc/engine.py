@@ -469,9 +469,8 @@ class Engine:
             if run.executor != "slurm" or not run.job_id:  # a job that scancel ends never starts
                 rundir.request_stop(self.folder.run(run.run_id), RunState.CANCELLED, "crackhpc cancel")
         slurm_jobs = [r.job_id for r in targets if r.executor == "slurm" and r.job_id]
-        # an array whose live tasks are all cancelled goes as one id; those of runs not named stay
-        spared = {r.job_id for r in statuses if r.live and r.executor == "slurm" and r.job_id} - set(slurm_jobs)
-        slurm_jobs = slurm.whole_arrays(slurm_jobs, spared)
+        if not run_ids:  # the whole sweep: its arrays whole, every task of each is one of its runs
+            slurm_jobs = slurm.whole_arrays(slurm_jobs)
         # The sweep's report job (crackhpc.then_report) with the whole sweep, first: the runs' jobs ending would start it.
         report = None if run_ids else report_job(self.folder.path, query)
         if report and report.active:

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -218,8 +218,9 @@ def _run(cmd: list[str], may_fail: bool = False) -> str:
 MAX_IDS_PER_CALL = 2000
 
 
-def batches(job_ids: Sequence[str], size: int = MAX_IDS_PER_CALL) -> list[list[str]]:
-    """`job_ids` in lists of at most `size`, in order."""
+def batches(job_ids: Sequence[str]) -> list[list[str]]:
+    """`job_ids` in lists of at most MAX_IDS_PER_CALL, in order."""
+    size = MAX_IDS_PER_CALL
     return [list(job_ids[i : i + size]) for i in range(0, len(job_ids), size)]
 
 
@@ -315,16 +316,11 @@ def scancel(job_ids: list[str], echo: Callable = print, poll_s: float = 1.0, tim
     echo(f"  jobs still stopping after {timeout_s:.0f}s: {' '.join(queue.split())}")
 
 
-def whole_arrays(job_ids: Sequence[str], spared: Iterable[str]) -> list[str]:
-    """`job_ids` with the tasks of a job array (`123_4`) given as the array (`123`) where no task of
-    it is `spared`: one scancel of a 1,000-task array is one request to slurmctld, not 1,000, and
-    it also ends tasks of it that are still one pending record."""
-    kept = {j.partition("_")[0] for j in spared}
-    out: dict[str, None] = {}
-    for job_id in job_ids:
-        array, sep, _ = job_id.partition("_")
-        out[array if sep and array not in kept else job_id] = None
-    return list(out)
+def whole_arrays(job_ids: Sequence[str]) -> list[str]:
+    """`job_ids` with the tasks of a job array (`123_4`) given as the array (`123`): for cancelling
+    every job of a sweep, where one scancel of a 1,000-task array is one request to slurmctld, not
+    1,000 (a pending array is one record until its tasks start)."""
+    return list(dict.fromkeys(job_id.partition("_")[0] for job_id in job_ids))
 
 
 def config_value(key: str) -> str | None:
