@@ -72,8 +72,16 @@ def manifest_bytes(sweep_dir: Path) -> int:
 
 
 def crackhpc(code: Path, *args: str) -> None:
+    """`crackhpc ARGS` with the package in `code`, from a folder that holds no other (`python -m`
+    puts the current folder first on the path)."""
     env = {**os.environ, "PYTHONPATH": str(code)}
-    out = subprocess.run([sys.executable, "-m", "crackhpc.cli", *args], env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "crackhpc.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),
+    )
     if out.returncode:
         raise RuntimeError(f"crackhpc {' '.join(args)} with {code}: exit {out.returncode}\n{out.stderr[-3000:]}")
 

@@ -151,12 +151,12 @@ def manifest_path(run_dir: str | Path, manifest: str | None) -> Path:
 
 def manifest_of(run_dir: str | Path) -> Path:
     """manifest_path from the run's config.yaml, read as written (no validation: the report asks
-    this of 1,000 runs); a damaged config.yaml fails as read_config would."""
+    this of 1,000 runs); where config.yaml cannot be read (whoever reads it says so), the run
+    folder's own split.csv."""
     try:
         raw = load_config_yaml((Path(run_dir) / CONFIG).read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError):
-        read_config(run_dir)  # raises the one-line DamagedFileError naming the file
-        raise
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raw = None
     manifest = raw.get("manifest") if isinstance(raw, dict) else None
     return manifest_path(run_dir, manifest if isinstance(manifest, str) else None)
 
