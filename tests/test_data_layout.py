@@ -34,7 +34,7 @@ def test_course_layout_keeps_its_split(tmp_path):
 @pytest.mark.parametrize(
     "rels, found",
     [
-        (("cracks/a.jpg", "plain/b.jpg"), "found: cracks, plain"),
+        (("train/positive/a.jpg", "plain/b.jpg"), "found: plain, train"),  # a split folder, not a class
         (("train/positive/a.jpg", "test/positive/a.jpg"), "found: test, train"),
         ((), "found: no folders"),
     ],
@@ -90,10 +90,10 @@ def test_one_class_items_cannot_be_split():
 def test_dangling_and_looping_symlinks_are_skipped_and_listed(tmp_path):
     from crackhpc.data.layout import scan
 
-    _touch(tmp_path, "Positive/a.jpg", "Negative/b.jpg", "shared/c.jpg")
+    _touch(tmp_path, "Positive/a.jpg", "Negative/b.jpg", ".shared/c.jpg")  # hidden: not a class folder
     (tmp_path / "Positive" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
     (tmp_path / "Negative" / "loop.jpg").symlink_to(tmp_path / "Negative" / "loop.jpg")
-    (tmp_path / "Negative" / "linked.jpg").symlink_to(tmp_path / "shared" / "c.jpg")  # a good link is an image
+    (tmp_path / "Negative" / "linked.jpg").symlink_to(tmp_path / ".shared" / "c.jpg")  # a good link is an image
     layout, items = list_items(tmp_path)
     assert [i.path for i in items] == ["Negative/b.jpg", "Negative/linked.jpg", "Positive/a.jpg"]
     found = scan(tmp_path)
