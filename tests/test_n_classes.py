@@ -139,3 +139,24 @@ def test_a_model_of_n_classes_scores_each_class_and_has_no_crack_probability(lea
     assert classifier.scores(images).shape == (2, 4)
     with pytest.raises(CrackhpcError, match="a model of clean, crack, spalling, stain, not of cracks"):
         classifier.probabilities(images)
+
+
+def test_exported_model_gives_every_class_and_says_which_column_is_which(learned_classes, tmp_path):
+    import torch
+
+    sweep, data = learned_classes
+    run = _run(sweep)
+    code, _, err = cli("export", run, "--format", "torchscript", "--out", tmp_path / "export")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "export" / "model.json").read_text())
+    assert meta["classes"] == CLASSES and "crack_class" not in meta
+    assert meta["output"]["shape"] == ["N", 4] and "in the order of classes" in meta["output"]["meaning"]
+    model = torch.jit.load(str(tmp_path / "export" / meta["file"]))
+    wrong = {r["path"]: r["predicted"] for r in rows(run / rundir.MISCLASSIFIED)}
+    test = [i for i in read_manifest(run / rundir.SPLIT) if i.split == "test"][::10]
+    images = np.stack(
+        [np.asarray(Image.open(data / i.path).convert("RGB").resize((96, 96), Image.BILINEAR)) for i in test]
+    )
+    probs = model(torch.from_numpy(images)).detach().numpy()
+    assert probs.shape == (len(test), 4) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert [meta["classes"][k] for k in probs.argmax(1)] == [wrong.get(i.path, CLASSES[i.label]) for i in test]
