@@ -274,7 +274,13 @@ def pytest_runtest_makereport(item, call):
 
 # Under pytest-xdist (`make test` runs two workers) the tests that share the one Slurm cluster, and
 # the multi-process Horovod runs, go to one worker in turn; the others spread over both.
-SERIAL = {"slurm_cluster": "slurm", "horovod_venv": "slurm", "learned": "learned", "tracked": "tracked"}
+SERIAL = {
+    "slurm_cluster": "slurm",
+    "horovod_venv": "slurm",
+    "learned": "learned",
+    "learned_classes": "learned_classes",
+    "tracked": "tracked",
+}
 
 
 # First: pytest-xdist's hook turns the groups into node ids when it runs, and it ran before this one,
