@@ -187,11 +187,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.md"))
     parser.add_argument("--profile", type=Path, metavar="DIR", help="run each command under cProfile, stats in DIR")
+    parser.add_argument("--tmp", type=Path, default=None, help="where the sweep folders go (default: the system's temp)")
     args = parser.parse_args()
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     rows = {}
-    with slurm_lock(), benchmark_slurm(), tempfile.TemporaryDirectory(prefix="crackhpc-scale-") as tmp:
+    with slurm_lock(), benchmark_slurm(), tempfile.TemporaryDirectory(prefix="crackhpc-scale-", dir=args.tmp) as tmp:
         for n in args.runs:
             rows[n] = one_size(n, Path(tmp), args.profile)
     text = table(args.runs, rows)

@@ -62,6 +62,9 @@ def cmd_sweep(args) -> int:
     reported = 0
     if then and not args.dry_run and then.job_id is None:  # the jobs have ended (or none went out): report now
         reported = cmd_report(build_parser().parse_args(then.arguments(sweep_dir)))
+    elif not args.dry_run and not states and _left_to_slurm(sweep_dir):
+        # every run just submitted is queued: a table would list them pending (10,000 rows of it)
+        print(f"`crackhpc status {sweep_dir}` follows the jobs, `crackhpc report {sweep_dir}` tabulates their runs")
     elif not args.dry_run and SweepFolder(sweep_dir).record_path.is_file():
         df, comp = write_reports(sweep_dir)
         print(format_table(df, SUMMARY_VIEW))
@@ -74,6 +77,17 @@ def cmd_sweep(args) -> int:
             file=sys.stderr,
         )
     return 1 if unfinished or reported else 0
+
+
+def _left_to_slurm(sweep_dir: Path) -> bool:
+    """Whether the sweep's latest submission left its jobs to Slurm (this command did not wait)."""
+    from .record import SweepFolder
+
+    folder = SweepFolder(sweep_dir)
+    try:
+        return folder.record_path.is_file() and folder.load().executor == "slurm"
+    except CrackhpcError:
+        return False
 
 
 def cmd_report(args) -> int:
