@@ -187,7 +187,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.md"))
     parser.add_argument("--profile", type=Path, metavar="DIR", help="run each command under cProfile, stats in DIR")
-    parser.add_argument("--tmp", type=Path, default=None, help="where the sweep folders go (default: the system's temp)")
+    parser.add_argument(
+        "--tmp", type=Path, default=None, help="where the sweep folders go (default: the system's temp)"
+    )
     args = parser.parse_args()
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
