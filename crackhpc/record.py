@@ -9,6 +9,8 @@
     .cache/         decoded images and backbone features shared by the sweep's runs
     .lock           held by the `crackhpc sweep` that submits (and, locally, runs) the jobs
     report-job.sbatch, report-job-<job id>.out/.err   `--then-report`'s job (crackhpc.then_report)
+    search.db       a search's Optuna study (SQLite), written by its controller only (crackhpc.search)
+    controller-job.sbatch, controller-job-<job id>.out/.err   `--controller slurm`'s job (crackhpc.search)
     .mlflow.lock    held by an MLflow import of the sweep into a tracking server (crackhpc.mlflow_import)
 <results>/.data/    synthetic datasets, shared by sweeps
 """
@@ -65,6 +67,7 @@ class SweepRecord(BaseModel):
     kind: str | None = None  # PREDICTION, or None for a sweep
     model: str | None = None  # a prediction's trained run folder
     report_job: Job | None = None  # `crackhpc sweep --then-report`: the report's job after the runs' (then_report)
+    controller_job: Job | None = None  # `crackhpc sweep --controller slurm`: a search's controller (crackhpc.search)
 
     @property
     def command(self) -> str:
