@@ -169,3 +169,46 @@ def image_grid(images: Sequence[np.ndarray], captions: Sequence[str], title: str
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     return _png(fig)
+
+
+def _optuna_png(draw) -> bytes:
+    """One of Optuna's matplotlib figures as PNG bytes. Optuna draws them with pyplot (whose backend
+    is Agg where there is no display); the figure is closed once saved, leaving pyplot as it was."""
+    import warnings
+
+    from matplotlib import pyplot as plt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib figures experimental
+        ax = draw()
+    fig = ax.figure
+    fig.set_size_inches(7, 4)
+    fig.set_layout_engine("constrained")
+    try:
+        return _png(fig)
+    finally:
+        plt.close(fig)
+
+
+def search_history(study, metric: str, title: str) -> bytes:
+    """Optuna's optimisation history: each finished trial's value and the best so far."""
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    def draw():
+        ax = plot_optimization_history(study, target_name=metric)
+        ax.set_title(title)
+        return ax
+
+    return _optuna_png(draw)
+
+
+def search_importances(study, metric: str, title: str) -> bytes:
+    """Optuna's parameter importances (fANOVA over the completed trials)."""
+    from optuna.visualization.matplotlib import plot_param_importances
+
+    def draw():
+        ax = plot_param_importances(study, target_name=metric)
+        ax.set_title(title)
+        return ax
+
+    return _optuna_png(draw)

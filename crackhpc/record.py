@@ -29,6 +29,7 @@ from . import atomic, procs, rundir
 from .errors import CrackhpcError, DamagedFileError
 
 RECORD, SUBMITIT, CACHE, LOCK = "sweep.json", "submitit", ".cache", ".lock"
+SEARCH_DB = "search.db"  # a search's Optuna study, beside its runs (crackhpc.search)
 PREDICTION = "prediction"  # the record's `kind` for a `crackhpc predict` folder (a sweep's has none)
 DATA = ".data"
 FIX_RECORD = (

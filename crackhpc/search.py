@@ -41,11 +41,10 @@ from .engine import Echo, Engine, resolve_executor
 from .errors import ConfigError, CrackhpcError, DamagedFileError, Interrupted
 from .grid import RUN_PARAM, expand, trial_run
 from .launcher import FIX_KIND, Submission, prepare_record, sweep_folder, units, write_run_folders
-from .record import Job, SweepFolder
+from .record import SEARCH_DB, Job, SweepFolder
 from .states import RECORDED, SUCCEEDED, RunState
 from .status import report_job
 
-SEARCH_DB = "search.db"
 CONTROLLER_SCRIPT, CONTROLLER_LOG = "controller-job.sbatch", "controller-job-%j"
 POLL_S = 1.0  # metrics.csv and result.json: files, read often
 SCHEDULER_POLL_S = {"slurm": 10.0, "local": 1.0}  # Slurm's accounting (sacct): jobs that ended without a word
@@ -158,16 +157,6 @@ def open_study(sweep: Sweep, folder: SweepFolder):
             + FIX_STUDY.format(db=folder.path / SEARCH_DB)
         )
     return study
-
-
-def load_study(sweep_dir: str | Path):
-    """The study of a sweep folder, to read (the report), or None where it has no search.db."""
-    if not (Path(sweep_dir) / SEARCH_DB).is_file():
-        return None
-    optuna = optuna_module()
-    storage = storage_url(sweep_dir)
-    names = optuna.get_all_study_names(storage)
-    return optuna.load_study(study_name=names[0], storage=storage) if names else None
 
 
 def _suggest(trial, name: str, dist) -> Any:

@@ -17,6 +17,7 @@ import pandas as pd
 
 from .. import atomic, plots, provenance, rundir
 from ..errors import CrackhpcError
+from ..record import SEARCH_DB
 from ..states import RunState
 from .document import Document
 from .evidence import TestSplits, confusion, load_image, read_metrics, read_misclassified
@@ -206,6 +207,7 @@ class Report:
         self._comparison()
         self._study()
         self._runs()
+        self._search()
         self._resources()
         self._provenance()
         if self.figure_runs is not None:
@@ -317,6 +319,88 @@ class Report:
             rows,
         )
         self.doc.para("Positive = crack. TP/FP/FN/TN come from the run's test split and misclassified.csv.")
+
+    def _search(self) -> None:
+        """A search's best trial, its history and parameter importances, and its pruned runs."""
+        from .study import read_search
+
+        try:
+            search = read_search(self.sweep_dir)
+        except Exception as exc:  # SQLAlchemy's or Optuna's words for a damaged or foreign database
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            self.notes.append(
+                f"{self.sweep_dir / SEARCH_DB}: cannot be read ({why}); the runs are reported without it; "
+                "move it aside, and the search's next `crackhpc sweep` starts a new study"
+            )
+            return
+        if search is None:
+            return
+        doc, metric = self.doc, search.metric
+        states: dict[str, int] = {}
+        for t in search.trials:
+            states[t.state.lower()] = states.get(t.state.lower(), 0) + 1
+        doc.heading(2, "Search")
+        doc.para(
+            f"Optuna study in {SEARCH_DB}: {len(search.trials)} trials ("
+            + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+            + f"), sampler {search.sampler or '-'}, {search.direction} {metric} (each trial's best epoch). "
+            "A trial is a run of this sweep: its id ends in -t<trial number>."
+        )
+        best = search.best()
+        if best is None:
+            doc.para("No trial has completed yet.")
+        else:
+            doc.table(
+                ["best trial", "run", metric, "settings"],
+                [
+                    [
+                        best.number,
+                        best.run_id,
+                        _num(best.value, ".4g"),
+                        ", ".join(
+                            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items()
+                        ),
+                    ]
+                ],
+            )
+        if self.figure_runs is not None and best is not None:
+            title = f"{self.sweep_dir.name}: {metric} of each trial"
+            self._figure(
+                "search-history.png",
+                [title, search.key()],
+                lambda: plots.search_history(search.study, metric, title),
+                "optimisation history",
+            )
+            complete = [t for t in search.trials if t.state == "COMPLETE"]
+            varied = {k for k in best.params if len({repr(t.params.get(k)) for t in complete}) > 1}
+            if len(complete) >= 2 and varied:
+                title = f"{self.sweep_dir.name}: importance of each setting for {metric}"
+                self._figure(
+                    "search-importances.png",
+                    [title, search.key()],
+                    lambda: plots.search_importances(search.study, metric, title),
+                    "parameter importances",
+                )
+            else:
+                doc.para("Parameter importances need two completed trials whose settings differ.")
+        by_run = {t.run_id: t for t in search.trials}
+        pruned = self.df[self.df["status"] == RunState.PRUNED.value]
+        if pruned.empty:
+            doc.para("No run was pruned.")
+            return
+        rows = []
+        for r in pruned.to_dict("records"):
+            trial = by_run.get(r["run_id"])
+            rows.append(
+                [
+                    r["run_id"],
+                    trial.number if trial else "-",
+                    _num(r["epochs_done"], ".0f"),
+                    _num(r["epochs"], ".0f"),
+                    _num(trial.value if trial else None, ".4g"),
+                ]
+            )
+        doc.table(["pruned run", "trial", "stopped after epoch", "epochs planned", f"last {metric}"], rows)
 
     def _resources(self) -> None:
         measured = self.df[self.df["slurm_elapsed_s"].notna()]
