@@ -314,11 +314,6 @@ class SearchConfig(_Model):
             ranges = [k for k, v in self.space.items() if not isinstance(v, list)]
             if ranges:
                 raise _problem("sampler grid draws from lists of values only; give a list", f"space.{ranges[0]}")
-            points = math.prod(len(v) for v in self.space.values())
-            if self.trials > points:
-                raise _problem(
-                    f"{self.trials} trials, but the grid has only {points} points; give at most that", "trials"
-                )
         return self
 
     @property
@@ -590,6 +585,13 @@ def load_sweep(
     if top.runs is not None and not top.runs:
         raise ConfigError(f"{where}: runs: empty list: give at least one run or remove the key")
     explicit = top.runs or [{}]
+    if top.search is not None and top.search.sampler == "grid":
+        points = len(explicit) * math.prod(len(v) for v in top.search.space.values())
+        if top.search.trials > points:
+            raise ConfigError(
+                f"{where}: search.trials: {top.search.trials} trials, but the grid has only {points} points "
+                "(its lists crossed, and with each explicit run): give at most that"
+            )
     total = len(explicit) * math.prod(len(v) for v in grid.values())
     if total > max_runs:
         sizes = " x ".join(str(n) for n in [len(explicit)] * bool(top.runs) + [len(v) for v in grid.values()])
