@@ -371,6 +371,7 @@ def submit(sweep: Sweep, results: Path, how: Submission | None = None, echo: Ech
     if how.dry_run:
         engine.open(FIX_KIND)
         _header(sweep, engine)
+        engine.echo("  each trial's job (its settings drawn as the search goes):")
         engine.preview(units(candidates[:1], folder, sweep, executor))
         for warning in preflight.weights_warnings(candidates):
             echo(warning)
