@@ -27,7 +27,7 @@ from typing import Any
 from . import procs, rundir, slurm
 from .config import EXECUTORS, Resources
 from .errors import CrackhpcError, DamagedFileError, Interrupted
-from .record import PREDICTION, SweepFolder, SweepRecord
+from .record import PREDICTION, SEARCH_DB, SweepFolder, SweepRecord
 from .states import SUCCEEDED, RunState
 from .status import FIX_RESUME, SIDE_JOBS, RunStatus, SlurmQuery, collect, report_job, run_statuses
 
@@ -478,6 +478,8 @@ class Engine:
                 targets.append(run)
             elif run_ids:
                 self.echo(f"  {run.run_id}: already {run.state}, left as it is")
+        if not run_ids and (self.folder.path / SEARCH_DB).is_file():  # a search's controller draws no more trials
+            rundir.request_stop(self.folder.path, RunState.CANCELLED, "crackhpc cancel")
         for run in targets:  # heard by a worker that starts, or reaches an epoch's end, after this look
             if run.executor != "slurm" or not run.job_id:  # a job that scancel ends never starts
                 rundir.request_stop(self.folder.run(run.run_id), RunState.CANCELLED, "crackhpc cancel")

@@ -10,6 +10,7 @@
     .lock           held by the `crackhpc sweep` that submits (and, locally, runs) the jobs
     report-job.sbatch, report-job-<job id>.out/.err   `--then-report`'s job (crackhpc.then_report)
     search.db       a search's Optuna study (SQLite), written by its controller only (crackhpc.search)
+    stop.json       `crackhpc cancel` of a search's sweep: its controller draws no new trials
     controller-job.sbatch, controller-job-<job id>.out/.err   `--controller slurm`'s job (crackhpc.search)
     .mlflow.lock    held by an MLflow import of the sweep into a tracking server (crackhpc.mlflow_import)
 <results>/.data/    synthetic datasets, shared by sweeps

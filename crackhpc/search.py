@@ -190,6 +190,7 @@ class Controller:
         self.live: dict[int, _Live] = {}
         self.ended: dict[str, RunState] = {}
         self.bar: Any = None
+        self.stopped = False  # by `crackhpc cancel` of the sweep
         self._data: tuple[Path, list] | None = None  # the data folder and its split, listed once
 
     # -- trials and their runs ------------------------------------------------------------------------
@@ -317,6 +318,17 @@ class Controller:
             elif live.run_id in statuses and not statuses[live.run_id].live:
                 self._end(live, statuses[live.run_id].state)
 
+    def _cancelled(self) -> bool:
+        """`crackhpc cancel` of the whole sweep: its runs are cancelled, and no new trial is to start."""
+        if rundir.stop_requested(self.folder.path) is None:
+            return False
+        if not self.stopped:
+            self._say(
+                "  the search was cancelled (crackhpc cancel): no new trials; `crackhpc sweep --retry-failed` resumes it"
+            )
+            self.stopped = True
+        return True
+
     def _count(self) -> int:
         return len(self.study.get_trials(deepcopy=False))
 
@@ -334,9 +346,11 @@ class Controller:
                 self._watch(ask_scheduler=time.monotonic() - asked >= scheduler_poll)
                 asked = time.monotonic() if time.monotonic() - asked >= scheduler_poll else asked
                 room = min(limit - len(self.live), self.cfg.trials - self._count())
+                if self._cancelled():
+                    room = 0
                 if room > 0:
                     self._submit(self._ask(room))
-                if not self.live and self._count() >= self.cfg.trials:
+                if not self.live and (self._count() >= self.cfg.trials or self._cancelled()):
                     break
                 time.sleep(POLL_S)
         self.bar = None
@@ -380,6 +394,7 @@ def submit(sweep: Sweep, results: Path, how: Submission | None = None, echo: Ech
     preflight.require_weights(candidates)
     controller_busy(folder)
     with engine.locked(FIX_KIND):
+        (folder.path / rundir.STOP).unlink(missing_ok=True)  # a `crackhpc cancel` of the search before: resumed now
         _header(sweep, engine)
         controller = Controller(sweep, engine, open_study(sweep, folder), results)
         again = controller.adopt(how.retry_failed)  # before own(): live local runs of a killed controller are orphans

@@ -22,7 +22,7 @@ from crackhpc.record import SEARCH_DB
 from crackhpc.states import RunState
 
 from .conftest import tiny_sweep
-from .running import crackhpc, wait_until
+from .running import crackhpc, training, wait_until
 
 SEARCH = {"sampler": "tpe", "trials": 4, "parallel": 2, "space": {"lr": {"log_uniform": [1.0e-5, 1.0e-2]}}}
 
@@ -145,6 +145,27 @@ def test_a_controller_killed_mid_search_resumes_without_running_a_trial_twice(tm
     assert all(not record["runs"][run].get("history") for run in runs)  # each submitted once
     assert {run: rundir.read_result(sweep_dir / run)["started"] for run in done_before} == done_before
     assert sorted(record["current_runs"]) == runs
+
+
+def test_cancelling_the_sweep_ends_the_search(tmp_path, tiny_data):
+    """`crackhpc cancel` of the whole sweep stops the training trial and the controller, which draws
+    no more trials; the same `crackhpc sweep --retry-failed` later resumes the search."""
+    search = {"sampler": "random", "seed": 0, "trials": 3, "parallel": 1, "space": {"lr": [0.001, 0.002]}}
+    path = tmp_path / "dropped.yaml"
+    path.write_text(tiny_sweep(tiny_data, "dropped", {"freeze_backbone": False, "epochs": 30}, search=search))
+    sweep_dir = tmp_path / "results" / "dropped"
+    controller = crackhpc("sweep", str(path), "--results", str(tmp_path / "results"))
+    try:
+        wait_until(lambda: training(sweep_dir), 120, "the first trial training")
+        cancel = crackhpc("cancel", str(sweep_dir))
+        assert cancel.wait(timeout=120) == 0, cancel.communicate()
+        out, err = controller.communicate(timeout=120)
+    finally:
+        controller.kill()
+    assert controller.returncode == 1 and "no new trials" in out + err
+    trials = _study(sweep_dir).get_trials()
+    assert [t.state.name for t in trials] == ["FAIL"]
+    assert rundir.read_result(sweep_dir / trials[0].user_attrs["run_id"])["status"] == "cancelled"
 
 
 @pytest.mark.slurm
