@@ -59,6 +59,10 @@ def cmd_sweep(args) -> int:
     how = Submission(args.executor, args.dry_run, args.retry_failed, wait=True if args.wait else None, then_report=then)
     if sweep.search is None and args.controller != "here":
         raise CrackhpcError(f"--controller {args.controller}: for a sweep with a search: block; a grid needs none")
+    if args.controller == "slurm" and args.executor not in ("auto", "slurm"):
+        raise CrackhpcError(
+            f"--controller slurm: its trials go out as Slurm jobs; leave out --executor {args.executor}"
+        )
     if sweep.search is not None and args.controller == "slurm" and not args.dry_run:
         from .search import submit_controller
 

@@ -27,6 +27,7 @@ import contextlib
 import importlib
 import math
 import os
+import shutil
 import sys
 import threading
 import time
@@ -429,8 +430,12 @@ def submit_controller(sweep: Sweep, results: Path, argv: list[str], echo: Echo =
     sweep's partition, account and QOS, after its setup lines), recorded in sweep.json; its job id."""
     assert sweep.search is not None
     cfg = sweep.search
-    if resolve_executor(sweep.executor if sweep.executor != "local" else "slurm") != "slurm":
-        raise CrackhpcError("--controller slurm: needs Slurm (sbatch not found): run the search in the foreground")
+    if sweep.executor in ("local", "debug") or not shutil.which("sbatch"):
+        why = f"the sweep's executor is {sweep.executor}" if shutil.which("sbatch") else "sbatch not found"
+        raise CrackhpcError(
+            f"--controller slurm: its trials go out as Slurm jobs, and {why}: run the search here "
+            "(without --controller), or on a Slurm login node with executor slurm or auto"
+        )
     optuna_module()
     preflight.require_weights(expand(sweep))
     folder = sweep_folder(sweep, results)

@@ -82,6 +82,7 @@ def test_the_search_is_refused_where_it_cannot_run(write_yaml, tiny_data, tmp_pa
     results = str(tmp_path / "results")
     assert main(["sweep", str(path), "--executor", "debug", "--results", results]) == 2
     assert main(["sbatch", str(path), "--results", results]) == 2
+    assert main(["sweep", str(path), "--controller", "slurm", "--results", results]) == 2  # executor local
     assert main(["sweep", str(write_yaml(tiny_sweep(tiny_data), "grid.yaml")), "--controller", "slurm"]) == 2
     assert not (tmp_path / "results" / "tiny").exists()
 
