@@ -266,7 +266,7 @@ def cmd_status(args) -> int:
                 flush=True,
             )
         elif args.watch is None or redraw or ended:
-            table = format_status(statuses, args.resources) + "".join(
+            table = (format_status(statuses, args.resources) if statuses else "no runs yet") + "".join(
                 f"\n{job.line()}" for job in (controller, report) if job
             )
             print(("\x1b[H\x1b[J" if redraw else "") + table, flush=True)

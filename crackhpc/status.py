@@ -228,7 +228,7 @@ def collect(sweep_dir: str | Path, query: SlurmQuery | None = None) -> tuple[lis
     except DamagedFileError as exc:
         record, problems = SweepRecord(), [str(exc)]
     run_ids = folder.run_ids(record)
-    if not run_ids:
+    if not run_ids and record.controller_job is None:  # a search's controller job submits them later
         raise CrackhpcError(f"{folder.path}: no runs in it (no {folder.record_path.name}, no run folders)")
     return run_statuses(folder, run_ids, record, query), problems
 

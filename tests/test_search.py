@@ -229,11 +229,14 @@ def test_the_controller_runs_as_a_slurm_job(tmp_path, tiny_data, slurm_cluster):
     job_id = json.loads((sweep_dir / "sweep.json").read_text())["controller_job"]["job_id"]
     assert f"controller job {job_id}" in out and f"controller job {job_id}" in cli("status", sweep_dir)
 
-    ended = until(
-        lambda: (j := report_job(sweep_dir, what="controller job")) and not j.active and j.state != "unknown" and j,
-        "the controller job",
-        300,
-    )
+    try:
+        ended = until(
+            lambda: (j := report_job(sweep_dir, what="controller job")) and not j.active and j.state != "unknown" and j,
+            "the controller job",
+            300,
+        )
+    finally:  # the node has 2 CPUs: a controller left running would hold one from the next tests
+        cli("cancel", sweep_dir)
     log = (sweep_dir / f"controller-job-{job_id}.err").read_text()
     assert ended.state == "COMPLETED", log[-3000:]
     trials = _study(sweep_dir).get_trials()
