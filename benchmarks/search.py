@@ -9,7 +9,7 @@ models with frozen backbones and their features cached (EfficientNet-Lite0 with 
 weights, ResNet18 from random init), lr x batch size x model crossed into the grid, every run
 trained `--epochs` epochs through the local executor, two at a time. The search (`search:` of a sweep
 file, crackhpc.search) draws from the same lists with Optuna's TPE and prunes with ASHA
-(min_resource 1, reduction factor 3), two trials at once. Both count the epochs their runs trained
+(min_resource 1, reduction factor 4), two trials at once. Both count the epochs their runs trained
 (summary.csv's epochs_done, pruned runs included) and their best validation accuracy (a completed
 run's best epoch, as `predict --best` picks it).
 """
@@ -54,13 +54,16 @@ def sweep(name: str, epochs: int, images: int, **top) -> dict:
 def run(folder: Path, spec: dict) -> tuple[pd.DataFrame, float]:
     path = folder / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    sweep_dir = folder / "results" / spec["name"]
+    timing = sweep_dir / "benchmark-seconds.txt"  # a reused sweep's wall time is the one it took to train
     start = time.monotonic()
     with contextlib.redirect_stdout(io.StringIO()):
         code = main(["sweep", str(path), "--results", str(folder / "results")])
-    seconds = time.monotonic() - start
+    seconds = float(timing.read_text()) if timing.is_file() else time.monotonic() - start
     if code != 0:
         raise SystemExit(f"{path}: crackhpc sweep exited {code}")
-    return pd.read_csv(folder / "results" / spec["name"] / "summary.csv"), seconds
+    timing.write_text(f"{seconds}\n")
+    return pd.read_csv(sweep_dir / "summary.csv"), seconds
 
 
 def row(what: str, df: pd.DataFrame, seconds: float) -> dict:
@@ -91,7 +94,8 @@ def markdown(rows: list[dict], args, verdict: list[str]) -> str:
         f"{args.images} synthetic 64 px images (split 0.6/0.2/0.2: {int(args.images * 0.2)} validation images), "
         f"frozen EfficientNet-Lite0 (ImageNet) and ResNet18 (random init), features cached; grid lr {LRS} x "
         f"batch size {BATCHES} x 2 models = {len(LRS) * len(BATCHES) * 2} runs of {args.epochs} epochs; search: "
-        f"TPE over the same lists, {args.trials} trials, ASHA (min_resource 1, reduction factor 3), 2 at a time; "
+        f"TPE over the same lists, {args.trials} trials, ASHA (min_resource 1, reduction factor {args.reduction_factor}), "
+        "2 at a time; "
         "local executor, 2 processes at once, on a shared 2-core machine (wall times move with its load).\n\n"
         f"{table}\n\n"
         "GPU-hours: epochs trained x 40 s, an assumed A100 epoch of the real dataset's 39,500 training "
@@ -107,16 +111,20 @@ def main_(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0, help="the TPE sampler's seed")
+    parser.add_argument("--reduction-factor", type=int, default=4, help="ASHA's: about 1 in this many goes on")
+    parser.add_argument(
+        "--reuse-grid", action="store_true", help="the grid's runs from the last call (they are deterministic)"
+    )
     parser.add_argument("--folder", type=Path, default=HERE / "results" / ".cache" / "search")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "search.md")
     args = parser.parse_args(argv)
     args.folder.mkdir(parents=True, exist_ok=True)
-    for stale in ("grid", "search"):  # each run trains afresh (the synthetic images are kept)
+    for stale in ("search",) if args.reuse_grid else ("grid", "search"):  # trained afresh (the images are kept)
         shutil.rmtree(args.folder / "results" / stale, ignore_errors=True)
     grid = sweep("grid", args.epochs, args.images, grid={"lr": LRS, "batch_size": BATCHES})
     space = {"lr": LRS, "batch_size": BATCHES}
     search = {"sampler": "tpe", "seed": args.seed, "trials": args.trials, "parallel": 2, "metric": "val_acc"}
-    search.update(prune="asha", min_resource=1, reduction_factor=3, space=space)
+    search.update(prune="asha", min_resource=1, reduction_factor=args.reduction_factor, space=space)
     rows = [
         row("grid", *run(args.folder, grid)),
         row("search", *run(args.folder, sweep("search", args.epochs, args.images, search=search))),

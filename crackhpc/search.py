@@ -37,7 +37,7 @@ from typing import Any
 
 from . import atomic, preflight, rundir, slurm
 from .config import Sweep
-from .data.split import make_manifest
+from .data.split import split_dataset
 from .engine import Echo, Engine, resolve_executor
 from .errors import ConfigError, CrackhpcError, DamagedFileError, Interrupted
 from .grid import RUN_PARAM, expand, trial_run
@@ -192,7 +192,7 @@ class Controller:
         self.ended: dict[str, RunState] = {}
         self.bar: Any = None
         self.stopped = False  # by `crackhpc cancel` of the sweep
-        self._data: tuple[Path, list] | None = None  # the data folder and its split, listed once
+        self._data: tuple[Path, tuple] | None = None  # the data folder, its manifest and classes: listed once
 
     # -- trials and their runs ------------------------------------------------------------------------
 
@@ -252,9 +252,9 @@ class Controller:
         record = self.engine.record
         if self._data is None:
             root = prepare_record(self.sweep, self.results, record)
-            self._data = root, make_manifest(root, self.sweep.data.split, self.sweep.data.split_seed)
-        root, manifest = self._data
-        specs = write_run_folders(specs, self.folder, root, self.sweep, record.provenance, manifest)
+            self._data = root, split_dataset(root, self.sweep.data.split, self.sweep.data.split_seed)
+        root, split = self._data
+        specs = write_run_folders(specs, self.folder, root, self.sweep, record.provenance, split)
         record.current_runs = sorted({*(record.current_runs or []), *(s.run_id for s in specs)})
         self.folder.save(record)
         self.engine.run(units(specs, self.folder, self.sweep, self.engine.executor), wait=False)
