@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import math
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -175,16 +175,21 @@ def image_grid(images: Sequence[np.ndarray], captions: Sequence[str], title: str
     return _png(fig)
 
 
-def _optuna_png(draw) -> bytes:
-    """One of Optuna's matplotlib figures as PNG bytes. Optuna draws them with pyplot (whose backend
-    is Agg where there is no display); the figure is closed once saved, leaving pyplot as it was."""
+def search_figure(kind: str, study, metric: str, title: str) -> bytes:
+    """One of Optuna's matplotlib figures of a search's study: `history` (each finished trial's value
+    and the best so far) or `importances` (of each setting, fANOVA over the completed trials). Optuna
+    draws them with pyplot (whose backend is Agg where there is no display); the figure is closed
+    once saved, leaving pyplot as it was."""
     import warnings
 
     from matplotlib import pyplot as plt
+    from optuna.visualization import matplotlib as figures
 
+    plot: Callable = figures.plot_optimization_history if kind == "history" else figures.plot_param_importances
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib figures experimental
-        ax = draw()
+        ax = plot(study, target_name=metric)
+    ax.set_title(title)
     fig = ax.figure
     fig.set_size_inches(7, 4)
     fig.set_layout_engine("constrained")
@@ -192,27 +197,3 @@ def _optuna_png(draw) -> bytes:
         return _png(fig)
     finally:
         plt.close(fig)
-
-
-def search_history(study, metric: str, title: str) -> bytes:
-    """Optuna's optimisation history: each finished trial's value and the best so far."""
-    from optuna.visualization.matplotlib import plot_optimization_history
-
-    def draw():
-        ax = plot_optimization_history(study, target_name=metric)
-        ax.set_title(title)
-        return ax
-
-    return _optuna_png(draw)
-
-
-def search_importances(study, metric: str, title: str) -> bytes:
-    """Optuna's parameter importances (fANOVA over the completed trials)."""
-    from optuna.visualization.matplotlib import plot_param_importances
-
-    def draw():
-        ax = plot_param_importances(study, target_name=metric)
-        ax.set_title(title)
-        return ax
-
-    return _optuna_png(draw)

@@ -394,25 +394,16 @@ class Report:
                 ],
             )
         if self.figure_runs is not None and best is not None:
-            title = f"{self.sweep_dir.name}: {metric} of each trial"
-            self._figure(
-                "search-history.png",
-                [title, search.key()],
-                lambda: plots.search_history(search.study, metric, title),
-                "optimisation history",
-            )
+            shown = [("history", f"{self.sweep_dir.name}: {metric} of each trial", "optimisation history")]
             complete = [t for t in search.trials if t.state == "COMPLETE"]
-            varied = {k for k in best.params if len({repr(t.params.get(k)) for t in complete}) > 1}
-            if len(complete) >= 2 and varied:
+            if any(len({repr(t.params.get(k)) for t in complete}) > 1 for k in best.params):
                 title = f"{self.sweep_dir.name}: importance of each setting for {metric}"
-                self._figure(
-                    "search-importances.png",
-                    [title, search.key()],
-                    lambda: plots.search_importances(search.study, metric, title),
-                    "parameter importances",
-                )
+                shown.append(("importances", title, "parameter importances"))
             else:
                 doc.para("Parameter importances need two completed trials whose settings differ.")
+            for kind, title, alt in shown:
+                draw = functools.partial(plots.search_figure, kind, search.study, metric, title)
+                self._figure(f"search-{kind}.png", [title, search.key()], draw, alt)
         by_run = {t.run_id: t for t in search.trials}
         pruned = self.df[self.df["status"] == RunState.PRUNED.value]
         if pruned.empty:
