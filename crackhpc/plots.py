@@ -189,6 +189,8 @@ def search_figure(kind: str, study, metric: str, title: str) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib figures experimental
         ax = plot(study, target_name=metric)
+    for loc in ("left", "right"):  # Optuna's own titles, in place of which ours goes
+        ax.set_title("", loc=loc)
     ax.set_title(title)
     fig = ax.figure
     fig.set_size_inches(7, 4)
