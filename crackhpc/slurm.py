@@ -101,8 +101,9 @@ def options(res: Resources) -> dict:
         "qos": res.qos,
         "constraint": res.constraint,
         # submitit requeues with `scontrol requeue`, which Slurm refuses for a job that is not
-        # requeueable: the default where a cluster sets JobRequeue=0.
-        "requeue": True,
+        # requeueable: the default where a cluster sets JobRequeue=0. Requeueable jobs are also
+        # requeued by Slurm when a node fails under them; `sbatch: {no-requeue: true}` opts out.
+        "requeue": None if res.sbatch.get("no-requeue") else True,
         **res.sbatch,
     }
     return {k: v for k, v in opts.items() if v is not None}
@@ -221,15 +222,24 @@ def sacct(job_ids: list[str]) -> dict[str, SlurmJob]:
         return {}
     arrays = sorted({j.split("_")[0] for j in job_ids})
     jobs = parse_sacct(_run(["sacct", "-P", "-o", ",".join(SACCT_FIELDS + USAGE_FIELDS), "-j", ",".join(arrays)]))
-    ask = [j for j in job_ids if j not in jobs or (jobs[j].state == "PENDING" and not jobs[j].reason)]
+    ask = [
+        j for j in job_ids if j not in jobs or (jobs[j].state == "PENDING" and not jobs[j].reason) or _requeued(jobs[j])
+    ]
     if ask and shutil.which("squeue"):
         # squeue fails when it knows none of the ids: all of them have left the queue.
         rows = _run(["squeue", "-h", "-r", "-o", "%i|%T|%M|%N||%r", "-j", ",".join(ask)], may_fail=True)
         queued = parse_sacct("|".join(SACCT_FIELDS) + "\n" + rows)
         for job_id, job in queued.items():
             known = jobs.get(job_id)
-            jobs[job_id] = dataclasses.replace(known, reason=job.reason) if known else job
+            jobs[job_id] = dataclasses.replace(known, state=job.state, reason=job.reason) if known else job
     return jobs
+
+
+def _requeued(job: SlurmJob) -> bool:
+    """An end that Slurm may follow by requeueing the job (a node failed under it, or it was
+    preempted): accounting shows the end a moment before the job's next pending row, while the queue
+    already holds it again, and a queued job must not look ended (nor be submitted a second time)."""
+    return job.state in ("NODE_FAIL", "PREEMPTED")
 
 
 def parse_sacct(text: str) -> dict[str, SlurmJob]:
@@ -307,6 +317,19 @@ def hostnames(nodelist: str) -> tuple[str, ...]:
     if "[" not in nodelist:
         return tuple(h for h in nodelist.split(",") if h)
     return tuple(_run(["scontrol", "show", "hostnames", nodelist]).split())
+
+
+def unavailable_nodes(nodelist: str) -> dict[str, str]:
+    """The nodes of `nodelist` that Slurm holds down, drained, failed or not responding, each with
+    Slurm's reason (e.g. `Not responding`); empty where all of them are back, or there is no sinfo."""
+    if not nodelist or not shutil.which("sinfo"):
+        return {}
+    nodes = {}
+    for line in _run(["sinfo", "-h", "-N", "-n", nodelist, "-o", "%N|%T|%E"], may_fail=True).splitlines():
+        name, state, reason = (line.split("|", 2) + ["", ""])[:3]
+        if state.endswith("*") or state.startswith(("down", "drain", "fail")):
+            nodes[name] = reason if reason not in ("", "none") else state
+    return nodes
 
 
 def max_array_size() -> int | None:

@@ -10,7 +10,16 @@
 #   CRACKHPC_SLURM_CLUSTER  cluster name               (default crackhpc)
 #   CRACKHPC_SLURM_CPUS     CPUs declared for the node (default: nproc)
 #   CRACKHPC_SLURM_TIMEOUT  seconds to wait per daemon (default 60)
+#
+# `start.sh --nodes 2` also starts the two-node cluster of tests/slurm/two_nodes.sh beside this one
+# (same munged and slurmdbd; clients reach it with its SLURM_CONF, the last line printed).
 set -euo pipefail
+
+case "${1:-} ${2:-}" in
+" " | "--nodes 1") NODES=1 ;;
+"--nodes 2") NODES=2 ;;
+*) echo "usage: $0 [--nodes 1|2]" >&2 && exit 2 ;;
+esac
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BASE=${CRACKHPC_SLURM_DIR:-/tmp/crackhpc-slurm}
@@ -232,3 +241,7 @@ wait_for sacct "$LOG/slurmdbd.log" sacct_ok
 version=$(sinfo --version | awk '{print $2}')
 gres=$(sinfo -h -n "$HOST" -o %G | head -n1)
 echo "slurm $version up: cluster=$CLUSTER node=$HOST state=$(node_state) cpus=$CPUS mem=${MEMORY}M gres=$gres partition=debug conf=$CONF_DIR/slurm.conf logs=$LOG"
+if ((NODES == 2)); then
+    exec 9>&-
+    bash "$HERE/two_nodes.sh" up
+fi

@@ -1,0 +1,135 @@
+"""Runs across two Slurm nodes: the two-node cluster of tests/slurm/two_nodes.sh, node1 and node2,
+each a slurmd with its own hostname and address (network and UTS namespaces) and 1 CPU, on the
+one shared file system. What one host cannot show: MASTER_ADDR from the job's hostnames, ranks
+meeting across addresses, two nodes building one cache, a node that dies, a rank that cannot
+reach the rendezvous.
+"""
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from crackhpc import rundir
+from crackhpc.cli import main
+from crackhpc.status import collect
+
+from .conftest import TWO_NODES, tiny_sweep
+from .test_slurm_integration import cli, finished, until
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("two_nodes")]
+
+TWO = {"partition": "debug", "nodes": 2, "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 1, "timeout_min": 10}
+# As tests/test_worker_distributed.py: the head on cached features, batch 8 = 4 + 4, SGD, so the two
+# ranks' averaged gradient is the one process's up to rounding: test accuracy within one test image.
+HEAD_ONLY = {"epochs": 30, "lr": 0.01, "optimizer": "sgd"}
+# The whole network trains, ~1 s an epoch: time for a node to die mid-run.
+SLOW = {"freeze_backbone": False, "input_size": 96, "epochs": 6}
+
+
+def sweep_yaml(folder: Path, data: Path, name: str, defaults: dict, resources: dict | None = None) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(tiny_sweep(data, name, defaults, executor="slurm", resources={**TWO, **(resources or {})}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, tiny_data) -> dict:
+    """The reference: the same run in one local process."""
+    folder = tmp_path_factory.mktemp("one")
+    path = folder / "one.yaml"
+    path.write_text(tiny_sweep(tiny_data, "one", HEAD_ONLY))
+    assert main(["sweep", str(path), "--executor", "local", "--results", str(folder)]) == 0
+    (run_dir,) = (p for p in (folder / "one").iterdir() if (p / rundir.RESULT).is_file())
+    return rundir.read_result(run_dir)
+
+
+def task_logs(sweep_dir: Path) -> str:
+    """What every task of the sweep's jobs printed (submitit's per-task logs)."""
+    return "".join(p.read_text() for p in sorted(sweep_dir.rglob("*_log.out")))
+
+
+def assert_matches(result: dict, one: dict) -> None:
+    assert result["status"] == "completed", result.get("error")
+    assert (result["world_size"], result["params_in_sync"]) == (2, True)
+    assert result["n_test"] == one["n_test"] == 10
+    assert abs(result["test_acc"] - one["test_acc"]) <= 0.1 + 1e-9  # one of the 10 test images
+    assert result["test_loss"] == pytest.approx(one["test_loss"], abs=1e-4)
+
+
+def test_ddp_across_two_nodes_matches_one_process_and_builds_each_cache_once(tmp_path, tiny_data, one_process):
+    cli("sweep", sweep_yaml(tmp_path, tiny_data, "ddp", HEAD_ONLY), "--results", tmp_path)
+    (run,) = finished(tmp_path / "ddp")
+    result = rundir.read_result(tmp_path / "ddp" / run.run_id)
+    assert_matches(result, one_process)
+    assert (result["backend"], result["hosts"], run.node) == ("ddp", ["node1", "node2"], "node[1-2]")
+    # Both nodes asked for the image cache and the features at once, on the shared file system:
+    # one built each, under the cache's lock, the other read it.
+    logs = task_logs(tmp_path / "ddp")
+    assert len(re.findall(r"\[rank [01]\] image cache ready", logs)) == 2
+    assert sorted(re.findall(r"\[rank [01]\] features (computed|reused)", logs)) == ["computed", "reused"]
+    cache = tmp_path / "ddp" / ".cache"
+    assert len(list((cache / "images").glob("images-*.ok.npy"))) == 1
+    assert len(list((cache / "features").glob("features-*.npy"))) == 1
+    assert not list(cache.rglob(".*.tmp"))
+
+
+def node(action: str, name: str = "node2") -> None:
+    """`fail`: the node dies (its link goes down, then every process on it is killed: slurmd, the
+    job's step, the rank); `revive`: it comes back (link up, slurmd started)."""
+    subprocess.run(["bash", str(TWO_NODES), action, name], check=True, capture_output=True)
+
+
+def slurm_states(job_id: str) -> list[str]:
+    """Every state the job has had, requeued incarnations included (sacct --duplicates)."""
+    out = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-o", "State", "-j", job_id], capture_output=True, text=True)
+    return out.stdout.split()
+
+
+def started_training(tmp_path: Path, tiny_data: Path, name: str, resources: dict | None = None):
+    """A two-node run submitted by `crackhpc sweep`, once its first epoch is checkpointed."""
+    path = sweep_yaml(tmp_path, tiny_data, name, {**SLOW, "epochs": 8}, resources)
+    cli("sweep", path, "--results", tmp_path)
+    ((run_id, job),) = json.loads((tmp_path / name / "sweep.json").read_text())["runs"].items()
+    run_dir = tmp_path / name / run_id
+    until(lambda: rundir.read_result(run_dir).get("epochs_done"), "first epoch", 180)
+    return path, run_dir, job["job_id"]
+
+
+def assert_resumed_to_the_end(run, run_dir: Path) -> None:
+    assert (run.state, run.epoch) == ("completed", "8/8"), run.note
+    resumed = re.findall(r"resumed from checkpoint\.pt after epoch (\d+)", (run_dir / rundir.LOG).read_text())
+    assert resumed and int(resumed[-1]) >= 1
+    assert [row.split(",")[0] for row in (run_dir / rundir.METRICS).read_text().splitlines()[1:]] == [
+        str(e) for e in range(1, 9)
+    ]
+    assert rundir.read_result(run_dir)["params_in_sync"] is True
+
+
+def test_a_node_that_dies_mid_training_requeues_the_job_and_the_run_resumes(tmp_path, tiny_data):
+    _, run_dir, job_id = started_training(tmp_path, tiny_data, "nodefail")
+    node("fail")
+    until(lambda: "NODE_FAIL" in slurm_states(job_id), "Slurm marking the job NODE_FAIL", 120)
+    (run,) = collect(tmp_path / "nodefail")[0]
+    # Requeued by Slurm (its steps on node1 stopping, then pending for two nodes): not ended, not resubmittable.
+    assert run.live, run
+    node("revive")
+    (run,) = finished(tmp_path / "nodefail", 300)
+    assert_resumed_to_the_end(run, run_dir)
+    assert run.requeues >= 1 and slurm_states(job_id)[-1] == "COMPLETED"
+
+
+def test_without_requeue_a_node_failure_fails_the_run_naming_the_node_and_retry_resumes(tmp_path, tiny_data):
+    path, run_dir, job_id = started_training(tmp_path, tiny_data, "noreq", {"sbatch": {"no-requeue": True}})
+    node("fail")
+    (run,) = finished(tmp_path / "noreq", 180)
+    assert (run.state, run.slurm_state, run.live) == ("node_fail", "NODE_FAIL", False)
+    status = cli("status", tmp_path / "noreq")
+    (line,) = [line for line in status.splitlines() if run.run_id in line]
+    assert re.search(r"\bnode_fail\b", line) and "node2" in line and "--retry-failed" in line, status
+    node("revive")
+    cli("sweep", path, "--results", tmp_path, "--retry-failed")
+    (run,) = finished(tmp_path / "noreq", 300)
+    assert_resumed_to_the_end(run, run_dir)
