@@ -128,7 +128,10 @@ def test_without_requeue_a_node_failure_fails_the_run_naming_the_node_and_retry_
     assert (run.state, run.slurm_state, run.live) == ("node_fail", "NODE_FAIL", False)
     status = cli("status", tmp_path / "noreq")
     (line,) = [line for line in status.splitlines() if run.run_id in line]
-    assert re.search(r"\bnode_fail\b", line) and "node2" in line and "--retry-failed" in line, status
+    assert re.search(r"\bnode_fail\b.* node failure: node2 \(Not responding\) failed under job", line), status
+    assert run.note.endswith(
+        "which Slurm did not requeue; `crackhpc sweep --retry-failed` resumes it from its last checkpoint"
+    )
     node("revive")
     cli("sweep", path, "--results", tmp_path, "--retry-failed")
     (run,) = finished(tmp_path / "noreq", 300)
