@@ -136,3 +136,35 @@ def test_without_requeue_a_node_failure_fails_the_run_naming_the_node_and_retry_
     cli("sweep", path, "--results", tmp_path, "--retry-failed")
     (run,) = finished(tmp_path / "noreq", 300)
     assert_resumed_to_the_end(run, run_dir)
+
+
+def netns_processes(node_name: str) -> list[str]:
+    """The command lines of the processes in a node's network namespace."""
+    want = Path(f"/run/netns/crackhpc-{node_name}").stat().st_ino
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if (proc / "ns" / "net").stat().st_ino == want:
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip())
+        except OSError:
+            continue  # ended meanwhile
+    return found
+
+
+def test_a_rank_that_cannot_reach_the_rendezvous_fails_the_run_in_one_line(tmp_path, tiny_data, monkeypatch):
+    # node2's name service sends node1's name to an address nobody has (a stale DNS entry): Slurm,
+    # which goes by NodeAddr, still starts both tasks, but rank 1 cannot reach MASTER_ADDR=node1.
+    hosts = Path("/etc/netns/crackhpc-node2/hosts")  # bind-mounted over node2's /etc/hosts: edit in place
+    hosts.write_text(re.sub(r"^(\d+\.\d+\.\d+)\.\d+ node1$", r"\1.99 node1", hosts.read_text(), flags=re.M))
+    monkeypatch.setenv("CRACKHPC_RENDEZVOUS_TIMEOUT_S", "20")  # sbatch passes the environment to the job
+    cli("sweep", sweep_yaml(tmp_path, tiny_data, "unreachable", HEAD_ONLY), "--results", tmp_path)
+    (run,) = finished(tmp_path / "unreachable", 240)
+    assert (run.state, run.slurm_state) == ("failed", "FAILED")
+    assert re.fullmatch(
+        r"BackendError: backend ddp: rank 0 waited for the other ranks at node1:\d+ for 20 s "
+        r"\(CRACKHPC_RENDEZVOUS_TIMEOUT_S\): .*; check that the job's nodes reach each other by their Slurm hostnames",
+        run.note,
+    )
+    assert re.search(r"rank 1 could not reach rank 0 at node1:\d+ for 20 s", task_logs(tmp_path / "unreachable"))
+    # Neither rank outlived the job: nothing but slurmd is left on either node.
+    assert [p for n in ("node1", "node2") for p in netns_processes(n) if "slurmd" not in p] == []

@@ -112,7 +112,7 @@ def _rendezvous(env: DistEnv) -> dist.TCPStore:
             timeout=datetime.timedelta(seconds=timeout),
         )
     except (RuntimeError, OSError) as exc:  # torch's DistStoreError / DistNetworkError are RuntimeErrors
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        why = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
         who = "rank 0 waited for the other ranks" if env.is_main else f"rank {env.rank} could not reach rank 0"
         raise backends.BackendError(
             f"backend ddp: {who} at {env.master_addr}:{env.master_port} for {timeout:g} s "
