@@ -75,7 +75,10 @@ def _completed(run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory, tiny_data, horovod_venv) -> dict:
     """The same run in one plain process of the Horovod venv: the reference the 2-rank runs match."""
-    folder = tmp_path_factory.mktemp("one")
+    return single_process_result(tmp_path_factory.mktemp("one"), tiny_data, horovod_venv)
+
+
+def single_process_result(folder: Path, tiny_data: Path, horovod_venv: Path) -> dict:
     run_dir = _run_folder(folder, tiny_data, "one", {**TWO_TASKS, "tasks_per_node": 1}, {"backend": "auto"})
     subprocess.run(
         [horovod_venv / "bin" / "python", "-m", "crackhpc.worker", run_dir],

@@ -16,7 +16,9 @@ from crackhpc import rundir
 from crackhpc.cli import main
 from crackhpc.status import collect
 
+from . import test_horovod
 from .conftest import TWO_NODES, tiny_sweep
+from .test_horovod import horovod_venv  # noqa: F401 (the fixture)
 from .test_slurm_integration import cli, finished, until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("two_nodes")]
@@ -35,15 +37,18 @@ def sweep_yaml(folder: Path, data: Path, name: str, defaults: dict, resources: d
     return path
 
 
-@pytest.fixture(scope="module")
-def one_process(tmp_path_factory, tiny_data) -> dict:
+def one_process_result(folder: Path, data: Path, defaults: dict) -> dict:
     """The reference: the same run in one local process."""
-    folder = tmp_path_factory.mktemp("one")
     path = folder / "one.yaml"
-    path.write_text(tiny_sweep(tiny_data, "one", HEAD_ONLY))
+    path.write_text(tiny_sweep(data, "one", defaults))
     assert main(["sweep", str(path), "--executor", "local", "--results", str(folder)]) == 0
     (run_dir,) = (p for p in (folder / "one").iterdir() if (p / rundir.RESULT).is_file())
     return rundir.read_result(run_dir)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, tiny_data) -> dict:
+    return one_process_result(tmp_path_factory.mktemp("one"), tiny_data, HEAD_ONLY)
 
 
 def task_logs(sweep_dir: Path) -> str:
@@ -51,9 +56,9 @@ def task_logs(sweep_dir: Path) -> str:
     return "".join(p.read_text() for p in sorted(sweep_dir.rglob("*_log.out")))
 
 
-def assert_matches(result: dict, one: dict) -> None:
+def assert_matches(result: dict, one: dict, backend: str) -> None:
     assert result["status"] == "completed", result.get("error")
-    assert (result["world_size"], result["params_in_sync"]) == (2, True)
+    assert (result["world_size"], result["params_in_sync"], result["backend"]) == (2, True, backend)
     assert result["n_test"] == one["n_test"] == 10
     assert abs(result["test_acc"] - one["test_acc"]) <= 0.1 + 1e-9  # one of the 10 test images
     assert result["test_loss"] == pytest.approx(one["test_loss"], abs=1e-4)
@@ -63,8 +68,8 @@ def test_ddp_across_two_nodes_matches_one_process_and_builds_each_cache_once(tmp
     cli("sweep", sweep_yaml(tmp_path, tiny_data, "ddp", HEAD_ONLY), "--results", tmp_path)
     (run,) = finished(tmp_path / "ddp")
     result = rundir.read_result(tmp_path / "ddp" / run.run_id)
-    assert_matches(result, one_process)
-    assert (result["backend"], result["hosts"], run.node) == ("ddp", ["node1", "node2"], "node[1-2]")
+    assert_matches(result, one_process, "ddp")
+    assert (result["hosts"], run.node) == (["node1", "node2"], "node[1-2]")
     # Both nodes asked for the image cache and the features at once, on the shared file system:
     # one built each, under the cache's lock, the other read it.
     logs = task_logs(tmp_path / "ddp")
@@ -168,3 +173,39 @@ def test_a_rank_that_cannot_reach_the_rendezvous_fails_the_run_in_one_line(tmp_p
     assert re.search(r"rank 1 could not reach rank 0 at node1:\d+ for 20 s", task_logs(tmp_path / "unreachable"))
     # Neither rank outlived the job: nothing but slurmd is left on either node.
     assert [p for n in ("node1", "node2") for p in netns_processes(n) if "slurmd" not in p] == []
+
+
+def test_plain_sbatch_template_trains_across_two_nodes(tmp_path, tiny_data, one_process):
+    """slurm_templates/torch_srun.sbatch: srun starts a task per node, each finds its rank, the
+    master's address and port from Slurm's variables."""
+    cli("sbatch", sweep_yaml(tmp_path, tiny_data, "plain2", HEAD_ONLY), "--results", tmp_path, "--submit")
+    (run,) = finished(tmp_path / "plain2")
+    result = rundir.read_result(tmp_path / "plain2" / run.run_id)
+    assert_matches(result, one_process, "ddp")
+    assert (result["hosts"], run.node, run.slurm_state) == (["node1", "node2"], "node[1-2]", "COMPLETED")
+
+
+KERAS_HEAD_ONLY = {**HEAD_ONLY, "framework": "keras", "model": "vgg16"}
+
+
+def test_keras_tf_distribute_across_two_nodes_matches_one_process(tmp_path, tiny_data):
+    """MultiWorkerMirroredStrategy with TF_CONFIG naming node1 and node2 (a worker each)."""
+    cli("sweep", sweep_yaml(tmp_path, tiny_data, "tfdist", KERAS_HEAD_ONLY), "--results", tmp_path)
+    one = one_process_result(tmp_path, tiny_data, KERAS_HEAD_ONLY)
+    (run,) = finished(tmp_path / "tfdist", 300)
+    assert_matches(rundir.read_result(tmp_path / "tfdist" / run.run_id), one, "tf-distribute")
+    assert run.node == "node[1-2]"
+
+
+def test_keras_horovod_across_two_nodes_matches_one_process(tmp_path, tiny_data, two_nodes, horovod_venv):
+    """The Horovod venv's `crackhpc sweep`; srun starts a task on each node, which meet at rank 0's
+    Gloo rendezvous on node1 (no horovodrun, no MPI)."""
+    path = test_horovod._sweep(tmp_path, tiny_data, "hvd2", TWO)
+    env = test_horovod._env(horovod_venv, SLURM_CONF=two_nodes)  # it leaves out the SLURM_* variables
+    subprocess.run(
+        ["crackhpc", "sweep", path, "--executor", "slurm", "--results", tmp_path], env=env, check=True, capture_output=True
+    )
+    one = test_horovod.single_process_result(tmp_path, tiny_data, horovod_venv)
+    (run,) = finished(tmp_path / "hvd2", 300)
+    assert run.node == "node[1-2]"
+    test_horovod._matches_one_process(test_horovod._completed(tmp_path / "hvd2" / run.run_id), one)
