@@ -279,10 +279,13 @@ def pytest_runtest_makereport(item, call):
 
 
 # Under pytest-xdist (`make test` runs two workers) the tests that share the one Slurm cluster, and
-# the multi-process Horovod runs, go to one worker in turn; the others spread over both.
+# the multi-process Horovod runs, go to one worker in turn; the others spread over both. The tests of
+# the two-node cluster share it and go to one worker too (first match wins: they also use the
+# single-node cluster's fixture, for its munged and slurmdbd, and some the Horovod venv), beside
+# the single-node cluster's tests.
 SERIAL = {
+    "slurm_two_nodes": "two_nodes",
     "slurm_cluster": "slurm",
-    "slurm_two_nodes": "slurm",
     "horovod_venv": "slurm",
     "learned": "learned",
     "tracked": "tracked",

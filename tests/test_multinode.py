@@ -27,8 +27,8 @@ TWO = {"partition": "debug", "nodes": 2, "gpus_per_node": 0, "cpus_per_task": 1,
 # As tests/test_worker_distributed.py: the head on cached features, batch 8 = 4 + 4, SGD, so the two
 # ranks' averaged gradient is the one process's up to rounding: test accuracy within one test image.
 HEAD_ONLY = {"epochs": 30, "lr": 0.01, "optimizer": "sgd"}
-# The whole network trains, ~1 s an epoch: time for a node to die mid-run.
-SLOW = {"freeze_backbone": False, "input_size": 96, "epochs": 6}
+# The whole network trains, a second or two an epoch: time for a node to die mid-run.
+SLOW = {"freeze_backbone": False, "input_size": 64, "epochs": 8}
 
 
 def sweep_yaml(folder: Path, data: Path, name: str, defaults: dict, resources: dict | None = None) -> Path:
@@ -95,7 +95,7 @@ def slurm_states(job_id: str) -> list[str]:
 
 def started_training(tmp_path: Path, tiny_data: Path, name: str, resources: dict | None = None):
     """A two-node run submitted by `crackhpc sweep`, once its first epoch is checkpointed."""
-    path = sweep_yaml(tmp_path, tiny_data, name, {**SLOW, "epochs": 8}, resources)
+    path = sweep_yaml(tmp_path, tiny_data, name, SLOW, resources)
     cli("sweep", path, "--results", tmp_path)
     ((run_id, job),) = json.loads((tmp_path / name / "sweep.json").read_text())["runs"].items()
     run_dir = tmp_path / name / run_id
@@ -203,7 +203,10 @@ def test_keras_horovod_across_two_nodes_matches_one_process(tmp_path, tiny_data,
     path = test_horovod._sweep(tmp_path, tiny_data, "hvd2", TWO)
     env = test_horovod._env(horovod_venv, SLURM_CONF=two_nodes)  # it leaves out the SLURM_* variables
     subprocess.run(
-        ["crackhpc", "sweep", path, "--executor", "slurm", "--results", tmp_path], env=env, check=True, capture_output=True
+        ["crackhpc", "sweep", path, "--executor", "slurm", "--results", tmp_path],
+        env=env,
+        check=True,
+        capture_output=True,
     )
     one = test_horovod.single_process_result(tmp_path, tiny_data, horovod_venv)
     (run,) = finished(tmp_path / "hvd2", 300)
