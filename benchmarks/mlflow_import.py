@@ -23,10 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from crackhpc import atomic
 from crackhpc.mlflow_import import ARTIFACTS, DB, LOCK
 
-from .report_scale import HERE, REPORT, clean, make_sweep, timed
+from .report_scale import HERE, REPORT, clean, make_sweep, publish, timed
 
 BASE = ["--no-figures", "--format", "csv"]
 
@@ -112,11 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         + "\n"
     )
-    print("\n" + text)
-    if args.append and args.out.is_file():
-        text = args.out.read_text() + "\n" + text
-    atomic.write_text(args.out, text)
-    print(f"written: {args.out}")
+    publish(args.out, text, args.append)
     return 0
 
 

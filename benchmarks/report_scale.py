@@ -184,6 +184,15 @@ def clean(sweep_dir: Path) -> None:
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
+def publish(out: Path, text: str, append: bool) -> None:
+    """Print a results table and write it to `out`, after what is there when `append`."""
+    print("\n" + text)
+    if append and out.is_file():
+        text = out.read_text() + "\n" + text
+    atomic.write_text(out, text)
+    print(f"written: {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=1000)
@@ -258,11 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         + "\n"
     )
-    print("\n" + text)
-    if args.append and args.out.is_file():
-        text = args.out.read_text() + "\n" + text
-    atomic.write_text(args.out, text)
-    print(f"written: {args.out}")
+    publish(args.out, text, args.append)
     return 0
 
 

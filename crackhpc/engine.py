@@ -347,12 +347,18 @@ class Engine:
 
     def _settle(self, unit: Unit, job) -> RunState:
         """The run's state once its local job has ended; a worker that ended without recording an
-        outcome (killed, out of memory, a full disk) is recorded failed, with where to look."""
+        outcome is recorded as its stop request asked (`crackhpc cancel` stopped it before its
+        handlers were in place), else failed (killed, out of memory, a full disk), with where to look."""
         run_dir = self.folder.run(unit.run_id)
         try:
             state = rundir.state_of(rundir.read_result(run_dir))
         except DamagedFileError:
             return RunState.UNREADABLE
+        stop = rundir.stop_requested(run_dir)
+        if state.live and stop is not None:
+            asked = RunState.parse(str(stop.get("state", RunState.CANCELLED.value)))
+            rundir.update_result(run_dir, status=asked, error=stop.get("why") or None, finished=rundir.now())
+            return asked
         if state.live:
             rundir.update_result(
                 run_dir,

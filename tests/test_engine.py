@@ -121,6 +121,22 @@ def test_a_run_cancelled_while_it_waits_for_a_core_stays_cancelled(tmp_path, wri
     assert len(record["runs"]) == 2 and sum("process" in r for r in results) == 2  # two never started
 
 
+def test_a_worker_killed_after_a_stop_request_is_recorded_as_the_request_asked(tmp_path, write_yaml, tiny_data):
+    """`crackhpc cancel` can kill a worker before it records anything (still importing torch, say):
+    the waiting sweep then records the run cancelled, as the stop request asked, not failed."""
+    from crackhpc.states import RunState
+
+    path = write_yaml(tiny_sweep(tiny_data, defaults=ENDLESS))
+    proc = crackhpc("sweep", str(path), "--executor", "local", "--results", str(tmp_path))
+    run = wait_until(lambda: training(tmp_path / "tiny"), what="an epoch")
+    rundir.request_stop(run["run_dir"], RunState.CANCELLED, "crackhpc cancel")
+    os.kill(run["process"]["pid"], signal.SIGKILL)  # no handler of the worker's runs
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    result = rundir.read_result(run["run_dir"])
+    assert (result["status"], result["error"]) == ("cancelled", "crackhpc cancel")
+
+
 def test_folders_of_one_kind_are_refused_as_another(tmp_path, tiny_run, photos, capsys):
     sweep_dir = tiny_run.parent
     record = (sweep_dir / "sweep.json").read_bytes()
