@@ -42,6 +42,7 @@ BLOCKS = (
     "Using a trained model",
     "Distributed runs and backends",
     "Distributed runs and backends #2",
+    "Multi-node",
 )
 
 
