@@ -129,7 +129,12 @@ network() {
             echo "$NET.1 $HOST"
             for other in "${NODES[@]}"; do echo "$(addr "$other") $other"; done
         } >"/etc/netns/$n/hosts"
-        [ -e "/run/netns/$n" ] && continue
+        [ -e "/run/netns/$n" ] && ip link show "$v" >/dev/null 2>&1 && continue
+        # Half-built, or its link deleted: the node again from the start, its slurmd too.
+        kill_node_processes "$node"
+        rm -f "$RUN/slurmd-$node.pid"
+        ip netns del "$n" 2>/dev/null
+        ip link del "$v" 2>/dev/null
         ip netns add "$n" &&
             ip link add "$v" type veth peer name eth0 netns "$n" &&
             ip link set "$v" master "$BRIDGE" && ip link set "$v" up &&
