@@ -68,9 +68,9 @@ start_slurmd() {
     # Its own hostname, and /etc/netns/<ns>/hosts over /etc/hosts, so the nodes' names resolve
     # inside the cluster as a site's DNS would. (Not `ip netns exec`: it remounts /sys, without
     # the cgroup file system slurmd needs.)
-    nsenter --net="/run/netns/$(ns "$node")" unshare --uts --mount --propagation slave \
+    detached nsenter --net="/run/netns/$(ns "$node")" unshare --uts --mount --propagation slave \
         sh -c "mount --bind /etc/netns/$(ns "$node")/hosts /etc/hosts && hostname $node && exec slurmd -N $node" \
-        9>&- </dev/null >>"$LOG/slurmd-$node.out" 2>&1 || die "slurmd on $node failed to start" "$LOG/slurmd-$node.log"
+        </dev/null >>"$LOG/slurmd-$node.out" 2>&1 || die "slurmd on $node failed to start" "$LOG/slurmd-$node.log"
 }
 
 node_state() { sinfo -h -n "$1" -o %T 2>/dev/null | head -n1; }
@@ -175,7 +175,7 @@ up() {
     fi
     if ! running slurmctld "$RUN/slurmctld.pid"; then
         log "starting slurmctld ($CLUSTER, port 6827)"
-        slurmctld 9>&- </dev/null >>"$LOG/slurmctld.out" 2>&1 || die "slurmctld failed to start" "$LOG/slurmctld.log"
+        detached slurmctld </dev/null >>"$LOG/slurmctld.out" 2>&1 || die "slurmctld failed to start" "$LOG/slurmctld.log"
     fi
     local deadline=$((SECONDS + TIMEOUT))
     until scontrol ping 2>/dev/null | grep -q UP; do
