@@ -1,5 +1,5 @@
 """torchvision backbones (and timm's EfficientNet-Lite0) split into (backbone → feature vector,
-2-class head), and the frozen backbone's one-off feature pass."""
+head over the dataset's classes), and the frozen backbone's one-off feature pass."""
 
 from __future__ import annotations
 
