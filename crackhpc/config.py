@@ -253,7 +253,8 @@ class Resources(_Model):
                 )
             if not _SLURM_WORD.match(str(value)):
                 raise _problem(f"{opt}: value {value!r} has shell metacharacters or spaces")
-        return {str(k): str(v) for k, v in options.items()}
+        # `true` is a flag (`no-requeue: true` gives --no-requeue), `false` leaves the option out.
+        return {str(k): True if v is True else str(v) for k, v in options.items() if v is not False}
 
     @model_validator(mode="after")
     def _one_task_per_gpu(self):

@@ -102,8 +102,9 @@ def options(res: Resources) -> dict:
         "qos": res.qos,
         "constraint": res.constraint,
         # submitit requeues with `scontrol requeue`, which Slurm refuses for a job that is not
-        # requeueable: the default where a cluster sets JobRequeue=0.
-        "requeue": True,
+        # requeueable: the default where a cluster sets JobRequeue=0. Requeueable jobs are also
+        # requeued by Slurm when a node fails under them; `sbatch: {no-requeue: true}` opts out.
+        "requeue": None if res.sbatch.get("no-requeue") else True,
         **res.sbatch,
     }
     return {k: v for k, v in opts.items() if v is not None}
@@ -237,7 +238,9 @@ def sacct(job_ids: list[str]) -> dict[str, SlurmJob]:
     # one header for the whole table: each call prints its own
     texts = [_run(["sacct", "-P", "-o", fields, "-j", ",".join(part)]) for part in batches(arrays)]
     jobs = parse_sacct(texts[0] + "".join(t.partition("\n")[2] for t in texts[1:]))
-    ask = [j for j in job_ids if j not in jobs or (jobs[j].state == "PENDING" and not jobs[j].reason)]
+    ask = [
+        j for j in job_ids if j not in jobs or (jobs[j].state == "PENDING" and not jobs[j].reason) or _requeued(jobs[j])
+    ]
     if ask and shutil.which("squeue"):
         # squeue fails when it knows none of the ids: all of them have left the queue.
         rows = "".join(
@@ -247,8 +250,15 @@ def sacct(job_ids: list[str]) -> dict[str, SlurmJob]:
         queued = parse_sacct("|".join(SACCT_FIELDS) + "\n" + rows)
         for job_id, job in queued.items():
             known = jobs.get(job_id)
-            jobs[job_id] = dataclasses.replace(known, reason=job.reason) if known else job
+            jobs[job_id] = dataclasses.replace(known, state=job.state, reason=job.reason) if known else job
     return jobs
+
+
+def _requeued(job: SlurmJob) -> bool:
+    """An end that Slurm may follow by requeueing the job (a node failed under it, or it was
+    preempted): accounting shows the end a moment before the job's next pending row, while the queue
+    already holds it again, and a queued job must not look ended (nor be submitted a second time)."""
+    return job.state in ("NODE_FAIL", "PREEMPTED")
 
 
 def parse_sacct(text: str) -> dict[str, SlurmJob]:
@@ -337,6 +347,19 @@ def hostnames(nodelist: str) -> tuple[str, ...]:
     if "[" not in nodelist:
         return tuple(h for h in nodelist.split(",") if h)
     return tuple(_run(["scontrol", "show", "hostnames", nodelist]).split())
+
+
+def unavailable_nodes(nodelist: str) -> dict[str, str]:
+    """The nodes of `nodelist` that Slurm holds down, drained, failed or not responding, each with
+    Slurm's reason (e.g. `Not responding`); empty where all of them are back, or there is no sinfo."""
+    if not nodelist or not shutil.which("sinfo"):
+        return {}
+    nodes = {}
+    for line in _run(["sinfo", "-h", "-N", "-n", nodelist, "-o", "%N|%T|%E"], may_fail=True).splitlines():
+        name, state, reason = (line.split("|", 2) + ["", ""])[:3]
+        if state.endswith("*") or state.startswith(("down", "drain", "fail")):
+            nodes[name] = reason if reason not in ("", "none") else state
+    return nodes
 
 
 def max_array_size() -> int | None:

@@ -55,6 +55,13 @@ class RunStatus:
 
 def merge(recorded: RunState, job: slurm.SlurmJob | None) -> RunState:
     """One state from the run folder's and Slurm's state of the run's latest job (None if unknown)."""
+    if job is not None and recorded is RunState.FAILED:
+        # A node died under a multi-node job: the ranks that survived record the lost contact, then
+        # Slurm the node failure that caused it, and, for a requeueable job, puts it back in the queue.
+        if job.state == "NODE_FAIL":
+            return RunState.NODE_FAIL
+        if job.state == "PENDING":
+            return RunState.REQUEUED
     if recorded in RECORDED or job is None:
         return recorded
     if job.active:
@@ -134,6 +141,14 @@ def _local_state(
     return RunState.PENDING, True, ""
 
 
+def _node_failure(sjob: slurm.SlurmJob, job_id: str, again: str) -> str:
+    """Which of the job's nodes failed, as far as Slurm still holds them down (a node that has come
+    back is no longer told apart from the others), and what resumes the run."""
+    down = slurm.unavailable_nodes(sjob.node)
+    where = ", ".join(f"{n} ({why})" for n, why in down.items()) if down else f"one of {sjob.node}"
+    return f"node failure: {where} failed under job {job_id}, which Slurm did not requeue; {FIX_RESUME.format(again=again)}"
+
+
 def run_status(
     folder: SweepFolder, run_id: str, record: SweepRecord, accounting: dict[str, slurm.SlurmJob], slurm_note: str = ""
 ) -> RunStatus:
@@ -164,7 +179,9 @@ def run_status(
         notes.append(orphaned(record.command, submitter) if orphan else note)
     if state in (RunState.FAILED, RunState.PRUNED) and result.get("error") and recorded is state:
         notes.insert(0, result["error"])  # why it failed, or the search's reason to stop it
-    if sjob and recorded not in RECORDED and not sjob.active and sjob.state != "CANCELLED":
+    if sjob and sjob.state == "NODE_FAIL" and state is RunState.NODE_FAIL:
+        notes.append(_node_failure(sjob, job_id, record.resubmit))
+    elif sjob and recorded not in RECORDED and not sjob.active and sjob.state != "CANCELLED":
         notes.append(f"job {job_id} ended {sjob.state} before the worker recorded a result; see {job and job.stderr}")
     if state is RunState.PENDING and sjob and sjob.reason:
         notes.append(f"waiting: {sjob.reason}")

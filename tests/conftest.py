@@ -250,6 +250,33 @@ def slurm_cluster() -> str:
     return out.stdout.strip()
 
 
+TWO_NODES = Path(__file__).parent / "slurm" / "two_nodes.sh"
+
+
+@pytest.fixture(scope="session")
+def slurm_two_nodes(slurm_cluster) -> str:
+    """The SLURM_CONF of the two-node cluster (tests/slurm/two_nodes.sh: node1 and node2, a slurmd
+    each in its own network and UTS namespace, beside the single-node cluster, whose munged and
+    slurmdbd it shares), started (or found up) once per session; skipped, with the reason, where
+    it cannot start."""
+    out = subprocess.run(["bash", str(TWO_NODES), "up"], capture_output=True, text=True)
+    if out.returncode:
+        lines = out.stderr.strip().splitlines() or [f"exit status {out.returncode}"]
+        reason = next((line for line in lines if "ERROR" in line), lines[-1])
+        pytest.skip(f"tests/slurm/two_nodes.sh could not start the two-node cluster: {reason}")
+    return out.stdout.split("SLURM_CONF=")[1].split()[0]
+
+
+@pytest.fixture
+def two_nodes(slurm_two_nodes, monkeypatch) -> str:
+    """Slurm commands (crackhpc's, submitit's, the test's own) go to the two-node cluster during
+    the test: the environment's SLURM_CONF, as a user with several clusters would set it. A node
+    the test took down is brought back afterwards."""
+    monkeypatch.setenv("SLURM_CONF", slurm_two_nodes)
+    yield slurm_two_nodes
+    subprocess.run(["bash", str(TWO_NODES), "up"], capture_output=True, check=True)
+
+
 # The skips a complete test set-up (`make test`: every extra, the Horovod venv, the local Slurm, root)
 # still has: what no machine gets without the real data or weights. README's "Tests" section lists
 # them. With CI set, any other skip (Slurm did not start, a mount denied, a venv or package
@@ -273,8 +300,12 @@ def pytest_runtest_makereport(item, call):
 
 
 # Under pytest-xdist (`make test` runs two workers) the tests that share the one Slurm cluster, and
-# the multi-process Horovod runs, go to one worker in turn; the others spread over both.
+# the multi-process Horovod runs, go to one worker in turn; the others spread over both. The tests of
+# the two-node cluster share it and go to one worker too (first match wins: they also use the
+# single-node cluster's fixture, for its munged and slurmdbd, and some the Horovod venv), beside
+# the single-node cluster's tests.
 SERIAL = {
+    "slurm_two_nodes": "two_nodes",
     "slurm_cluster": "slurm",
     "horovod_venv": "slurm",
     "learned": "learned",

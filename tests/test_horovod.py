@@ -26,7 +26,7 @@ from crackhpc.config import load_sweep
 from crackhpc.grid import expand
 from crackhpc.launcher import write_run_folders
 from crackhpc.record import SweepFolder
-from crackhpc.worker.backends import BackendError, gloo_env, horovod_failures
+from crackhpc.worker.backends import BackendError, gloo_env, rank_failures
 from crackhpc.worker.distributed import DistEnv
 
 from .conftest import tiny_sweep
@@ -75,7 +75,10 @@ def _completed(run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory, tiny_data, horovod_venv) -> dict:
     """The same run in one plain process of the Horovod venv: the reference the 2-rank runs match."""
-    folder = tmp_path_factory.mktemp("one")
+    return single_process_result(tmp_path_factory.mktemp("one"), tiny_data, horovod_venv)
+
+
+def single_process_result(folder: Path, tiny_data: Path, horovod_venv: Path) -> dict:
     run_dir = _run_folder(folder, tiny_data, "one", {**TWO_TASKS, "tasks_per_node": 1}, {"backend": "auto"})
     subprocess.run(
         [horovod_venv / "bin" / "python", "-m", "crackhpc.worker", run_dir],
@@ -140,13 +143,13 @@ def test_gloo_variables_number_ranks_as_horovodrun_does():
     ],
 )
 def test_a_lost_rank_is_one_line(text, what):
-    with pytest.raises(BackendError) as raised, horovod_failures():
+    with pytest.raises(BackendError) as raised, rank_failures("horovod"):
         raise RuntimeError(text)
     assert str(raised.value) == (
         f"backend horovod: {what}: another rank ended, failed or stopped answering (killed, "
         "out of memory, node lost?); its own error, if any, is in the job's log"
     )
-    with pytest.raises(ValueError, match="^unrelated$"), horovod_failures():
+    with pytest.raises(ValueError, match="^unrelated$"), rank_failures("horovod"):
         raise ValueError("unrelated")
 
 

@@ -44,6 +44,7 @@ BLOCKS = (
     "Datasets of N classes",
     "Distributed runs and backends",
     "Distributed runs and backends #2",
+    "Multi-node",
 )
 
 

@@ -193,3 +193,10 @@ def test_slurm_dry_run_without_slurm_is_one_line(tmp_path, write_yaml, tiny_data
         capsys.readouterr().err
         == "error: executor slurm: srun not found on PATH; run this on a Slurm login node, or use --executor local\n"
     )
+
+
+def test_flag_options_given_true_are_flags_and_false_leaves_them_out(tmp_path):
+    sbatch = {"no-requeue": True, "exclusive": False, "mail-type": "END"}
+    options = sbatch_options(render(spec(gpus_per_node=0, sbatch=sbatch), tmp_path))
+    assert (options["--no-requeue"], options["--mail-type"]) == (True, "END")
+    assert "--exclusive" not in options and "--requeue" not in options  # a job that may not be requeued

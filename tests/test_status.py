@@ -147,6 +147,10 @@ def test_sacct_rows_expand_pending_array_ranges():
         ("requeued", "PENDING", "requeued"),
         ("requeued", "RUNNING", "running"),
         ("running", "", "running"),  # no sacct: the run folder is all there is
+        ("running", "NODE_FAIL", "node_fail"),
+        ("failed", "NODE_FAIL", "node_fail"),  # a rank lost its peer on the node that died: the cause wins
+        ("failed", "PENDING", "requeued"),  # ... and Slurm requeued the job
+        ("failed", "RUNNING", "failed"),  # the worker failed, Slurm is ending the job
     ],
 )
 def test_merge_rules(recorded, slurm, merged):

@@ -87,23 +87,25 @@ def init_horovod(module: str, env: DistEnv):
 
 
 @contextlib.contextmanager
-def horovod_failures():
-    """A collective that fails because a rank died (or Horovod's timeouts gave up on it) raises
+def rank_failures(backend: str):
+    """A collective that fails because a rank died (or the backend's timeouts gave up on it) raises
     the framework's error (TensorFlow's UnknownError, with graph node names over several lines;
-    torch's HorovodInternalError): turned into one line saying what happened."""
+    torch's DistBackendError or HorovodInternalError, with Gloo's advice): turned into one line
+    saying what happened."""
     try:
         yield
     except Exception as exc:
         text = str(exc)
         gloo = re.search(r"gloo/transport/[^\]]*\] ([^\n]+)", text)  # Gloo's own message follows its source line
         if gloo:
-            what = f"lost contact with another rank (Gloo: {gloo.group(1).strip()})"
+            first = re.split(r"\.(?: |$)", gloo.group(1).strip())[0]  # torch appends "This is typically caused..."
+            what = f"lost contact with another rank (Gloo: {first})"
         elif "Horovod has been shut down" in text:
             what = "Horovod shut down during the run"
         else:
             raise
         raise BackendError(
-            f"backend horovod: {what}: another rank ended, failed or stopped answering (killed, "
+            f"backend {backend}: {what}: another rank ended, failed or stopped answering (killed, "
             "out of memory, node lost?); its own error, if any, is in the job's log"
         ) from exc
 

@@ -13,6 +13,16 @@ from dataclasses import dataclass
 
 from .. import slurm
 
+# How long the ranks of a job wait for each other to meet (torch's TCPStore: rank 0 serves it at
+# MASTER_ADDR:MASTER_PORT, the others connect). srun starts a step's tasks together, so a rank still
+# missing after this long cannot reach rank 0 (a wrong address, a firewall, a dead node): the run
+# fails with one line instead of waiting out torch's 30 minutes.
+RENDEZVOUS_TIMEOUT_ENV = "CRACKHPC_RENDEZVOUS_TIMEOUT_S"
+
+
+def rendezvous_timeout_s() -> float:
+    return float(os.environ.get(RENDEZVOUS_TIMEOUT_ENV) or 300)
+
 
 @dataclass(frozen=True)
 class DistEnv:

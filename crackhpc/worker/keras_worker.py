@@ -330,5 +330,5 @@ def train(spec: RunSpec, run_dir: Path, env: DistEnv, log) -> dict:
     device = _configure(env, max(1, spec.resources.cpus_per_task))
     if backend == "tf-distribute":
         comm = _TFDistribute(env)
-    with backends.horovod_failures() if backend == "horovod" else contextlib.nullcontext():
+    with backends.rank_failures(backend) if backend == "horovod" else contextlib.nullcontext():
         return Trainer(spec, run_dir, env, log, comm, device).run()

@@ -8,7 +8,9 @@ Rank 0 alone writes the run folder; every rank resumes from the same checkpoint.
 
 from __future__ import annotations
 
+import datetime
 import io
+import socket
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -21,7 +23,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 from .. import atomic, rundir
 from ..config import RunSpec
-from . import backends, common, fastpath
+from . import backends, common, distributed, fastpath
 from .distributed import DistEnv
 from .features import FeatureKey
 from .torch_models import build, extract, for_inference
@@ -58,6 +60,10 @@ class _Single:
     def wrap(self, model: nn.Module, optimizer, device: torch.device):
         return model, optimizer
 
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Rank 0's BatchNorm statistics to every rank, as DDP does at each training forward: each
+        rank's last forward updated its own, and evaluation and the checkpoint must see one model."""
+
     def close(self) -> None:
         pass
 
@@ -70,7 +76,7 @@ class _DDP(_Single):
         env.export()
         dist.init_process_group(
             "nccl" if torch.cuda.is_available() else "gloo",
-            init_method="env://",
+            store=_rendezvous(env),
             rank=env.rank,
             world_size=env.world_size,
         )
@@ -85,8 +91,34 @@ class _DDP(_Single):
             model, device_ids=[device.index] if device.type == "cuda" else None
         ), optimizer
 
+    def sync_buffers(self, model: nn.Module) -> None:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
     def close(self) -> None:
         dist.destroy_process_group()
+
+
+def _rendezvous(env: DistEnv) -> dist.TCPStore:
+    """The ranks meet at rank 0's store within the rendezvous timeout (the collectives keep torch's
+    own, longer one: rank 0 may build a feature cache while the others wait), or fail in one line."""
+    timeout = distributed.rendezvous_timeout_s()
+    try:
+        return dist.TCPStore(
+            env.master_addr,
+            env.master_port,
+            env.world_size,
+            is_master=env.is_main,
+            timeout=datetime.timedelta(seconds=timeout),
+        )
+    except (RuntimeError, OSError) as exc:  # torch's DistStoreError / DistNetworkError are RuntimeErrors
+        why = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+        who = "rank 0 waited for the other ranks" if env.is_main else f"rank {env.rank} could not reach rank 0"
+        raise backends.BackendError(
+            f"backend ddp: {who} at {env.master_addr}:{env.master_port} for {timeout:g} s "
+            f"({distributed.RENDEZVOUS_TIMEOUT_ENV}): {why}; check that the job's nodes reach each other "
+            "by their Slurm hostnames"
+        ) from None
 
 
 class _Horovod(_Single):
@@ -104,6 +136,9 @@ class _Horovod(_Single):
         self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
         return model, optimizer
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        self.hvd.broadcast_parameters(dict(model.named_buffers()), root_rank=0)
 
     def close(self) -> None:
         self.hvd.shutdown()
@@ -212,6 +247,7 @@ class Trainer:
             total += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
+        self.comm.sync_buffers(self.model)
         total, correct, seen = (sum(col) for col in zip(*self.comm.gather((total, correct, seen))))
         return total / max(seen, 1), correct / max(seen, 1), int(seen)
 
@@ -273,11 +309,11 @@ class Trainer:
         self.prepare()
         state = self.load_checkpoint()
         outcome = common.fit(self, start, state)
-        in_sync = None
-        if self.env.world_size > 1:
-            digest = common.state_digest(t.detach().cpu().numpy() for t in self.model.state_dict().values())
-            in_sync = len(set(self.comm.gather(digest))) == 1
-        return common.result(self, outcome, in_sync)
+        if self.env.world_size == 1:
+            return common.result(self, outcome, None)
+        digest = common.state_digest(t.detach().cpu().numpy() for t in self.model.state_dict().values())
+        in_sync = len(set(self.comm.gather(digest))) == 1
+        return {**common.result(self, outcome, in_sync), "hosts": self.comm.gather(socket.gethostname())}
 
 
 def train(spec: RunSpec, run_dir: Path, env: DistEnv, log) -> dict:
@@ -292,7 +328,8 @@ def train(spec: RunSpec, run_dir: Path, env: DistEnv, log) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, spec.resources.cpus_per_task))
     try:
-        return Trainer(spec, run_dir, env, log, comm).run()
+        with backends.rank_failures(backend) if comm.name != backends.SINGLE else nullcontext():
+            return Trainer(spec, run_dir, env, log, comm).run()
     finally:
         comm.close()
         torch.set_num_threads(threads)

@@ -31,3 +31,16 @@ stop_pidfile() {
     fi
     rm -f "$2"
 }
+
+# detached CMD...: run CMD with no open descriptor but stdin, stdout and stderr. A daemon it starts
+# must not keep a lock its caller holds: the script's own (fd 9), or one taken around the script
+# (`flock /tmp/crackhpc-slurm-tests.lock make test`), which the daemon would hold until it stops.
+detached() {
+    (
+        for fd in /proc/$BASHPID/fd/*; do
+            fd=${fd##*/}
+            if ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+        done
+        exec "$@"
+    )
+}

@@ -10,7 +10,16 @@
 #   CRACKHPC_SLURM_CLUSTER  cluster name               (default crackhpc)
 #   CRACKHPC_SLURM_CPUS     CPUs declared for the node (default: nproc)
 #   CRACKHPC_SLURM_TIMEOUT  seconds to wait per daemon (default 60)
+#
+# `start.sh --nodes 2` also starts the two-node cluster of tests/slurm/two_nodes.sh beside this one
+# (same munged and slurmdbd; clients reach it with its SLURM_CONF, the last line printed).
 set -euo pipefail
+
+case "${1:-} ${2:-}" in
+" " | "--nodes 1") NODES=1 ;;
+"--nodes 2") NODES=2 ;;
+*) echo "usage: $0 [--nodes 1|2]" >&2 && exit 2 ;;
+esac
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BASE=${CRACKHPC_SLURM_DIR:-/tmp/crackhpc-slurm}
@@ -64,7 +73,7 @@ wait_for() {
 [ "$(id -u)" -eq 0 ] || die "must run as root"
 
 # Serialise concurrent start/stop calls (e.g. several test workers).  Daemons
-# are started with 9>&- so they do not keep the lock.
+# are started detached (pidfiles.sh) so they do not keep the lock.
 exec 9>"$BASE.lock"
 flock -w 600 9 || die "could not lock $BASE.lock"
 
@@ -150,7 +159,7 @@ chown munge:munge /etc/munge/munge.key
 chmod 0400 /etc/munge/munge.key
 if ! running munged /run/munge/munged.pid; then
     log "starting munged"
-    runuser -u munge -- /usr/sbin/munged 9>&- </dev/null >>"$LOG/munged.out" 2>&1 ||
+    detached runuser -u munge -- /usr/sbin/munged </dev/null >>"$LOG/munged.out" 2>&1 ||
         die "munged failed to start" /var/log/munge/munged.log
 fi
 munge_ok() { munge -n </dev/null | unmunge; }
@@ -162,14 +171,14 @@ if ! mysql_up >/dev/null 2>&1; then
     log "starting mariadb (mysqld_safe)"
     install -d -o mysql -g mysql -m 0755 /run/mysqld
     if [ ! -d /var/lib/mysql/mysql ]; then
-        mariadb-install-db --user=mysql --datadir=/var/lib/mysql 9>&- >>"$LOG/mariadb-install.log" 2>&1 ||
+        detached mariadb-install-db --user=mysql --datadir=/var/lib/mysql >>"$LOG/mariadb-install.log" 2>&1 ||
             die "mariadb-install-db failed" "$LOG/mariadb-install.log"
     fi
     touch "$LOG/mariadb.log"
     chown mysql:mysql "$LOG/mariadb.log"
-    setsid nohup mysqld_safe --skip-syslog --log-error="$LOG/mariadb.log" \
+    detached setsid nohup mysqld_safe --skip-syslog --log-error="$LOG/mariadb.log" \
         --bind-address=127.0.0.1 --innodb-lock-wait-timeout=900 \
-        9>&- </dev/null >>"$LOG/mysqld_safe.out" 2>&1 &
+        </dev/null >>"$LOG/mysqld_safe.out" 2>&1 &
 fi
 wait_for mariadb "$LOG/mariadb.log" mysql_up
 mysql -u root <<EOF || die "could not create the accounting database" "$LOG/mariadb.log"
@@ -182,7 +191,7 @@ EOF
 # --------------------------------------------------------------------------- slurmdbd
 if ! running slurmdbd "$RUN/slurmdbd.pid"; then
     log "starting slurmdbd"
-    slurmdbd 9>&- </dev/null >>"$LOG/slurmdbd.out" 2>&1 || die "slurmdbd failed to start" "$LOG/slurmdbd.log"
+    detached slurmdbd </dev/null >>"$LOG/slurmdbd.out" 2>&1 || die "slurmdbd failed to start" "$LOG/slurmdbd.log"
 fi
 wait_for slurmdbd "$LOG/slurmdbd.log" sacctmgr -n show cluster
 if ! sacctmgr -n -P show cluster format=cluster | grep -qx "$CLUSTER"; then
@@ -199,14 +208,14 @@ fi
 # --------------------------------------------------------------------------- slurmctld / slurmd
 if ! running slurmctld "$RUN/slurmctld.pid"; then
     log "starting slurmctld"
-    slurmctld 9>&- </dev/null >>"$LOG/slurmctld.out" 2>&1 || die "slurmctld failed to start" "$LOG/slurmctld.log"
+    detached slurmctld </dev/null >>"$LOG/slurmctld.out" 2>&1 || die "slurmctld failed to start" "$LOG/slurmctld.log"
 fi
 ctld_up() { scontrol ping | grep -q UP; }
 wait_for slurmctld "$LOG/slurmctld.log" ctld_up
 
 if ! running slurmd "$RUN/slurmd.pid"; then
     log "starting slurmd"
-    slurmd -N "$HOST" 9>&- </dev/null >>"$LOG/slurmd.out" 2>&1 || die "slurmd failed to start" "$LOG/slurmd.log"
+    detached slurmd -N "$HOST" </dev/null >>"$LOG/slurmd.out" 2>&1 || die "slurmd failed to start" "$LOG/slurmd.log"
 fi
 
 node_state() { sinfo -h -n "$HOST" -o %T 2>/dev/null | head -n1; }
@@ -241,3 +250,7 @@ wait_for sacct "$LOG/slurmdbd.log" sacct_ok
 version=$(sinfo --version | awk '{print $2}')
 gres=$(sinfo -h -n "$HOST" -o %G | head -n1)
 echo "slurm $version up: cluster=$CLUSTER node=$HOST state=$(node_state) cpus=$CPUS mem=${MEMORY}M gres=$gres partition=debug conf=$CONF_DIR/slurm.conf logs=$LOG"
+if ((NODES == 2)); then
+    exec 9>&-
+    bash "$HERE/two_nodes.sh" up
+fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Stop the single-node test cluster started by tests/slurm/start.sh:
-# cancel all jobs, then stop slurmd, slurmctld, slurmdbd, MariaDB and munged.
+# Stop the test clusters started by tests/slurm/start.sh: the two-node one (its jobs, daemons,
+# namespaces and links, tests/slurm/two_nodes.sh down), then the single-node one's jobs, slurmd,
+# slurmctld, slurmdbd, MariaDB and munged.
 # Idempotent: anything not running is skipped.  State (job ids, accounting
 # database) is kept, so start.sh brings back the same cluster.
 set -uo pipefail
@@ -17,6 +18,8 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "[slurm/stop] ERROR: must run as root" >&2
     exit 1
 fi
+bash "$(dirname "$0")/two_nodes.sh" down
+
 exec 9>"$BASE.lock"
 flock -w 600 9 || log "WARNING: could not lock $BASE.lock, going on anyway"
 
