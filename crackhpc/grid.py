@@ -12,6 +12,7 @@ import json
 
 from .config import DataConfig, RunSpec, Sweep, TrainConfig
 from .errors import ConfigError
+from .models import preprocessing
 
 _SHORT = {
     "lr": "lr",
@@ -53,7 +54,8 @@ def _fmt(value) -> str:
 
 
 def run_id(train: TrainConfig, data: DataConfig, varying: list[str]) -> str:
-    parts = [train.framework, train.model]
+    # timm:convnext_atto → timm_convnext_atto: a colon splits PATH-like lists (TensorBoard's logdir_spec, scp)
+    parts = [train.framework, train.model.replace(":", "_")]
     parts += [f"{_SHORT.get(k, k)}{_fmt(getattr(train, k))}" for k in varying if k not in ("framework", "model")]
     return "-".join(parts + [config_hash(train, data)])
 
@@ -70,6 +72,7 @@ def expand(sweep: Sweep) -> list[RunSpec]:
             data=sweep.data,
             resources=resources,
             varying=tuple(varying),
+            preprocess=preprocessing(train.framework, train.model),
         )
         if spec.run_id in seen:
             where = f"runs[{index}]" if index is not None else "defaults"
