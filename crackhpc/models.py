@@ -109,7 +109,23 @@ def _torchvision_names() -> frozenset[str]:
 
 
 @cache
+def keras_table() -> dict[str, tuple[str, str, str, str]] | None:
+    """crackhpc/keras_files.py's table where it was read for the installed Keras (or none is
+    installed here, as on a login node without TensorFlow); None for another Keras version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .keras_files import FILES, KERAS_VERSION
+
+    try:
+        return FILES if version("keras") == KERAS_VERSION else None
+    except PackageNotFoundError:
+        return FILES
+
+
+@cache
 def _keras_names() -> frozenset[str]:
+    if table := keras_table():
+        return frozenset(table)
     import keras
 
     return frozenset(n for n in dir(keras.applications) if n[:1].isupper())
@@ -126,9 +142,7 @@ def check(framework: str, model: str, pretrained: bool = False) -> Name:
             raise UnknownModel(f"unknown timm model {arch!r}{_close(arch, models, 'timm:')}")
         tagged = sorted(w for w in weights if w.split(".")[0] == arch)
         if tag and name.name not in weights:
-            raise UnknownModel(
-                f"timm model {arch} has no weights tagged {tag!r} (tags: {', '.join(tagged) or 'none'})"
-            )
+            raise UnknownModel(f"timm model {arch} has no weights tagged {tag!r} (tags: {', '.join(tagged) or 'none'})")
         if pretrained and not tagged:
             raise UnknownModel(f"timm model {arch} has no published weights: set pretrained: false")
     elif name.library == "torchvision":
@@ -167,9 +181,7 @@ def _check_builder(name: Name) -> None:
         raise UnknownModel(f"python:{name.name}: importing {module} failed: {type(exc).__name__}: {exc}") from None
     if not callable(getattr(mod, function, None)):
         functions = [k for k, v in vars(mod).items() if callable(v) and not k.startswith("_")]
-        raise UnknownModel(
-            f"python:{name.name}: {module} has no function {function!r}{_close(function, functions)}"
-        )
+        raise UnknownModel(f"python:{name.name}: {module} has no function {function!r}{_close(function, functions)}")
 
 
 def load_builder(name: Name):
@@ -208,9 +220,12 @@ def _torchvision_transforms(model: str):
 
 def keras_preprocess_name(model: str) -> str:
     """The keras.applications module whose preprocess_input the model's weights expect."""
-    import keras
+    if table := keras_table():
+        module = table[model][3]
+    else:
+        import keras
 
-    module = getattr(keras.applications, model).__module__.rsplit(".", 1)[-1]
+        module = getattr(keras.applications, model).__module__.rsplit(".", 1)[-1]
     return f"keras.applications.{module}.preprocess_input"
 
 

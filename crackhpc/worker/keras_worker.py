@@ -221,7 +221,8 @@ class Trainer:
             net.trainable = not cfg.freeze_backbone  # frozen: BatchNorm keeps its statistics, as in torch
             return net
 
-        self.inputs, self.preprocess, self.feature_cache = data.images, preprocess, "off"
+        self.inputs, self.feature_cache = data.images, "off"
+        self.preprocess: Callable | None = preprocess
         if self.feature_mode:
             extractor = _inference(backbone())  # outside the strategy: it runs forward only, on one rank at a time
             feats, self.feature_cache = common.features(

@@ -1,0 +1,164 @@
+"""Model names (crackhpc.models) checked at load, and each library's offline weights cache
+(crackhpc.weights, crackhpc.libraries): real registries, real files in the libraries' own layouts."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import textwrap
+
+import pytest
+
+from crackhpc import models, weights
+from crackhpc.cli import main
+from crackhpc.config import load_sweep
+from crackhpc.errors import WeightsError
+from crackhpc.grid import expand
+from crackhpc.preflight import weights_warnings
+
+from .conftest import tiny_sweep
+
+
+def _refused(tmp_path, write_yaml, tiny_data, capsys, defaults, expected: str) -> None:
+    """`crackhpc sweep` refuses the sweep: one line naming the key, exit 2, nothing written."""
+    path = write_yaml(tiny_sweep(tiny_data, defaults=defaults))
+    results = tmp_path / "results"
+    assert main(["sweep", str(path), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
+    assert not results.exists()
+
+
+@pytest.mark.parametrize(
+    "defaults, expected",
+    [
+        (
+            {"model": "timm:convnxt_atto"},
+            "defaults.model: unknown timm model 'convnxt_atto'; did you mean timm:convnext_atto",
+        ),
+        (
+            {"model": "torchvision:mobilenet_v3_smal"},
+            "unknown torchvision classification model 'mobilenet_v3_smal'; did you mean torchvision:mobilenet_v3_small",
+        ),
+        (
+            {"model": "convnext_atto"},
+            "any other model as timm:<name>, torchvision:<name> or python:<module>:<function>",
+        ),
+        (
+            {"model": "timm:convnext_atto.bogus"},
+            "timm model convnext_atto has no weights tagged 'bogus' (tags: convnext_atto.d2_in1k)",
+        ),
+        (
+            {"model": "timm:beit3_giant_patch14_224", "pretrained": True},
+            "timm model beit3_giant_patch14_224 has no published weights: set pretrained: false",
+        ),
+        ({"model": "python:no_such_module_22:build"}, "no module 'no_such_module_22' importable here"),
+        ({"model": "python:os.path:joins"}, "python:os.path:joins: os.path has no function 'joins'; did you mean join"),
+        ({"model": "python:os"}, "a builder is named python:<module>:<function>"),
+        ({"framework": "keras", "model": "timm:convnext_atto"}, "timm: models are torch models: set framework: torch"),
+    ],
+)
+def test_bad_model_names_are_one_line_at_load(tmp_path, write_yaml, tiny_data, capsys, defaults, expected):
+    _refused(tmp_path, write_yaml, tiny_data, capsys, defaults, expected)
+
+
+def test_study_names_need_no_framework_and_library_names_default_their_size(tmp_path, write_yaml, tiny_data):
+    path = write_yaml(tiny_sweep(tiny_data, grid={"model": ["resnet18", "timm:test_vit", "torchvision:squeezenet1_0"]}))
+    raw = path.read_text().replace("input_size: 32\n", "")
+    path.write_text(raw)
+    specs = {s.train.model: s for s in expand(load_sweep(path))}
+    assert {m: s.train.input_size for m, s in specs.items()} == {
+        "resnet18": 224,
+        "timm:test_vit": 160,  # its pretrained_cfg's
+        "torchvision:squeezenet1_0": 224,
+    }
+    assert specs["timm:test_vit"].preprocess["mean"] == [0.5, 0.5, 0.5]
+    assert specs["timm:test_vit"].preprocess["model_default"]["interpolation"] == "bicubic"
+    assert specs["torchvision:squeezenet1_0"].preprocess["source"] == "torchvision weights transforms"
+    assert ":" not in "".join(specs)  # run ids: timm_test_vit
+    assert all(":" not in s.run_id for s in specs.values())
+    # the study's own names, checked in a fresh interpreter: neither torch nor TensorFlow is imported
+    code = (
+        "import sys; from crackhpc.config import load_sweep; from crackhpc.grid import expand; "
+        f"expand(load_sweep({str(write_yaml(tiny_sweep(tiny_data), 'study.yaml'))!r})); "
+        "print(sorted(m for m in ('torch', 'tensorflow', 'timm', 'keras') if m in sys.modules))"
+    )
+    out = os.popen(f"{sys.executable} -c {code!r}").read()
+    assert out.strip() == "[]"
+
+
+def _hub_file(cache, repo: str, data: bytes, filename: str = "model.safetensors"):
+    """A file in huggingface_hub's own cache layout: blobs/<sha256>, snapshots/<commit>/<name> → blob, refs/main."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    sha, commit = hashlib.sha256(data).hexdigest(), "c" * 40
+    (folder / "blobs").mkdir(parents=True)
+    (folder / "blobs" / sha).write_bytes(data)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+    (folder / "snapshots" / commit).mkdir(parents=True)
+    (folder / "snapshots" / commit / filename).symlink_to(f"../../blobs/{sha}")
+
+
+def test_timm_weights_load_offline_from_the_hub_cache(tmp_path, monkeypatch):
+    import timm
+    import torch
+    from safetensors.torch import save
+
+    from crackhpc.worker.torch_models import build
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("CRACKHPC_CACHE", raising=False)
+    # missing: one line with the prefetch that fetches it
+    with pytest.raises(WeightsError) as missing:
+        build("timm:test_vit", True)
+    assert "run `crackhpc prefetch --models torch:timm:test_vit` on the login node" in str(missing.value)
+    assert str(tmp_path / "hub") in str(missing.value) and "\n" not in str(missing.value)
+    specs = expand(load_sweep_text(tmp_path, "timm:test_vit"))
+    assert any("crackhpc prefetch --models torch:timm:test_vit" in w for w in weights_warnings(specs))
+
+    torch.manual_seed(1)
+    written = timm.create_model("test_vit").state_dict()
+    _hub_file(tmp_path / "hub", "timm/test_vit.r160_in1k", save(written))
+    backbone, head, weights_id = build("timm:test_vit", True)
+    loaded = backbone[1].state_dict()
+    assert set(loaded) == {k for k in written if not k.startswith("head.")}
+    assert all(torch.equal(loaded[k], written[k]) for k in loaded)
+    assert weights_id.startswith("timm/test_vit.r160_in1k@") and head.in_features == 64
+    assert models.check("torch", "timm:test_vit") and main(["models", "timm:test_vit*"]) == 0
+
+
+def load_sweep_text(tmp_path, model: str, framework: str = "torch"):
+    path = tmp_path / f"{framework}.yaml"
+    path.write_text(
+        textwrap.dedent(f"""\
+        name: pre
+        data: {{synthetic: {{n: 8, size: 32}}}}
+        defaults: {{framework: {framework}, model: {model}, pretrained: true}}
+        """)
+    )
+    return load_sweep(path)
+
+
+@pytest.mark.parametrize(
+    "framework, model, home, folder, filename",
+    [
+        ("torch", "torchvision:mobilenet_v3_small", "TORCH_HOME", "hub/checkpoints", "mobilenet_v3_small-047dcff4.pth"),
+        ("keras", "MobileNetV3Small", "KERAS_HOME", "models", "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
+    ],
+)
+def test_library_caches_are_searched_and_checked(tmp_path, monkeypatch, framework, model, home, folder, filename):
+    """torchvision's and Keras's files: looked for in the library's own cache folder, and checked
+    against the published hash (a stand-in file, as any file but the published one, is refused)."""
+    monkeypatch.setenv(home, str(tmp_path))
+    monkeypatch.delenv("CRACKHPC_CACHE", raising=False)
+    with pytest.raises(WeightsError) as missing:
+        weights.locate(framework, model)
+    line = str(missing.value)
+    assert f"place {filename}" in line and f"in {tmp_path / folder}" in line
+    assert f"run `crackhpc prefetch --models {framework}:{model}` on the login node" in line
+    (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / folder / filename).write_bytes(b"not the published weights")
+    with pytest.raises(WeightsError, match="checksum does not match the published"):
+        weights.locate(framework, model)
