@@ -156,8 +156,11 @@ def check(framework: str, model: str, pretrained: bool = False) -> Name:
         if name.name not in names:
             lower = {n.lower(): n for n in names}
             guess = lower.get(name.name.lower())
-            near = f"; did you mean {guess}?" if guess else _close(name.name, names)
-            raise UnknownModel(f"unknown keras.applications model {name.name!r}{near}")
+            near = f"; did you mean {guess}?" if guess else _close(name.name, [*STUDY["keras"], *names])
+            raise UnknownModel(
+                f"unknown value {name.name!r} (allowed: {', '.join(STUDY['keras'])} or any keras.applications "
+                f"model, e.g. EfficientNetB0){near}"
+            )
     elif name.library == "python":
         _check_builder(name)
     return name

@@ -80,8 +80,8 @@ def wanted(sweeps: Iterable[str | Path] = (), models: str | None = None) -> list
     for entry in filter(None, (e.strip() for e in (models or "").split(","))):
         framework, _, model = entry.partition(":")
         key = (framework, model)
-        if key not in weights.CATALOG and (framework not in ("torch", "keras") or not weights.has_file(*key)):
-            known = ", ".join(f"{f}:{m}" for f, m in weights.CATALOG)
+        known = ", ".join(f"{f}:{m}" for f, m in weights.CATALOG)
+        if framework not in ("torch", "keras") or not weights.has_file(*key):
             raise CrackhpcError(
                 f"--models {entry}: unknown model (known: {known}, torch:timm:<name>, torch:torchvision:<name>, "
                 "keras:<keras.applications name>)"
@@ -89,7 +89,7 @@ def wanted(sweeps: Iterable[str | Path] = (), models: str | None = None) -> list
         try:
             chosen[key] = weights.file_for(*key)
         except WeightsError as exc:
-            raise CrackhpcError(f"--models {entry}: {exc}") from None
+            raise CrackhpcError(f"--models {entry}: {exc} (the study's: {known})") from None
     return list(chosen.values())
 
 
