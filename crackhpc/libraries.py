@@ -12,7 +12,7 @@ from pathlib import PurePosixPath
 from urllib.parse import urlparse
 
 from .errors import WeightsError
-from .models import UnknownModel, check
+from .models import UnknownModel, check, keras_table
 from .weights import WeightsFile
 
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{6,})\.\w+$")  # torch hub's convention: resnet18-f37072fd.pth

@@ -144,15 +144,16 @@ def load_sweep_text(tmp_path, model: str, framework: str = "torch"):
 
 
 @pytest.mark.parametrize(
-    "framework, model, home, folder, filename",
+    "framework, model, cache, filename",
     [
-        ("torch", "torchvision:mobilenet_v3_small", "TORCH_HOME", "hub/checkpoints", "mobilenet_v3_small-047dcff4.pth"),
-        ("keras", "MobileNetV3Small", "KERAS_HOME", "models", "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
+        ("torch", "torchvision:mobilenet_v3_small", "TORCH_HOME/hub/checkpoints", "mobilenet_v3_small-047dcff4.pth"),
+        ("keras", "MobileNetV3Small", "KERAS_HOME/models", "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
     ],
 )
-def test_library_caches_are_searched_and_checked(tmp_path, monkeypatch, framework, model, home, folder, filename):
+def test_library_caches_are_searched_and_checked(tmp_path, monkeypatch, framework, model, cache, filename):
     """torchvision's and Keras's files: looked for in the library's own cache folder, and checked
     against the published hash (a stand-in file, as any file but the published one, is refused)."""
+    home, _, folder = cache.partition("/")
     monkeypatch.setenv(home, str(tmp_path))
     monkeypatch.delenv("CRACKHPC_CACHE", raising=False)
     with pytest.raises(WeightsError) as missing:
