@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine:
-#   make demo   install into .venv, then run the smoke sweep (synthetic data, local executor) and report it
+#   make demo   install into .venv, then run the smoke and damage sweeps (synthetic data, local executor) and report them
 #   make test   install, build the Horovod venv, start the local Slurm used by the integration tests, run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,6 +13,8 @@ HOROVOD_VENV ?= $(CURDIR)/.venv-horovod
 demo: install
 	$(BIN)/crackhpc sweep jobs/smoke.yaml --executor local
 	$(BIN)/crackhpc report results/smoke
+	$(BIN)/crackhpc sweep jobs/damage.yaml --executor local
+	$(BIN)/crackhpc report results/damage
 
 install: $(VENV)/.installed
 

@@ -366,10 +366,14 @@ def cmd_sbatch(args) -> int:
 
 
 def cmd_data_synth(args) -> int:
-    from .data.synth import synthesize
+    from .data.synth import synthesize, synthesize_classes
 
     try:
-        counts = synthesize(args.dir, args.n, size=args.size, seed=args.seed, workers=args.workers)
+        if args.classes is not None:
+            classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+            counts = synthesize_classes(args.dir, classes, args.n, size=args.size, seed=args.seed, workers=args.workers)
+        else:
+            counts = synthesize(args.dir, args.n, size=args.size, seed=args.seed, workers=args.workers)
     except ValueError as exc:
         raise CrackhpcError(f"data synth: {exc}") from None
     print(f"{args.dir}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
@@ -402,11 +406,11 @@ def cmd_data_verify(args) -> int:
 
 
 def cmd_data_split(args) -> int:
-    from .data.split import counts, make_manifest, write_manifest
+    from .data.split import counts, split_dataset, write_manifest
 
-    items = make_manifest(args.dir, tuple(args.fractions), args.seed)
+    items, classes = split_dataset(args.dir, tuple(args.fractions), args.seed)
     write_manifest(args.out, items)
-    for split, per_class in counts(items).items():
+    for split, per_class in counts(items, classes).items():
         print(f"{split:<6} " + "  ".join(f"{k}={v}" for k, v in per_class.items()))
     print(f"written: {args.out}")
     return 0
@@ -475,7 +479,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import EXECUTORS, MAX_RUNS, STUDY_SPLIT
+    from .config import EXECUTORS, MAX_RUNS, STUDY_SPLIT, SYNTH_CLASSES
 
     parser = _Parser(prog="crackhpc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -701,9 +705,17 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="datasets: synth, synth-photo, verify, split, fetch").add_subparsers(
         dest="data_command", required=True
     )
-    p = data.add_parser("synth", help="write a synthetic crack dataset (Positive/ Negative/ layout)")
+    p = data.add_parser(
+        "synth", help="write a synthetic crack dataset (Positive/ Negative/ layout), or one of N kinds of damage"
+    )
     p.add_argument("dir")
-    p.add_argument("--n", type=int, default=2000, help="number of images (half cracked)")
+    p.add_argument("--n", type=int, default=2000, help="number of images (half cracked; with --classes, shared evenly)")
+    p.add_argument(
+        "--classes",
+        metavar="KIND,KIND,...",
+        help=f"one folder per kind of damage instead of Positive/ Negative/, from {','.join(SYNTH_CLASSES)} "
+        "(clean: none), e.g. crack,spalling,stain,clean",
+    )
     p.add_argument("--size", type=int, default=227)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)

@@ -101,12 +101,34 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The kinds of damage `crackhpc data synth --classes` draws (crackhpc/data/synth.py), "clean" for none.
+SYNTH_CLASSES = ("crack", "spalling", "stain", "holes", "joint", "scratch", "clean")
+
+
 class SynthConfig(_Model):
-    """A synthetic dataset made by `crackhpc data synth` before the jobs start."""
+    """A synthetic dataset made by `crackhpc data synth` before the jobs start: the crack dataset
+    (Positive/ Negative/), or with `classes` one folder per kind of damage."""
 
     n: StrictInt = Field(400, ge=2)
     size: StrictInt = Field(227, ge=16)
     seed: Seed = 0
+    classes: tuple[StrictStr, ...] | None = None
+
+    @field_validator("classes")
+    @classmethod
+    def _kinds(cls, classes):
+        if classes is not None:
+            for kind in classes:
+                _one_of(kind, SYNTH_CLASSES)
+            if len(set(classes)) < 2 or len(set(classes)) != len(classes):
+                raise _problem(f"give two or more different classes, got {list(classes)}")
+        return classes
+
+    @model_validator(mode="after")
+    def _one_per_class(self):
+        if self.classes and self.n < len(self.classes):
+            raise _problem(f"n: {self.n} images for {len(self.classes)} classes; give at least one per class")
+        return self
 
 
 def _three(value: Any) -> Any:
@@ -120,6 +142,9 @@ class DataConfig(_Model):
     synthetic: SynthConfig | None = None
     split: Annotated[tuple[Number, Number, Number], BeforeValidator(_three)] = STUDY_SPLIT
     split_seed: Seed = 0
+    # The class folders' names in label order: found in the dataset at submission and recorded in each
+    # run's config.yaml; given in the sweep file, a dataset with other classes is refused.
+    classes: tuple[StrictStr, ...] | None = None
 
     @field_validator("split")
     @classmethod

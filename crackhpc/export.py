@@ -2,7 +2,8 @@
 plain torch, onnxruntime or keras load without crackhpc, and model.json describing how to feed it.
 
 torchscript and onnx take what `crackhpc predict` feeds its model: uint8 RGB images (N, size,
-size, 3), the normalisation inside; out come softmax probabilities (N, 2), column 1 the crack.
+size, 3), the normalisation inside; out come softmax probabilities (N, classes), of the crack dataset's
+two column 1 the crack.
 The keras file takes float RGB images in 0..255 after the backbone's preprocess_input, which
 model.json names (a Lambda layer would need `safe_mode=False` to load)."""
 
@@ -13,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from . import atomic
-from .data.layout import CLASSES
+from .data.layout import CLASSES, is_crack
 from .errors import CrackhpcError
 from .models import preprocessing
 
@@ -22,7 +23,7 @@ MODEL_JSON = "model.json"
 
 
 def _torch_probabilities(run_dir: Path, spec):
-    """The module predict runs (BatchNorm folded), with the softmax: uint8 NHWC → (N, 2), on the CPU."""
+    """The module predict runs (BatchNorm folded), with the softmax: uint8 NHWC → (N, classes), on the CPU."""
     import torch
 
     from .predict.model import torch_module
@@ -83,7 +84,10 @@ def _write_keras(run_dir: Path, spec, path: Path) -> None:
 
 def describe(spec, result: dict, fmt: str, filename: str) -> dict:
     """model.json: what a user of the file needs to feed it and read it."""
+    from .predict.model import classes_of
+
     size = spec.train.input_size
+    classes = classes_of(spec)
     doc = {
         "format": fmt,
         "file": filename,
@@ -92,8 +96,8 @@ def describe(spec, result: dict, fmt: str, filename: str) -> dict:
         "framework": spec.train.framework,
         "model": spec.train.model,
         "pretrained": spec.train.pretrained,
-        "classes": list(CLASSES),
-        "crack_class": CLASSES.index("positive"),
+        "classes": list(classes),
+        **({"crack_class": CLASSES.index("positive")} if is_crack(classes) else {}),
         "input": {
             "shape": ["N", size, size, 3],
             "layout": "NHWC",
@@ -102,7 +106,12 @@ def describe(spec, result: dict, fmt: str, filename: str) -> dict:
             f"resized to {size}x{size} with bilinear filtering (PIL Image.resize(..., Image.Resampling.BILINEAR)), "
             "EXIF orientation applied",
         },
-        "output": {"name": "probabilities", "shape": ["N", 2], "meaning": "softmax over classes; column 1 = crack"},
+        "output": {
+            "name": "probabilities",
+            "shape": ["N", len(classes)],
+            "meaning": "softmax over classes"
+            + ("; column 1 = crack" if is_crack(classes) else ", in the order of classes"),
+        },
         "test_acc": result.get("test_acc"),
         "test_loss": result.get("test_loss"),
         "best_val_acc": result.get("best_val_acc"),

@@ -37,9 +37,24 @@ _SHORT = {
 NOT_HASHED = {"compile"}
 
 
+# Settings added after runs were completed, hashed only when set: unset, they leave those runs' ids as they were.
+HASHED_WHEN_SET = {"classes"}
+
+
+def _without_unset(plain: dict) -> dict:
+    return {
+        k: _without_unset(v) if isinstance(v, dict) else v
+        for k, v in plain.items()
+        if not (k in HASHED_WHEN_SET and v is None)
+    }
+
+
 def config_hash(train: TrainConfig, data: DataConfig) -> str:
     blob = json.dumps(
-        {"train": train.model_dump(mode="json", exclude=NOT_HASHED), "data": data.model_dump(mode="json")},
+        {
+            "train": train.model_dump(mode="json", exclude=NOT_HASHED),
+            "data": _without_unset(data.model_dump(mode="json")),
+        },
         sort_keys=True,
     )
     return hashlib.sha1(blob.encode()).hexdigest()[:8]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from . import atomic, preflight, rundir
 from .config import RunSpec, Sweep, SynthConfig
-from .data.split import make_manifest, write_manifest
+from .data.split import split_dataset, write_manifest
 from .engine import FIX_RETRY, SUBMIT, Echo, Engine, Unit, resolve_executor
-from .errors import CrackhpcError
+from .errors import ConfigError, CrackhpcError
 from .grid import expand
 from .record import DATA, SweepFolder, SweepRecord
 from .states import RunState
@@ -35,7 +35,8 @@ class Submission:
 
 
 def synthetic_root(results: Path, s: SynthConfig) -> Path:
-    return results / DATA / f"synth-n{s.n}-{s.size}px-seed{s.seed}"
+    kinds = f"-{'-'.join(s.classes)}" if s.classes else ""
+    return results / DATA / f"synth-n{s.n}-{s.size}px-seed{s.seed}{kinds}"
 
 
 def prepare_data(sweep: Sweep, results: Path) -> Path:
@@ -43,21 +44,30 @@ def prepare_data(sweep: Sweep, results: Path) -> Path:
     s = sweep.data.synthetic
     if s is None:  # the sweep names its dataset's folder (config: exactly one of the two)
         return Path(str(sweep.data.root))
-    from .data.synth import synthesize
+    from .data.synth import synthesize, synthesize_classes
 
     root = synthetic_root(results, s)
-    synthesize(root, s.n, size=s.size, seed=s.seed)
+    if s.classes:
+        synthesize_classes(root, s.classes, s.n, size=s.size, seed=s.seed)
+    else:
+        synthesize(root, s.n, size=s.size, seed=s.seed)
     return root
 
 
 def write_run_folders(
     specs: list[RunSpec], folder: SweepFolder, data_root: Path, sweep: Sweep, provenance: dict | None = None
 ) -> list[RunSpec]:
-    manifest = make_manifest(data_root, sweep.data.split, sweep.data.split_seed)
+    manifest, classes = split_dataset(data_root, sweep.data.split, sweep.data.split_seed)
+    if sweep.data.classes is not None and tuple(sweep.data.classes) != classes:
+        raise ConfigError(
+            f"{sweep.path}: data.classes: the dataset {data_root} has the classes {', '.join(classes)}, "
+            f"not {', '.join(sweep.data.classes)}; fix the list (in label order) or point data.root at the dataset"
+        )
     write_manifest(folder.split, manifest)
     resolved = []
     for spec in specs:
-        spec = spec.model_copy(update={"data": spec.data.model_copy(update={"root": str(data_root)})})
+        data = spec.data.model_copy(update={"root": str(data_root), "classes": classes})
+        spec = spec.model_copy(update={"data": data})
         run_dir = folder.run(spec.run_id)
         if not rundir.is_completed(run_dir):
             atomic.remove_stale(run_dir)

@@ -78,6 +78,7 @@ FINAL = (
     "fp",
     "fn",
     "tn",
+    "macro_f1",
     "requeues",
     "skipped_images",
     "slurm_elapsed_s",

@@ -128,25 +128,29 @@ def accuracy_bars(
     return _png(fig)
 
 
-def confusion_matrix(matrix: Sequence[Sequence[int]], title: str, note: str | None = None) -> bytes:
-    """2×2 counts, rows the true class, columns the predicted one, with each row's share."""
+def confusion_matrix(
+    matrix: Sequence[Sequence[int]], title: str, note: str | None = None, classes: Sequence[str] = CLASSES
+) -> bytes:
+    """N×N counts, rows the true class, columns the predicted one, with each row's share."""
     counts = np.asarray(matrix)
+    n = len(classes)
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig = _figure(4.6, 4.3 if note else 4.0)
+    grow = max(0, n - 2) * 0.7  # inches per class beyond two: the counts stay readable
+    fig = _figure(4.6 + grow, (4.3 if note else 4.0) + grow)
     ax = fig.subplots()
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    for (i, j), n in np.ndenumerate(counts):
+    for (i, j), count in np.ndenumerate(counts):
         ax.text(
             j,
             i,
-            f"{n}\n({shares[i, j]:.1%})",
+            f"{count}\n({shares[i, j]:.1%})",
             ha="center",
             va="center",
             color="white" if shares[i, j] > 0.6 else "black",
-            fontsize=11,
+            fontsize=11 if n <= 4 else 8,
         )
-    ax.set_xticks([0, 1], CLASSES)
-    ax.set_yticks([0, 1], CLASSES)
+    ax.set_xticks(range(n), classes, rotation=30 if n > 3 else 0)
+    ax.set_yticks(range(n), classes)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     fig.colorbar(image, ax=ax, label="share of the true class", shrink=0.8)

@@ -223,3 +223,18 @@ runs:
     assert settings == [("resnet50", 2, 0.01, 8), ("resnet18", 2, 0.1, 8)]  # its own key wins over the merged one
     twice = BASE + "x-common: &common {epochs: 2}\nruns:\n  - {<<: *common, lr: 0.1, lr: 0.2}\n"
     assert "key 'lr' given twice" in _error(write_yaml, twice)
+
+
+@pytest.mark.parametrize(
+    "synthetic, problem",
+    [
+        ("{n: 40, classes: [crack, rust]}", "data.synthetic.classes: unknown value 'rust' (allowed: crack, spalling"),
+        ("{n: 40, classes: [crack]}", "data.synthetic.classes: give two or more different classes, got ['crack']"),
+        ("{n: 3, classes: [crack, stain, clean, holes]}", "data.synthetic: n: 3 images for 4 classes"),
+    ],
+)
+def test_synthetic_classes_are_checked_at_load(write_yaml, synthetic, problem):
+    path = write_yaml(f"name: t\ndata: {{synthetic: {synthetic}}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_sweep(path)
+    assert problem in str(info.value) and str(info.value).startswith(f"{path}: ")

@@ -34,7 +34,7 @@ def test_course_layout_keeps_its_split(tmp_path):
 @pytest.mark.parametrize(
     "rels, found",
     [
-        (("cracks/a.jpg", "plain/b.jpg"), "found: cracks, plain"),
+        (("train/positive/a.jpg", "plain/b.jpg"), "found: plain, train"),  # a split folder, not a class
         (("train/positive/a.jpg", "test/positive/a.jpg"), "found: test, train"),
         ((), "found: no folders"),
     ],
@@ -90,10 +90,10 @@ def test_one_class_items_cannot_be_split():
 def test_dangling_and_looping_symlinks_are_skipped_and_listed(tmp_path):
     from crackhpc.data.layout import scan
 
-    _touch(tmp_path, "Positive/a.jpg", "Negative/b.jpg", "shared/c.jpg")
+    _touch(tmp_path, "Positive/a.jpg", "Negative/b.jpg", ".shared/c.jpg")  # hidden: not a class folder
     (tmp_path / "Positive" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
     (tmp_path / "Negative" / "loop.jpg").symlink_to(tmp_path / "Negative" / "loop.jpg")
-    (tmp_path / "Negative" / "linked.jpg").symlink_to(tmp_path / "shared" / "c.jpg")  # a good link is an image
+    (tmp_path / "Negative" / "linked.jpg").symlink_to(tmp_path / ".shared" / "c.jpg")  # a good link is an image
     layout, items = list_items(tmp_path)
     assert [i.path for i in items] == ["Negative/b.jpg", "Negative/linked.jpg", "Positive/a.jpg"]
     found = scan(tmp_path)
@@ -131,3 +131,79 @@ def test_a_sweep_on_a_one_class_dataset_stops_before_any_job(tmp_path, write_yam
         f"what it found)"
     )
     assert not list((tmp_path / "results" / "tiny").glob("*/result.json")), "no run started"
+
+
+def test_any_number_of_class_folders_labelled_in_sorted_order(tmp_path):
+    from crackhpc.data.layout import scan
+
+    _touch(tmp_path, "Spalling/a.jpg", "crack/b.jpg", "crack/c.png", "Clean/d.jpg", ".thumbs/e.jpg")
+    found = scan(tmp_path)
+    assert (found.layout, found.classes) == ("original", ("clean", "crack", "spalling"))
+    assert [(i.path, i.label) for i in found.items] == [
+        ("Clean/d.jpg", 0),
+        ("crack/b.jpg", 1),
+        ("crack/c.png", 1),
+        ("Spalling/a.jpg", 2),
+    ]
+
+
+def test_course_layout_of_n_classes(tmp_path):
+    from crackhpc.data.layout import scan
+
+    for split in ("train", "valid", "test"):
+        _touch(tmp_path, *(f"{split}/{c}/x.jpg" for c in ("stain", "crack", "clean")))
+    found = scan(tmp_path)
+    assert (found.layout, found.classes) == ("course", ("clean", "crack", "stain"))
+    assert {(i.split, i.label) for i in found.items} == {(s, k) for s in ("train", "valid", "test") for k in range(3)}
+
+
+@pytest.mark.parametrize(
+    "rels, error",
+    [
+        (("crack/a.jpg", "crack/b.jpg"), "{root}: only crack/: a classifier needs at least two classes"),
+        (
+            [f"{s}/crack/a.jpg" for s in ("train", "valid", "test")],
+            "{root}: only crack/: a classifier needs at least two classes",
+        ),
+        (
+            [f"{s}/{c}/a.jpg" for s in ("train", "valid", "test") for c in ("crack", "clean")]
+            + ["train/stain/a.jpg", "valid/stain/a.jpg"],
+            "{root}: the class folders differ between train, valid and test (test/ lacks stain); "
+            "every split needs the same class folders",
+        ),
+    ],
+    ids=["one class", "one class, course layout", "class folders differ between splits"],
+)
+def test_a_sweep_on_a_dataset_of_one_class_or_odd_class_folders_is_one_line(tmp_path, write_yaml, rels, error, capsys):
+    from crackhpc.cli import main
+
+    from .conftest import tiny_sweep
+
+    root = tmp_path / "data"
+    _touch(root, *rels)
+    sweep = write_yaml(tiny_sweep(root))
+    assert main(["sweep", str(sweep), "--executor", "debug", "--results", str(tmp_path / "results")]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: " + error.format(root=root))
+    assert not list((tmp_path / "results").glob("tiny/*/result.json")), "no run started"
+    assert main(["data", "verify", str(root)]) == 2  # verify says the same
+    assert capsys.readouterr().err.splitlines() == [line]
+
+
+def test_pinned_classes_that_the_dataset_lacks_stop_the_sweep(tmp_path, write_yaml, tiny_data, capsys):
+    from crackhpc.cli import main
+
+    from .conftest import tiny_sweep
+
+    sweep = write_yaml(
+        tiny_sweep(
+            tiny_data, data={"root": str(tiny_data), "split": [0.5, 0.25, 0.25], "classes": ["negative", "crack"]}
+        )
+    )
+    assert main(["sweep", str(sweep), "--executor", "debug", "--results", str(tmp_path / "results")]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"error: {sweep}: data.classes: the dataset {tiny_data} has the classes negative, positive, not negative, "
+        "crack; fix the list (in label order) or point data.root at the dataset"
+    )
+    assert not list((tmp_path / "results").glob("tiny/*/result.json")), "no run started"

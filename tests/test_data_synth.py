@@ -127,3 +127,58 @@ def test_bad_args_raise_value_error(tmp_path, kwargs):
     with pytest.raises(ValueError):
         synthesize(tmp_path, **kwargs)
     assert not any(tmp_path.iterdir())
+
+
+def _kind_files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.glob("*/*.jpg"))}
+
+
+def test_n_classes_of_damage(tmp_path):
+    from crackhpc.data.synth import synthesize_classes
+
+    classes = ["crack", "spalling", "stain", "clean"]
+    assert synthesize_classes(tmp_path / "a", classes, 10, size=32, seed=3) == {
+        "crack": 3,
+        "spalling": 3,
+        "stain": 2,
+        "clean": 2,
+    }
+    assert sorted(os.listdir(tmp_path / "a")) == sorted(classes)
+    synthesize_classes(tmp_path / "b", classes, 10, size=32, seed=3, workers=2)
+    assert _kind_files(tmp_path / "a") == _kind_files(tmp_path / "b")  # deterministic, whatever the workers
+    synthesize(tmp_path / "c", 4, size=32, seed=3)
+    crack_dataset = _kind_files(tmp_path / "c")
+    assert not set(_kind_files(tmp_path / "a").values()) & set(crack_dataset.values())  # seeded apart
+
+
+def test_kinds_of_damage_differ_where_they_should():
+    """Spalling breaks the surface over a large patch: far more of the image strays from its median than
+    on clean concrete; a crack adds thin dark structure."""
+
+    def stray(a):
+        g = a.mean(axis=2)
+        return float((np.abs(g - np.median(g)) > 0.2 * np.median(g)).mean())
+
+    clean = [render_index(0, "clean", i, 64) for i in range(1, 21)]
+    spalling = [render_index(0, "spalling", i, 64) for i in range(1, 21)]
+    crack = [render_index(0, "crack", i, 64) for i in range(1, 21)]
+    assert np.mean([stray(a) for a in spalling]) > 3 * np.mean([stray(a) for a in clean])
+    assert np.mean([_dark_thin_fraction(a) for a in crack]) > 1.5 * np.mean([_dark_thin_fraction(a) for a in clean])
+
+
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (["--classes", "crack,rust"], "classes must be two or more different kinds of crack, spalling, stain"),
+        (["--classes", "crack"], "classes must be two or more different kinds"),
+        (["--classes", "crack,crack"], "classes must be two or more different kinds"),
+        (["--classes", "crack,stain,clean", "--n", "2"], "n must be at least one image per class (3), got 2"),
+    ],
+)
+def test_data_synth_classes_bad_input_is_one_line(tmp_path, args, error, capsys):
+    from crackhpc.cli import main
+
+    assert main(["data", "synth", str(tmp_path / "d"), "--size", "32", *args]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: data synth: {error}")
+    assert not (tmp_path / "d").exists()

@@ -45,3 +45,28 @@ def test_empty_class_folder_and_broken_symlinks_fail_verify(tiny_data, tmp_path,
     assert main(["data", "verify", str(root)]) == 1
     out = capsys.readouterr().out
     assert "error: Positive/ has no images (.jpg, .jpeg, .png)" in out and "positive=0" in out
+
+
+def test_n_classes_are_listed_and_counted(tmp_path, capsys):
+    from crackhpc.cli import main
+    from crackhpc.data.synth import synthesize_classes
+
+    root = tmp_path / "damage"
+    synthesize_classes(root, ["crack", "spalling", "stain"], 10, size=32, seed=1)
+    report = verify(root)
+    assert report.ok and report.classes == ("crack", "spalling", "stain")
+    assert report.counts == {"all": {"crack": 4, "spalling": 3, "stain": 3}}
+    (root / "stain" / "00002.jpg").write_bytes(b"not a jpeg")
+    for image in (root / "spalling").iterdir():
+        image.unlink()
+    assert main(["data", "verify", str(root)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == [
+        f"{root}: original layout, 3 classes: crack, spalling, stain",
+        "  all    crack=4  spalling=0  stain=3  total=7",
+    ]
+    assert (
+        "  error: spalling/ has no images (.jpg, .jpeg, .png): a classifier needs images of every class, and a sweep refuses this dataset"
+        in out
+    )
+    assert "    stain/00002.jpg: UnidentifiedImageError: cannot identify image file" in "\n".join(out)

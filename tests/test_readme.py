@@ -40,6 +40,7 @@ BLOCKS = (
     "TensorBoard and MLflow",
     "TensorBoard and MLflow #2",
     "Using a trained model",
+    "Datasets of N classes",
     "Distributed runs and backends",
     "Distributed runs and backends #2",
 )
@@ -189,6 +190,13 @@ def scratch(tmp_path) -> tuple[Path, dict[str, str], dict[str, str]]:
     for run in smoke["runs"]:
         run.pop("input_size", None)
     (home / "jobs" / "smoke.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
+    damage = yaml.safe_load((ROOT / "jobs" / "damage.yaml").read_text())  # 4 classes, as tiny
+    damage["data"]["synthetic"].update(n=40, size=32)
+    damage["defaults"].update(epochs=1, input_size=32)
+    damage["grid"]["seed"] = [0]
+    for run in damage["runs"]:
+        run.pop("input_size", None)
+    (home / "jobs" / "damage.yaml").write_text(yaml.safe_dump(damage, sort_keys=False))
     (home / "clusters.yaml").write_text("here: {partition: debug}\n")
     archive = home / "www" / "concrete.zip"
     synthesize(home / "www" / "images", 20, size=32, seed=1)
@@ -253,6 +261,17 @@ CHECKS = {
     ),
     "crackhpc predict results/smoke --best photos/ --out maps/ --set resources.cpus_per_task=2": lambda home: (
         len(_rows(home / "maps" / "summary.csv")) == 2
+    ),
+    "crackhpc data synth data/damage --classes crack,spalling,stain,clean --n 400 --size 64": lambda home: (
+        sorted(p.name for p in (home / "data" / "damage").iterdir()) == ["clean", "crack", "spalling", "stain"]
+    ),
+    "crackhpc report results/damage": lambda home: (
+        "## Per class (test split)" in (home / "results" / "damage" / "report.md").read_text()
+        and [r["classes"] for r in _rows(home / "results" / "damage" / "summary.csv")]
+        == ["clean crack spalling stain"] * 2
+    ),
+    "crackhpc predict results/damage --best photos/ --out damage-maps/ --tile 64": lambda home: (
+        {"top_class", "patches_spalling"} <= set(_rows(home / "damage-maps" / "summary.csv")[0])
     ),
 }
 

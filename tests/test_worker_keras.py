@@ -4,6 +4,7 @@ import contextlib
 import csv
 import json
 
+import numpy as np
 import pytest
 
 # Triton (which torchvision imports) segfaults when it loads after TensorFlow 2.21, and the torch
@@ -189,3 +190,21 @@ def test_a_keras_run_never_loads_torch(tmp_path, write_yaml, tiny_data):
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]"
     )
     subprocess.run([sys.executable, "-c", code, str(run_dir)], check=True, capture_output=True)
+
+
+def test_a_dataset_of_three_classes_gets_a_three_class_head(tmp_path, write_yaml):
+    """Trained (vgg16, random init, head only) and read back by predict as the worker built it."""
+    from crackhpc.data.synth import synthesize_classes
+    from crackhpc.predict.model import load
+
+    data = tmp_path / "damage"
+    synthesize_classes(data, ["crack", "spalling", "clean"], 36, size=32, seed=0)
+    (run_dir,) = _run_folders(tmp_path, write_yaml, data, {})
+    result = run(run_dir)
+    assert result["classes"] == ["clean", "crack", "spalling"] and len(result["confusion"]) == 3
+    assert sum(map(sum, result["confusion"])) == result["n_test"] == 9
+    wrong = list(csv.DictReader(open(run_dir / "misclassified.csv")))
+    assert {r["true"] for r in wrong} | {r["predicted"] for r in wrong} <= set(result["classes"])
+    classifier = load(run_dir)
+    scores = classifier.scores(np.zeros((2, 32, 32, 3), np.uint8))
+    assert scores.shape == (2, 3) and np.allclose(scores.sum(1), 1, atol=1e-5)

@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 from ..errors import CrackhpcError, DataError
-from .layout import detect
+from .layout import detect, scan
 
 COURSE_URL = (
     "https://s3-api.us-geo.objectstorage.softlayer.net/cf-courses-data/CognitiveClass/DL0321EN/"
@@ -80,12 +80,19 @@ def _folders(dest: Path, depth: int) -> list[Path]:
 
 def find_root(dest: Path) -> Path:
     """The folder under `dest` (itself included, two levels deep) holding a dataset layout."""
+    layouts = []
     for folder in _folders(dest, SEARCH_DEPTH):
         try:
             detect(folder)
-            return folder
         except DataError:
             continue
+        # A wrapping folder of two or more folders reads as classes too: the one whose classes hold images
+        found = scan(folder)
+        if found.items and not found.empty:
+            return folder
+        layouts.append(folder)
+    if layouts:
+        return layouts[0]
     rars = sorted(p for folder in _folders(dest, SEARCH_DEPTH) for p in folder.glob("*.rar"))
     if rars:
         raise _rar_error(rars[0], rars[0].parent)

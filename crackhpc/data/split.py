@@ -1,7 +1,8 @@
 """Deterministic stratified train/valid/test split, stored as a manifest CSV.
 
 The manifest (path, label, split) travels into every run folder, so each result says
-exactly which images it was trained, validated and tested on.
+exactly which images it was trained, validated and tested on; the labels' class names go into
+the run's config.yaml (`data.classes`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from .. import atomic
 from ..errors import DataError
-from .layout import CLASSES, SPLITS, Item, list_items
+from .layout import CLASSES, SPLITS, Item, checked_scan
 
 COLUMNS = ("path", "label", "split")
 # What to do about a damaged manifest: the launcher writes the sweep's manifest again into the
@@ -33,13 +34,16 @@ def _counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
     return n_train, n - n_train - n_test, n_test
 
 
-def split_items(items: Sequence[Item], fractions: Sequence[float], seed: int) -> list[Item]:
+def split_items(
+    items: Sequence[Item], fractions: Sequence[float], seed: int, classes: Sequence[str] = CLASSES
+) -> list[Item]:
     """Assign splits per class from `seed`; items that already have one (course layout) keep it."""
-    missing = [c for label, c in enumerate(CLASSES) if not any(i.label == label for i in items)]
+    missing = [c for label, c in enumerate(classes) if not any(i.label == label for i in items)]
     if missing:
+        which = "both classes" if len(classes) == 2 else "every class"
         raise DataError(
             f"{len(items)} images, none of them {' or '.join(missing)}: a classifier needs "
-            f"images of both classes ({', '.join(CLASSES)})"
+            f"images of {which} ({', '.join(classes)})"
         )
     if all(item.split for item in items):
         return list(items)
@@ -59,8 +63,13 @@ def split_items(items: Sequence[Item], fractions: Sequence[float], seed: int) ->
 
 
 def make_manifest(root: str | Path, fractions: Sequence[float], seed: int) -> list[Item]:
-    _, items = list_items(root)
-    return split_items(items, fractions, seed)
+    return split_dataset(root, fractions, seed)[0]
+
+
+def split_dataset(root: str | Path, fractions: Sequence[float], seed: int) -> tuple[list[Item], tuple[str, ...]]:
+    """(the manifest, the class names in label order) of the dataset at `root`."""
+    found = checked_scan(root)
+    return split_items(found.items, fractions, seed, found.classes), found.classes
 
 
 def write_manifest(path: str | Path, items: Sequence[Item]) -> Path:
@@ -85,9 +94,9 @@ def parse_manifest(data: bytes, path: str | Path) -> list[Item]:
         if header != COLUMNS:
             raise DataError(f"{path}: not a split manifest (columns must be {', '.join(COLUMNS)}); {FIX_SPLIT}")
         for row in reader:
-            if len(row) != 3 or row[1] not in ("0", "1") or row[2] not in SPLITS or not row[0]:
+            if len(row) != 3 or not (row[1].isascii() and row[1].isdigit()) or row[2] not in SPLITS or not row[0]:
                 raise DataError(
-                    f"{path}: line {reader.line_num}: not `path,label,split` with label 0 or 1 and "
+                    f"{path}: line {reader.line_num}: not `path,label,split` with label a class number (0, 1, ...) and "
                     f"split {' or '.join(SPLITS)} (got {','.join(row)[:80]!r}); {FIX_SPLIT}"
                 )
             items.append(Item(row[0], int(row[1]), row[2]))
@@ -103,8 +112,9 @@ def manifest_hash(items: Sequence[Item]) -> str:
     return h.hexdigest()[:16]
 
 
-def counts(items: Sequence[Item]) -> dict[str, dict[str, int]]:
-    table = {s: {"negative": 0, "positive": 0} for s in SPLITS}
+def counts(items: Sequence[Item], classes: Sequence[str] = CLASSES) -> dict[str, dict[str, int]]:
+    """Images per split and class."""
+    table = {s: dict.fromkeys(classes, 0) for s in SPLITS}
     for i in items:
-        table[str(i.split)]["positive" if i.label else "negative"] += 1
+        table[str(i.split)][classes[i.label]] += 1
     return table

@@ -24,6 +24,10 @@ Images
   smooth scratches and bug holes, so that dark structure alone does not give
   the class away.
 
+`synthesize_classes` writes a dataset of N classes instead, one folder per kind of damage
+(crack, spalling, stain, holes, joint, scratch, or clean concrete), each image the same background
+with one kind drawn on it, seeded by its kind's id.
+
 Only numpy and Pillow are used.
 """
 
@@ -33,6 +37,7 @@ import functools
 import io
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -40,14 +45,18 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from .. import atomic
+from ..config import SYNTH_CLASSES
 from .layout import CLASSES
 
 __all__ = [
     "FOLDERS",
     "CLASS_IDS",
+    "KINDS",
     "render",
+    "render_kind",
     "render_index",
     "synthesize",
+    "synthesize_classes",
     "filename",
     "render_photo",
     "synthesize_photos",
@@ -395,11 +404,70 @@ _HARD_KINDS = ("joint", "edge", "stain", "scratch", "holes")
 _HARD_P = (0.25, 0.2, 0.25, 0.2, 0.1)
 
 
+# ------------------------------------------------------------------- damage kinds
+def _spalling(rng: np.random.Generator, lum: np.ndarray, size: int) -> np.ndarray:
+    """A patch where the surface broke off: an irregular pit, rough and darker, its aggregate
+    showing, with a shadowed rim on the side away from the light."""
+    s = size / _REF
+    canvas = Image.new("L", (size * _SS, size * _SS), 0)
+    cx, cy = rng.uniform(0.3, 0.7, 2) * size
+    t = np.linspace(0, 2 * math.pi, 48, endpoint=False)
+    wobble = 0.25 * np.sin(2 * t + rng.uniform(0, 6)) + 0.15 * np.sin(5 * t + rng.uniform(0, 6))
+    radius = rng.uniform(0.18, 0.36) * size * (1.0 + wobble + rng.normal(0.0, 0.06, t.size))
+    points = np.stack([cx + radius * np.cos(t), cy + radius * np.sin(t)], axis=1) * _SS
+    ImageDraw.Draw(canvas).polygon([tuple(p) for p in points.tolist()], fill=255)
+    m = _to_float(_blur_mask(_downsample(canvas, size), 0.6 * max(s, 0.4)))
+    aggregate = np.clip(_octave(rng, size, max(1.0, 3.0 * s)), -1.5, 1.5)
+    floor = rng.uniform(0.55, 0.75) + 0.1 * _octave(rng, size, max(1.0, 10.0 * s)) + 0.14 * aggregate
+    shift = max(1, round(rng.uniform(2.0, 5.0) * s))
+    shadow = np.clip(np.roll(m, (shift, shift), axis=(0, 1)) - m, 0.0, 1.0)
+    return lum * (1.0 - m + m * floor) * (1.0 - rng.uniform(0.3, 0.5) * shadow)
+
+
+def _stain(rng: np.random.Generator, lum: np.ndarray, size: int) -> np.ndarray:
+    """One or two dark, soft stains (the crack dataset's hard negative, made plain)."""
+    for _ in range(int(rng.integers(1, 3))):
+        lum = _hard_negative(rng, lum, size, "stain")
+    blot = 1.0 / (1.0 + np.exp(-(_octave(rng, size, rng.uniform(30, 60) * size / _REF) - 0.3) / 0.15))
+    return lum * (1.0 - rng.uniform(0.2, 0.35) * blot)
+
+
+# The kinds of damage `synthesize_classes` draws, each with the id that seeds its images apart from the
+# crack dataset's two classes and the photos.
+KINDS = {kind: 16 + k for k, kind in enumerate(SYNTH_CLASSES)}
+
+
+def _damage(rng: np.random.Generator, lum: np.ndarray, size: int, kind: str) -> np.ndarray:
+    if kind == "crack":
+        s = size / _REF
+        m = _crack_layer(rng, size)
+        inner = 1.0 + 0.15 * _octave(rng, size, max(1.0, 3.0 * s))
+        return lum * (1.0 - np.clip(rng.uniform(0.4, 0.85) * inner, 0.0, 0.95) * m)
+    if kind == "spalling":
+        return _spalling(rng, lum, size)
+    if kind == "stain":
+        return _stain(rng, lum, size)
+    if kind == "clean":
+        return lum
+    return _hard_negative(rng, lum, size, kind)  # holes, joint, scratch
+
+
 # ------------------------------------------------------------------------- public
+def _finish(rng: np.random.Generator, lum: np.ndarray, colour: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Luminance and the background's colour → the RGB image, with sensor noise."""
+    gains, chroma = colour
+    sensor = _noise(rng, (3, *lum.shape))
+    sensor *= 1.2  # per-channel sensor noise, in grey levels
+    sensor += 0.5  # rounding
+    chans = [lum * (gains[c] + k * chroma) + sensor[c] for c, k in enumerate((1.0, 0.2, -1.0))]
+    rgb = np.stack(chans, axis=-1)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
 def render(rng: np.random.Generator, size: int = 227, cracked: bool = False) -> np.ndarray:
     """Render one synthetic concrete image as a ``size x size x 3`` uint8 array."""
     size = int(size)
-    lum, (gains, chroma) = _background(rng, size)
+    lum, colour = _background(rng, size)
     s = size / _REF
     if cracked:
         if rng.random() < 0.3:  # positives can carry distractors too
@@ -413,16 +481,20 @@ def render(rng: np.random.Generator, size: int = 227, cracked: bool = False) -> 
             k = 1 if rng.random() < 0.75 else 2
             for kind in rng.choice(_HARD_KINDS, size=k, replace=False, p=_HARD_P):
                 lum = _hard_negative(rng, lum, size, str(kind))
-    sensor = _noise(rng, (3, size, size))
-    sensor *= 1.2  # per-channel sensor noise, in grey levels
-    sensor += 0.5  # rounding
-    chans = [lum * (gains[c] + k * chroma) + sensor[c] for c, k in enumerate((1.0, 0.2, -1.0))]
-    rgb = np.stack(chans, axis=-1)
-    return np.clip(rgb, 0, 255).astype(np.uint8)
+    return _finish(rng, lum, colour)
+
+
+def render_kind(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
+    """One image of concrete with damage of `kind` (one of KINDS) on it, ``size x size x 3`` uint8."""
+    lum, colour = _background(rng, int(size))
+    return _finish(rng, _damage(rng, lum, int(size), kind), colour)
 
 
 def render_index(seed: int, cls: str, index: int, size: int = 227) -> np.ndarray:
-    """Render image ``index`` (1-based) of class ``cls``; a pure function of its arguments."""
+    """Render image ``index`` (1-based) of class ``cls`` (a crack dataset folder, or one of KINDS);
+    a pure function of its arguments."""
+    if cls in KINDS:
+        return render_kind(np.random.default_rng([int(seed), KINDS[cls], int(index)]), size, cls)
     rng = np.random.default_rng([int(seed), CLASS_IDS[cls], int(index)])
     return render(rng, size, cracked=(cls == "Positive"))
 
@@ -462,15 +534,7 @@ def _write_chunk(args: tuple[_Batch, list[tuple[str, int]]]) -> int:
     return sum(_write_one(batch, cls, i) for cls, i in jobs)
 
 
-def synthesize(root, n: int, size: int = 227, seed: int = 0, quality: int = 90, workers: int = 1) -> dict[str, int]:
-    """Write n images (n//2 Negative, n - n//2 Positive) under root/Positive and
-    root/Negative as JPEG, return {"Positive": k, "Negative": m}.
-
-    Files are named ``00001.jpg`` ... per class.  Existing non-empty files are
-    kept (re-running over a complete folder is a no-op); new files are written
-    to a temporary name and renamed into place.  ``workers > 1`` renders in
-    that many processes; the output does not depend on ``workers``.
-    """
+def _check(n: int, size: int, quality: int = 90, workers: int = 1) -> None:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
         raise ValueError(f"n must be an integer >= 2, got {n!r}")
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 16:
@@ -479,14 +543,13 @@ def synthesize(root, n: int, size: int = 227, seed: int = 0, quality: int = 90, 
         raise ValueError(f"quality must be in 1..100, got {quality!r}")
     if int(workers) < 1:
         raise ValueError(f"workers must be >= 1, got {workers!r}")
-    n, size, seed, quality, workers = int(n), int(size), int(seed), int(quality), int(workers)
-    counts = {"Positive": n - n // 2, "Negative": n // 2}
-    width = max(5, len(str(max(counts.values()))))
-    root = os.fspath(Path(root))
-    for cls in FOLDERS:
-        os.makedirs(os.path.join(root, cls), exist_ok=True)
-    jobs = [(cls, i) for cls in FOLDERS for i in range(1, counts[cls] + 1)]
-    batch = _Batch(root, size, seed, quality, width)
+
+
+def _write(batch: _Batch, counts: dict[str, int], workers: int) -> dict[str, int]:
+    """Every image of `counts` ({class folder: images}) under batch.root; see `synthesize`."""
+    for cls in counts:
+        os.makedirs(os.path.join(batch.root, cls), exist_ok=True)
+    jobs = [(cls, i) for cls in counts for i in range(1, counts[cls] + 1)]
     if workers == 1 or len(jobs) < 64:
         _write_chunk((batch, jobs))
     else:
@@ -498,6 +561,42 @@ def synthesize(root, n: int, size: int = 227, seed: int = 0, quality: int = 90, 
             for _ in pool.imap_unordered(_write_chunk, chunks):
                 pass
     return counts
+
+
+def synthesize(root, n: int, size: int = 227, seed: int = 0, quality: int = 90, workers: int = 1) -> dict[str, int]:
+    """Write n images (n//2 Negative, n - n//2 Positive) under root/Positive and
+    root/Negative as JPEG, return {"Positive": k, "Negative": m}.
+
+    Files are named ``00001.jpg`` ... per class.  Existing non-empty files are
+    kept (re-running over a complete folder is a no-op); new files are written
+    to a temporary name and renamed into place.  ``workers > 1`` renders in
+    that many processes; the output does not depend on ``workers``.
+    """
+    _check(n, size, quality, workers)
+    counts = {"Positive": int(n) - int(n) // 2, "Negative": int(n) // 2}
+    width = max(5, len(str(max(counts.values()))))
+    batch = _Batch(os.fspath(Path(root)), int(size), int(seed), int(quality), width)
+    _write(batch, {cls: counts[cls] for cls in FOLDERS}, int(workers))
+    return counts
+
+
+def synthesize_classes(
+    root, classes: Sequence[str], n: int, size: int = 227, seed: int = 0, workers: int = 1
+) -> dict[str, int]:
+    """Write n images of concrete with the damage `classes` (KINDS' names, "clean" for none), one
+    folder per class named after it, as `synthesize` does: n // len(classes) per class, the first
+    classes one more until n. Returns {class: images}."""
+    _check(n, size, workers=workers)
+    unknown = [c for c in classes if c not in KINDS]
+    if unknown or len(set(classes)) < 2 or len(set(classes)) != len(classes):
+        raise ValueError(
+            f"classes must be two or more different kinds of {', '.join(KINDS)}, got {','.join(classes) or 'none'}"
+        )
+    if n < len(classes):
+        raise ValueError(f"n must be at least one image per class ({len(classes)}), got {n}")
+    counts = {c: int(n) // len(classes) + (k < int(n) % len(classes)) for k, c in enumerate(classes)}
+    width = max(5, len(str(max(counts.values()))))
+    return _write(_Batch(os.fspath(Path(root)), int(size), int(seed), 90, width), counts, int(workers))
 
 
 # ------------------------------------------------------------------- large photos

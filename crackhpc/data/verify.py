@@ -1,5 +1,5 @@
-"""`crackhpc data verify`: counts per class, class folders without images, unreadable or truncated
-files, broken symlinks, odd sizes."""
+"""`crackhpc data verify`: the classes and counts per class, class folders without images, unreadable
+or truncated files, broken symlinks, odd sizes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from .images import DECODE_ERRORS
-from .layout import CLASSES, SPLITS, scan
+from .layout import SPLITS, scan
 
 EXPECTED_SIZE = (227, 227)
 
@@ -29,6 +29,7 @@ def _check(path: str) -> tuple[str, tuple[int, int] | None, str | None]:
 class VerifyReport:
     root: str
     layout: str
+    classes: tuple[str, ...]
     counts: dict[str, dict[str, int]]
     sizes: Counter
     broken: list[tuple[str, str]] = field(default_factory=list)
@@ -40,10 +41,12 @@ class VerifyReport:
         return not (self.broken or self.empty or self.broken_links)
 
     def lines(self) -> list[str]:
-        out = [f"{self.root}: {self.layout} layout"]
+        out = [f"{self.root}: {self.layout} layout, {len(self.classes)} classes: {', '.join(self.classes)}"]
         for group, per_class in self.counts.items():
             total = sum(per_class.values())
-            out.append(f"  {group:<6} " + "  ".join(f"{c}={per_class.get(c, 0)}" for c in CLASSES) + f"  total={total}")
+            out.append(
+                f"  {group:<6} " + "  ".join(f"{c}={per_class.get(c, 0)}" for c in self.classes) + f"  total={total}"
+            )
         odd = {s: n for s, n in self.sizes.items() if s != EXPECTED_SIZE}
         out.append("  sizes: " + ", ".join(f"{w}x{h}: {n}" for (w, h), n in self.sizes.most_common()))
         if odd:
@@ -70,10 +73,9 @@ def verify(root: str | Path, workers: int = 1) -> VerifyReport:
     root = Path(root)
     found = scan(root)
     items = found.items
-    counts = {group: {c: 0 for c in CLASSES} for group in (SPLITS if found.layout == "course" else ("all",))}
+    counts = {group: dict.fromkeys(found.classes, 0) for group in (SPLITS if found.layout == "course" else ("all",))}
     for item in items:
-        group = counts.setdefault(item.split or "all", {c: 0 for c in CLASSES})
-        group[CLASSES[item.label]] += 1
+        counts[item.split or "all"][found.classes[item.label]] += 1
     paths = [str(root / i.path) for i in items]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -82,4 +84,4 @@ def verify(root: str | Path, workers: int = 1) -> VerifyReport:
         checked = [_check(p) for p in paths]
     sizes = Counter(size for _, size, _ in checked if size)
     broken = [(str(Path(p).relative_to(root)), why) for p, _, why in checked if why]
-    return VerifyReport(str(root), found.layout, counts, sizes, broken, found.empty, found.broken_links)
+    return VerifyReport(str(root), found.layout, found.classes, counts, sizes, broken, found.empty, found.broken_links)

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import rundir
 from ..config import RunSpec
-from ..data.layout import CLASSES
+from ..data.layout import CLASSES, is_crack
 from ..errors import CrackhpcError
 from ..record import RECORD
 from ..states import RunState
@@ -87,20 +87,35 @@ def best_run(sweep_dir: str | Path, metric: str = "best_val_acc") -> tuple[Path,
     return sweep_dir / row["run_id"], note
 
 
+def classes_of(spec: RunSpec) -> tuple[str, ...]:
+    """The run's classes in label order (a run from before they were recorded: the crack dataset's)."""
+    return tuple(spec.data.classes) if spec.data.classes else CLASSES
+
+
 @dataclass
 class Classifier:
-    """`probabilities(uint8 NHWC at input_size)` → P(crack) per image, float64."""
+    """`scores(uint8 NHWC at input_size)` → each class's probability per image (N, classes), float64;
+    of the crack dataset's, `probabilities` → P(crack) per image."""
 
     run_dir: Path
     spec: RunSpec
     device: str
     precision: str
-    probabilities: Callable[[np.ndarray], np.ndarray]
+    scores: Callable[[np.ndarray], np.ndarray]
     module: object = None  # the framework's model (torch nn.Module on uint8 NHWC → logits; keras Model)
 
     @property
     def input_size(self) -> int:
         return self.spec.train.input_size
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return classes_of(self.spec)
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        if not is_crack(self.classes):
+            raise CrackhpcError(f"{self.run_dir}: a model of {', '.join(self.classes)}, not of cracks")
+        return self.scores(images)[:, CRACK]
 
 
 def load(run_dir: str | Path, cache: Path | None = None) -> Classifier:
@@ -119,7 +134,7 @@ def torch_module(run_dir: Path, spec: RunSpec):
 
     cfg = spec.train
     torch.manual_seed(cfg.seed)  # the worker's order: seed, then build (a random frozen backbone is this init)
-    backbone, head, _ = build(cfg.model, cfg.pretrained, input_size=cfg.input_size)
+    backbone, head, _ = build(cfg.model, cfg.pretrained, num_classes=len(classes_of(spec)), input_size=cfg.input_size)
     trained = head if cfg.freeze_backbone and cfg.feature_cache else nn.Sequential(backbone, head)
 
     def read(path: Path) -> None:
@@ -150,13 +165,13 @@ def _load_torch(run_dir: Path, spec: RunSpec, cache: Path | None) -> Classifier:
     autocast = fastpath.torch_autocast(choice)
 
     @torch.inference_mode()
-    def probabilities(images: np.ndarray) -> np.ndarray:
+    def scores(images: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             logits = module(x).float()
-        return torch.softmax(logits, 1)[:, CRACK].double().cpu().numpy()
+        return torch.softmax(logits, 1).double().cpu().numpy()
 
-    return Classifier(run_dir, spec, str(device), choice.precision, probabilities, module)
+    return Classifier(run_dir, spec, str(device), choice.precision, scores, module)
 
 
 def keras_model(run_dir: Path, spec: RunSpec, policy: str = "float32"):
@@ -172,7 +187,7 @@ def keras_model(run_dir: Path, spec: RunSpec, policy: str = "float32"):
     make, preprocess = backbone_factory(cfg.model, cfg.input_size)
     size = cfg.input_size
     net = make(weights)
-    dense = head()
+    dense = head(len(classes_of(spec)))
     x = keras.Input((size, size, 3))
     if cfg.freeze_backbone and cfg.feature_cache:
         features = keras.Input(net.output_shape[1:])
@@ -201,7 +216,7 @@ def _load_keras(run_dir: Path, spec: RunSpec, cache: Path | None) -> Classifier:
     model, preprocess = keras_model(run_dir, spec, fastpath.keras_policy(choice))
     forward = tf.function(lambda x: model(preprocess(tf.cast(x, tf.float32)), training=False), reduce_retracing=True)
 
-    def probabilities(images: np.ndarray) -> np.ndarray:
-        return np.asarray(forward(tf.constant(images)), dtype=np.float64)[:, CRACK]
+    def scores(images: np.ndarray) -> np.ndarray:
+        return np.asarray(forward(tf.constant(images)), dtype=np.float64)
 
-    return Classifier(run_dir, spec, device, choice.precision, probabilities, model)
+    return Classifier(run_dir, spec, device, choice.precision, scores, model)

@@ -18,13 +18,14 @@ import numpy as np
 
 from .. import atomic, procs, rundir
 from ..config import Resources, apply_overrides, validate
+from ..data.layout import CLASSES, is_crack
 from ..errors import CrackhpcError
 from ..jobs import RecordedJob, attempt
 from ..profiles import RESOURCE_KEYS, Profile, apply_profile
 from ..record import PREDICTION, SweepFolder
 from ..states import RunState
 from . import inputs, maps
-from .model import Classifier
+from .model import CRACK, Classifier
 
 PLAN, PREDICTIONS, SUMMARY, ERRORS, INDEX_MD, INDEX_HTML = (
     "predict.json",
@@ -60,6 +61,13 @@ class Settings:
         if self.max_megapixels <= 0 or self.batch < 1:
             raise CrackhpcError("--max-megapixels and --batch must be positive")
         return self
+
+
+def columns(classes: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(predictions.csv's, summary.csv's) columns: crack probabilities, or N classes' top class."""
+    if is_crack(classes):
+        return PREDICTION_COLUMNS, maps.SUMMARY_COLUMNS
+    return ("image", *maps.class_patch_columns(classes)), maps.class_summary_columns(classes)
 
 
 def photo_ids(photos: list[Path]) -> list[str]:
@@ -114,8 +122,11 @@ def prediction_resources(trained: Resources, overrides: list[str], profile: Prof
 # -- one shard: the job's work --------------------------------------------------------------
 
 
-def _reuse(out_dir: Path, photo: dict) -> tuple[list[inputs.Box], np.ndarray, tuple[int, int]] | None:
-    """A photo's map written by an earlier attempt of this shard (requeued or rerun), if complete."""
+def _reuse(
+    out_dir: Path, photo: dict, classes: tuple[str, ...]
+) -> tuple[list[inputs.Box], np.ndarray, tuple[int, int]] | None:
+    """A photo's map written by an earlier attempt of this shard (requeued or rerun), if complete:
+    the crack probabilities, or with N classes each class's."""
     csv_path, png = out_dir / MAPS / f"{photo['id']}.csv", out_dir / OVERLAYS / f"{photo['id']}.png"
     if not (csv_path.is_file() and png.is_file()):
         return None
@@ -125,13 +136,16 @@ def _reuse(out_dir: Path, photo: dict) -> tuple[list[inputs.Box], np.ndarray, tu
         return None
     boxes = [inputs.Box(*(int(r[k]) for k in ("x0", "y0", "x1", "y1"))) for r in rows]
     size = (max(b.x1 for b in boxes), max(b.y1 for b in boxes))
-    return boxes, np.array([float(r["probability"]) for r in rows]), size
+    if is_crack(classes):
+        return boxes, np.array([float(r["probability"]) for r in rows]), size
+    return boxes, np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows]), size
 
 
 class _Shard:
     def __init__(self, out_dir: Path, plan: dict, shard_id: str):
         self.out_dir, self.plan, self.shard_id = out_dir, plan, shard_id
         self.settings = Settings(**plan["settings"])
+        self.classes = tuple(plan.get("classes") or CLASSES)  # a plan from before N classes: the crack dataset's
         self.stride = self.settings.stride or self.settings.tile
         # position in the plan → (photo, boxes, probabilities, size); of the photos that failed, → (path, reason)
         self.done: dict[int, tuple] = {}
@@ -151,7 +165,7 @@ class _Shard:
         order = self.plan["shards"][self.shard_id]
         for k in order:
             photo = self.plan["photos"][k]
-            done = _reuse(self.out_dir, photo)
+            done = _reuse(self.out_dir, photo, self.classes)
             if done:
                 self.done[k] = (photo, *done)
                 continue
@@ -168,26 +182,19 @@ class _Shard:
                 self._flush()
         self._flush()
         predictions, summary, errors, n_patches = [], [], [], 0
-        t = self.settings.threshold
         for k in order:  # the plan's order, whichever photos were reused, failed or batched
             if k in self.failed:
                 errors.append(self.failed[k])
                 continue
             photo, boxes, probs, size = self.done[k]
-            predictions += [
-                (photo["path"], b.x0, b.y0, b.x1, b.y1, f"{p:.6f}", int(p >= t)) for b, p in zip(boxes, probs)
-            ]
-            summary.append(
-                list(
-                    maps.summary_row(
-                        photo["path"], size, probs, t, f"{MAPS}/{photo['id']}.csv", f"{OVERLAYS}/{photo['id']}.png"
-                    ).values()
-                )
-            )
+            patches, row = self._rows(photo, boxes, probs, size)
+            predictions += [(photo["path"], *p) for p in patches]
+            summary.append(list(row.values()))
             n_patches += len(boxes)
         part = self.out_dir / self.shard_id
-        atomic.write_csv(part / PREDICTIONS, PREDICTION_COLUMNS, predictions)
-        atomic.write_csv(part / SUMMARY, maps.SUMMARY_COLUMNS, summary)
+        prediction_columns, summary_columns = columns(self.classes)
+        atomic.write_csv(part / PREDICTIONS, prediction_columns, predictions)
+        atomic.write_csv(part / SUMMARY, summary_columns, summary)
         atomic.write_csv(part / ERRORS, ERROR_COLUMNS, errors)
         seconds = time.perf_counter() - t0
         return {
@@ -200,30 +207,45 @@ class _Shard:
             "precision": self.classifier.precision if self.classifier else None,
         }
 
+    def _rows(self, photo: dict, boxes: list[inputs.Box], probs: np.ndarray, size) -> tuple[list[tuple], dict]:
+        """A photo's patch rows (without the photo) and its summary row."""
+        files = (f"{MAPS}/{photo['id']}.csv", f"{OVERLAYS}/{photo['id']}.png")
+        if not is_crack(self.classes):
+            return maps.class_patch_rows(boxes, probs, self.classes), maps.class_summary_row(
+                photo["path"], size, probs, self.classes, files
+            )
+        t = self.settings.threshold
+        patches = [(b.x0, b.y0, b.x1, b.y1, f"{p:.6f}", int(p >= t)) for b, p in zip(boxes, probs)]
+        return patches, maps.summary_row(photo["path"], size, probs, t, *files)
+
     def _flush(self) -> None:
         if not self.pending:
             return
         clf = self.model()
         stacked = np.concatenate([p[4] for p in self.pending])
-        probs = np.concatenate(
-            [
-                clf.probabilities(stacked[s : s + self.settings.batch])
-                for s in range(0, len(stacked), self.settings.batch)
-            ]
+        scores = np.concatenate(
+            [clf.scores(stacked[s : s + self.settings.batch]) for s in range(0, len(stacked), self.settings.batch)]
         )
+        crack = is_crack(self.classes)
+        probs = scores[:, CRACK] if crack else scores
         start = 0
         for k, photo, image, boxes, _ in self.pending:
             mine = probs[start : start + len(boxes)]
             start += len(boxes)
-            maps.write_patches(self.out_dir / MAPS / f"{photo['id']}.csv", boxes, mine, self.settings.threshold)
-            title = (
-                f"{Path(photo['path']).name}: {int((mine >= self.settings.threshold).sum())}/{len(boxes)} patches "
-                f"cracked (p >= {self.settings.threshold:g}), max p {mine.max():.2f}; {Path(self.plan['model']).name}"
-            )
-            atomic.write_bytes(
-                self.out_dir / OVERLAYS / f"{photo['id']}.png",
-                maps.overlay(image, boxes, mine, self.settings.threshold, title),
-            )
+            patches, row = self._rows(photo, boxes, mine, image.size)
+            patch_columns = columns(self.classes)[0][1:]  # predictions.csv's, without the photo
+            atomic.write_csv(self.out_dir / MAPS / f"{photo['id']}.csv", patch_columns, patches)
+            model = Path(self.plan["model"]).name
+            if crack:
+                title = (
+                    f"{Path(photo['path']).name}: {row['cracked_patches']}/{len(boxes)} patches "
+                    f"cracked (p >= {self.settings.threshold:g}), max p {mine.max():.2f}; {model}"
+                )
+                png = maps.overlay(image, boxes, mine, self.settings.threshold, title)
+            else:
+                title = f"{Path(photo['path']).name}: each patch's top class, mostly {row['top_class']}; {model}"
+                png = maps.class_overlay(image, boxes, mine, self.classes, title)
+            atomic.write_bytes(self.out_dir / OVERLAYS / f"{photo['id']}.png", png)
             self.done[k] = (photo, boxes, mine, image.size)
         self.pending = []
 
@@ -301,7 +323,7 @@ def predict(run_dir: Path, ask: Prediction, echo=print) -> int:
     shard is done. Returns the exit code: 0 all photos done, 1 some photo or shard failed."""
     from ..engine import SUBMIT, Engine, Unit, resolve_executor
     from ..status import run_statuses
-    from .model import check_run
+    from .model import check_run, classes_of
 
     ask.settings.check()
     run_dir, spec, _ = check_run(run_dir)
@@ -318,6 +340,7 @@ def predict(run_dir: Path, ask: Prediction, echo=print) -> int:
     resources = prediction_resources(spec.resources, list(ask.overrides), ask.profile)
     n_shards = n_shards_for(len(photos), ask.shards, ask.per_task)
     the_plan = make_plan(run_dir, photos, input_errors, ask.settings, n_shards, resources)
+    the_plan["classes"] = list(classes_of(spec))
     shards = list(the_plan["shards"])
     engine = Engine(folder, PREDICTION, kind, echo)
     with engine.locked(FIX_KIND) as record:  # one command at a time submits to the folder, as for a sweep
@@ -378,36 +401,59 @@ def merge(out_dir: str | Path) -> tuple[int, int]:
         summary += _read_rows(out_dir / shard / SUMMARY)
         errors += _read_rows(out_dir / shard / ERRORS)
     errors += [dict(zip(ERROR_COLUMNS, e)) for e in plan["input_errors"]]
+    classes = tuple(plan.get("classes") or CLASSES)
+    prediction_columns, summary_columns = columns(classes)
     atomic.write_csv(
-        out_dir / PREDICTIONS, PREDICTION_COLUMNS, [[r[k] for k in PREDICTION_COLUMNS] for r in predictions]
+        out_dir / PREDICTIONS, prediction_columns, [[r[k] for k in prediction_columns] for r in predictions]
     )
-    atomic.write_csv(out_dir / SUMMARY, maps.SUMMARY_COLUMNS, [[r[k] for k in maps.SUMMARY_COLUMNS] for r in summary])
+    atomic.write_csv(out_dir / SUMMARY, summary_columns, [[r[k] for k in summary_columns] for r in summary])
     atomic.write_csv(out_dir / ERRORS, ERROR_COLUMNS, [[r[k] for k in ERROR_COLUMNS] for r in errors])
     _write_page(out_dir, plan, summary, errors)
     return len(summary), len(errors)
 
 
 def _write_page(out_dir: Path, plan: dict, summary: list[dict], errors: list[dict]) -> None:
+    """index.md and index.html: the photos' table and overlays; of a model of N classes, each photo's
+    patches per top class and its map of the classes."""
     from ..report.document import Document
 
-    ranked = sorted(summary, key=lambda r: (-float(r["cracked_fraction"]), -float(r["max_probability"]), r["image"]))
+    classes = tuple(plan.get("classes") or CLASSES)
     settings = plan["settings"]
+    patches = f"Patches of {settings['tile']} px every {settings['stride'] or settings['tile']} px"
+    if is_crack(classes):
+        ranked = sorted(
+            summary, key=lambda r: (-float(r["cracked_fraction"]), -float(r["max_probability"]), r["image"])
+        )
+        title, about = (
+            "Crack maps",
+            (
+                f"{patches}; a patch is cracked where its crack probability is at least {settings['threshold']:g}. "
+                f"Most cracked photos first; red outlines mark cracked patches."
+            ),
+        )
+        header = ["photo", "patches", "cracked", "cracked fraction", "max probability"]
+        table = [[r["patches"], r["cracked_patches"], r["cracked_fraction"], r["max_probability"]] for r in ranked]
+        headings = [f"{r['cracked_patches']}/{r['patches']} patches cracked" for r in ranked]
+    else:
+        ranked = summary
+        title, about = (
+            "Class maps",
+            (
+                f"{patches}, each given its most probable class; the maps colour each part of a photo by the top "
+                f"class of the patches over it (legend under each map)."
+            ),
+        )
+        header = ["photo", "patches", "mostly", *classes]
+        table = [[r["patches"], r["top_class"], *(r[f"patches_{c}"] for c in classes)] for r in ranked]
+        headings = [f"mostly {r['top_class']}" for r in ranked]
     doc = Document()
-    doc.heading(1, f"Crack maps: {len(summary)} photos")
+    doc.heading(1, f"{title}: {len(summary)} photos")
     doc.para(
-        f"Model: {plan['model']}. Patches of {settings['tile']} px every {settings['stride'] or settings['tile']} px; "
-        f"a patch is cracked where its crack probability is at least {settings['threshold']:g}. "
-        f"Most cracked photos first; red outlines mark cracked patches."
+        f"Model: {plan['model']}" + ("" if is_crack(classes) else f", classes {', '.join(classes)}") + f". {about}"
     )
-    doc.table(
-        ["photo", "patches", "cracked", "cracked fraction", "max probability"],
-        [
-            [Path(r["image"]).name, r["patches"], r["cracked_patches"], r["cracked_fraction"], r["max_probability"]]
-            for r in ranked
-        ],
-    )
-    for r in ranked:
-        doc.heading(2, f"{Path(r['image']).name}: {r['cracked_patches']}/{r['patches']} patches cracked")
+    doc.table(header, [[Path(r["image"]).name, *cells] for r, cells in zip(ranked, table)])
+    for r, heading in zip(ranked, headings):
+        doc.heading(2, f"{Path(r['image']).name}: {heading}")
         doc.image(r["image"], r["overlay"])
     if errors:
         doc.heading(2, f"Not processed: {len(errors)}")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import atomic, plots, provenance, rundir
+from ..data.layout import CLASSES, is_crack
 from ..errors import CrackhpcError
 from ..states import RunState
 from .document import Document
@@ -165,6 +166,7 @@ class Report:
         self.figures_asked = figures
         self.notes = [] if notes is None else notes
         self.varying = varying_keys(df)
+        self.n_classes = "macro_f1" in df.columns and bool(df["macro_f1"].notna().any())  # not the crack dataset
         self.figures: set[Path] = set()
         self.splits = TestSplits(ReadCache(sweep_dir / READ_CACHE))  # summary() saved it: no split.csv read again
         self.doc = Document()
@@ -234,6 +236,7 @@ class Report:
             "completed / runs",
             "test loss",
             "test accuracy",
+            *(["test macro-F1"] if self.n_classes else []),
             "best val accuracy",
             "images/s",
             "wall time (s)",
@@ -247,6 +250,7 @@ class Report:
                 f"{r['completed']} / {r['runs']}",
                 _mean_std(r, "test_loss", ".4g"),
                 _mean_std(r, "test_acc", ".4f"),
+                *([_mean_std(r, "macro_f1", ".4f")] if self.n_classes else []),
                 _mean_std(r, "best_val_acc", ".4f"),
                 _mean_std(r, "images_per_s", ".1f"),
                 _mean_std(r, "wall_time_s", ".1f"),
@@ -280,6 +284,7 @@ class Report:
         )
 
     def _runs(self) -> None:
+        counts = () if self.n_classes else ("tp", "fp", "fn", "tn")  # the crack dataset's
         rows = [
             [
                 r["run_id"],
@@ -288,7 +293,7 @@ class Report:
                 _num(r["best_val_acc"], ".4f"),
                 _num(r["test_loss"], ".4g"),
                 _num(r["test_acc"], ".4f"),
-                *(_num(r[k], ".0f") for k in ("tp", "fp", "fn", "tn")),
+                *(_num(r[k], ".0f") for k in counts),
                 _num(r["images_per_s"], ".1f"),
                 _num(r["wall_time_s"], ".1f"),
                 _hours(_num(r["compute_hours"], ".3g"), r["compute_unit"]),
@@ -305,10 +310,7 @@ class Report:
                 "best val accuracy",
                 "test loss",
                 "test accuracy",
-                "TP",
-                "FP",
-                "FN",
-                "TN",
+                *(k.upper() for k in counts),
                 "images/s",
                 "wall time (s)",
                 "device-hours",
@@ -316,7 +318,35 @@ class Report:
             ],
             rows,
         )
-        self.doc.para("Positive = crack. TP/FP/FN/TN come from the run's test split and misclassified.csv.")
+        if self.n_classes:
+            self._per_class()
+        else:
+            self.doc.para("Positive = crack. TP/FP/FN/TN come from the run's test split and misclassified.csv.")
+
+    def _per_class(self) -> None:
+        """Runs of N classes: each class's precision, recall and F1 on the test split, and macro-F1."""
+        done = self.df[self.df["macro_f1"].notna()]
+        classes = list(dict.fromkeys(c for names in done["classes"] for c in str(names).split()))
+        self.doc.heading(2, "Per class (test split)")
+        self.doc.table(
+            ["run", "macro-F1", *(f"{c}: precision / recall / F1" for c in classes)],
+            [
+                [
+                    r["run_id"],
+                    _num(r["macro_f1"], ".4f"),
+                    *(
+                        " / ".join(_num(r.get(f"{k}_{c}"), ".3f") for k in ("precision", "recall", "f1"))
+                        for c in classes
+                    ),
+                ]
+                for r in done.to_dict("records")
+            ],
+        )
+        self.doc.para(
+            "Macro-F1: the mean of the classes' F1. A class never predicted has no precision (-), and F1 0. "
+            "summary.csv holds each run's confusion matrix (rows the true class, columns the predicted one, "
+            "classes in the order of its `classes` column); the figures below draw it."
+        )
 
     def _resources(self) -> None:
         measured = self.df[self.df["slurm_elapsed_s"].notna()]
@@ -419,17 +449,23 @@ class Report:
                 f"learning curves of {run_id}",
             )
         run_dir = self.sweep_dir / run_id
-        cm = read_or_note(run_dir / rundir.MISCLASSIFIED, lambda _: confusion(run_dir, n_test, self.splits), self.notes)
+        config = read_or_note(run_dir / rundir.CONFIG, read_settings, self.notes)
+        classes = (config or {}).get("classes") or list(CLASSES)
+        cm = read_or_note(
+            run_dir / rundir.MISCLASSIFIED, lambda _: confusion(run_dir, n_test, self.splits, classes), self.notes
+        )
         if cm is None:
             self.doc.para(f"No confusion matrix: a file of {run_dir} is damaged (see Problems).")
             return
         title = f"{run_id}\ntest confusion matrix (test accuracy {_num(test_acc, '.4f')})"
         self._figure(
             f"confusion-{run_id}.png",
-            [cm.matrix, title, cm.note],
-            lambda: plots.confusion_matrix(cm.matrix, title, cm.note),
+            [cm.matrix, title, cm.note, classes],
+            lambda: plots.confusion_matrix(cm.matrix, title, cm.note, classes),
             f"confusion matrix of {run_id}",
         )
+        if not is_crack(classes):
+            self.doc.table(["true \\ predicted", *classes], [[c, *row] for c, row in zip(classes, cm.matrix)])
         if cm.note:
             self.doc.para(f"Note: {cm.note}.")
         self._misclassified(run_id)
@@ -438,12 +474,13 @@ class Report:
         if not self.examples:
             return
         run_dir = self.sweep_dir / run_id
-        wrong = read_misclassified(run_dir)[: self.examples]  # read without a problem for the confusion matrix
-        if not wrong:
-            self.doc.para("No misclassified test images.")
-            return
         config = read_or_note(run_dir / rundir.CONFIG, read_settings, self.notes)
         if config is None:
+            return
+        # read without a problem for the confusion matrix
+        wrong = read_misclassified(run_dir, config.get("classes") or CLASSES)[: self.examples]
+        if not wrong:
+            self.doc.para("No misclassified test images.")
             return
         root = Path(config["root"] or "")
         missing = [w["path"] for w in wrong if not (root / w["path"]).is_file()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from ..errors import CrackhpcError
 from .reading import ReadCache, problem_text
 
 
-def read_misclassified(run_dir: Path) -> list[dict[str, str]]:
+def read_misclassified(run_dir: Path, classes: Sequence[str] = CLASSES) -> list[dict[str, str]]:
     path = run_dir / rundir.MISCLASSIFIED
     if not path.is_file():
         return []
@@ -33,9 +34,9 @@ def read_misclassified(run_dir: Path) -> list[dict[str, str]]:
     except (UnicodeDecodeError, csv.Error) as exc:
         raise CrackhpcError(f"{path}: not a misclassified list ({problem_text(exc)}); {fix}") from None
     for line, row in enumerate(rows, start=2):
-        if row["true"] not in CLASSES or row["predicted"] not in CLASSES:
+        if row["true"] not in classes or row["predicted"] not in classes:
             raise CrackhpcError(
-                f"{path}: line {line}: classes must be {' or '.join(CLASSES)}, "
+                f"{path}: line {line}: classes must be {' or '.join(classes)}, "
                 f"got {row['true']!r} → {row['predicted']!r}; {fix}"
             )
         try:
@@ -60,7 +61,8 @@ class TestSplits:
         self._seen: dict[int, list[tuple[bytes, list[int]]]] = {}
 
     def counts(self, path: Path) -> list[int]:
-        """[negatives, positives] among the test images of the manifest at `path`."""
+        """The test images of each label (0, 1, ...) of the manifest at `path`: [negatives, positives]
+        for the crack dataset."""
         return self.cache.get(path, self._count)
 
     def _count(self, path: Path) -> list[int]:
@@ -69,14 +71,15 @@ class TestSplits:
             if known == data:
                 return counts
         test = [item.label for item in parse_manifest(data, path) if item.split == "test"]
-        counts = [test.count(0), test.count(1)]
+        counts = [test.count(label) for label in range(max(test, default=1) + 1)]
         self._seen.setdefault(len(data), []).append((data, counts))
         return counts
 
 
 @dataclass
 class Confusion:
-    """Test-set counts with rows the true class and columns the predicted one (0 negative, 1 positive).
+    """Test-set counts with rows the true class and columns the predicted one, in label order (the
+    crack dataset's: 0 negative, 1 positive; tp, fp, fn and tn are for it).
 
     The workers list the misclassified test images only; every other test image of the run's split
     manifest was classified correctly. Images the worker could not decode are not in result.json's
@@ -102,25 +105,34 @@ class Confusion:
         return self.matrix[0][0]
 
 
-def confusion(run_dir: Path, n_test: int | None, splits: TestSplits | None = None) -> Confusion:
+def confusion(
+    run_dir: Path, n_test: int | None, splits: TestSplits | None = None, classes: Sequence[str] = CLASSES
+) -> Confusion:
+    """The run's test confusion over `classes` (its config.yaml's), from its split.csv and misclassified.csv."""
     if not (run_dir / rundir.SPLIT).is_file():
         raise CrackhpcError(
             f"{run_dir / rundir.SPLIT}: missing; a completed run keeps its split manifest "
             f"(copy the sweep's split.csv there if it was deleted)"
         )
-    negatives, positives = (splits or TestSplits()).counts(run_dir / rundir.SPLIT)
-    matrix = [[negatives, 0], [0, positives]]
-    for row in read_misclassified(run_dir):
-        true, predicted = CLASSES.index(row["true"]), CLASSES.index(row["predicted"])
+    per_label = (splits or TestSplits()).counts(run_dir / rundir.SPLIT)
+    if len(per_label) > len(classes):
+        raise CrackhpcError(
+            f"{run_dir / rundir.SPLIT}: labels beyond the {len(classes)} classes of {run_dir / rundir.CONFIG}; "
+            f"the two files are from different runs: " + rundir.FIX_REDO.format(run=run_dir)
+        )
+    matrix = [[n if j == i else 0 for j in range(len(classes))] for i, n in enumerate(per_label)]
+    matrix += [[0] * len(classes) for _ in range(len(classes) - len(matrix))]
+    for row in read_misclassified(run_dir, classes):
+        true, predicted = classes.index(row["true"]), classes.index(row["predicted"])
         matrix[true][true] -= 1
         matrix[true][predicted] += 1
-    if min(matrix[0][0], matrix[1][1]) < 0:
+    if min(matrix[k][k] for k in range(len(classes))) < 0:
         raise CrackhpcError(
             f"{run_dir / rundir.MISCLASSIFIED}: more misclassified images than test images in "
             f"{run_dir / rundir.SPLIT}; the two files are from different runs: " + rundir.FIX_REDO.format(run=run_dir)
         )
     note = None
-    total = negatives + positives
+    total = sum(per_label)
     if n_test is not None and not pd.isna(n_test) and int(n_test) != total:
         note = (
             f"{total - int(n_test)} of {total} test images were unreadable and not scored; "

@@ -14,6 +14,7 @@ import yaml
 
 from .. import atomic, rundir
 from ..config import Resources, validate
+from ..data.layout import CLASSES
 from ..errors import CrackhpcError
 from ..record import PREDICTION, SweepFolder, SweepRecord
 
@@ -58,7 +59,7 @@ def _resources(text: str) -> dict:
 
 
 def read_settings(path: Path) -> dict:
-    """What the report needs of a run's config.yaml: the settings, the resources and the data root.
+    """What the report needs of a run's config.yaml: the settings, the resources, the data root and classes.
     The YAML is read as written rather than as a RunSpec: validating each of 1,000 train sections
     costs more than the rest of the report."""
     raw = rundir.load_config_yaml(path.read_bytes().decode("utf-8"))
@@ -70,11 +71,18 @@ def read_settings(path: Path) -> dict:
     except CrackhpcError as exc:
         raise ValueError(str(exc)) from None
     data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    classes = data.get("classes") or list(CLASSES)  # a run folder from before they were recorded: the crack dataset's
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"data.classes: {classes!r} is not a list of two or more class names")
     return {
         "train": {k: train.get(k) for k in ("framework", "model", *HPARAMS)},
         "resources": resources,
         "root": data.get("root"),
+        "classes": classes,
     }
+
+
+CACHE_VERSION = 2  # of what the readers return: a change to read_settings or TestSplits raises it
 
 
 class ReadCache:
@@ -92,7 +100,9 @@ class ReadCache:
                 self.old = json.loads(path.read_bytes())
             except (OSError, ValueError):
                 pass
-        self.old = self.old if isinstance(self.old, dict) else {}
+        # what another version of the readers read is read again (a config.yaml read without its classes)
+        ours = isinstance(self.old, dict) and self.old.get("version") == CACHE_VERSION
+        self.old = self.old["entries"] if ours and isinstance(self.old.get("entries"), dict) else {}
 
     def get(self, path: Path, reader: Callable[[Path], T]) -> T:
         st = path.stat()
@@ -105,7 +115,8 @@ class ReadCache:
     def save(self) -> None:
         if self.path is not None and self.new != self.old:
             try:  # compact: json's C encoder, a tenth of the time of an indented dump of 1,000 runs
-                atomic.write_text(self.path, json.dumps(self.new, separators=(",", ":")))
+                cached = {"version": CACHE_VERSION, "entries": self.new}
+                atomic.write_text(self.path, json.dumps(cached, separators=(",", ":")))
             except OSError:
                 pass
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from .. import atomic, provenance, rundir, slurm
+from .. import atomic, provenance, rundir, scores, slurm
+from ..data.layout import CLASSES, is_crack
 from ..errors import CrackhpcError
 from ..record import SweepRecord
 from ..states import RunState
@@ -118,11 +119,13 @@ def _summary_row(run_dir: Path, notes: list[str], cache: ReadCache, splits: Test
         row.update({k: result.get(k) for k in SUMMARY_COLUMNS if k in result and k != "run_id"})
         row["status"] = result.get("status", RunState.PENDING.value)
         row.update(provenance.columns(result))
+    classes: list[str] = list(CLASSES)
     if (run_dir / rundir.CONFIG).is_file():
         config = read_or_note(run_dir / rundir.CONFIG, lambda p: cache.get(p, read_settings), notes)
         if config is not None:
             row.update(config["train"])
             row["compute_hours"], row["compute_unit"] = _compute_hours(config["resources"], result, usage)
+            classes = config.get("classes") or classes
     if usage is not None:
         eff = usage.cpu_efficiency
         row.update(
@@ -133,10 +136,27 @@ def _summary_row(run_dir: Path, notes: list[str], cache: ReadCache, splits: Test
             resource_hints="; ".join(usage.hints()),
         )
     if row["status"] == RunState.COMPLETED.value:
-        cm = read_or_note(run_dir / rundir.MISCLASSIFIED, lambda _: confusion(run_dir, None, splits), notes)
-        if cm is not None:
+        cm = read_or_note(run_dir / rundir.MISCLASSIFIED, lambda _: confusion(run_dir, None, splits, classes), notes)
+        if cm is not None and is_crack(classes):
             row.update(tp=cm.tp, fp=cm.fp, fn=cm.fn, tn=cm.tn)
+        elif cm is not None:
+            row.update(class_columns(cm.matrix, classes))
     return row
+
+
+def _is_class_column(key: str) -> bool:
+    return key in ("macro_f1", "classes", "confusion") or key.startswith(("precision_", "recall_", "f1_"))
+
+
+def class_columns(matrix: list[list[int]], classes: list[str]) -> dict[str, Any]:
+    """summary.csv's columns of a run of N classes (not the crack dataset's two): macro-F1, each
+    class's precision, recall and F1, the classes and the confusion matrix (rows the true class)."""
+    scored = scores.per_class(matrix, classes)
+    out: dict[str, Any] = {"macro_f1": scores.macro_f1(scored)}
+    for name, s in scored.items():
+        out.update({f"{key}_{name}": s[key] for key in ("precision", "recall", "f1")})
+    out.update(classes=" ".join(classes), confusion=json.dumps(matrix, separators=(",", ":")))
+    return out
 
 
 def summary(sweep_dir: str | Path, everything: bool = False, notes: list[str] | None = None) -> pd.DataFrame:
@@ -155,7 +175,10 @@ def summary(sweep_dir: str | Path, everything: bool = False, notes: list[str] | 
     if not rows:
         raise CrackhpcError(f"{sweep_dir}: no runs in it (no sweep.json, no run folders)")
     cache.save()
-    df = pd.DataFrame(rows).reindex(columns=SUMMARY_COLUMNS)
+    # A sweep of N classes adds its class columns after tn (which its runs leave blank).
+    extra = list(dict.fromkeys(k for row in rows for k in row if _is_class_column(k)))
+    at = SUMMARY_COLUMNS.index("tn") + 1
+    df = pd.DataFrame(rows).reindex(columns=[*SUMMARY_COLUMNS[:at], *extra, *SUMMARY_COLUMNS[at:]])
     return df.astype({k: "Int64" for k in ("tp", "fp", "fn", "tn")})  # counts: 3, not 3.0, beside the blanks
 
 
@@ -167,14 +190,15 @@ def varying_keys(df: pd.DataFrame) -> list[str]:
 def comparison(df: pd.DataFrame) -> pd.DataFrame:
     """Mean, std and n of each metric per framework, model and the hyper-parameters that vary, over seeds."""
     keys = ["framework", "model", *varying_keys(df)]
+    metrics = [*METRICS, *(["macro_f1"] if "macro_f1" in df.columns else [])]
     done = df[df["status"] == RunState.COMPLETED.value].copy()
-    for col in METRICS:
+    for col in metrics:
         done[col] = pd.to_numeric(done[col], errors="coerce")
     counts = df.groupby(keys, dropna=False).agg(runs=("run_id", "count"))
     counts["completed"] = (
         df.assign(ok=df["status"].eq(RunState.COMPLETED.value)).groupby(keys, dropna=False)["ok"].sum()
     )
-    stats = done.groupby(keys, dropna=False)[list(METRICS)].agg(["mean", "std"])
+    stats = done.groupby(keys, dropna=False)[metrics].agg(["mean", "std"])
     stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
     units = done.groupby(keys, dropna=False)["compute_unit"].agg(lambda s: "/".join(sorted(set(s.dropna()))))
     return counts.join(stats).join(units).reset_index()

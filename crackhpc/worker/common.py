@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .. import atomic, rundir
+from .. import atomic, rundir, scores
 from ..config import RunSpec, TrainConfig
 from ..data.images import ImageCache
 from ..data.layout import CLASSES, Item
@@ -33,6 +33,7 @@ Record = tuple[int, int, float]
 @dataclass(frozen=True)
 class RunData:
     items: list[Item]
+    classes: tuple[str, ...]  # in label order
     images: np.ndarray  # uint8 (N, size, size, 3), memory-mapped; zeros where undecodable
     labels: np.ndarray  # int64 (N,)
     index: dict[str, np.ndarray]  # positions of the decodable images of each split
@@ -49,9 +50,21 @@ def cpu_workers(spec: RunSpec) -> int:
     return spec.train.num_workers if spec.train.num_workers is not None else spec.resources.cpus_per_task
 
 
+def class_names(spec: RunSpec) -> tuple[str, ...]:
+    """The run's classes in label order (a run folder from before they were recorded: the crack dataset's)."""
+    return tuple(spec.data.classes) if spec.data.classes else CLASSES
+
+
 def load_data(spec: RunSpec, run_dir: Path, workers: int, log) -> RunData:
     """The run's split manifest decoded at the run's input size (once per sweep, then reused)."""
     items = read_manifest(run_dir / rundir.SPLIT)
+    classes = class_names(spec)
+    if any(item.label >= len(classes) for item in items):
+        raise DataError(
+            f"{run_dir / rundir.SPLIT}: labels beyond the {len(classes)} classes of {run_dir / rundir.CONFIG} "
+            f"({', '.join(classes)}); the two files are from different submissions: "
+            + rundir.FIX_REDO.format(run=run_dir)
+        )
     cache_dir = run_dir.parent / CACHE
     t0 = time.perf_counter()
     images = ImageCache.build(items, str(spec.data.root), spec.train.input_size, cache_dir / "images", workers)
@@ -65,9 +78,8 @@ def load_data(spec: RunSpec, run_dir: Path, workers: int, log) -> RunData:
             f"{spec.data.root}: no readable images in the train or test split "
             f"({images.n_corrupt} of {len(items)} failed to decode; run `crackhpc data verify`)"
         )
-    return RunData(
-        items, images.images, np.array([i.label for i in items], dtype=np.int64), index, images.n_corrupt, cache_dir
-    )
+    labels = np.array([i.label for i in items], dtype=np.int64)
+    return RunData(items, classes, images.images, labels, index, images.n_corrupt, cache_dir)
 
 
 def per_rank_batch(batch_size: int, env: DistEnv) -> int:
@@ -214,7 +226,7 @@ def accuracy(records: Sequence[Record], labels: np.ndarray) -> float:
 
 def write_misclassified(run_dir: Path, data: RunData, records: Iterable[Record]) -> None:
     wrong = [
-        (data.items[p].path, CLASSES[data.labels[p]], CLASSES[pred], round(prob, 6))
+        (data.items[p].path, data.classes[data.labels[p]], data.classes[pred], round(prob, 6))
         for p, pred, prob in records
         if pred != data.labels[p]
     ]
@@ -244,6 +256,10 @@ def result(trainer: Trainer, outcome: Outcome, params_in_sync: bool | None) -> d
         "n_train": int(len(data.index["train"])),
         "n_valid": int(len(data.index["valid"])),
         "n_test": len(outcome.records),
+        **scores.result_fields(
+            scores.confusion_matrix(len(data.classes), [(int(data.labels[p]), pred) for p, pred, _ in outcome.records]),
+            data.classes,
+        ),
         "skipped_images": data.skipped,
         "wall_time_s": round(wall, 3),
         "images_per_s": round(n_images / wall, 2) if wall > 0 else None,

@@ -177,7 +177,7 @@ def choose(spec: RunSpec, device: str, phase: str, images: int, cache_dir: Path 
             return net
         net.trainable = not cfg.freeze_backbone
         x = keras.Input((size, size, 3))
-        return keras.Model(x, head()(net(x)))
+        return keras.Model(x, head(len(common.class_names(spec)))(net(x)))
 
     job = fastpath.Job.of(cfg, phase, images)
     return fastpath.keras_choice(job, network, device, max(1, spec.resources.cpus_per_task), cache_dir, log)
@@ -235,7 +235,7 @@ class Trainer:
         with self.comm.scope():
             x = keras.Input(self.inputs.shape[1:])
             features = x if self.feature_mode else backbone()(x)
-            self.model = keras.Model(x, head()(features))
+            self.model = keras.Model(x, head(len(data.classes))(features))
             self.optimizer = (
                 keras.optimizers.Adam(cfg.lr) if cfg.optimizer == "adam" else keras.optimizers.SGD(cfg.lr, momentum=0.9)
             )
@@ -261,12 +261,12 @@ class Trainer:
         return ds.map(shaped, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
     def _train_step(self):
-        model, optimizer, comm = self.model, self.optimizer, self.comm
+        model, optimizer, comm, num_classes = self.model, self.optimizer, self.comm, len(self.data.classes)
 
         def step(x, y):
             with tf.GradientTape() as tape:
                 probs = model(x, training=True)
-                losses = keras.losses.categorical_crossentropy(tf.one_hot(y, 2), probs)
+                losses = keras.losses.categorical_crossentropy(tf.one_hot(y, num_classes), probs)
                 loss = tf.reduce_mean(losses) / comm.loss_divisor
             optimizer.apply_gradients(
                 zip(comm.gradient(tape, loss, model.trainable_variables), model.trainable_variables)
@@ -306,7 +306,9 @@ class Trainer:
         # the ranks fill disjoint columns, so a sum gathers them
         table = np.zeros((3, len(positions)))
         if len(probs):
-            table[0, mine] = keras.losses.categorical_crossentropy(np.eye(2, dtype=np.float32)[labels], probs).numpy()
+            table[0, mine] = keras.losses.categorical_crossentropy(
+                np.eye(len(self.data.classes), dtype=np.float32)[labels], probs
+            ).numpy()
             table[1, mine] = probs.argmax(1)
             table[2, mine] = probs.max(1)
         loss, pred, prob = self.comm.all_sum(table.ravel()).reshape(3, -1)

@@ -1,6 +1,6 @@
-"""Backbones split into (backbone → feature vector, N-class head): the study's torchvision ones and
-timm's EfficientNet-Lite0 here, any other timm, torchvision or python: model through
-worker/builders.py; and the frozen backbone's one-off feature pass."""
+"""Backbones split into (backbone → feature vector, head over the dataset's classes): the study's
+torchvision ones and timm's EfficientNet-Lite0 here, any other timm, torchvision or python: model
+through worker/builders.py; and the frozen backbone's one-off feature pass."""
 
 from __future__ import annotations
 

@@ -122,7 +122,9 @@ class Trainer:
         self.data = data = common.load_data(self.spec, self.run_dir, self.workers, self.log)
         self.labels, self.index = data.labels, data.index
         torch.manual_seed(cfg.seed)
-        backbone, head, weights_id = build(cfg.model, cfg.pretrained, input_size=cfg.input_size)
+        backbone, head, weights_id = build(
+            cfg.model, cfg.pretrained, num_classes=len(data.classes), input_size=cfg.input_size
+        )
         if cfg.freeze_backbone:
             backbone.requires_grad_(False)
         self.feature_mode = cfg.freeze_backbone and cfg.feature_cache
