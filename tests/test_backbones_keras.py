@@ -26,8 +26,22 @@ from .conftest import tiny_sweep  # noqa: E402
 pytestmark = pytest.mark.tf
 
 
-def test_keras_applications_frozen_and_trained(tmp_path, tiny_data):
+KERAS_BUILDER = """\
+import keras
+
+
+def pair(pretrained):
+    x = keras.Input((None, None, 3))
+    y = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3)(keras.layers.Rescaling(1 / 255)(x)))
+    return keras.Model(x, y), 8
+"""
+
+
+def test_keras_applications_frozen_and_trained(tmp_path, tiny_data, monkeypatch):
+    (tmp_path / "kerasnets22.py").write_text(KERAS_BUILDER)
+    monkeypatch.syspath_prepend(str(tmp_path))
     runs = [
+        {"model": "python:kerasnets22:pair", "freeze_backbone": False},
         {"model": "MobileNetV3Small", "freeze_backbone": True, "lr": 0.001},
         {"model": "MobileNetV3Small", "freeze_backbone": True, "lr": 0.01},
         {"model": "MobileNetV3Small", "freeze_backbone": False},
@@ -44,8 +58,9 @@ def test_keras_applications_frozen_and_trained(tmp_path, tiny_data):
         result = rundir.read_result(run_dir)
         assert result["status"] == "completed" and 0 <= result["test_acc"] <= 1
         results[(spec.train.model, spec.train.freeze_backbone, spec.train.lr)] = (run_dir, result["feature_cache"])
-        module = {"MobileNetV3Small": "mobilenet_v3", "EfficientNetB0": "efficientnet"}[spec.train.model]
-        assert spec.preprocess["function"] == f"keras.applications.{module}.preprocess_input"
+        if spec.train.model in ("MobileNetV3Small", "EfficientNetB0"):
+            module = {"MobileNetV3Small": "mobilenet_v3", "EfficientNetB0": "efficientnet"}[spec.train.model]
+            assert spec.preprocess["function"] == f"keras.applications.{module}.preprocess_input"
     assert sorted(c for (m, frozen, _), (_, c) in results.items() if m == "MobileNetV3Small") == [
         "computed",
         "off",

@@ -102,27 +102,33 @@ def _hub_file(cache, repo: str, data: bytes, filename: str = "model.safetensors"
     (folder / "snapshots" / commit / filename).symlink_to(f"../../blobs/{sha}")
 
 
-def test_timm_weights_load_offline_from_the_hub_cache(tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["HF_HUB_CACHE", "CRACKHPC_CACHE"])
+def test_timm_weights_load_offline_from_the_hub_cache(tmp_path, monkeypatch, where):
+    """The hub's own cache, or the shared cache's huggingface/hub (a cluster profile's `cache:`)."""
     import timm
     import torch
     from safetensors.torch import save
 
     from crackhpc.worker.torch_models import build
 
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.delenv("CRACKHPC_CACHE", raising=False)
+    hub = tmp_path / "hub"
+    if where == "CRACKHPC_CACHE":
+        monkeypatch.setenv("CRACKHPC_CACHE", str(tmp_path / "shared"))
+        hub = tmp_path / "shared" / "huggingface" / "hub"
     # missing: one line with the prefetch that fetches it
     with pytest.raises(WeightsError) as missing:
         build("timm:test_vit", True)
     assert "run `crackhpc prefetch --models torch:timm:test_vit` on the login node" in str(missing.value)
-    assert str(tmp_path / "hub") in str(missing.value) and "\n" not in str(missing.value)
+    assert str(hub) in str(missing.value) and "\n" not in str(missing.value)
     specs = expand(load_sweep_text(tmp_path, "timm:test_vit"))
     assert any("crackhpc prefetch --models torch:timm:test_vit" in w for w in weights_warnings(specs))
 
     torch.manual_seed(1)
     written = timm.create_model("test_vit").state_dict()
-    _hub_file(tmp_path / "hub", "timm/test_vit.r160_in1k", save(written))
+    _hub_file(hub, "timm/test_vit.r160_in1k", save(written))
     backbone, head, weights_id = build("timm:test_vit", True)
     loaded = backbone[1].state_dict()
     assert set(loaded) == {k for k in written if not k.startswith("head.")}
