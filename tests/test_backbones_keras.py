@@ -1,5 +1,5 @@
-"""keras.applications backbones trained for real on tiny synthetic images (random init, 32 px,
-1 epoch): frozen through the feature cache and end to end, then exported."""
+"""keras.applications backbones (and a python: builder's) trained for real on tiny synthetic
+images (random init, 32 px, 1 epoch): frozen through the feature cache and end to end, then exported."""
 
 from __future__ import annotations
 
@@ -45,8 +45,9 @@ def test_keras_applications_frozen_and_trained(tmp_path, tiny_data, monkeypatch)
         {"model": "MobileNetV3Small", "freeze_backbone": True, "lr": 0.001},
         {"model": "MobileNetV3Small", "freeze_backbone": True, "lr": 0.01},
         {"model": "MobileNetV3Small", "freeze_backbone": False},
+        # frozen only: its end-to-end run takes a minute here (TensorFlow tracing its gradient), and
+        # MobileNetV3Small's already trains an application end to end
         {"model": "EfficientNetB0", "freeze_backbone": True},
-        {"model": "EfficientNetB0", "freeze_backbone": False},
     ]
     path = tmp_path / "keras.yaml"
     path.write_text(tiny_sweep(tiny_data, name="kb", defaults={"framework": "keras", "epochs": 1}, runs=runs))
@@ -67,7 +68,6 @@ def test_keras_applications_frozen_and_trained(tmp_path, tiny_data, monkeypatch)
         "reused",
     ]
     assert results[("EfficientNetB0", True, 0.001)][1] == "computed"
-    assert results[("EfficientNetB0", False, 0.001)][1] == "off"
     # the exported file gives predict's probabilities (preprocess_input applied by the caller, as model.json says)
     import keras
 
