@@ -551,12 +551,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prefetch", help="on the login node: put the ImageNet weights sweeps need in the offline cache")
     p.add_argument("sweeps", nargs="*", metavar="SWEEP.yaml", help="fetch what these sweeps' pretrained runs need")
     p.add_argument(
-        "--models", help="framework:model list, e.g. torch:resnet18,keras:vgg16 (no sweeps, no --models: all)"
+        "--models",
+        help="framework:model list, e.g. torch:resnet18,torch:timm:convnext_atto,keras:EfficientNetB0 "
+        "(no sweeps, no --models: the study's)",
     )
     p.add_argument(
         "--cache",
-        help="cache root, files go to CACHE/<framework>/ (default: $CRACKHPC_CACHE, "
-        "else $TORCH_HOME/hub/checkpoints and ~/.keras/models)",
+        help="cache root, files go to CACHE/<framework>/ and timm's to CACHE/huggingface/hub (default: "
+        "$CRACKHPC_CACHE, else $TORCH_HOME/hub/checkpoints, $KERAS_HOME/models and the Hugging Face hub cache)",
     )
     p.add_argument(
         "--from", dest="from_dir", metavar="DIR", help="import files copied here by hand instead of downloading"
