@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import os
+import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 import yaml
@@ -19,6 +22,7 @@ from crackhpc.grid import expand
 from crackhpc.preflight import weights_warnings
 
 from .conftest import tiny_sweep
+from .localhttp import served  # noqa: F401
 
 
 def _refused(tmp_path, write_yaml, tiny_data, capsys, defaults, expected: str) -> None:
@@ -171,3 +175,87 @@ def test_library_caches_are_searched_and_checked(tmp_path, monkeypatch, framewor
     (tmp_path / folder / filename).write_bytes(b"not the published weights")
     with pytest.raises(WeightsError, match="checksum does not match the published"):
         weights.locate(framework, model)
+
+
+class _Hub(http.server.BaseHTTPRequestHandler):
+    """The two requests huggingface_hub's hf_hub_download makes of a hub: HEAD (commit, ETag, size), then GET."""
+
+    files: dict[str, bytes] = {}
+
+    def _head(self) -> bytes | None:
+        data = self.files.get(self.path)
+        if data is None:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.end_headers()
+            return None
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", "a" * 40)
+        self.send_header("X-Linked-Etag", f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        return data
+
+    def do_HEAD(self):  # noqa: N802  (http.server's naming)
+        self._head()
+
+    def do_GET(self):  # noqa: N802
+        if (data := self._head()) is not None:
+            self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_prefetch_puts_timm_weights_in_the_hub_cache_layout(tmp_path, monkeypatch):
+    """`crackhpc prefetch` through huggingface_hub (from a local hub at HF_ENDPOINT), into
+    <cache>/huggingface/hub, where the workers' offline lookup finds that very file."""
+    import torch
+    from safetensors.torch import load_file, save
+
+    written = {"w": torch.arange(6.0).reshape(2, 3)}
+    _Hub.files = {"/timm/test_vit.r160_in1k/resolve/main/model.safetensors": save(written)}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "CRACKHPC_CACHE"))}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}", HF_HUB_DISABLE_XET="1")
+    cache = tmp_path / "cache"
+    try:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "crackhpc.cli",
+                "prefetch",
+                "--models",
+                "torch:timm:test_vit",
+                "--cache",
+                str(cache),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out.returncode == 0, out.stderr
+    assert "downloaded" in out.stdout and str(cache / "huggingface" / "hub") in out.stdout
+    monkeypatch.setenv("CRACKHPC_CACHE", str(cache))
+    path, wf = weights.locate("torch", "timm:test_vit")
+    assert torch.equal(load_file(path)["w"], written["w"]) and wf.digest.startswith("timm/test_vit.r160_in1k@")
+
+
+@pytest.mark.parametrize("model", ["torch:torchvision:mobilenet_v3_small", "keras:MobileNetV3Small"])
+def test_prefetch_of_library_files_checks_their_published_hash(tmp_path, served, capsys, model):
+    """torchvision's and Keras's files come by URL (here a mirror, --base-url) and are kept only
+    if their hash is the published one: a stand-in file is refused, nothing left in the cache."""
+    root, base = served
+    wf = weights.file_for(*model.split(":", 1))
+    (root / wf.filename).write_bytes(b"a stand-in, not the published weights")
+    cache = tmp_path / "cache"
+    assert main(["prefetch", "--models", model, "--cache", str(cache), "--base-url", base]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {wf.filename} from {base}/{wf.filename}: expected " in err and "not kept" in err
+    assert not list((cache / model.split(":")[0]).glob("*"))
