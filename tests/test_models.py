@@ -14,7 +14,7 @@ import threading
 import pytest
 import yaml
 
-from crackhpc import models, weights
+from crackhpc import weights
 from crackhpc.cli import main
 from crackhpc.config import load_sweep
 from crackhpc.errors import WeightsError
@@ -107,7 +107,7 @@ def _hub_file(cache, repo: str, data: bytes, filename: str = "model.safetensors"
 
 
 @pytest.mark.parametrize("where", ["HF_HUB_CACHE", "CRACKHPC_CACHE"])
-def test_timm_weights_load_offline_from_the_hub_cache(tmp_path, monkeypatch, where):
+def test_timm_weights_load_offline_from_the_hub_cache(tmp_path, monkeypatch, capsys, where):
     """The hub's own cache, or the shared cache's huggingface/hub (a cluster profile's `cache:`)."""
     import timm
     import torch
@@ -138,7 +138,14 @@ def test_timm_weights_load_offline_from_the_hub_cache(tmp_path, monkeypatch, whe
     assert set(loaded) == {k for k in written if not k.startswith("head.")}
     assert all(torch.equal(loaded[k], written[k]) for k in loaded)
     assert weights_id.startswith("timm/test_vit.r160_in1k@") and head.in_features == 64
-    assert models.check("torch", "timm:test_vit") and main(["models", "timm:test_vit*"]) == 0
+    capsys.readouterr()
+    assert main(["models", "timm:test_vit*"]) == 0  # `crackhpc models` sees it cached, under both names
+    rows = {tuple(line.split()) for line in capsys.readouterr().out.splitlines()}
+    assert {("torch", "timm:test_vit.r160_in1k", "cached"), ("torch", "timm:test_vit", "cached")} <= rows
+    assert {
+        ("torch", "timm:test_vit2", "missing"),
+        ("torch", "timm:test_vit4", "none"),
+    } <= rows  # not here; none published
 
 
 def load_sweep_text(tmp_path, model: str, framework: str = "torch"):
