@@ -280,6 +280,7 @@ SERIAL = {
     "learned": "learned",
     "learned_classes": "learned_classes",
     "tracked": "tracked",
+    "trained_backbones": "trained_backbones",
 }
 
 

@@ -31,7 +31,7 @@ MODELS = [
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_data):
+def trained_backbones(tmp_path_factory, tiny_data):
     """Each model frozen (twice: the second run reuses the first's features) and end to end."""
     tmp = tmp_path_factory.mktemp("backbones")
     runs = [{"freeze_backbone": True, "lr": 0.001}, {"freeze_backbone": True, "lr": 0.01}, {"freeze_backbone": False}]
@@ -55,8 +55,8 @@ def _runs(sweep_dir, model: str) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_each_backbone_trains_frozen_through_the_feature_cache_and_end_to_end(trained, model):
-    runs = _runs(trained, model)
+def test_each_backbone_trains_frozen_through_the_feature_cache_and_end_to_end(trained_backbones, model):
+    runs = _runs(trained_backbones, model)
     assert {k: r["status"] for k, r in runs.items()} == dict.fromkeys(
         ("frozen-0.001", "frozen-0.01", "trained"), "completed"
     )
@@ -68,9 +68,9 @@ def test_each_backbone_trains_frozen_through_the_feature_cache_and_end_to_end(tr
 
 
 @pytest.mark.parametrize("model", ["timm:test_vit", "torchvision:squeezenet1_0"])
-def test_export_torchscript_and_onnx_give_predicts_probabilities(trained, model, tmp_path):
+def test_export_torchscript_and_onnx_give_predicts_probabilities(trained_backbones, model, tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
-    run_dir = _runs(trained, model)["frozen-0.001"]["dir"]
+    run_dir = _runs(trained_backbones, model)["frozen-0.001"]["dir"]
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     expected = load(run_dir).probabilities(images)
     scripted = torch.jit.load(str(export(run_dir, "torchscript", tmp_path / "ts") / "model.pt"))
