@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= torch,tf,onnx,dev,pretrained,tracking
+EXTRAS ?= torch,tf,onnx,dev,pretrained,tracking,search
 # The second venv, for the Horovod tests: tensorflow-cpu 2.15.1 + Horovod 0.28.1 (tests/horovod/build.sh)
 HOROVOD_VENV ?= $(CURDIR)/.venv-horovod
 

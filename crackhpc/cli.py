@@ -49,7 +49,7 @@ def cmd_sweep(args) -> int:
     from .launcher import Submission, submit
     from .record import SweepFolder
     from .report.tables import format_table, write_reports
-    from .states import RunState
+    from .states import SUCCEEDED
     from .then_report import ThenReport
 
     if args.mlflow is not None and not args.then_report:
@@ -57,7 +57,23 @@ def cmd_sweep(args) -> int:
     then = ThenReport(args.mlflow) if args.then_report else None
     sweep = load_with_profile(args)
     how = Submission(args.executor, args.dry_run, args.retry_failed, wait=True if args.wait else None, then_report=then)
-    states = submit(sweep, Path(args.results), how)
+    if sweep.search is None and args.controller != "here":
+        raise CrackhpcError(f"--controller {args.controller}: for a sweep with a search: block; a grid needs none")
+    if args.controller == "slurm" and args.executor not in ("auto", "slurm"):
+        raise CrackhpcError(
+            f"--controller slurm: its trials go out as Slurm jobs; leave out --executor {args.executor}"
+        )
+    if sweep.search is not None and args.controller == "slurm" and not args.dry_run:
+        from .search import submit_controller
+
+        submit_controller(sweep, Path(args.results), _controller_flags(args))
+        return 0
+    if sweep.search is not None:
+        from .search import submit as search
+
+        states = search(sweep, Path(args.results), how)
+    else:
+        states = submit(sweep, Path(args.results), how)
     sweep_dir = Path(args.results) / sweep.name
     reported = 0
     if then and not args.dry_run and then.job_id is None:  # the jobs have ended (or none went out): report now
@@ -66,7 +82,7 @@ def cmd_sweep(args) -> int:
         df, comp = write_reports(sweep_dir)
         print(format_table(df, SUMMARY_VIEW))
         print(f"\nwritten: {sweep_dir / 'summary.csv'}, {sweep_dir / 'comparison.csv'}")
-    unfinished = {run_id: state for run_id, state in states.items() if state is not RunState.COMPLETED}
+    unfinished = {run_id: state for run_id, state in states.items() if state not in SUCCEEDED}
     if unfinished:
         print(
             f"{len(unfinished)} of {len(states)} runs did not complete: "
@@ -74,6 +90,20 @@ def cmd_sweep(args) -> int:
             file=sys.stderr,
         )
     return 1 if unfinished or reported else 0
+
+
+def _controller_flags(args) -> list[str]:
+    """What the controller job's `crackhpc sweep` needs of this command line (the sweep file, the
+    results folder and the executor it gets anyway)."""
+    flags = [f"--set={edit}" for edit in args.overrides]
+    flags += ["--cluster", args.cluster] if args.cluster else []
+    flags += ["--retry-failed"] if args.retry_failed else []
+    if args.then_report:
+        from .then_report import absolute
+
+        flags.append("--then-report")
+        flags += [] if args.mlflow is None else ["--mlflow", *([absolute(args.mlflow)] if args.mlflow else [])]
+    return flags
 
 
 def cmd_report(args) -> int:
@@ -204,11 +234,14 @@ def format_status(statuses, resources: bool = False) -> str:
 
 def summary_line(statuses) -> str:
     """`12 runs: 3 completed, 9 running; epochs 41/72 [#####-----] 57%`"""
+    from .states import RunState
+
     counts: dict[str, int] = {}
     for s in statuses:
         counts[s.state.value] = counts.get(s.state.value, 0) + 1
     done = sum(min(s.epochs_done or 0, s.epochs or 0) for s in statuses)
-    planned = sum(s.epochs or 0 for s in statuses)
+    # A pruned run's plan ended where its search stopped it.
+    planned = sum((s.epochs_done or 0) if s.state is RunState.PRUNED else (s.epochs or 0) for s in statuses)
     share = done / planned if planned else 0.0
     bar = "#" * round(20 * share) + "-" * (20 - round(20 * share))
     return (
@@ -230,14 +263,15 @@ def cmd_status(args) -> int:
     import json
     import time
 
-    from .states import RunState
+    from .states import SUCCEEDED
     from .status import collect, report_job
 
     redraw = args.watch is not None and sys.stdout.isatty()
     while True:
         statuses, problems = collect(args.sweep_dir)
         report = report_job(args.sweep_dir)
-        ended = not any(s.live for s in statuses)
+        controller = report_job(args.sweep_dir, what="controller job")
+        ended = not any(s.live for s in statuses) and not (controller and controller.active)
         if args.json:
             print(
                 json.dumps(
@@ -246,12 +280,15 @@ def cmd_status(args) -> int:
                         "summary": summary_line(statuses),
                         "runs": [_status_dict(s) for s in statuses],
                         "report_job": vars(report) if report else None,
+                        "controller_job": vars(controller) if controller else None,
                     }
                 ),
                 flush=True,
             )
         elif args.watch is None or redraw or ended:
-            table = format_status(statuses, args.resources) + (f"\n{report.line()}" if report else "")
+            table = (format_status(statuses, args.resources) if statuses else "no runs yet") + "".join(
+                f"\n{job.line()}" for job in (controller, report) if job
+            )
             print(("\x1b[H\x1b[J" if redraw else "") + table, flush=True)
         else:  # piped: one plain line per refresh
             print(f"{dt.datetime.now():%H:%M:%S} {summary_line(statuses)}", flush=True)
@@ -262,7 +299,7 @@ def cmd_status(args) -> int:
         print(f"warning: {line}", file=sys.stderr)
     if args.watch is None:
         return 0
-    return 0 if all(s.state is RunState.COMPLETED for s in statuses) else 1
+    return 0 if all(s.state in SUCCEEDED for s in statuses) else 1
 
 
 def _status_dict(s) -> dict:
@@ -503,6 +540,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(afterany) runs `crackhpc report`, nobody waits here; locally it runs after the wait",
     )
     _add_mlflow_option(p, "with --then-report: the report job also imports the sweep into MLflow")
+    p.add_argument(
+        "--controller",
+        default="here",
+        choices=("here", "slurm"),
+        help="a search: its controller runs here until its trials end (default), or as a small CPU Slurm job",
+    )
     p.add_argument(
         "--max-runs",
         type=int,

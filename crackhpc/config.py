@@ -8,6 +8,8 @@ A sweep file has these top-level keys:
     defaults:  TrainConfig     applied to every run (the study's settings if omitted)
     grid:      {key: [values]} crossed with each other
     runs:      [{key: value}]  explicit runs, each crossed with the grid
+    search:    SearchConfig    instead of a grid: Optuna draws the runs (crackhpc.search); `runs`
+                               then are a choice the search makes (its `run` parameter)
     resources: Resources       per job; a run may override it with its own `resources:`
     x-...:                     anything, for YAML anchors that merge keys (`<<: *name`) reuse
 
@@ -69,8 +71,9 @@ SBATCH_EXTRA_OPTIONS = frozenset(
 )
 
 
-def _problem(text: str) -> PydanticCustomError:
-    return PydanticCustomError("crackhpc", text)
+def _problem(text: str, key: str | None = None) -> PydanticCustomError:
+    """A problem in crackhpc's words; `key`: the sub-key (`lr.log_uniform`) it is about, for its path."""
+    return PydanticCustomError("crackhpc", text, {"key": key} if key else None)
 
 
 def _number(value: Any) -> Any:
@@ -283,6 +286,84 @@ class Resources(_Model):
         return self.nodes * self.ntasks_per_node
 
 
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("asha", "median", "none")
+SEARCH_METRICS = {"val_acc": "maximize", "val_loss": "minimize"}  # metrics.csv's columns, per epoch
+RANGES = ("uniform", "log_uniform", "int")  # a range in a search's space: {log_uniform: [1.0e-5, 1.0e-2]}
+
+
+class SearchConfig(_Model):
+    """`search:` of a sweep file: Optuna draws `trials` runs from `space`, at most `parallel` live at
+    once, and stops poor ones early at an epoch's end (`prune`)."""
+
+    sampler: StrictStr = "tpe"
+    trials: StrictInt = Field(20, ge=1)
+    parallel: StrictInt = Field(4, ge=1)
+    metric: StrictStr = "val_acc"
+    direction: StrictStr | None = None  # maximize | minimize; by default the metric's own
+    prune: StrictStr = "asha"
+    min_resource: StrictInt = Field(1, ge=1)  # epochs every run trains before it may be pruned
+    reduction_factor: StrictInt = Field(3, ge=2)  # asha: about 1 in this many runs goes on at each rung
+    seed: Seed | None = None  # the sampler's, for a search that draws the same settings again
+    controller_timeout_min: StrictInt | None = Field(None, ge=1)  # --controller slurm's time limit
+    space: dict[str, Any]
+
+    @field_validator("sampler", "prune", "metric", "direction")
+    @classmethod
+    def _choice(cls, value: str | None, info: ValidationInfo) -> str | None:
+        allowed = {
+            "sampler": SAMPLERS,
+            "prune": PRUNERS,
+            "metric": tuple(SEARCH_METRICS),
+            "direction": ("maximize", "minimize"),
+        }
+        return value if value is None else _one_of(value, allowed[str(info.field_name)])
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, space: dict[str, Any]) -> dict[str, Any]:
+        if not space:
+            raise _problem("empty: give at least one setting to search, e.g. lr: {log_uniform: [1.0e-5, 1.0e-2]}")
+        for key, values in space.items():
+            if key not in TrainConfig.model_fields or key == "framework":
+                allowed = ", ".join(k for k in TrainConfig.model_fields if k != "framework")
+                raise _problem(f"not a setting a search can draw (allowed: {allowed})", key)
+            if isinstance(values, list):
+                if not values or len(set(map(repr, values))) < len(values):
+                    raise _problem(f"give a list of distinct values, got {values!r}", key)
+                continue
+            if not isinstance(values, dict) or len(values) != 1 or next(iter(values)) not in RANGES:
+                raise _problem(
+                    f"give a list of values or one range, {{{' | '.join(RANGES)}: [low, high]}}, got {values!r}", key
+                )
+            kind, bounds = next(iter(values.items()))
+            if not isinstance(bounds, list) or len(bounds) != 2:
+                raise _problem(f"give [low, high], got {bounds!r}", f"{key}.{kind}")
+            try:
+                low, high = (float(_number(b)) for b in bounds)
+            except PydanticCustomError:
+                raise _problem(f"give two numbers [low, high], got {bounds!r}", f"{key}.{kind}") from None
+            if kind == "int" and not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds):
+                raise _problem(f"give two integers [low, high], got {bounds!r}", f"{key}.int")
+            if kind == "log_uniform" and low <= 0:
+                raise _problem(f"the range must be > 0 (a logarithm), got {bounds!r}", f"{key}.log_uniform")
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                raise _problem(f"give finite low < high, got {bounds!r}", f"{key}.{kind}")
+        return space
+
+    @model_validator(mode="after")
+    def _grid_of_lists(self):
+        if self.sampler == "grid":
+            ranges = [k for k, v in self.space.items() if not isinstance(v, list)]
+            if ranges:
+                raise _problem("sampler grid draws from lists of values only; give a list", f"space.{ranges[0]}")
+        return self
+
+    @property
+    def maximize(self) -> bool:
+        return (self.direction or SEARCH_METRICS[self.metric]) == "maximize"
+
+
 class RunSpec(_Model):
     """One run: what its config.yaml holds and its worker reads."""
 
@@ -311,6 +392,7 @@ class _SweepFile(_Model):
     grid: dict[str, Any] = Field(default_factory=dict)
     runs: list[dict[str, Any]] | None = None
     resources: dict[str, Any] = Field(default_factory=dict)
+    search: SearchConfig | None = None
 
     @field_validator("executor")
     @classmethod
@@ -340,6 +422,8 @@ class Sweep(_Model):
     # Every run of the sweep, crossed once at load: (the explicit run's index or None, its settings).
     entries: tuple[tuple[int | None, TrainConfig, Resources], ...]
     overrides: tuple[str, ...] = ()  # the command line's --set edits, kept for sweep.json
+    # A search draws its runs (crackhpc.search); `entries` are then the explicit runs it chooses from.
+    search: SearchConfig | None = None
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -385,6 +469,8 @@ def _describe(err: dict, model: type[BaseModel] | None) -> tuple[str, str]:
     loc, kind = list(err["loc"]), err["type"]
     if kind == "crackhpc":
         message = err["msg"]
+        if key := (err.get("ctx") or {}).get("key"):
+            return _key([*loc, *key.split(".")]), message
         if loc and loc[-1] == "sbatch" or message.startswith("tasks_per_node:"):
             key, _, message = message.partition(": ")  # the offending sub-key goes in the path
             loc.append(key)
@@ -551,10 +637,22 @@ def load_sweep(
             update={"root": str(root if root.is_absolute() else ((base or Path.cwd()) / root).resolve())}
         )
     validate(TrainConfig, top.defaults, where, ["defaults"])
+    if top.search is not None and top.grid:
+        raise ConfigError(
+            f"{where}: search: give either grid: or search:, not both (a search draws its runs from its space "
+            "instead of crossing a grid): move the grid's lists into search.space"
+        )
     grid = _grid(top.grid, where)
     if top.runs is not None and not top.runs:
         raise ConfigError(f"{where}: runs: empty list: give at least one run or remove the key")
     explicit = top.runs or [{}]
+    if top.search is not None and top.search.sampler == "grid":
+        points = len(explicit) * math.prod(len(v) for v in top.search.space.values())
+        if top.search.trials > points:
+            raise ConfigError(
+                f"{where}: search.trials: {top.search.trials} trials, but the grid has only {points} points "
+                "(its lists crossed, and with each explicit run): give at most that"
+            )
     total = len(explicit) * math.prod(len(v) for v in grid.values())
     if total > max_runs:
         sizes = " x ".join(str(n) for n in [len(explicit)] * bool(top.runs) + [len(v) for v in grid.values()])
@@ -577,6 +675,8 @@ def load_sweep(
             if not isinstance(override, dict):
                 raise ConfigError(f"{where}: {_key([*prefix, 'resources'])}: expected a mapping")
             resources = validate(Resources, {**top.resources, **override}, where, [*prefix, "resources"])
+        if top.search is not None:
+            _check_space(top.search, {**top.defaults, **settings}, where, prefix)
         for values in itertools.product(*grid.values()):
             combo = dict(zip(grid, values))
             train = validate(TrainConfig, {**top.defaults, **settings, **combo}, where, ["grid"] if combo else prefix)
@@ -590,4 +690,18 @@ def load_sweep(
         resources=sweep_resources,
         entries=tuple(entries),
         overrides=tuple(overrides),
+        search=top.search,
     )
+
+
+def _check_space(search: SearchConfig, settings: dict[str, Any], where: str, prefix: list) -> None:
+    """Each value of a search's space, and each end of its ranges, is a valid setting of the run it
+    goes into (a run of `runs:` must not set a key the search draws)."""
+    for key, values in search.space.items():
+        if key in settings and prefix:
+            raise ConfigError(f"{where}: {_key([*prefix, key])}: also in search.space: set it in one place")
+        if isinstance(values, dict):
+            kind, bounds = next(iter(values.items()))
+            values = bounds if kind == "int" else [float(_number(b)) for b in bounds]
+        for value in values:
+            validate(TrainConfig, {**settings, key: value}, where, ["search", "space"])

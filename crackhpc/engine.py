@@ -27,9 +27,9 @@ from typing import Any
 from . import procs, rundir, slurm
 from .config import EXECUTORS, Resources
 from .errors import CrackhpcError, DamagedFileError, Interrupted
-from .record import PREDICTION, SweepFolder, SweepRecord
-from .states import RunState
-from .status import FIX_RESUME, RunStatus, SlurmQuery, collect, report_job, run_statuses
+from .record import PREDICTION, SEARCH_DB, SweepFolder, SweepRecord
+from .states import SUCCEEDED, RunState
+from .status import FIX_RESUME, SIDE_JOBS, RunStatus, SlurmQuery, collect, report_job, run_statuses
 
 SUBMIT = "submit"
 FIX_RETRY = " (use --retry-failed)"
@@ -143,8 +143,8 @@ class Engine:
         even if its worker could not say so. Planned before this process owns the folder's jobs."""
         actions = {}
         for run in run_statuses(self.folder, run_ids, self.record):
-            if run.state is RunState.COMPLETED:
-                actions[run.run_id] = "skip: completed"
+            if run.state in SUCCEEDED:  # a pruned run ended as its search meant it to
+                actions[run.run_id] = f"skip: {run.state}"
             elif run.live:
                 what = f"job {run.job_id} {(run.slurm_state or run.state.value).lower()}" if run.job_id else run.state
                 actions[run.run_id] = f"skip: {what}" + (ORPHANED if run.orphan else "")
@@ -187,7 +187,7 @@ class Engine:
                 if len(arrays) > 1:
                     what = f"{count} runs as {len(arrays)} job arrays (MaxArraySize), {_ranges(arrays)}"
             else:
-                limit = min(first.resources.array_parallelism, self._fits(first.resources))
+                limit = min(first.resources.array_parallelism, self.fits(first.resources))
                 what = f"{count} local process{'es' * (count > 1)}, at most {limit} at once"
             # Setup lines (the attempt start line first) are in the script printed below.
             self.echo(f"  {what}: " + ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if k != "slurm_setup"))
@@ -239,7 +239,7 @@ class Engine:
         where asked: the state of each run waited for. Ctrl-C or SIGTERM stops local jobs and records
         them cancelled; Slurm's are left queued (Interrupted says which)."""
         self.record.submitted = rundir.now()
-        self._units = list(units)
+        self._units += units  # a search submits in rounds: Ctrl-C stops every round's jobs
         try:
             if self.executor == SBATCH:
                 for unit in units:
@@ -254,7 +254,20 @@ class Engine:
                 return {}
             return self._wait_local() if self.executor in ("local", "debug") else self._wait_slurm()
         except KeyboardInterrupt:
-            raise Interrupted(self._interrupted(units)) from None
+            raise self.interrupted() from None
+
+    def statuses(self, run_ids: Sequence[str]) -> list[RunStatus]:
+        """Where each run stands now (a search watches its trials' runs with it, between rounds of
+        submission): a local job of this command that ended without its worker recording an outcome
+        is recorded failed first."""
+        for unit, job in self._jobs:
+            if self.executor == "local" and unit.run_id in run_ids and job.done():
+                self._settle(unit, job)
+        return run_statuses(self.folder, run_ids, self.record)
+
+    def interrupted(self) -> Interrupted:
+        """Ctrl-C or SIGTERM outside `run` (a search waiting between its rounds): what `run` does then."""
+        return Interrupted(self._interrupted(self._units))
 
     @property
     def _refusal_hint(self) -> str:
@@ -300,7 +313,7 @@ class Engine:
         self._jobs.append((unit, None))
         self._say(unit, job_id, str(logs[0]))
 
-    def _fits(self, res: Resources) -> int:
+    def fits(self, res: Resources) -> int:
         """How many jobs of this shape fit this machine's cores at once (at least one)."""
         return max(1, local_cores() // (res.cpus_per_task * res.ntasks_per_node))
 
@@ -471,18 +484,21 @@ class Engine:
                 targets.append(run)
             elif run_ids:
                 self.echo(f"  {run.run_id}: already {run.state}, left as it is")
+        if not run_ids and (self.folder.path / SEARCH_DB).is_file():  # a search's controller draws no more trials
+            rundir.request_stop(self.folder.path, RunState.CANCELLED, "crackhpc cancel")
         for run in targets:  # heard by a worker that starts, or reaches an epoch's end, after this look
             if run.executor != "slurm" or not run.job_id:  # a job that scancel ends never starts
                 rundir.request_stop(self.folder.run(run.run_id), RunState.CANCELLED, "crackhpc cancel")
         slurm_jobs = [r.job_id for r in targets if r.executor == "slurm" and r.job_id]
-        # The sweep's report job (crackhpc.then_report) with the whole sweep, first: the runs' jobs ending would start it.
-        report = None if run_ids else report_job(self.folder.path, query)
-        if report and report.active:
-            slurm_jobs.insert(0, report.job_id)
+        # The sweep's own jobs with the whole sweep, first: the runs' jobs ending would start the report
+        # job (crackhpc.then_report), and a search's controller would submit new trials.
+        own = [job for what in SIDE_JOBS if not run_ids and (job := report_job(self.folder.path, query, what))]
+        own = [job for job in own if job.active]
+        slurm_jobs[:0] = [job.job_id for job in own]
         if slurm_jobs:
             slurm.scancel(slurm_jobs, echo=self.echo)
-        if report and report.active:
-            self.echo(f"  report job {report.job_id}: cancelled")
+        for job in own:
+            self.echo(f"  {job.what} {job.job_id}: cancelled")
         local = [r for r in targets if r.executor == "local"]
         for run, stopped in zip(local, self._stop_local([r.run_id for r in local])):
             if not stopped:
@@ -500,7 +516,7 @@ class Engine:
             now = rundir.state_of(rundir.read_result(self.folder.run(run.run_id)))
         except DamagedFileError:
             now = RunState.UNREADABLE
-        if now in (RunState.COMPLETED, RunState.FAILED):
+        if now in (RunState.COMPLETED, RunState.FAILED, RunState.PRUNED):
             self.echo(f"  {run.run_id}: {now} before it could be cancelled")
             return False
         rundir.update_result(self.folder.run(run.run_id), status=RunState.CANCELLED, cancelled=rundir.now())

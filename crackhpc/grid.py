@@ -2,17 +2,22 @@
 
 The id is `framework-model-<the keys that vary in this sweep>-<hash>`; the hash covers the
 resolved training and data settings (not the resources), so the same YAML always yields the
-same ids and a longer time limit does not orphan completed runs.
+same ids and a longer time limit does not orphan completed runs. A search's run (a trial) adds
+its trial number, `-t<n>`: two trials may draw the same settings.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+from typing import Any
 
-from .config import DataConfig, RunSpec, Sweep, TrainConfig
+from .config import DataConfig, RunSpec, Sweep, TrainConfig, validate
 from .errors import ConfigError
 from .models import preprocessing
+
+RUN_PARAM = "run"  # a search's choice among the sweep file's explicit runs (their index)
 
 _SHORT = {
     "lr": "lr",
@@ -75,9 +80,53 @@ def run_id(train: TrainConfig, data: DataConfig, varying: list[str]) -> str:
     return "-".join(parts + [config_hash(train, data)])
 
 
+def _varying(sweep: Sweep) -> list[str]:
+    """The settings that differ between a sweep's runs: those its entries differ in and those its search draws."""
+    drawn = set(sweep.search.space) if sweep.search else set()
+    return [k for k in TrainConfig.model_fields if k in drawn or len({getattr(t, k) for _, t, _ in sweep.entries}) > 1]
+
+
+def trial_run(sweep: Sweep, params: dict[str, Any], number: int) -> RunSpec:
+    """Trial `number` of a search: the explicit run it chose (`run`, else the defaults) with the
+    settings it drew; a ConfigError if they do not make a valid run together."""
+    index, train, resources = sweep.entries[int(params.get(RUN_PARAM, 0))]
+    drawn = {k: v for k, v in params.items() if k != RUN_PARAM}
+    where = f"{sweep.path}: trial {number}"
+    train = validate(TrainConfig, {**train.model_dump(), **drawn}, where, ["search", "space"])
+    varying = _varying(sweep)
+    return RunSpec(
+        run_id=f"{run_id(train, sweep.data, varying)}-t{number}",
+        sweep=sweep.name,
+        train=train,
+        data=sweep.data,
+        resources=resources,
+        varying=tuple(varying),
+    )
+
+
+def _candidates(sweep: Sweep) -> list[RunSpec]:
+    """A search's runs as far as the weights they load go (what prefetch and the pre-flight check
+    need): each explicit run with each model and `pretrained` value its space lists."""
+    assert sweep.search is not None
+    lists = {k: v for k, v in sweep.search.space.items() if k in ("model", "pretrained") and isinstance(v, list)}
+    specs: dict[str, RunSpec] = {}
+    for index in range(len(sweep.entries)):
+        for values in itertools.product(*lists.values()):
+            params = {RUN_PARAM: index, **dict(zip(lists, values))}
+            try:
+                spec = trial_run(sweep, params, 0)
+            except ConfigError:  # a model of the other framework: this run cannot draw it
+                continue
+            specs.setdefault(spec.run_id, spec)
+    return list(specs.values())
+
+
 def expand(sweep: Sweep) -> list[RunSpec]:
-    """All runs of a sweep (crossed at load), named."""
-    varying = [k for k in TrainConfig.model_fields if len({getattr(t, k) for _, t, _ in sweep.entries}) > 1]
+    """All runs of a sweep (crossed at load), named; of a search, the runs its weights checks need
+    (its real runs are drawn as it goes: trial_run)."""
+    if sweep.search is not None:
+        return _candidates(sweep)
+    varying = _varying(sweep)
     specs, seen = [], set()
     for index, train, resources in sweep.entries:
         spec = RunSpec(

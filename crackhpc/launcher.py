@@ -55,9 +55,16 @@ def prepare_data(sweep: Sweep, results: Path) -> Path:
 
 
 def write_run_folders(
-    specs: list[RunSpec], folder: SweepFolder, data_root: Path, sweep: Sweep, provenance: dict | None = None
+    specs: list[RunSpec],
+    folder: SweepFolder,
+    data_root: Path,
+    sweep: Sweep,
+    provenance: dict | None = None,
+    split: tuple[list, tuple[str, ...]] | None = None,
 ) -> list[RunSpec]:
-    manifest, classes = split_dataset(data_root, sweep.data.split, sweep.data.split_seed)
+    """The run folders of `specs` (`split`: the dataset's manifest and classes, made here if not given:
+    a search writes its run folders in rounds and lists the dataset once)."""
+    manifest, classes = split or split_dataset(data_root, sweep.data.split, sweep.data.split_seed)
     if sweep.data.classes is not None and tuple(sweep.data.classes) != classes:
         raise ConfigError(
             f"{sweep.path}: data.classes: the dataset {data_root} has the classes {', '.join(classes)}, "
@@ -87,16 +94,22 @@ def sweep_folder(sweep: Sweep, results: Path) -> SweepFolder:
     return SweepFolder((results / sweep.name).resolve())
 
 
-def prepare_runs(
-    sweep: Sweep, results: Path, folder: SweepFolder, specs: list[RunSpec], record: SweepRecord
-) -> list[RunSpec]:
-    """Data and run folders for the runs about to be submitted; the specs now name the data folder."""
+def prepare_record(sweep: Sweep, results: Path, record: SweepRecord) -> Path:
+    """The dataset (made if synthetic) and what the record says of the submission; the data folder."""
     from .provenance import submission
 
     data_root = prepare_data(sweep, results)
     record.sweep, record.yaml, record.overrides = sweep.name, str(Path(sweep.path).resolve()), list(sweep.overrides)
     record.data_root = str(data_root)
     record.provenance = submission(sweep.path)
+    return data_root
+
+
+def prepare_runs(
+    sweep: Sweep, results: Path, folder: SweepFolder, specs: list[RunSpec], record: SweepRecord
+) -> list[RunSpec]:
+    """Data and run folders for the runs about to be submitted; the specs now name the data folder."""
+    data_root = prepare_record(sweep, results, record)
     return write_run_folders(specs, folder, data_root, sweep, record.provenance)
 
 

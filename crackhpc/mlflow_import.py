@@ -88,6 +88,7 @@ FINAL = (
 STATUS = {
     RunState.COMPLETED: "FINISHED",
     RunState.CANCELLED: "KILLED",
+    RunState.PRUNED: "KILLED",  # stopped early by its search, as MLflow's Optuna integration marks pruned trials
     RunState.PENDING: "SCHEDULED",
     RunState.REQUEUED: "SCHEDULED",
     RunState.RUNNING: "RUNNING",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import math
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -173,3 +173,29 @@ def image_grid(images: Sequence[np.ndarray], captions: Sequence[str], title: str
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     return _png(fig)
+
+
+def search_figure(kind: str, study, metric: str, title: str) -> bytes:
+    """One of Optuna's matplotlib figures of a search's study: `history` (each finished trial's value
+    and the best so far) or `importances` (of each setting, fANOVA over the completed trials). Optuna
+    draws them with pyplot (whose backend is Agg where there is no display); the figure is closed
+    once saved, leaving pyplot as it was."""
+    import warnings
+
+    from matplotlib import pyplot as plt
+    from optuna.visualization import matplotlib as figures
+
+    plot: Callable = figures.plot_optimization_history if kind == "history" else figures.plot_param_importances
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib figures experimental
+        ax = plot(study, target_name=metric)
+    for loc in ("left", "right"):  # Optuna's own titles, in place of which ours goes
+        ax.set_title("", loc=loc)
+    ax.set_title(title)
+    fig = ax.figure
+    fig.set_size_inches(7, 4)
+    fig.set_layout_engine("constrained")
+    try:
+        return _png(fig)
+    finally:
+        plt.close(fig)

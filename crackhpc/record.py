@@ -9,6 +9,9 @@
     .cache/         decoded images and backbone features shared by the sweep's runs
     .lock           held by the `crackhpc sweep` that submits (and, locally, runs) the jobs
     report-job.sbatch, report-job-<job id>.out/.err   `--then-report`'s job (crackhpc.then_report)
+    search.db       a search's Optuna study (SQLite), written by its controller only (crackhpc.search)
+    stop.json       `crackhpc cancel` of a search's sweep: its controller draws no new trials
+    controller-job.sbatch, controller-job-<job id>.out/.err   `--controller slurm`'s job (crackhpc.search)
     .mlflow.lock    held by an MLflow import of the sweep into a tracking server (crackhpc.mlflow_import)
 <results>/.data/    synthetic datasets, shared by sweeps
 """
@@ -27,6 +30,7 @@ from . import atomic, procs, rundir
 from .errors import CrackhpcError, DamagedFileError
 
 RECORD, SUBMITIT, CACHE, LOCK = "sweep.json", "submitit", ".cache", ".lock"
+SEARCH_DB = "search.db"  # a search's Optuna study, beside its runs (crackhpc.search)
 PREDICTION = "prediction"  # the record's `kind` for a `crackhpc predict` folder (a sweep's has none)
 DATA = ".data"
 FIX_RECORD = (
@@ -65,6 +69,7 @@ class SweepRecord(BaseModel):
     kind: str | None = None  # PREDICTION, or None for a sweep
     model: str | None = None  # a prediction's trained run folder
     report_job: Job | None = None  # `crackhpc sweep --then-report`: the report's job after the runs' (then_report)
+    controller_job: Job | None = None  # `crackhpc sweep --controller slurm`: a search's controller (crackhpc.search)
 
     @property
     def command(self) -> str:

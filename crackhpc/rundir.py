@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
 import functools
 from collections.abc import Callable
@@ -174,6 +175,20 @@ def _write_result(run_dir: str | Path, result: dict) -> dict:
     result.update(updated=now(), host=procs.HOST)
     atomic.write_json(Path(run_dir) / RESULT, result)
     return result
+
+
+def read_epochs(run_dir: str | Path) -> list[Epoch]:
+    """metrics.csv's rows (none before the first epoch); a DamagedFileError if it cannot be read."""
+    path = Path(run_dir) / METRICS
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return [Epoch(int(r["epoch"]), *(float(r[c]) for c in METRIC_COLUMNS[1:])) for r in csv.DictReader(fh)]
+    except FileNotFoundError:
+        return []
+    except (UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as exc:
+        # The run's result stands without it; only its learning curves are lost.
+        fix = "the run's learning curves are lost; delete the file, or " + FIX_REDO.format(run=run_dir)
+        raise DamagedFileError(path, f"not a metrics table ({type(exc).__name__})", fix) from None
 
 
 def is_completed(run_dir: str | Path) -> bool:

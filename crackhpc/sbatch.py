@@ -84,6 +84,11 @@ def write_scripts(
 ) -> list[Path]:
     """Run folders and a script for each run that needs one (as `crackhpc sweep` would submit);
     with `submit`, the engine sbatches each and records the job ids in sweep.json for status and cancel."""
+    if sweep.search is not None:
+        raise CrackhpcError(
+            f"{sweep.path}: search: a search draws its runs as it goes, which plain scripts cannot: "
+            "use `crackhpc sweep` (--controller slurm runs its controller as a Slurm job)"
+        )
     folder = sweep_folder(sweep, results)
     specs = expand(sweep)
     engine = Engine(folder, None, SBATCH, echo)

@@ -14,6 +14,7 @@ import dataclasses
 import io
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -348,6 +349,22 @@ def ask_test_only(script: str) -> SlurmAnswer | None:
         line.removeprefix("sbatch: ").strip() for line in (out.stderr + out.stdout).splitlines() if line.strip()
     )
     return SlurmAnswer(out.returncode == 0, lines)
+
+
+def helper_script(comment: str, sbatch_options: dict, res: Resources, command: Sequence[str]) -> str:
+    """The script of a small job of crackhpc's own (the report job, a search's controller): its
+    `sbatch_options`, the sweep's partition, account and QOS, the sweep's setup lines, then `command`."""
+    where = {k: v for k, v in options(res).items() if k in ("partition", "account", "qos")}
+    return "\n".join(
+        [
+            "#!/bin/bash",
+            f"# {comment}",
+            *(f"#SBATCH --{k}={shlex.quote(str(v))}" for k, v in {**sbatch_options, **where}.items()),
+            *res.setup,
+            "exec " + " ".join(map(shlex.quote, command)),
+            "",
+        ]
+    )
 
 
 def sbatch(script: Path, *options: str) -> str:

@@ -1,7 +1,8 @@
 """A run's state: what its worker recorded, merged with what the scheduler knows.
 
 The worker writes pending → running → completed | failed | cancelled (and requeued when a time
-limit or preemption sends it back to the queue); `crackhpc status` adds the states only the
+limit or preemption sends it back to the queue), or pruned when a search's controller stopped it
+early (crackhpc.search: its epochs so far are its result); `crackhpc status` adds the states only the
 scheduler, or a dead process, can tell: killed at the time limit, out of memory, a node failure,
 a worker that died without a word, a run folder too damaged to read.
 """
@@ -18,6 +19,7 @@ class RunState(str, Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PRUNED = "pruned"  # stopped early by a search (crackhpc.search), at the epoch in result.json's epochs_done
     TIMEOUT = "timeout"
     OUT_OF_MEMORY = "out_of_memory"
     NODE_FAIL = "node_fail"
@@ -46,4 +48,6 @@ class RunState(str, Enum):
 LIVE = frozenset({RunState.PENDING, RunState.RUNNING, RunState.REQUEUED})
 # What only the worker (or `crackhpc cancel`) records: it describes the latest attempt, so it wins
 # over the scheduler's view of the job.
-RECORDED = frozenset({RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED})
+RECORDED = frozenset({RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED, RunState.PRUNED})
+# Ended as meant to: trained to its last epoch, or stopped early by its search, which has its value.
+SUCCEEDED = frozenset({RunState.COMPLETED, RunState.PRUNED})

@@ -10,7 +10,6 @@ word (SIGKILL, SIGBUS on a full disk, the out-of-memory killer).
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -83,20 +82,8 @@ def _elapsed(result: dict) -> str:
 
 def last_val_acc(run_dir: Path) -> float | None:
     """The latest epoch's validation accuracy; a DamagedFileError if metrics.csv cannot be read."""
-    path = run_dir / rundir.METRICS
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-        return float(rows[-1]["val_acc"]) if rows else None
-    except FileNotFoundError:
-        return None
-    except (UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as exc:
-        # The run's result stands without it; only its learning curves are lost.
-        raise DamagedFileError(
-            path,
-            f"not a metrics table ({type(exc).__name__})",
-            "the run's learning curves are lost; delete the file, or " + rundir.FIX_REDO.format(run=run_dir),
-        ) from None
+    rows = rundir.read_epochs(run_dir)
+    return rows[-1].val_acc if rows else None
 
 
 def orphaned(command: str, owner: dict) -> str:
@@ -175,8 +162,8 @@ def run_status(
         submitter = (job.owner or record.owner if job else None) or {}  # records before per-job owners had one
         orphan = live and executor == "local" and procs.alive(submitter) is False
         notes.append(orphaned(record.command, submitter) if orphan else note)
-    if state is RunState.FAILED and result.get("error") and recorded is RunState.FAILED:
-        notes.insert(0, result["error"])
+    if state in (RunState.FAILED, RunState.PRUNED) and result.get("error") and recorded is state:
+        notes.insert(0, result["error"])  # why it failed, or the search's reason to stop it
     if sjob and recorded not in RECORDED and not sjob.active and sjob.state != "CANCELLED":
         notes.append(f"job {job_id} ended {sjob.state} before the worker recorded a result; see {job and job.stderr}")
     if state is RunState.PENDING and sjob and sjob.reason:
@@ -241,32 +228,44 @@ def collect(sweep_dir: str | Path, query: SlurmQuery | None = None) -> tuple[lis
     except DamagedFileError as exc:
         record, problems = SweepRecord(), [str(exc)]
     run_ids = folder.run_ids(record)
-    if not run_ids:
+    if not run_ids and record.controller_job is None:  # a search's controller job submits them later
         raise CrackhpcError(f"{folder.path}: no runs in it (no {folder.record_path.name}, no run folders)")
     return run_statuses(folder, run_ids, record, query), problems
 
 
 @dataclass(frozen=True)
 class ReportJob:
-    """The sweep's `--then-report` job (crackhpc.then_report) as Slurm's accounting sees it."""
+    """One of the sweep's own jobs as Slurm's accounting sees it: the `--then-report` job
+    (crackhpc.then_report) or a search's `--controller slurm` job (crackhpc.search)."""
 
     job_id: str
     state: str  # Slurm's, or "unknown" where it cannot be asked
     reason: str
     active: bool
     stdout: str
+    what: str = "report job"
 
     def line(self) -> str:
         why = f" ({self.reason})" if self.reason else ""
-        return f"report job {self.job_id} (`crackhpc report` once the runs' jobs end): {self.state}{why}; log {self.stdout}"
+        does = SIDE_JOBS[self.what]
+        return f"{self.what} {self.job_id} ({does}): {self.state}{why}; log {self.stdout}"
 
 
-def report_job(sweep_dir: str | Path, query: SlurmQuery | None = None) -> ReportJob | None:
-    """The sweep's report job, if it has one (a damaged sweep.json: none, `status` says so already)."""
+# The record's key of each of a sweep's own jobs: what `status` calls it, and what it does.
+SIDE_JOBS = {
+    "report job": "`crackhpc report` once the runs' jobs end",
+    "controller job": "the search's controller: it submits the trials and stops poor ones",
+}
+
+
+def report_job(sweep_dir: str | Path, query: SlurmQuery | None = None, what: str = "report job") -> ReportJob | None:
+    """The sweep's report job (`what`: or its controller job), if it has one (a damaged sweep.json:
+    none, `status` says so already)."""
     try:
-        job = SweepFolder(sweep_dir).load().report_job
+        record = SweepFolder(sweep_dir).load()
     except DamagedFileError:
         return None
+    job = record.report_job if what == "report job" else record.controller_job
     if job is None:
         return None
     try:
@@ -279,4 +278,5 @@ def report_job(sweep_dir: str | Path, query: SlurmQuery | None = None) -> Report
         sjob.reason if sjob else "",
         bool(sjob and sjob.active),
         job.stdout or "",
+        what,
     )

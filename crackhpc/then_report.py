@@ -11,7 +11,6 @@ Where the sweep waits for its jobs (local executor, --wait) the report runs afte
 
 from __future__ import annotations
 
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,19 +50,10 @@ class ThenReport:
             **OPTIONS,
             "output": folder.path / f"{LOG}.out",
             "error": folder.path / f"{LOG}.err",
-            **{k: v for k, v in slurm.options(resources).items() if k in ("partition", "account", "qos")},
         }
         command = [sys.executable, "-m", "crackhpc.cli", *self.arguments(folder.path)]
-        return "\n".join(
-            [
-                "#!/bin/bash",
-                f"# `crackhpc report` of sweep {folder.path.name} once its jobs have ended (crackhpc sweep --then-report)",
-                *(f"#SBATCH --{k}={shlex.quote(str(v))}" for k, v in options.items()),
-                *resources.setup,
-                "exec " + " ".join(map(shlex.quote, command)),
-                "",
-            ]
-        )
+        what = f"`crackhpc report` of sweep {folder.path.name} once its jobs have ended (crackhpc sweep --then-report)"
+        return slurm.helper_script(what, options, resources, command)
 
     def submit(self, folder: SweepFolder, record: SweepRecord, job_ids: list[str], resources: Resources) -> str:
         """Submit the report job after the arrays (or single jobs) of `job_ids` and record it in

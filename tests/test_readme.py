@@ -37,6 +37,7 @@ BLOCKS = (
     "Set-up: two commands",
     "Using it",
     "The sweep file",
+    "Search",
     "Any backbone",
     "TensorBoard and MLflow",
     "TensorBoard and MLflow #2",
@@ -191,6 +192,11 @@ def scratch(tmp_path) -> tuple[Path, dict[str, str], dict[str, str]]:
     for run in smoke["runs"]:
         run.pop("input_size", None)
     (home / "jobs" / "smoke.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
+    search = yaml.safe_load((ROOT / "jobs" / "search.yaml").read_text())
+    search["data"]["synthetic"] = smoke["data"]["synthetic"]
+    search["defaults"].update(epochs=2, input_size=32)
+    search["search"].update(trials=2, parallel=1)
+    (home / "jobs" / "search.yaml").write_text(yaml.safe_dump(search, sort_keys=False))
     damage = yaml.safe_load((ROOT / "jobs" / "damage.yaml").read_text())  # 4 classes, as tiny
     damage["data"]["synthetic"].update(n=40, size=32)
     damage["defaults"].update(epochs=1, input_size=32)
@@ -262,6 +268,14 @@ CHECKS = {
         [r["status"] for r in _rows(home / "results" / "smoke" / "summary.csv")] == ["completed"] * 3
     ),
     "crackhpc report results/capstone": lambda home: (home / "results" / "smoke" / "report.md").is_file(),
+    "crackhpc sweep jobs/search.yaml": lambda home: (
+        sorted(r["status"] in ("completed", "pruned") for r in _rows(home / "results" / "search" / "summary.csv"))
+        == [True, True]
+        and (home / "results" / "search" / "search.db").is_file()
+    ),
+    "crackhpc report results/search": lambda home: (
+        "## Search" in (home / "results" / "search" / "report.md").read_text()
+    ),
     "crackhpc data fetch data/concrete [--url URL | --archive FILE]": lambda home: (
         len(list((home / "data" / "concrete").rglob("*.jpg"))) == 20
     ),

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from crackhpc.states import LIVE, RECORDED, RunState
+from crackhpc import status
+from crackhpc.slurm import SlurmJob
+from crackhpc.states import LIVE, RECORDED, SUCCEEDED, RunState
 
 
 def test_live_states_are_queued_running_or_about_to_run_again():
@@ -13,7 +15,15 @@ def test_live_states_are_queued_running_or_about_to_run_again():
 
 
 def test_the_worker_records_only_outcomes_and_none_is_live():
-    assert RECORDED == {RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED} and not RECORDED & LIVE
+    assert RECORDED == {RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED, RunState.PRUNED}
+    assert not RECORDED & LIVE and SUCCEEDED == {RunState.COMPLETED, RunState.PRUNED}
+
+
+@pytest.mark.parametrize("slurm_state", ["COMPLETED", "RUNNING", "CANCELLED"])
+def test_a_pruned_run_is_final_whatever_slurm_says_of_its_job(slurm_state):
+    """The worker stopped at the search's request and exited 0: Slurm's COMPLETED (or a RUNNING seen a
+    moment before the job ended) must not turn it into failed or live."""
+    assert status.merge(RunState.PRUNED, SlurmJob(slurm_state)) is RunState.PRUNED
 
 
 @pytest.mark.parametrize("state", list(RunState))

@@ -18,6 +18,7 @@ import pandas as pd
 from .. import atomic, plots, provenance, rundir
 from ..data.layout import CLASSES, is_crack
 from ..errors import CrackhpcError
+from ..record import SEARCH_DB
 from ..states import RunState
 from .document import Document
 from .evidence import TestSplits, confusion, load_image, read_metrics, read_misclassified
@@ -208,6 +209,7 @@ class Report:
         self._comparison()
         self._study()
         self._runs()
+        self._search()
         self._resources()
         self._provenance()
         if self.figure_runs is not None:
@@ -347,6 +349,79 @@ class Report:
             "summary.csv holds each run's confusion matrix (rows the true class, columns the predicted one, "
             "classes in the order of its `classes` column); the figures below draw it."
         )
+
+    def _search(self) -> None:
+        """A search's best trial, its history and parameter importances, and its pruned runs."""
+        from .study import read_search
+
+        try:
+            search = read_search(self.sweep_dir)
+        except Exception as exc:  # SQLAlchemy's or Optuna's words for a damaged or foreign database
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            self.notes.append(
+                f"{self.sweep_dir / SEARCH_DB}: cannot be read ({why}); the runs are reported without it; "
+                "move it aside, and the search's next `crackhpc sweep` starts a new study"
+            )
+            return
+        if search is None:
+            return
+        doc, metric = self.doc, search.metric
+        states: dict[str, int] = {}
+        for t in search.trials:
+            states[t.state.lower()] = states.get(t.state.lower(), 0) + 1
+        doc.heading(2, "Search")
+        doc.para(
+            f"Optuna study in {SEARCH_DB}: {len(search.trials)} trials ("
+            + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+            + f"), sampler {search.sampler or '-'}, {search.direction} {metric} (each trial's best epoch). "
+            "A trial is a run of this sweep: its id ends in -t<trial number>."
+        )
+        best = search.best()
+        if best is None:
+            doc.para("No trial has completed yet.")
+        else:
+            doc.table(
+                ["best trial", "run", metric, "settings"],
+                [
+                    [
+                        best.number,
+                        best.run_id,
+                        _num(best.value, ".4g"),
+                        ", ".join(
+                            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items()
+                        ),
+                    ]
+                ],
+            )
+        if self.figure_runs is not None and best is not None:
+            shown = [("history", f"{self.sweep_dir.name}: {metric} of each trial", "optimisation history")]
+            complete = [t for t in search.trials if t.state == "COMPLETE"]
+            if any(len({repr(t.params.get(k)) for t in complete}) > 1 for k in best.params):
+                title = f"{self.sweep_dir.name}: importance of each setting for {metric}"
+                shown.append(("importances", title, "parameter importances"))
+            else:
+                doc.para("Parameter importances need two completed trials whose settings differ.")
+            for kind, title, alt in shown:
+                draw = functools.partial(plots.search_figure, kind, search.study, metric, title)
+                self._figure(f"search-{kind}.png", [title, search.key()], draw, alt)
+        by_run = {t.run_id: t for t in search.trials}
+        pruned = self.df[self.df["status"] == RunState.PRUNED.value]
+        if pruned.empty:
+            doc.para("No run was pruned.")
+            return
+        rows = []
+        for r in pruned.to_dict("records"):
+            trial = by_run.get(r["run_id"])
+            rows.append(
+                [
+                    r["run_id"],
+                    trial.number if trial else "-",
+                    _num(r["epochs_done"], ".0f"),
+                    _num(r["epochs"], ".0f"),
+                    _num(trial.value if trial else None, ".4g"),
+                ]
+            )
+        doc.table(["pruned run", "trial", "stopped after epoch", "epochs planned", f"last {metric}"], rows)
 
     def _resources(self) -> None:
         measured = self.df[self.df["slurm_elapsed_s"].notna()]
