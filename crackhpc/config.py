@@ -589,20 +589,25 @@ def _grid(raw: Mapping[str, Any], where: str) -> dict[str, list]:
     return grid
 
 
+def check_model(train: TrainConfig, where: str) -> None:
+    """The run's model name against its library's registry (imported for its names only), and that
+    a pretrained one publishes weights: a ConfigError `<where>: <problem>` with close matches."""
+    try:
+        models.check(train.framework, train.model, train.pretrained)
+    except models.UnknownModel as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 def _check_models(entries: Sequence[tuple[int | None, TrainConfig, Resources]], where: str, grid, runs) -> None:
-    """Each model name against its library's registry (imported for its names only), and that a
-    pretrained one publishes weights: one line naming the key, with close matches."""
+    """check_model for each run, naming the key that gave its model."""
     for index, train, _ in entries:
-        try:
-            models.check(train.framework, train.model, train.pretrained)
-        except models.UnknownModel as exc:
-            if "model" in grid:
-                key = "grid.model"
-            elif runs is not None and index is not None and "model" in runs[index]:
-                key = f"runs[{index}].model"
-            else:
-                key = "defaults.model"
-            raise ConfigError(f"{where}: {key}: {exc}") from None
+        if "model" in grid:
+            key = "grid.model"
+        elif runs is not None and index is not None and "model" in runs[index]:
+            key = f"runs[{index}].model"
+        else:
+            key = "defaults.model"
+        check_model(train, f"{where}: {key}")
 
 
 def load_sweep(
@@ -704,4 +709,6 @@ def _check_space(search: SearchConfig, settings: dict[str, Any], where: str, pre
             kind, bounds = next(iter(values.items()))
             values = bounds if kind == "int" else [float(_number(b)) for b in bounds]
         for value in values:
-            validate(TrainConfig, {**settings, key: value}, where, ["search", "space"])
+            train = validate(TrainConfig, {**settings, key: value}, where, ["search", "space"])
+            if key == "model":
+                check_model(train, f"{where}: search.space.model")

@@ -13,7 +13,7 @@ import itertools
 import json
 from typing import Any
 
-from .config import DataConfig, RunSpec, Sweep, TrainConfig, validate
+from .config import DataConfig, RunSpec, Sweep, TrainConfig, check_model, validate
 from .errors import ConfigError
 from .models import preprocessing
 
@@ -93,6 +93,7 @@ def trial_run(sweep: Sweep, params: dict[str, Any], number: int) -> RunSpec:
     drawn = {k: v for k, v in params.items() if k != RUN_PARAM}
     where = f"{sweep.path}: trial {number}"
     train = validate(TrainConfig, {**train.model_dump(), **drawn}, where, ["search", "space"])
+    check_model(train, f"{where}: search.space.model")
     varying = _varying(sweep)
     return RunSpec(
         run_id=f"{run_id(train, sweep.data, varying)}-t{number}",
@@ -101,6 +102,7 @@ def trial_run(sweep: Sweep, params: dict[str, Any], number: int) -> RunSpec:
         data=sweep.data,
         resources=resources,
         varying=tuple(varying),
+        preprocess=preprocessing(train.framework, train.model),
     )
 
 
