@@ -16,6 +16,7 @@ import io
 import itertools
 import json
 import os
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,13 +27,39 @@ from .errors import DamagedFileError
 _SEQ = itertools.count()
 
 
+_BATCH = threading.local()  # a thread's writes within `deferred()`: (temporary file, target)
+
+
+def _temporary(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.parent / f".{path.name}~{procs.HOST}~{os.getpid()}~{next(_SEQ)}.tmp"
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """This thread's write_bytes (and the writes built on it) within the block are renamed into
+    place at its end, after one sync of the file systems for them all instead of an fsync each:
+    the 20,000 files of a 10,000-run submission take seconds, not minutes of fsyncs. Each file is
+    still seen old or new; if the block raises, none of them is renamed."""
+    pending: list[tuple[Path, Path]] = []
+    _BATCH.pending = pending
+    try:
+        yield
+        os.sync()
+        for tmp, path in pending:
+            os.replace(tmp, path)
+    finally:
+        _BATCH.pending = None
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)  # not renamed: the block raised
+
+
 @contextlib.contextmanager
 def replacing(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside `path` to write to; renamed to `path` when the block ends without
     error, removed when it raises (or is interrupted)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}~{procs.HOST}~{os.getpid()}~{next(_SEQ)}.tmp"
+    tmp = _temporary(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -54,6 +81,13 @@ def remove_stale(folder: str | os.PathLike) -> list[Path]:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    pending = getattr(_BATCH, "pending", None)
+    if pending is not None:
+        tmp = _temporary(Path(path))
+        with open(tmp, "xb") as fh:
+            fh.write(data)
+        pending.append((tmp, Path(path)))
+        return Path(path)
     try:
         with replacing(path) as tmp, open(tmp, "xb") as fh:
             fh.write(data)

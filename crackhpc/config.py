@@ -48,6 +48,7 @@ from .errors import ConfigError
 MODELS = models.STUDY  # the study's; crackhpc.models says which other names a sweep may give
 BACKENDS = {"torch": ("auto", "ddp", "horovod"), "keras": ("auto", "tf-distribute", "horovod")}
 EXECUTORS = ("auto", "local", "debug", "slurm")
+CHECKPOINTS = ("last", "best", "none")
 STUDY_SPLIT = (0.75, 0.2375, 0.0125)
 # A sweep larger than this is refused before its grid is crossed (`--max-runs` lifts it): a typo
 # such as a 100-value list crossed with two more would otherwise hang the login node, then flood
@@ -183,6 +184,9 @@ class TrainConfig(_Model):
     # Frozen backbone without augmentation: backbone features are computed once and reused.
     feature_cache: StrictBool = True
     num_workers: StrictInt | None = Field(None, ge=0)
+    # What a completed run keeps of its training (crackhpc.worker.common.finish): the weights of its
+    # last epoch, of its best validation epoch, or nothing. Live runs keep the optimizer for requeues.
+    checkpoints: StrictStr = "last"
 
     @model_validator(mode="before")
     @classmethod
@@ -195,7 +199,7 @@ class TrainConfig(_Model):
             return {**data, "input_size": size}
         return data
 
-    @field_validator("framework", "optimizer", "loss", "precision")
+    @field_validator("framework", "optimizer", "loss", "precision", "checkpoints")
     @classmethod
     def _choice(cls, value: str, info: ValidationInfo) -> str:
         allowed = {
@@ -203,6 +207,7 @@ class TrainConfig(_Model):
             "optimizer": ("adam", "sgd"),
             "loss": ("cross_entropy",),
             "precision": ("auto", "fp32", "bf16"),
+            "checkpoints": CHECKPOINTS,
         }
         return _one_of(value, allowed[str(info.field_name)])
 
@@ -376,6 +381,9 @@ class RunSpec(_Model):
     varying: tuple[StrictStr, ...] = ()
     # How images are prepared for the model (crackhpc.models.preprocessing), for the record.
     preprocess: dict[str, Any] = Field(default_factory=dict)
+    # The sweep's split manifest, relative to the run folder (crackhpc.rundir.manifest_path); None in
+    # run folders of sweeps from before it was shared, which hold their own split.csv.
+    manifest: StrictStr | None = None
 
     def to_plain(self) -> dict:
         return self.model_dump(mode="json")

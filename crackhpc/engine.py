@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import procs, rundir, slurm
+from . import atomic, procs, rundir, slurm
 from .config import EXECUTORS, Resources
 from .errors import CrackhpcError, DamagedFileError, Interrupted
 from .record import PREDICTION, SEARCH_DB, SweepFolder, SweepRecord
@@ -490,6 +490,8 @@ class Engine:
             if run.executor != "slurm" or not run.job_id:  # a job that scancel ends never starts
                 rundir.request_stop(self.folder.run(run.run_id), RunState.CANCELLED, "crackhpc cancel")
         slurm_jobs = [r.job_id for r in targets if r.executor == "slurm" and r.job_id]
+        if not run_ids:  # the whole sweep: its arrays whole, every task of each is one of its runs
+            slurm_jobs = slurm.whole_arrays(slurm_jobs)
         # The sweep's own jobs with the whole sweep, first: the runs' jobs ending would start the report
         # job (crackhpc.then_report), and a search's controller would submit new trials.
         own = [job for what in SIDE_JOBS if not run_ids and (job := report_job(self.folder.path, query, what))]
@@ -503,7 +505,8 @@ class Engine:
         for run, stopped in zip(local, self._stop_local([r.run_id for r in local])):
             if not stopped:
                 self.echo(f"  {run.run_id}: local job {run.job_id} is not running any more")
-        return [r.run_id for r in targets if self._record_cancelled(r)]
+        with atomic.deferred():  # one sync for 10,000 result.json, not an fsync each
+            return [r.run_id for r in targets if self._record_cancelled(r)]
 
     def _record_cancelled(self, run: RunStatus) -> bool:
         if run.executor == "debug":

@@ -96,6 +96,9 @@ def describe(spec, result: dict, fmt: str, filename: str) -> dict:
         "framework": spec.train.framework,
         "model": spec.train.model,
         "pretrained": spec.train.pretrained,
+        # which epoch's weights (`checkpoints: best`: the best validation epoch's); runs from before
+        # the setting kept their last epoch's
+        "weights": {"kept": result.get("checkpoint", "last"), "epoch": result.get("checkpoint_epoch")},
         "classes": list(classes),
         **({"crack_class": CLASSES.index("positive")} if is_crack(classes) else {}),
         "input": {

@@ -34,12 +34,16 @@ _SHORT = {
     "feature_cache": "fc",
     "loss": "loss",
     "num_workers": "nw",
+    "checkpoints": "ckpt",
 }
 
 
 # How fast a run goes, not what it computes: like the resources, out of the hash, so turning
 # compile on does not orphan the runs a sweep completed without it.
 NOT_HASHED = {"compile"}
+# What a run keeps is hashed only where it changes its numbers: `checkpoints: best` tests the best
+# validation epoch's weights; `last` (the default, as before the setting existed) and `none` test the last.
+SAME_NUMBERS = {"last", "none"}
 
 
 # Settings added after runs were completed, hashed only when set: unset, they leave those runs' ids as they were.
@@ -55,9 +59,10 @@ def _without_unset(plain: dict) -> dict:
 
 
 def config_hash(train: TrainConfig, data: DataConfig) -> str:
+    exclude = NOT_HASHED | ({"checkpoints"} if train.checkpoints in SAME_NUMBERS else set())
     blob = json.dumps(
         {
-            "train": train.model_dump(mode="json", exclude=NOT_HASHED),
+            "train": train.model_dump(mode="json", exclude=exclude),
             "data": _without_unset(data.model_dump(mode="json")),
         },
         sort_keys=True,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import atomic, preflight, rundir
 from .config import RunSpec, Sweep, SynthConfig
-from .data.split import split_dataset, write_manifest
+from .data.split import split_dataset
 from .engine import FIX_RETRY, SUBMIT, Echo, Engine, Unit, resolve_executor
 from .errors import ConfigError, CrackhpcError
 from .grid import expand
@@ -70,21 +70,26 @@ def write_run_folders(
             f"{sweep.path}: data.classes: the dataset {data_root} has the classes {', '.join(classes)}, "
             f"not {', '.join(sweep.data.classes)}; fix the list (in label order) or point data.root at the dataset"
         )
-    write_manifest(folder.split, manifest)
+    shared = folder.store_manifest(manifest)
     resolved = []
-    for spec in specs:
-        data = spec.data.model_copy(update={"root": str(data_root), "classes": classes})
-        spec = spec.model_copy(update={"data": data})
-        run_dir = folder.run(spec.run_id)
-        if not rundir.is_completed(run_dir):
-            atomic.remove_stale(run_dir)
-            rundir.write_config(run_dir, spec)
-            write_manifest(run_dir / rundir.SPLIT, manifest)
-            # A new attempt: status, plan and cancel read result.json as the state of the latest job.
-            rundir.reset_result(
-                run_dir, run_id=spec.run_id, status=RunState.PENDING, epochs=spec.train.epochs, provenance=provenance
-            )
-        resolved.append(spec)
+    data = specs[0].data.model_copy(update={"root": str(data_root), "classes": classes}) if specs else None
+    with atomic.deferred():  # one sync for the sweep's files, not an fsync for each
+        for spec in specs:
+            spec = spec.model_copy(update={"data": data, "manifest": shared})
+            run_dir = folder.run(spec.run_id)
+            if not rundir.is_completed(run_dir):
+                atomic.remove_stale(run_dir)
+                rundir.write_config(run_dir, spec)
+                (run_dir / rundir.SPLIT).unlink(missing_ok=True)  # an earlier submission's own copy
+                # A new attempt: status, plan and cancel read result.json as the state of the latest job.
+                rundir.reset_result(
+                    run_dir,
+                    run_id=spec.run_id,
+                    status=RunState.PENDING,
+                    epochs=spec.train.epochs,
+                    provenance=provenance,
+                )
+            resolved.append(spec)
     return resolved
 
 

@@ -1,12 +1,17 @@
 """The run folder: the one place a run's inputs and outputs live.
 
 <results>/<sweep>/<run_id>/
-    config.yaml        resolved settings (the worker reads only this)
-    split.csv          the manifest: which image is in which split
+    config.yaml        resolved settings (the worker reads only this), naming the run's split manifest:
+                       ../splits/<hash>.csv, the sweep's one copy (crackhpc.record); runs of sweeps
+                       from before it was shared have their own split.csv here
     metrics.csv        one row per epoch
     result.json        status (see crackhpc.states) and final numbers
     misclassified.csv  test images the model got wrong
-    checkpoint.pt      last finished epoch, for resume and requeue (checkpoint.npz for Keras)
+    checkpoint.pt      last finished epoch with the optimizer's state, for resume and requeue
+                       (checkpoint.npz for Keras); once the run completes, the weights its
+                       `checkpoints` setting keeps (last or best epoch), without the optimizer, or none
+    best.pt            `checkpoints: best`: the best validation epoch's weights, while the run is live
+                       (best.npz for Keras)
     worker.log         the worker's log
     tensorboard/       the worker's TensorBoard events: per-epoch scalars and the HParams record
     job.sbatch         the plain sbatch script (`crackhpc sbatch`), its logs slurm-<job id>.out/.err
@@ -18,6 +23,7 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import functools
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -38,9 +44,11 @@ CONFIG, SPLIT, METRICS, RESULT, MISCLASSIFIED, LOG = (
     "worker.log",
 )
 CHECKPOINT = {"torch": "checkpoint.pt", "keras": "checkpoint.npz"}
+BEST = {"torch": "best.pt", "keras": "best.npz"}
 TENSORBOARD = "tensorboard"
 SBATCH_SCRIPT, SBATCH_LOG = "job.sbatch", "slurm-%j"
 STOP = "stop.json"
+CLEANED = "checkpoint_removed"  # result.json: when `crackhpc clean --checkpoints` removed the run's weights
 MISCLASSIFIED_COLUMNS = ("path", "true", "predicted", "probability")
 
 
@@ -97,8 +105,23 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+@functools.lru_cache(maxsize=256)
+def _dumped(key: str, value_json: str) -> str:
+    return yaml.dump({key: json.loads(value_json)}, Dumper=_Dumper, sort_keys=False)
+
+
+def dump_config_yaml(plain: dict) -> str:
+    """yaml.safe_dump(plain, sort_keys=False), one top-level key at a time, each distinct block
+    dumped once: a sweep's runs share their data and resources blocks (load_config_yaml's mirror;
+    10,000 config.yaml at submission)."""
+    return "".join(_dumped(key, json.dumps(value)) for key, value in plain.items())
+
+
 def write_config(run_dir: Path, spec: RunSpec) -> None:
-    atomic.write_text(run_dir / CONFIG, yaml.safe_dump(spec.to_plain(), sort_keys=False))
+    atomic.write_text(run_dir / CONFIG, dump_config_yaml(spec.to_plain()))
 
 
 def read_config(run_dir: str | Path) -> RunSpec:
@@ -118,6 +141,25 @@ def read_config(run_dir: str | Path) -> RunSpec:
         return validate(RunSpec, raw, str(path))
     except ConfigError as exc:  # edited by hand: checked like the sweep it came from
         raise DamagedFileError(path, str(exc)[len(str(path)) + 2 :], fix) from None
+
+
+def manifest_path(run_dir: str | Path, manifest: str | None) -> Path:
+    """The run's split manifest, from its config.yaml's `manifest` (RunSpec.manifest): relative to
+    the run folder, so a sweep folder moved or copied whole still finds it; without one (sweeps from
+    before the manifest was shared), the run folder's own split.csv."""
+    return Path(run_dir) / (manifest or SPLIT)
+
+
+def manifest_of(run_dir: str | Path) -> Path:
+    """manifest_path from the run's config.yaml, read as written (no validation: the report asks
+    this of 1,000 runs); where config.yaml cannot be read (whoever reads it says so), the run
+    folder's own split.csv."""
+    try:
+        raw = load_config_yaml((Path(run_dir) / CONFIG).read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raw = None
+    manifest = raw.get("manifest") if isinstance(raw, dict) else None
+    return manifest_path(run_dir, manifest if isinstance(manifest, str) else None)
 
 
 def read_result(run_dir: str | Path) -> dict[str, Any]:

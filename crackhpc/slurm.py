@@ -213,19 +213,37 @@ def _run(cmd: list[str], may_fail: bool = False) -> str:
     return out.stdout if not out.returncode else ""
 
 
+# The most job ids one command's `-j` list (one argument) or argument list holds: Linux refuses a
+# single argument over 128 KiB (MAX_ARG_STRLEN), and 10,000 array tasks such as `12345678_9999` are
+# 140 KB; so a long list goes out in several calls, each well within it.
+MAX_IDS_PER_CALL = 2000
+
+
+def batches(job_ids: Sequence[str]) -> list[list[str]]:
+    """`job_ids` in lists of at most MAX_IDS_PER_CALL, in order."""
+    size = MAX_IDS_PER_CALL
+    return [list(job_ids[i : i + size]) for i in range(0, len(job_ids), size)]
+
+
 def sacct(job_ids: list[str]) -> dict[str, SlurmJob]:
-    """Slurm's view of these jobs: one sacct call, and at most one squeue call for what accounting
-    does not know yet (slurmctld tells slurmdbd about new jobs in its own time, and a job submitted
-    a moment ago must not look unsubmitted) or does not say (why a job is pending). Empty where
-    there is no sacct."""
+    """Slurm's view of these jobs: one sacct call per MAX_IDS_PER_CALL job arrays (one call for a
+    sweep, but for the largest), and as many squeue calls for what accounting does not know yet
+    (slurmctld tells slurmdbd about new jobs in its own time, and a job submitted a moment ago must
+    not look unsubmitted) or does not say (why a job is pending). Empty where there is no sacct."""
     if not job_ids or not shutil.which("sacct"):
         return {}
     arrays = sorted({j.split("_")[0] for j in job_ids})
-    jobs = parse_sacct(_run(["sacct", "-P", "-o", ",".join(SACCT_FIELDS + USAGE_FIELDS), "-j", ",".join(arrays)]))
+    fields = ",".join(SACCT_FIELDS + USAGE_FIELDS)
+    # one header for the whole table: each call prints its own
+    texts = [_run(["sacct", "-P", "-o", fields, "-j", ",".join(part)]) for part in batches(arrays)]
+    jobs = parse_sacct(texts[0] + "".join(t.partition("\n")[2] for t in texts[1:]))
     ask = [j for j in job_ids if j not in jobs or (jobs[j].state == "PENDING" and not jobs[j].reason)]
     if ask and shutil.which("squeue"):
         # squeue fails when it knows none of the ids: all of them have left the queue.
-        rows = _run(["squeue", "-h", "-r", "-o", "%i|%T|%M|%N||%r", "-j", ",".join(ask)], may_fail=True)
+        rows = "".join(
+            _run(["squeue", "-h", "-r", "-o", "%i|%T|%M|%N||%r", "-j", ",".join(part)], may_fail=True)
+            for part in batches(ask)
+        )
         queued = parse_sacct("|".join(SACCT_FIELDS) + "\n" + rows)
         for job_id, job in queued.items():
             known = jobs.get(job_id)
@@ -283,16 +301,27 @@ def scancel(job_ids: list[str], echo: Callable = print, poll_s: float = 1.0, tim
     and SIGKILL KillWait seconds later: until then a worker may still write result.json."""
     if not shutil.which("scancel"):
         raise CrackhpcError("scancel not found: cancel Slurm runs on the cluster that runs them (its login node)")
-    out = _call(["scancel", *job_ids])
-    for line in out.stderr.strip().splitlines():
-        echo(f"  {line}")  # e.g. a job that ended meanwhile; the others are cancelled all the same
+    for part in batches(job_ids):
+        out = _call(["scancel", *part])
+        for line in out.stderr.strip().splitlines():
+            echo(f"  {line}")  # e.g. a job that ended meanwhile; the others are cancelled all the same
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        queue = _run(["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)], may_fail=True)
-        if not queue.strip():  # squeue fails once no id is known any more
+        # squeue fails once no id of its list is known any more
+        queue = "".join(
+            _run(["squeue", "-h", "-o", "%i", "-j", ",".join(part)], may_fail=True) for part in batches(job_ids)
+        )
+        if not queue.strip():
             return
         time.sleep(poll_s)
     echo(f"  jobs still stopping after {timeout_s:.0f}s: {' '.join(queue.split())}")
+
+
+def whole_arrays(job_ids: Sequence[str]) -> list[str]:
+    """`job_ids` with the tasks of a job array (`123_4`) given as the array (`123`): for cancelling
+    every job of a sweep, where one scancel of a 1,000-task array is one request to slurmctld, not
+    1,000 (a pending array is one record until its tasks start)."""
+    return list(dict.fromkeys(job_id.partition("_")[0] for job_id in job_ids))
 
 
 def config_value(key: str) -> str | None:

@@ -305,6 +305,8 @@ def test_a_changed_dataset_is_not_resumed(tmp_path, tiny_data):
     )
     result = rundir.read_result(run_dir)
     assert result["status"] == "failed" and "trained on another split of the data" in result["error"]
+    # the sweep's manifests: the one the run trained on, and the changed dataset's, each stored once
+    assert len(list((tmp_path / "r" / "tiny" / "splits").iterdir())) == 2
 
 
 def test_a_worker_given_a_broken_or_no_config_says_so_in_one_line_with_exit_2(tmp_path):

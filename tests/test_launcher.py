@@ -7,6 +7,7 @@ import pytest
 from crackhpc import rundir
 from crackhpc.cli import main
 from crackhpc.config import load_sweep
+from crackhpc.data.split import manifest_hash, read_manifest
 from crackhpc.launcher import Submission, submit
 
 from .conftest import tiny_sweep
@@ -22,9 +23,13 @@ def test_local_sweep_runs_every_config_and_skips_completed_on_resubmission(tmp_p
     saved = json.loads((sweep_dir / "sweep.json").read_text())
     assert saved["executor"] == "local" and saved["finished"]
     assert sorted(saved["current_runs"]) == sorted(saved["runs"])
+    splits = list((sweep_dir / "splits").iterdir())
+    assert len(splits) == 1 and splits[0].stem == manifest_hash(read_manifest(splits[0]))
     for run_id, entry in saved["runs"].items():
         assert rundir.read_result(sweep_dir / run_id)["status"] == "completed"
-        assert (sweep_dir / run_id / "split.csv").read_text() == (sweep_dir / "split.csv").read_text()
+        # one manifest for the sweep, named by its hash and by each run's config.yaml
+        assert rundir.manifest_of(sweep_dir / run_id) == sweep_dir / run_id / "../splits" / splits[0].name
+        assert not (sweep_dir / run_id / "split.csv").exists()
         assert entry["job_id"]
     lines = []
     assert submit(sweep, tmp_path / "results", Submission("local"), echo=lines.append) == {}

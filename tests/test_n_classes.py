@@ -78,7 +78,7 @@ def _mosaics(run: Path, data: Path, out: Path, n: int = 8) -> dict[str, list[str
     """`n` photos of 2×2 test crops of different classes (PNG: no JPEG loss between the crop and the
     patch); for each photo the class the run gave each crop on its test split (misclassified.csv's
     where it was wrong), in the order predict's grid reads its patches (rows)."""
-    test = [i for i in read_manifest(run / rundir.SPLIT) if i.split == "test"]
+    test = [i for i in read_manifest(rundir.manifest_of(run)) if i.split == "test"]
     wrong = {r["path"]: r["predicted"] for r in rows(run / rundir.MISCLASSIFIED)}
     by_class = {label: [i for i in test if i.label == label] for label in range(len(CLASSES))}
     out.mkdir()
@@ -153,7 +153,7 @@ def test_exported_model_gives_every_class_and_says_which_column_is_which(learned
     assert meta["output"]["shape"] == ["N", 4] and "in the order of classes" in meta["output"]["meaning"]
     model = torch.jit.load(str(tmp_path / "export" / meta["file"]))
     wrong = {r["path"]: r["predicted"] for r in rows(run / rundir.MISCLASSIFIED)}
-    test = [i for i in read_manifest(run / rundir.SPLIT) if i.split == "test"][::10]
+    test = [i for i in read_manifest(rundir.manifest_of(run)) if i.split == "test"][::10]
     images = np.stack(
         [np.asarray(Image.open(data / i.path).convert("RGB").resize((96, 96), Image.BILINEAR)) for i in test]
     )

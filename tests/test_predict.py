@@ -72,7 +72,7 @@ def photos(tmp_path_factory):
 def test_held_out_crops_are_classified_at_the_accuracy_the_run_reports(trained, tiny_data, tmp_path):
     _, runs = trained
     for run in runs:
-        test = [i for i in read_manifest(run / rundir.SPLIT) if i.split == "test"]
+        test = [i for i in read_manifest(rundir.manifest_of(run)) if i.split == "test"]
         listing = tmp_path / f"{run.name}.txt"
         listing.write_text("".join(f"{tiny_data / i.path}\n" for i in test))
         code, out, err = cli("predict", run, listing, "--out", tmp_path / run.name, "--executor", "debug")

@@ -56,7 +56,7 @@ def test_keras_run_predicts_at_its_accuracy_and_exports_the_same_probabilities(k
     import keras
 
     run = keras_runs[frozen]
-    test = [i for i in read_manifest(run / rundir.SPLIT) if i.split == "test"]
+    test = [i for i in read_manifest(rundir.manifest_of(run)) if i.split == "test"]
     (tmp_path / "test.txt").write_text("".join(f"{tiny_data / i.path}\n" for i in test))
     code, _, err = cli("predict", run, tmp_path / "test.txt", "--out", tmp_path / "pred", "--executor", "debug")
     assert code == 0, err

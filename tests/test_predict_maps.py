@@ -45,7 +45,7 @@ def patch_scores(out: Path, photos: Path) -> dict:
 
 def test_a_learned_run_classifies_held_out_crops_at_its_reported_accuracy(learned, tmp_path):
     run, data = learned
-    test = [i for i in read_manifest(run / rundir.SPLIT) if i.split == "test"]
+    test = [i for i in read_manifest(rundir.manifest_of(run)) if i.split == "test"]
     (tmp_path / "test.txt").write_text("".join(f"{data / i.path}\n" for i in test))
     code, _, err = cli("predict", run, tmp_path / "test.txt", "--out", tmp_path / "crops", "--executor", "debug")
     assert code == 0, err

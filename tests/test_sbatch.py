@@ -149,7 +149,7 @@ def test_sbatch_command_writes_run_folders_and_a_script_each(tmp_path, write_yam
     for script in scripts:
         run_dir = script.parent
         assert rundir.read_config(run_dir).data.root == str(tiny_data)
-        assert rundir.read_result(run_dir)["status"] == "pending" and (run_dir / rundir.SPLIT).is_file()
+        assert rundir.read_result(run_dir)["status"] == "pending" and rundir.manifest_of(run_dir).is_file()
         assert f"-m crackhpc.worker {run_dir.resolve()}\n" in script.read_text()
     assert not (tmp_path / "r" / "tiny" / "sweep.json").exists()  # nothing submitted, no job ids to keep
 

@@ -221,7 +221,8 @@ def test_cancel_scancels_live_jobs_and_records_cancelled(tmp_path, monkeypatch):
     scancelled, lines = [], []
     monkeypatch.setattr(slurm, "scancel", lambda ids, echo: scancelled.extend(ids))
     cancelled = cancel(sweep_dir, query=lambda ids: parse_sacct(SACCT), echo=lines.append)
-    assert sorted(scancelled) == ["70_3", "71"] and cancelled == ["gpu", "never_submitted", "queued"]
+    # the whole sweep: array 70 goes as one id (its task 70_0 has ended; only 70_3 is live)
+    assert sorted(scancelled) == ["70", "71"] and cancelled == ["gpu", "never_submitted", "queued"]
     assert {r: rundir.read_result(sweep_dir / r)["status"] for r in ("done", "queued", "gpu", "never_submitted")} == {
         "done": "completed",
         "queued": "cancelled",

@@ -23,6 +23,7 @@ from crackhpc.record import SweepFolder
 from crackhpc.worker import run  # noqa: E402
 
 from .conftest import assert_events_match_metrics, tiny_sweep  # noqa: E402
+from .running import set_epochs, stopped_after_an_epoch  # noqa: E402
 
 pytestmark = pytest.mark.tf
 
@@ -190,6 +191,30 @@ def test_a_keras_run_never_loads_torch(tmp_path, write_yaml, tiny_data):
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]"
     )
     subprocess.run([sys.executable, "-c", code, str(run_dir)], check=True, capture_output=True)
+
+
+def test_best_checkpoint_through_a_requeue_then_predict(tmp_path, write_yaml, tiny_data):
+    """`checkpoints: best` in Keras: the live checkpoint has the optimizer's variables, the completed
+    one the best validation epoch's weights alone, which predict loads."""
+    import numpy as np
+
+    from crackhpc.predict import model
+
+    (run_dir,) = _run_folders(tmp_path, write_yaml, tiny_data, {**HEAD_ONLY, "epochs": 2000, "checkpoints": "best"})
+    done = stopped_after_an_epoch(run_dir, run)
+    with np.load(run_dir / "checkpoint.npz") as live:
+        assert "o0" in live.files and (run_dir / "best.npz").is_file()
+    set_epochs(run_dir, done + 2)
+    run(run_dir)
+    result = rundir.read_result(run_dir)
+    best = max(_rows(run_dir), key=lambda r: float(r["val_acc"]))
+    assert result["status"] == "completed" and "resumed from checkpoint.npz" in (run_dir / "worker.log").read_text()
+    assert (result["checkpoint"], result["checkpoint_epoch"]) == ("best", int(best["epoch"]))
+    with np.load(run_dir / "checkpoint.npz") as kept:
+        assert not any(k.startswith("o") for k in kept.files)
+        assert json.loads(str(kept["state"]))["weights_epoch"] == int(best["epoch"])
+    assert not (run_dir / "best.npz").exists()
+    assert model.load(run_dir).probabilities(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2,)
 
 
 def test_a_dataset_of_three_classes_gets_a_three_class_head(tmp_path, write_yaml):

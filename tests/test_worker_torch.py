@@ -15,6 +15,7 @@ from crackhpc.record import SweepFolder
 from crackhpc.worker import run
 
 from .conftest import tiny_sweep
+from .running import set_epochs, stopped_after_an_epoch
 
 
 def _run_folder(tmp_path, write_yaml, data_root, defaults=None):
@@ -133,3 +134,49 @@ def test_pretrained_weights_from_the_offline_cache_are_loaded(tmp_path, write_ya
     path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(WeightsError, match="checksum does not match"):
         build("resnet18", pretrained=True)
+
+
+@pytest.mark.parametrize("policy", ["last", "best", "none"])
+def test_checkpoint_policy_through_a_requeue_then_predict(tmp_path, write_yaml, tiny_data, policy):
+    """Live, the checkpoint has the optimizer (a requeue resumes from it); completed, it keeps what
+    `checkpoints` says, which predict then uses."""
+    import torch
+
+    from crackhpc.errors import CrackhpcError
+    from crackhpc.predict import model
+
+    run_dir = _run_folder(tmp_path, write_yaml, tiny_data, {"epochs": 2000, "lr": 0.01, "checkpoints": policy})
+    done = stopped_after_an_epoch(run_dir, run)
+    live = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert {"model", "optimizer", "rng"} <= set(live) and live["epoch"] == done
+    assert (run_dir / "best.pt").is_file() == (policy == "best")
+    set_epochs(run_dir, done + 2)
+    run(run_dir)
+    result = rundir.read_result(run_dir)
+    assert "resumed from checkpoint.pt after epoch" in (run_dir / "worker.log").read_text()
+    assert result["status"] == "completed" and result["epochs_done"] == done + 2
+    assert not (run_dir / "best.pt").exists()
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    best = max(rows, key=lambda r: float(r["val_acc"]))  # the first of equals, as the worker takes it
+    expected = {"last": done + 2, "best": int(best["epoch"]), "none": None}[policy]
+    assert (result["checkpoint"], result["checkpoint_epoch"]) == (policy, expected)
+    if policy == "none":
+        assert not (run_dir / "checkpoint.pt").exists() and result["checkpoint_bytes"] == 0
+        with pytest.raises(CrackhpcError, match="it ran with `checkpoints: none`, which keeps no weights"):
+            model.load(run_dir)
+        return
+    kept = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert "optimizer" not in kept and kept["weights_epoch"] == expected
+    assert result["checkpoint_bytes"] == (run_dir / "checkpoint.pt").stat().st_size < live_size(live)
+    images = torch.zeros((2, 32, 32, 3), dtype=torch.uint8).numpy()
+    assert model.load(run_dir).probabilities(images).shape == (2,)
+
+
+def live_size(state: dict) -> int:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return len(buf.getvalue())

@@ -1,8 +1,8 @@
 """Deterministic stratified train/valid/test split, stored as a manifest CSV.
 
-The manifest (path, label, split) travels into every run folder, so each result says
-exactly which images it was trained, validated and tested on; the labels' class names go into
-the run's config.yaml (`data.classes`).
+The manifest (path, label, split) is stored once per sweep and named by every run's config.yaml,
+so each result says exactly which images it was trained, validated and tested on; the labels'
+class names go into the run's config.yaml (`data.classes`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from ..errors import DataError
 from .layout import CLASSES, SPLITS, Item, checked_scan
 
 COLUMNS = ("path", "label", "split")
-# What to do about a damaged manifest: the launcher writes the sweep's manifest again into the
-# sweep folder and into each run folder it submits.
+# What to do about a damaged manifest: the launcher writes the sweep's manifest again (crackhpc.record)
+# for the runs it submits.
 FIX_SPLIT = (
     "delete it and run `crackhpc sweep <sweep file> --retry-failed`, which writes it again for each run it resubmits "
     "(a completed run is resubmitted once its result.json is deleted)"
@@ -73,7 +73,16 @@ def split_dataset(root: str | Path, fractions: Sequence[float], seed: int) -> tu
 
 
 def write_manifest(path: str | Path, items: Sequence[Item]) -> Path:
-    return atomic.write_csv(path, COLUMNS, ((i.path, i.label, i.split) for i in items))
+    return atomic.write_text(path, manifest_text(items))
+
+
+def manifest_text(items: Sequence[Item]) -> str:
+    """The manifest's CSV, as write_manifest writes it."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    writer.writerows((i.path, i.label, i.split) for i in items)
+    return out.getvalue()
 
 
 def read_manifest(path: str | Path) -> list[Item]:

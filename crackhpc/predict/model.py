@@ -52,11 +52,18 @@ def check_run(run_dir: str | Path) -> tuple[Path, RunSpec, dict]:
             f"(`crackhpc status {run_dir.parent}` shows where it stands)"
         )
     if not checkpoint_path(run_dir, spec).is_file():
-        raise CrackhpcError(
-            f"{run_dir}: no {checkpoint_path(run_dir, spec).name}: the trained weights are missing "
-            f"(deleted, or copied without them)"
-        )
+        raise CrackhpcError(f"{run_dir}: no {checkpoint_path(run_dir, spec).name}: {_why_no_weights(result)}")
     return run_dir, spec, result
+
+
+def _why_no_weights(result: dict) -> str:
+    """Why a completed run has no checkpoint, as its result.json tells (crackhpc.clean, common.finish)."""
+    retrain = "to predict with it, delete its result.json and rerun it (`crackhpc sweep --retry-failed`)"
+    if result.get(rundir.CLEANED):
+        return f"`crackhpc clean --checkpoints` removed its trained weights on {result[rundir.CLEANED]}; {retrain}"
+    if result.get("checkpoint") == "none":
+        return f"it ran with `checkpoints: none`, which keeps no weights; {retrain} with checkpoints: last or best"
+    return "the trained weights are missing (deleted, or copied without them)"
 
 
 def best_run(sweep_dir: str | Path, metric: str = "best_val_acc") -> tuple[Path, str]:

@@ -49,10 +49,10 @@ def read_misclassified(run_dir: Path, classes: Sequence[str] = CLASSES) -> list[
 
 
 class TestSplits:
-    """Class counts of the test split of run folders' split.csv. Every run of a sweep holds its own
-    copy of the sweep's manifest (1.1 MB for the real dataset's 40,000 images): a copy already seen
-    is recognised by its bytes, so that 1,000 runs cost 1,000 reads and compares but one parse, and
-    with a ReadCache, a file read by an earlier report is not read again."""
+    """Class counts of the test split of runs' split manifests. A sweep's runs share one (1.1 MB for
+    the real dataset's 40,000 images), which a ReadCache reads once; run folders of older sweeps hold
+    a copy each, and a copy already seen is recognised by its bytes, so that 1,000 of them cost 1,000
+    reads and compares but one parse."""
 
     __test__ = False  # not a pytest class, whatever its name
 
@@ -106,18 +106,24 @@ class Confusion:
 
 
 def confusion(
-    run_dir: Path, n_test: int | None, splits: TestSplits | None = None, classes: Sequence[str] = CLASSES
+    run_dir: Path,
+    n_test: int | None,
+    splits: TestSplits | None = None,
+    classes: Sequence[str] = CLASSES,
+    manifest: Path | None = None,
 ) -> Confusion:
-    """The run's test confusion over `classes` (its config.yaml's), from its split.csv and misclassified.csv."""
-    if not (run_dir / rundir.SPLIT).is_file():
+    """The run's test confusion over `classes` (its config.yaml's), from its split manifest (`manifest`
+    where the caller has read its config.yaml already) and misclassified.csv."""
+    manifest = manifest or rundir.manifest_of(run_dir)
+    if not manifest.is_file():
         raise CrackhpcError(
-            f"{run_dir / rundir.SPLIT}: missing; a completed run keeps its split manifest "
-            f"(copy the sweep's split.csv there if it was deleted)"
+            f"{manifest}: missing; a completed run keeps its split manifest (restore it, or copy the run's whole "
+            f"sweep folder: a run folder names its sweep's manifest, ../splits/<hash>.csv)"
         )
-    per_label = (splits or TestSplits()).counts(run_dir / rundir.SPLIT)
+    per_label = (splits or TestSplits()).counts(manifest)
     if len(per_label) > len(classes):
         raise CrackhpcError(
-            f"{run_dir / rundir.SPLIT}: labels beyond the {len(classes)} classes of {run_dir / rundir.CONFIG}; "
+            f"{manifest}: labels beyond the {len(classes)} classes of {run_dir / rundir.CONFIG}; "
             f"the two files are from different runs: " + rundir.FIX_REDO.format(run=run_dir)
         )
     matrix = [[n if j == i else 0 for j in range(len(classes))] for i, n in enumerate(per_label)]
@@ -129,7 +135,7 @@ def confusion(
     if min(matrix[k][k] for k in range(len(classes))) < 0:
         raise CrackhpcError(
             f"{run_dir / rundir.MISCLASSIFIED}: more misclassified images than test images in "
-            f"{run_dir / rundir.SPLIT}; the two files are from different runs: " + rundir.FIX_REDO.format(run=run_dir)
+            f"{manifest}; the two files are from different runs: " + rundir.FIX_REDO.format(run=run_dir)
         )
     note = None
     total = sum(per_label)

@@ -78,6 +78,7 @@ def read_settings(path: Path) -> dict:
         "train": {k: train.get(k) for k in ("framework", "model", *HPARAMS)},
         "resources": resources,
         "root": data.get("root"),
+        "manifest": raw.get("manifest"),
         "classes": classes,
     }
 

@@ -119,6 +119,7 @@ def _summary_row(run_dir: Path, notes: list[str], cache: ReadCache, splits: Test
         row.update({k: result.get(k) for k in SUMMARY_COLUMNS if k in result and k != "run_id"})
         row["status"] = result.get("status", RunState.PENDING.value)
         row.update(provenance.columns(result))
+    config = None
     classes: list[str] = list(CLASSES)
     if (run_dir / rundir.CONFIG).is_file():
         config = read_or_note(run_dir / rundir.CONFIG, lambda p: cache.get(p, read_settings), notes)
@@ -136,7 +137,10 @@ def _summary_row(run_dir: Path, notes: list[str], cache: ReadCache, splits: Test
             resource_hints="; ".join(usage.hints()),
         )
     if row["status"] == RunState.COMPLETED.value:
-        cm = read_or_note(run_dir / rundir.MISCLASSIFIED, lambda _: confusion(run_dir, None, splits, classes), notes)
+        manifest = rundir.manifest_path(run_dir, config.get("manifest")) if config else None
+        cm = read_or_note(
+            run_dir / rundir.MISCLASSIFIED, lambda _: confusion(run_dir, None, splits, classes, manifest), notes
+        )
         if cm is not None and is_crack(classes):
             row.update(tp=cm.tp, fp=cm.fp, fn=cm.fn, tn=cm.tn)
         elif cm is not None:

@@ -17,7 +17,7 @@ from .. import atomic, rundir, scores
 from ..config import RunSpec, TrainConfig
 from ..data.images import ImageCache
 from ..data.layout import CLASSES, Item
-from ..data.split import manifest_hash, read_manifest
+from ..data.split import FIX_SPLIT, manifest_hash, read_manifest
 from ..errors import DataError
 from ..jobs import Stopped
 from ..record import CACHE
@@ -57,11 +57,14 @@ def class_names(spec: RunSpec) -> tuple[str, ...]:
 
 def load_data(spec: RunSpec, run_dir: Path, workers: int, log) -> RunData:
     """The run's split manifest decoded at the run's input size (once per sweep, then reused)."""
-    items = read_manifest(run_dir / rundir.SPLIT)
+    path = rundir.manifest_path(run_dir, spec.manifest)
+    items = read_manifest(path)
+    if spec.manifest and path.stem != manifest_hash(items):  # the shared copy is named by what it holds
+        raise DataError(f"{path}: does not hold the manifest its name says (edited or damaged); {FIX_SPLIT}")
     classes = class_names(spec)
     if any(item.label >= len(classes) for item in items):
         raise DataError(
-            f"{run_dir / rundir.SPLIT}: labels beyond the {len(classes)} classes of {run_dir / rundir.CONFIG} "
+            f"{path}: labels beyond the {len(classes)} classes of {run_dir / rundir.CONFIG} "
             f"({', '.join(classes)}); the two files are from different submissions: "
             + rundir.FIX_REDO.format(run=run_dir)
         )
@@ -106,9 +109,16 @@ def record_choice(run_dir: Path, env: DistEnv, log, choice) -> None:
         rundir.update_result(run_dir, **choice.fields())
 
 
-def bookkeeping(epoch: int, rows: list, elapsed: float, data: RunData) -> dict:
-    """What a checkpoint holds besides the weights: where the run is, and on which split it trained."""
-    return {"epoch": epoch, "rows": rows, "elapsed": elapsed, "manifest": data.manifest}
+def bookkeeping(epoch: int, rows: list, elapsed: float, data: RunData, weights_epoch: int | None = None) -> dict:
+    """What a checkpoint holds besides the weights: where the run is, on which split it trained, and
+    of which epoch its weights are (the best validation epoch's, in a completed `checkpoints: best` run)."""
+    return {
+        "epoch": epoch,
+        "rows": rows,
+        "elapsed": elapsed,
+        "manifest": data.manifest,
+        "weights_epoch": epoch if weights_epoch is None else weights_epoch,
+    }
 
 
 def resume(path: Path, data: RunData, log, read: Callable[[Path], dict]) -> dict:
@@ -143,6 +153,8 @@ class Trainer(Protocol):
     def train_epoch(self, epoch: int) -> tuple[float, float, int]: ...
     def evaluate(self, split: str) -> tuple[float, float, list[Record]]: ...
     def save_checkpoint(self, epoch: int, rows: list, elapsed: float) -> None: ...
+    def save_weights(self, path: Path, state: dict) -> None: ...  # the model alone, with bookkeeping `state`
+    def load_weights(self, path: Path) -> None: ...
     def agree(self, flag: bool) -> bool: ...  # True on every rank if it is on any
 
 
@@ -155,6 +167,7 @@ class Outcome:
     test_acc: float
     records: list[Record]
     wall_s: float
+    weights_epoch: int  # the epoch whose weights the model holds (and the run keeps)
 
 
 def best_epoch(rows: Sequence[rundir.Epoch]) -> rundir.Epoch | None:
@@ -177,6 +190,8 @@ def _record_epoch(trainer: Trainer, rows: list[rundir.Epoch], elapsed_s: float, 
         if events is not None:
             events.epoch(row, trainer.cfg.lr)
         trainer.save_checkpoint(row.epoch, rows, elapsed_s)
+        if trainer.cfg.checkpoints == "best" and best_epoch(rows) is row:
+            trainer.save_weights(_best_path(trainer), bookkeeping(row.epoch, rows, elapsed_s, trainer.data))
         rundir.update_result(trainer.run_dir, status=RunState.RUNNING, epochs_done=row.epoch)
         request = rundir.stop_requested(trainer.run_dir)
     if trainer.agree(request is not None):  # every rank stops at the same epoch, or collectives would hang
@@ -204,6 +219,9 @@ def fit(trainer: Trainer, start: float, state: dict) -> Outcome:
                 )
             )
             _record_epoch(trainer, rows, elapsed_before + time.perf_counter() - start, events)
+        # the epoch the model's weights are of: the checkpoint's, then each epoch trained
+        held = rows[-1].epoch if len(rows) > state["epoch"] else state.get("weights_epoch", state["epoch"])
+        weights_epoch = _restore_best(trainer, rows, held)
         test_loss, test_acc, records = trainer.evaluate("test")
     except Stopped:
         raise  # as asked (crackhpc cancel): the run did not fail, and its events say nothing of its end
@@ -217,7 +235,43 @@ def fit(trainer: Trainer, start: float, state: dict) -> Outcome:
         best = best_epoch(rows)
         final = {"best_val_acc": best.val_acc if best else float("nan"), "test_acc": test_acc, "test_loss": test_loss}
         events.end(len(rows), final)
-    return Outcome(rows, test_loss, test_acc, records, elapsed_before + time.perf_counter() - start)
+    return Outcome(rows, test_loss, test_acc, records, elapsed_before + time.perf_counter() - start, weights_epoch)
+
+
+def _best_path(trainer: Trainer) -> Path:
+    return trainer.run_dir / rundir.BEST[trainer.cfg.framework]
+
+
+def _restore_best(trainer: Trainer, rows: list[rundir.Epoch], held: int) -> int:
+    """`checkpoints: best`: the best validation epoch's weights back in the model (every rank), so
+    that the test split scores the weights the run keeps. The epoch the model's weights are of."""
+    best = best_epoch(rows)
+    if trainer.cfg.checkpoints != "best" or best is None:
+        return held
+    if best.epoch != held:
+        path = _best_path(trainer)
+        rundir.read_checkpoint(path, trainer.load_weights, rundir.FIX_RESTART)
+        trainer.log(f"testing the weights of epoch {best.epoch}, the best by validation accuracy ({path.name})")
+    return best.epoch
+
+
+def finish(trainer: Trainer, outcome: Outcome) -> dict:
+    """Rank 0, once the run has its test numbers: the checkpoint becomes what `checkpoints` keeps,
+    the weights alone (no optimizer state: two thirds of an Adam checkpoint), or nothing; result.json's
+    `checkpoint` fields say which. Until then a requeued or resumed run has its full checkpoint."""
+    policy, path = trainer.cfg.checkpoints, trainer.run_dir / rundir.CHECKPOINT[trainer.cfg.framework]
+    if policy == "none":
+        path.unlink(missing_ok=True)
+    else:
+        last = outcome.rows[-1]
+        state = bookkeeping(last.epoch, outcome.rows, outcome.wall_s, trainer.data, outcome.weights_epoch)
+        trainer.save_weights(path, state)
+    _best_path(trainer).unlink(missing_ok=True)
+    return {
+        "checkpoint": policy,
+        "checkpoint_epoch": None if policy == "none" else outcome.weights_epoch,
+        "checkpoint_bytes": path.stat().st_size if path.is_file() else 0,
+    }
 
 
 def accuracy(records: Sequence[Record], labels: np.ndarray) -> float:
@@ -270,4 +324,6 @@ def result(trainer: Trainer, outcome: Outcome, params_in_sync: bool | None) -> d
     }
     if params_in_sync is not None:
         out["params_in_sync"] = params_in_sync
+    if trainer.env.is_main:
+        out.update(finish(trainer, outcome))
     return out

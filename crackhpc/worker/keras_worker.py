@@ -330,18 +330,31 @@ class Trainer:
         def read(path):
             with np.load(path) as saved:
                 self.model.set_weights([saved[f"w{i}"] for i in range(len(self.model.weights))])
-                for i, variable in enumerate(self.optimizer.variables):
-                    variable.assign(saved[f"o{i}"])
+                if "o0" in saved.files:  # a completed run's checkpoint has the weights alone (common.finish)
+                    for i, variable in enumerate(self.optimizer.variables):
+                        variable.assign(saved[f"o{i}"])
                 return json.loads(str(saved["state"]))
 
         return common.resume(self.run_dir / rundir.CHECKPOINT["keras"], self.data, self.log, read)
 
     def save_checkpoint(self, epoch: int, rows: list, elapsed: float) -> None:
+        optimizer = {f"o{i}": v.numpy() for i, v in enumerate(self.optimizer.variables)}
+        self._save(
+            self.run_dir / rundir.CHECKPOINT["keras"], common.bookkeeping(epoch, rows, elapsed, self.data), optimizer
+        )
+
+    def save_weights(self, path: Path, state: dict) -> None:
+        self._save(path, state, {})
+
+    def _save(self, path: Path, state: dict, optimizer: dict) -> None:
         arrays = {f"w{i}": w for i, w in enumerate(self.model.get_weights())}
-        arrays.update({f"o{i}": v.numpy() for i, v in enumerate(self.optimizer.variables)})
         buf = io.BytesIO()
-        np.savez(buf, state=np.array(json.dumps(common.bookkeeping(epoch, rows, elapsed, self.data))), **arrays)
-        atomic.write_bytes(self.run_dir / rundir.CHECKPOINT["keras"], buf.getvalue())
+        np.savez(buf, state=np.array(json.dumps(state)), **arrays, **optimizer)
+        atomic.write_bytes(path, buf.getvalue())
+
+    def load_weights(self, path: Path) -> None:
+        with np.load(path) as saved:
+            self.model.set_weights([saved[f"w{i}"] for i in range(len(self.model.weights))])
 
     # -- the run --------------------------------------------------------------------------
     def run(self) -> dict:

@@ -243,8 +243,9 @@ class Trainer:
         def read(path):
             state = torch.load(path, map_location="cpu", weights_only=False)
             self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["rng"])
+            if "optimizer" in state:  # a completed run's checkpoint has the weights alone (common.finish)
+                self.optimizer.load_state_dict(state["optimizer"])
+                torch.set_rng_state(state["rng"])
             return state
 
         return common.resume(self.run_dir / rundir.CHECKPOINT["torch"], self.data, self.log, read)
@@ -261,6 +262,14 @@ class Trainer:
             buf,
         )
         atomic.write_bytes(self.run_dir / rundir.CHECKPOINT["torch"], buf.getvalue())
+
+    def save_weights(self, path: Path, state: dict) -> None:
+        buf = io.BytesIO()
+        torch.save({**state, "model": self.model.state_dict()}, buf)
+        atomic.write_bytes(path, buf.getvalue())
+
+    def load_weights(self, path: Path) -> None:
+        self.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
 
     # -- the run --------------------------------------------------------------------------
     def run(self) -> dict:

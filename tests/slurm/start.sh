@@ -27,6 +27,15 @@ LOG=$BASE/log
 RUN=$BASE/run
 export DEBIAN_FRONTEND=noninteractive
 
+# Descriptors inherited from the caller, e.g. the lock of `flock /tmp/crackhpc-slurm-tests.lock bash
+# tests/slurm/start.sh` (or of a `make test` under flock): the daemons started below would keep them
+# open, and hold such a lock for as long as they run, so that no later `flock` ever gets it. 255 is
+# the script itself, as bash reads it.
+for fd in /proc/$$/fd/*; do
+    n=${fd##*/}
+    if ((n > 2 && n != 255)); then eval "exec $n>&-"; fi
+done
+
 log() { echo "[slurm/start] $*" >&2; }
 die() {
     echo "[slurm/start] ERROR: $1" >&2
