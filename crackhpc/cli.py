@@ -196,6 +196,26 @@ def cmd_prefetch(args) -> int:
     return 1 if any(o.error for o in outcomes) else 0
 
 
+def cmd_models(args) -> int:
+    from .libraries import weights_status
+    from .models import registered
+
+    rows = [(fw, name) for fw in args.framework or ("torch", "keras") for name in registered(fw, args.pattern)]
+    if not rows:
+        print(f"no model name matches {args.pattern!r} (a glob: *convnext*, timm:vit_*, Efficient*)", file=sys.stderr)
+        return 2
+    width = max(len(name) for _, name in rows)
+    print(f"framework  {'model'.ljust(width)}  weights")
+    for framework, name in rows:
+        print(f"{framework.ljust(9)}  {name.ljust(width)}  {weights_status(framework, name)}")
+    print(
+        "weights: cached = in the offline cache here; missing = published, fetch it with "
+        "`crackhpc prefetch --models FRAMEWORK:MODEL`; none = no published weights (pretrained: false only). "
+        "Your own networks: python:<module>:<function>."
+    )
+    return 0
+
+
 def _number(value) -> str:
     if isinstance(value, int):
         return str(value)
@@ -608,12 +628,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prefetch", help="on the login node: put the ImageNet weights sweeps need in the offline cache")
     p.add_argument("sweeps", nargs="*", metavar="SWEEP.yaml", help="fetch what these sweeps' pretrained runs need")
     p.add_argument(
-        "--models", help="framework:model list, e.g. torch:resnet18,keras:vgg16 (no sweeps, no --models: all)"
+        "--models",
+        help="framework:model list, e.g. torch:resnet18,torch:timm:convnext_atto,keras:EfficientNetB0 "
+        "(no sweeps, no --models: the study's)",
     )
     p.add_argument(
         "--cache",
-        help="cache root, files go to CACHE/<framework>/ (default: $CRACKHPC_CACHE, "
-        "else $TORCH_HOME/hub/checkpoints and ~/.keras/models)",
+        help="cache root, files go to CACHE/<framework>/ and timm's to CACHE/huggingface/hub (default: "
+        "$CRACKHPC_CACHE, else $TORCH_HOME/hub/checkpoints, $KERAS_HOME/models and the Hugging Face hub cache)",
     )
     p.add_argument(
         "--from", dest="from_dir", metavar="DIR", help="import files copied here by hand instead of downloading"
@@ -626,6 +648,15 @@ def build_parser() -> argparse.ArgumentParser:
         "profile (default: the profile of Slurm's ClusterName, if any)",
     )
     p.set_defaults(func=cmd_prefetch)
+
+    p = sub.add_parser("models", help="the model names a sweep may give, and whether their weights are cached here")
+    p.add_argument(
+        "pattern", nargs="?", default="*", metavar="PATTERN", help="a glob, e.g. '*convnext*' (default: all)"
+    )
+    p.add_argument(
+        "--framework", action="append", choices=("torch", "keras"), help="only this framework's (repeatable)"
+    )
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("status", help="each run's state, from Slurm's accounting (sacct) and the run folders")
     p.add_argument("sweep_dir", help="results/<sweep name>")

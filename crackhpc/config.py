@@ -42,9 +42,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from . import models
 from .errors import ConfigError
 
-MODELS = {"torch": ("resnet18", "resnet50", "vgg16", "efficientnet_lite0"), "keras": ("vgg16", "resnet50")}
+MODELS = models.STUDY  # the study's; crackhpc.models says which other names a sweep may give
 BACKENDS = {"torch": ("auto", "ddp", "horovod"), "keras": ("auto", "tf-distribute", "horovod")}
 EXECUTORS = ("auto", "local", "debug", "slurm")
 CHECKPOINTS = ("last", "best", "none")
@@ -175,7 +176,7 @@ class TrainConfig(_Model):
     optimizer: StrictStr = "adam"
     lr: Number = Field(1e-3, gt=0)
     loss: StrictStr = "cross_entropy"
-    input_size: StrictInt = Field(224, ge=32)
+    input_size: StrictInt = Field(224, ge=32)  # the model's own when left out (224 for the study's)
     seed: Seed = 0
     backend: StrictStr = "auto"
     precision: StrictStr = "auto"
@@ -186,6 +187,17 @@ class TrainConfig(_Model):
     # What a completed run keeps of its training (crackhpc.worker.common.finish): the weights of its
     # last epoch, of its best validation epoch, or nothing. Live runs keep the optimizer for requeues.
     checkpoints: StrictStr = "last"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_input_size(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("input_size") is None and isinstance(data.get("model"), str):
+            try:
+                size = models.default_input_size(str(data.get("framework", "torch")), data["model"])
+            except Exception:  # noqa: BLE001  (an unknown name: the `model` field reports it)
+                return data
+            return {**data, "input_size": size}
+        return data
 
     @field_validator("framework", "optimizer", "loss", "precision", "checkpoints")
     @classmethod
@@ -215,7 +227,13 @@ class TrainConfig(_Model):
         framework = info.data.get("framework")
         if framework is None:  # already reported
             return value
-        return _one_of(value, (MODELS if info.field_name == "model" else BACKENDS)[framework])
+        if info.field_name == "model":
+            try:
+                models.parse(framework, value)  # its form; the registries are read once per sweep at load
+            except models.UnknownModel as exc:
+                raise _problem(str(exc)) from None
+            return value
+        return _one_of(value, BACKENDS[framework])
 
 
 class Resources(_Model):
@@ -362,6 +380,8 @@ class RunSpec(_Model):
     resources: Resources
     # The training settings that differ between the runs of its sweep: its TensorBoard HParams.
     varying: tuple[StrictStr, ...] = ()
+    # How images are prepared for the model (crackhpc.models.preprocessing), for the record.
+    preprocess: dict[str, Any] = Field(default_factory=dict)
     # The sweep's split manifest, relative to the run folder (crackhpc.rundir.manifest_path); None in
     # run folders of sweeps from before it was shared, which hold their own split.csv.
     manifest: StrictStr | None = None
@@ -578,6 +598,27 @@ def _grid(raw: Mapping[str, Any], where: str) -> dict[str, list]:
     return grid
 
 
+def check_model(train: TrainConfig, where: str) -> None:
+    """The run's model name against its library's registry (imported for its names only), and that
+    a pretrained one publishes weights: a ConfigError `<where>: <problem>` with close matches."""
+    try:
+        models.check(train.framework, train.model, train.pretrained)
+    except models.UnknownModel as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _check_models(entries: Sequence[tuple[int | None, TrainConfig, Resources]], where: str, grid, runs) -> None:
+    """check_model for each run, naming the key that gave its model."""
+    for index, train, _ in entries:
+        if "model" in grid:
+            key = "grid.model"
+        elif runs is not None and index is not None and "model" in runs[index]:
+            key = f"runs[{index}].model"
+        else:
+            key = "defaults.model"
+        check_model(train, f"{where}: {key}")
+
+
 def load_sweep(
     path: str | Path,
     base: Path | None = None,
@@ -654,6 +695,7 @@ def load_sweep(
             combo = dict(zip(grid, values))
             train = validate(TrainConfig, {**top.defaults, **settings, **combo}, where, ["grid"] if combo else prefix)
             entries.append((i if top.runs else None, train, resources))
+    _check_models(entries, where, grid, explicit if top.runs else None)
     return Sweep(
         name=top.name,
         path=str(path),
@@ -676,4 +718,6 @@ def _check_space(search: SearchConfig, settings: dict[str, Any], where: str, pre
             kind, bounds = next(iter(values.items()))
             values = bounds if kind == "int" else [float(_number(b)) for b in bounds]
         for value in values:
-            validate(TrainConfig, {**settings, key: value}, where, ["search", "space"])
+            train = validate(TrainConfig, {**settings, key: value}, where, ["search", "space"])
+            if key == "model":
+                check_model(train, f"{where}: search.space.model")

@@ -16,6 +16,7 @@ from pathlib import Path
 from . import atomic
 from .data.layout import CLASSES, is_crack
 from .errors import CrackhpcError
+from .models import preprocessing
 
 FORMATS = {"torchscript": ("torch", "model.pt"), "onnx": ("torch", "model.onnx"), "keras": ("keras", "model.keras")}
 MODEL_JSON = "model.json"
@@ -120,24 +121,22 @@ def describe(spec, result: dict, fmt: str, filename: str) -> dict:
         "n_test": result.get("n_test"),
         "trained": result.get("finished"),
     }
+    prep = spec.preprocess or preprocessing(spec.train.framework, spec.train.model)
     if spec.train.framework == "torch":
-        from .worker.torch_models import normalization
-
-        mean, std = normalization(spec.train.model)
         doc["input"]["dtype"] = "uint8"
         doc["normalisation"] = {
             "inside_model": True,
             "formula": "(x / 255 - mean) / std, per channel",
-            "mean": list(mean),
-            "std": list(std),
+            "mean": list(prep["mean"]),
+            "std": list(prep["std"]),
         }
     else:
         doc["input"]["dtype"] = "float32 (0..255)"
-        doc["normalisation"] = {
-            "inside_model": False,
-            "preprocess": f"keras.applications.{spec.train.model}.preprocess_input",
-            "formula": "caffe mode: RGB to BGR, minus the ImageNet mean [103.939, 116.779, 123.68]",
-        }
+        doc["normalisation"] = {"inside_model": False, "preprocess": prep["function"]}
+        if spec.train.model in ("vgg16", "resnet50"):
+            doc["normalisation"]["formula"] = (
+                "caffe mode: RGB to BGR, minus the ImageNet mean [103.939, 116.779, 123.68]"
+            )
     return doc
 
 
@@ -152,8 +151,17 @@ def export(run_dir: str | Path, fmt: str, out_dir: str | Path | None = None) -> 
         raise CrackhpcError(f"{run_dir}: a {spec.train.framework} run exports as {' or '.join(choices)}, not {fmt}")
     out_dir = Path(out_dir) if out_dir else run_dir / f"export-{fmt}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    {"torchscript": _write_torchscript, "onnx": _write_onnx, "keras": _write_keras}[fmt](
-        run_dir, spec, out_dir / filename
-    )
+    write = {"torchscript": _write_torchscript, "onnx": _write_onnx, "keras": _write_keras}[fmt]
+    try:
+        write(run_dir, spec, out_dir / filename)
+    except CrackhpcError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (the tracer's or exporter's own error, of any class: one line)
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        other = [f for f, (fw, _) in FORMATS.items() if fw == framework and f != fmt]
+        raise CrackhpcError(
+            f"{run_dir}: {spec.train.model} does not export as {fmt} ({type(exc).__name__}: {first[:300]})"
+            + (f"; try --format {other[0]}" if other else "")
+        ) from None
     atomic.write_json(out_dir / MODEL_JSON, describe(spec, result, fmt, filename))
     return out_dir

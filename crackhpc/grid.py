@@ -13,8 +13,9 @@ import itertools
 import json
 from typing import Any
 
-from .config import DataConfig, RunSpec, Sweep, TrainConfig, validate
+from .config import DataConfig, RunSpec, Sweep, TrainConfig, check_model, validate
 from .errors import ConfigError
+from .models import preprocessing
 
 RUN_PARAM = "run"  # a search's choice among the sweep file's explicit runs (their index)
 
@@ -78,7 +79,8 @@ def _fmt(value) -> str:
 
 
 def run_id(train: TrainConfig, data: DataConfig, varying: list[str]) -> str:
-    parts = [train.framework, train.model]
+    # timm:convnext_atto → timm_convnext_atto: a colon splits PATH-like lists (TensorBoard's logdir_spec, scp)
+    parts = [train.framework, train.model.replace(":", "_")]
     parts += [f"{_SHORT.get(k, k)}{_fmt(getattr(train, k))}" for k in varying if k not in ("framework", "model")]
     return "-".join(parts + [config_hash(train, data)])
 
@@ -96,6 +98,7 @@ def trial_run(sweep: Sweep, params: dict[str, Any], number: int) -> RunSpec:
     drawn = {k: v for k, v in params.items() if k != RUN_PARAM}
     where = f"{sweep.path}: trial {number}"
     train = validate(TrainConfig, {**train.model_dump(), **drawn}, where, ["search", "space"])
+    check_model(train, f"{where}: search.space.model")
     varying = _varying(sweep)
     return RunSpec(
         run_id=f"{run_id(train, sweep.data, varying)}-t{number}",
@@ -104,6 +107,7 @@ def trial_run(sweep: Sweep, params: dict[str, Any], number: int) -> RunSpec:
         data=sweep.data,
         resources=resources,
         varying=tuple(varying),
+        preprocess=preprocessing(train.framework, train.model),
     )
 
 
@@ -139,6 +143,7 @@ def expand(sweep: Sweep) -> list[RunSpec]:
             data=sweep.data,
             resources=resources,
             varying=tuple(varying),
+            preprocess=preprocessing(train.framework, train.model),
         )
         if spec.run_id in seen:
             where = f"runs[{index}]" if index is not None else "defaults"

@@ -9,6 +9,7 @@ from what its folder holds (the last finished epoch, the photos already mapped).
 
 from __future__ import annotations
 
+import os
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +55,9 @@ def attempt(folder: str | Path, work: Callable[[], dict], log: Callable[[str], N
     multi-task run): completed with its numbers, failed with the error and its traceback,
     cancelled at Ctrl-C, SIGTERM or `crackhpc cancel` (SIGINT), or as a stop request asks (Stopped):
     a stopped job did not fail."""
+    # Compute nodes have no internet: huggingface_hub (timm's weights) reads its cache only, and
+    # fails at once instead of retrying a network that is not there.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         out = work()
     except Stopped as stop:  # the job ends as asked, not failed: its last epoch and checkpoint stay

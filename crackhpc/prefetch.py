@@ -74,23 +74,31 @@ def wanted(sweeps: Iterable[str | Path] = (), models: str | None = None) -> list
     chosen: dict[tuple[str, str], weights.WeightsFile] = {}
     for path in sweeps:
         for spec in expand(load_sweep(path)):
-            if spec.train.pretrained:
+            if spec.train.pretrained and weights.has_file(spec.train.framework, spec.train.model):
                 key = (spec.train.framework, spec.train.model)
                 chosen[key] = weights.file_for(*key)
     for entry in filter(None, (e.strip() for e in (models or "").split(","))):
         framework, _, model = entry.partition(":")
         key = (framework, model)
-        if key not in weights.CATALOG:
-            known = ", ".join(f"{f}:{m}" for f, m in weights.CATALOG)
-            raise CrackhpcError(f"--models {entry}: unknown model (known: {known})")
-        chosen[key] = weights.CATALOG[key]
+        known = ", ".join(f"{f}:{m}" for f, m in weights.CATALOG)
+        if framework not in ("torch", "keras") or not weights.has_file(*key):
+            raise CrackhpcError(
+                f"--models {entry}: unknown model (known: {known}, torch:timm:<name>, torch:torchvision:<name>, "
+                "keras:<keras.applications name>)"
+            )
+        try:
+            chosen[key] = weights.file_for(*key)
+        except WeightsError as exc:
+            raise CrackhpcError(f"--models {entry}: {exc} (the study's: {known})") from None
     return list(chosen.values())
 
 
-def cache_dir(framework: str, cache: str | Path | None = None) -> Path:
-    """<cache>/<framework>, else the first folder weights.locate searches: $CRACKHPC_CACHE/<framework>
-    or the framework's own cache."""
-    return Path(cache).expanduser() / framework if cache else weights.search_dirs(framework)[0]
+def cache_dir(wf: weights.WeightsFile, cache: str | Path | None = None) -> Path:
+    """<cache>/<framework> (<cache>/huggingface/hub for the hub's files), else the first folder
+    weights.locate searches: $CRACKHPC_CACHE/<framework> or the framework's own cache."""
+    if wf.hub_repo:
+        return Path(cache).expanduser() / "huggingface" / "hub" if cache else weights.hub_caches()[0]
+    return Path(cache).expanduser() / wf.framework if cache else weights.search_dirs(wf.framework)[0]
 
 
 def source_url(wf: weights.WeightsFile, base_url: str | None = None) -> str:
@@ -105,6 +113,8 @@ def _expected(wf: weights.WeightsFile) -> str:
 def fetch_one(
     wf: weights.WeightsFile, folder: Path, base_url: str | None = None, from_dir: str | Path | None = None
 ) -> Outcome:
+    if wf.hub_repo:
+        return _fetch_hub(wf, folder, base_url or from_dir)
     dest = folder / wf.filename
     atomic.remove_stale(folder)  # a killed download's partial file (hundreds of MB for VGG16)
     if dest.is_file() and wf.matches(dest):
@@ -133,6 +143,30 @@ def fetch_one(
     return Outcome(wf, dest, status)
 
 
+def _fetch_hub(wf: weights.WeightsFile, folder: Path, elsewhere: str | Path | None) -> Outcome:
+    """timm's file through huggingface_hub, into the hub's own cache layout (its checks, its locks)."""
+    if elsewhere is not None:
+        raise WeightsError(
+            f"{wf.model}: its weights come from the Hugging Face hub ({wf.hub_repo}), not from --base-url/--from: "
+            "set HF_ENDPOINT for a mirror, or copy a hub cache folder into place"
+        )
+    try:
+        return Outcome(wf, weights.locate(wf.framework, wf.model)[0], "present")
+    except WeightsError:
+        pass
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    for filename in weights.HUB_FILES:
+        try:
+            return Outcome(wf, Path(hf_hub_download(wf.hub_repo, filename, cache_dir=folder)), "downloaded")
+        except EntryNotFoundError:
+            continue
+        except (OSError, ValueError) as exc:  # the hub's HTTP and offline errors derive from these
+            raise CrackhpcError(f"{wf.hub_repo}: download failed ({type(exc).__name__}: {exc})") from None
+    raise WeightsError(f"{wf.hub_repo}: the hub repository has none of {', '.join(weights.HUB_FILES)}")
+
+
 def prefetch(
     files: Iterable[weights.WeightsFile],
     cache: str | Path | None = None,
@@ -142,7 +176,7 @@ def prefetch(
     """Fetch every file; one failure does not stop the others."""
     outcomes = []
     for wf in files:
-        folder = cache_dir(wf.framework, cache)
+        folder = cache_dir(wf, cache)
         try:
             outcomes.append(fetch_one(wf, folder, base_url, from_dir))
         except CrackhpcError as exc:

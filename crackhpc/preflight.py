@@ -15,10 +15,11 @@ from .errors import WeightsError
 
 def missing_weights(specs: Iterable) -> dict[tuple[str, str], str]:
     """(framework, model) → why its weights are not usable, for each pretrained model of the runs."""
-    from .weights import locate
+    from .weights import has_file, locate
 
     missing = {}
-    for key in dict.fromkeys((s.train.framework, s.train.model) for s in specs if s.train.pretrained):
+    pretrained = (s.train for s in specs if s.train.pretrained and has_file(s.train.framework, s.train.model))
+    for key in dict.fromkeys((t.framework, t.model) for t in pretrained):
         try:
             locate(*key)
         except WeightsError as exc:

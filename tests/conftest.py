@@ -311,6 +311,7 @@ SERIAL = {
     "learned": "learned",
     "learned_classes": "learned_classes",
     "tracked": "tracked",
+    "trained_backbones": "trained_backbones",
 }
 
 

@@ -38,6 +38,7 @@ BLOCKS = (
     "Using it",
     "The sweep file",
     "Search",
+    "Any backbone",
     "TensorBoard and MLflow",
     "TensorBoard and MLflow #2",
     "Using a trained model",
@@ -204,6 +205,11 @@ def scratch(tmp_path) -> tuple[Path, dict[str, str], dict[str, str]]:
     for run in damage["runs"]:
         run.pop("input_size", None)
     (home / "jobs" / "damage.yaml").write_text(yaml.safe_dump(damage, sort_keys=False))
+    backbones = yaml.safe_load((ROOT / "jobs" / "backbones.yaml").read_text())  # its torch runs, as tiny
+    backbones["data"]["synthetic"].update(n=40, size=32)
+    backbones["defaults"].update(epochs=1, input_size=32)
+    backbones["runs"] = [r for r in backbones["runs"] if r.get("framework", "torch") == "torch"]
+    (home / "jobs" / "backbones.yaml").write_text(yaml.safe_dump(backbones, sort_keys=False))
     (home / "clusters.yaml").write_text("here: {partition: debug}\n")
     archive = home / "www" / "concrete.zip"
     synthesize(home / "www" / "images", 20, size=32, seed=1)
@@ -276,6 +282,10 @@ CHECKS = {
     ),
     "crackhpc predict results/smoke --best photos/ --out maps/ --set resources.cpus_per_task=2": lambda home: (
         len(_rows(home / "maps" / "summary.csv")) == 2
+    ),
+    "crackhpc report results/backbones": lambda home: (
+        sorted(r["model"] for r in _rows(home / "results" / "backbones" / "summary.csv"))
+        == ["efficientnet_lite0", "timm:convnext_atto", "timm:vit_tiny_patch16_224", "torchvision:mobilenet_v3_small"]
     ),
     "crackhpc data synth data/damage --classes crack,spalling,stain,clean --n 400 --size 64": lambda home: (
         sorted(p.name for p in (home / "data" / "damage").iterdir()) == ["clean", "crack", "spalling", "stain"]

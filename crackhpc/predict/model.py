@@ -141,7 +141,7 @@ def torch_module(run_dir: Path, spec: RunSpec):
 
     cfg = spec.train
     torch.manual_seed(cfg.seed)  # the worker's order: seed, then build (a random frozen backbone is this init)
-    backbone, head, _ = build(cfg.model, cfg.pretrained, num_classes=len(classes_of(spec)))
+    backbone, head, _ = build(cfg.model, cfg.pretrained, num_classes=len(classes_of(spec)), input_size=cfg.input_size)
     trained = head if cfg.freeze_backbone and cfg.feature_cache else nn.Sequential(backbone, head)
 
     def read(path: Path) -> None:
@@ -185,17 +185,16 @@ def keras_model(run_dir: Path, spec: RunSpec, policy: str = "float32"):
     """(keras Model on preprocessed float images → softmax, preprocess function) with the run's weights."""
     import keras
 
-    from ..weights import locate
-    from ..worker.keras_worker import APPLICATIONS
+    from ..worker.keras_worker import backbone_factory, head, pretrained_weights
 
     cfg = spec.train
     keras.mixed_precision.set_global_policy(policy)
-    weights = str(locate("keras", cfg.model)[0]) if cfg.pretrained else None
+    weights, _ = pretrained_weights(cfg)
     keras.utils.set_random_seed(cfg.seed)  # the worker's order: seed, then the backbone
-    application, preprocess = APPLICATIONS[cfg.model]
+    make, preprocess = backbone_factory(cfg.model, cfg.input_size)
     size = cfg.input_size
-    net = application(include_top=False, weights=weights, input_shape=(size, size, 3), pooling="avg")
-    dense = keras.layers.Dense(len(classes_of(spec)), activation="softmax", dtype="float32")
+    net = make(weights)
+    dense = head(len(classes_of(spec)))
     x = keras.Input((size, size, 3))
     if cfg.freeze_backbone and cfg.feature_cache:
         features = keras.Input(net.output_shape[1:])

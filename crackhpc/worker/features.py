@@ -10,9 +10,12 @@ each worker brings its own extraction (torch_models.extract, the Keras worker's 
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from filelock import FileLock
@@ -28,10 +31,13 @@ class FeatureKey:
     weights_id: str
     input_size: int
     precision: str
+    preprocess: dict[str, Any] = field(default_factory=dict)  # config.yaml's record (models.preprocessing)
 
     def name(self, manifest: str) -> str:
         blob = f"{self.model}|{self.weights_id}|{self.input_size}|{manifest}|{self.precision}"
-        return f"features-{self.model}-{hashlib.sha1(blob.encode()).hexdigest()[:16]}"
+        if self.preprocess:  # a config.yaml written before crackhpc recorded it has none
+            blob += "|" + json.dumps(self.preprocess, sort_keys=True)
+        return f"features-{re.sub(r'[^A-Za-z0-9_.-]', '_', self.model)}-{hashlib.sha1(blob.encode()).hexdigest()[:16]}"
 
 
 def cached_features(cache_dir: str | Path, key: str, compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:

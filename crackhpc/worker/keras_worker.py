@@ -1,5 +1,6 @@
-"""Keras/TensorFlow worker: the study's Keras VGG16 and ResNet50, in one process or data-parallel
-across the job's tasks (tf.distribute.MultiWorkerMirroredStrategy or Horovod).
+"""Keras/TensorFlow worker: the study's Keras VGG16 and ResNet50, any other keras.applications
+model, or a python: builder's, in one process or data-parallel across the job's tasks
+(tf.distribute.MultiWorkerMirroredStrategy or Horovod).
 
 Same contract, run folder and result keys as the torch worker. Where it departs from the study's
 notebook, it is for a reason:
@@ -26,25 +27,65 @@ import contextlib
 import io
 import json
 import os
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from .. import atomic, rundir
+from .. import atomic, models, rundir
 from ..config import RunSpec
-from ..weights import locate
+from ..errors import CrackhpcError
+from ..weights import has_file, locate
 from . import backends, common, fastpath
 from .distributed import DistEnv
 from .features import FeatureKey
 
-APPLICATIONS = {
-    "vgg16": (keras.applications.VGG16, keras.applications.vgg16.preprocess_input),
-    "resnet50": (keras.applications.ResNet50, keras.applications.resnet50.preprocess_input),
-}
+APPLICATIONS = {"vgg16": keras.applications.VGG16, "resnet50": keras.applications.ResNet50}
 AUTOTUNE = tf.data.AUTOTUNE
+
+
+def head(num_classes: int = 2):
+    """The classifier on the pooled features: softmax kept float32 under a bf16 policy."""
+    return keras.layers.Dense(num_classes, activation="softmax", dtype="float32")
+
+
+def backbone_factory(model: str, size: int) -> tuple[Callable[..., keras.Model], Callable]:
+    """(make(weights) → a network from images to pooled features, its preprocess_input). `weights`:
+    a weights file's path or None (random); for a python: builder, whether it is pretrained."""
+    name = models.parse("keras", model)
+    if name.library == "python":
+        return (lambda weights: _python_backbone(name, bool(weights), size)), tf.identity
+    application = APPLICATIONS[model] if name.library == "study" else getattr(keras.applications, name.name)
+    preprocess = sys.modules[application.__module__].preprocess_input
+
+    def make(weights):
+        return application(include_top=False, weights=weights, input_shape=(size, size, 3), pooling="avg")
+
+    return make, preprocess
+
+
+def _python_backbone(name: models.Name, pretrained: bool, size: int) -> keras.Model:
+    label = f"python:{name.name}"
+    try:
+        made = models.load_builder(name)(pretrained=pretrained)
+    except Exception as exc:  # noqa: BLE001  (the user's code: whatever it raises is one line of the run's error)
+        raise CrackhpcError(f"{label}: the builder raised {type(exc).__name__}: {exc}") from None
+    if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], keras.Model) and isinstance(made[1], int):
+        net = made[0]
+    elif isinstance(made, keras.Model):
+        net = keras.Model(made.inputs, made.layers[-2].output)  # the whole classifier less its last layer
+    else:
+        raise CrackhpcError(
+            f"{label}: returned {type(made).__name__}; a builder returns (keras.Model, feature_size: int) "
+            "or a whole keras.Model classifier"
+        )
+    if len(net.output_shape) != 2:
+        raise CrackhpcError(f"{label}: gives {net.output_shape} per batch, not a feature vector (batch, features)")
+    return net
 
 
 class _Single:
@@ -127,20 +168,29 @@ def choose(spec: RunSpec, device: str, phase: str, images: int, cache_dir: Path 
     """fp32 or bf16 for this run's network on this device (fastpath), timed on a random-init copy
     of it: the backbone for the feature pass, backbone and head for training."""
     cfg = spec.train
-    application, _ = APPLICATIONS[cfg.model]
+    make, _ = backbone_factory(cfg.model, cfg.input_size)
     size = cfg.input_size
 
     def network():
-        net = application(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")
+        net = make(None)
         if phase == "features":
             return net
         net.trainable = not cfg.freeze_backbone
         x = keras.Input((size, size, 3))
-        num_classes = len(common.class_names(spec))
-        return keras.Model(x, keras.layers.Dense(num_classes, activation="softmax", dtype="float32")(net(x)))
+        return keras.Model(x, head(len(common.class_names(spec)))(net(x)))
 
     job = fastpath.Job.of(cfg, phase, images)
     return fastpath.keras_choice(job, network, device, max(1, spec.resources.cpus_per_task), cache_dir, log)
+
+
+def pretrained_weights(cfg) -> tuple[str | bool | None, str]:
+    """(what backbone_factory's make takes, the weights' id for the feature cache)."""
+    if not cfg.pretrained:
+        return None, f"random-seed{cfg.seed}"
+    if not has_file("keras", cfg.model):
+        return True, f"python-pretrained-seed{cfg.seed}"
+    path, wf = locate("keras", cfg.model)
+    return str(path), wf.digest
 
 
 class Trainer:
@@ -161,25 +211,23 @@ class Trainer:
         common.record_choice(self.run_dir, self.env, self.log, self.choice)
         self.policy = fastpath.keras_policy(self.choice)  # softmax head kept float32 below
         keras.mixed_precision.set_global_policy(self.policy)
-        weights, weights_id = None, f"random-seed{cfg.seed}"
-        if cfg.pretrained:
-            path, wf = locate("keras", cfg.model)
-            weights, weights_id = str(path), wf.digest
+        weights, weights_id = pretrained_weights(cfg)
         keras.utils.set_random_seed(cfg.seed)
-        application, preprocess = APPLICATIONS[cfg.model]
+        make, preprocess = backbone_factory(cfg.model, cfg.input_size)
         size = cfg.input_size
 
         def backbone():
-            net = application(include_top=False, weights=weights, input_shape=(size, size, 3), pooling="avg")
+            net = make(weights)
             net.trainable = not cfg.freeze_backbone  # frozen: BatchNorm keeps its statistics, as in torch
             return net
 
-        self.inputs, self.preprocess, self.feature_cache = data.images, preprocess, "off"
+        self.inputs, self.feature_cache = data.images, "off"
+        self.preprocess: Callable | None = preprocess
         if self.feature_mode:
             extractor = _inference(backbone())  # outside the strategy: it runs forward only, on one rank at a time
             feats, self.feature_cache = common.features(
                 data,
-                FeatureKey(f"keras-{cfg.model}", weights_id, size, self.policy),
+                FeatureKey(f"keras-{cfg.model}", weights_id, size, self.policy, self.spec.preprocess),
                 lambda: self.predict(extractor, np.arange(len(data.items))),
                 self.log,
             )
@@ -187,8 +235,7 @@ class Trainer:
         with self.comm.scope():
             x = keras.Input(self.inputs.shape[1:])
             features = x if self.feature_mode else backbone()(x)
-            head = keras.layers.Dense(len(data.classes), activation="softmax", dtype="float32")
-            self.model = keras.Model(x, head(features))
+            self.model = keras.Model(x, head(len(data.classes))(features))
             self.optimizer = (
                 keras.optimizers.Adam(cfg.lr) if cfg.optimizer == "adam" else keras.optimizers.SGD(cfg.lr, momentum=0.9)
             )

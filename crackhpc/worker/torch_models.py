@@ -1,5 +1,6 @@
-"""torchvision backbones (and timm's EfficientNet-Lite0) split into (backbone → feature vector,
-head over the dataset's classes), and the frozen backbone's one-off feature pass."""
+"""Backbones split into (backbone → feature vector, head over the dataset's classes): the study's
+torchvision ones and timm's EfficientNet-Lite0 here, any other timm, torchvision or python: model
+through worker/builders.py; and the frozen backbone's one-off feature pass."""
 
 from __future__ import annotations
 
@@ -9,22 +10,18 @@ from torch import fx, nn
 from torch.fx.proxy import TraceError
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .. import models
 from ..weights import locate
 from . import fastpath
 from .fastpath import Choice
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+MEAN, STD = models.IMAGENET_MEAN, models.IMAGENET_STD
 
 
 def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) on [0, 1] pixels that the model's ImageNet weights were trained with."""
-    if name == "efficientnet_lite0":
-        from .efficientnet_lite import MEAN as mean
-        from .efficientnet_lite import STD as std
-
-        return mean, std
-    return MEAN, STD
+    """(mean, std) on [0, 1] pixels that the model's weights were trained with (crackhpc.models.preprocessing)."""
+    prep = models.preprocessing("torch", name)
+    return tuple(prep["mean"]), tuple(prep["std"])
 
 
 class Normalize(nn.Module):
@@ -42,10 +39,21 @@ class Normalize(nn.Module):
         return (x * self.scale - self.shift).contiguous(memory_format=self.memory_format)
 
 
-def build(name: str, pretrained: bool, num_classes: int = 2) -> tuple[nn.Module, nn.Module, str]:
-    """(backbone, head, weights_id); the caller seeds torch for a reproducible random init."""
+def build(
+    name: str, pretrained: bool, num_classes: int = 2, input_size: int | None = None
+) -> tuple[nn.Module, nn.Module, str]:
+    """(nn.Sequential(Normalize, backbone), head, weights_id); the caller seeds torch for a
+    reproducible random init. `input_size`: the model's own when None."""
     if name == "efficientnet_lite0":
         return _efficientnet_lite0(pretrained, num_classes)
+    parsed = models.parse("torch", name)
+    if parsed.library != "study":
+        from . import builders
+
+        net, width, weights_id = builders.build(
+            parsed, pretrained, input_size or models.default_input_size("torch", name)
+        )
+        return nn.Sequential(Normalize(*normalization(name)), net), nn.Linear(width, num_classes), weights_id
     import torchvision
 
     net = getattr(torchvision.models, name)(weights=None)

@@ -157,7 +157,9 @@ class Trainer:
         self.data = data = common.load_data(self.spec, self.run_dir, self.workers, self.log)
         self.labels, self.index = data.labels, data.index
         torch.manual_seed(cfg.seed)
-        backbone, head, weights_id = build(cfg.model, cfg.pretrained, num_classes=len(data.classes))
+        backbone, head, weights_id = build(
+            cfg.model, cfg.pretrained, num_classes=len(data.classes), input_size=cfg.input_size
+        )
         if cfg.freeze_backbone:
             backbone.requires_grad_(False)
         self.feature_mode = cfg.freeze_backbone and cfg.feature_cache
@@ -167,7 +169,9 @@ class Trainer:
             weights = weights_id if cfg.pretrained else f"random-seed{cfg.seed}"
             feats, self.feature_cache = common.features(
                 data,
-                FeatureKey(cfg.model, weights, cfg.input_size, str(fastpath.torch_autocast(self.choice))),
+                FeatureKey(
+                    cfg.model, weights, cfg.input_size, str(fastpath.torch_autocast(self.choice)), self.spec.preprocess
+                ),
                 lambda: extract(backbone, data.images, self.device, choice=self.choice),
                 self.log,
             )
