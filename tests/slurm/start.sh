@@ -167,9 +167,10 @@ if ! mysql_up >/dev/null 2>&1; then
     fi
     touch "$LOG/mariadb.log"
     chown mysql:mysql "$LOG/mariadb.log"
-    detached setsid nohup mysqld_safe --skip-syslog --log-error="$LOG/mariadb.log" \
+    # setsid --fork returns at once; `detached ... &` would leave a shell holding our descriptors
+    detached setsid --fork nohup mysqld_safe --skip-syslog --log-error="$LOG/mariadb.log" \
         --bind-address=127.0.0.1 --innodb-lock-wait-timeout=900 \
-        </dev/null >>"$LOG/mysqld_safe.out" 2>&1 &
+        </dev/null >>"$LOG/mysqld_safe.out" 2>&1
 fi
 wait_for mariadb "$LOG/mariadb.log" mysql_up
 mysql -u root <<EOF || die "could not create the accounting database" "$LOG/mariadb.log"
