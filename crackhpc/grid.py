@@ -13,7 +13,7 @@ import itertools
 import json
 from typing import Any
 
-from .config import DataConfig, RunSpec, Sweep, TrainConfig, check_model, validate
+from .config import DataConfig, Resources, RunSpec, Sweep, TrainConfig, check_model, validate
 from .errors import ConfigError
 from .models import preprocessing
 
@@ -99,9 +99,13 @@ def trial_run(sweep: Sweep, params: dict[str, Any], number: int) -> RunSpec:
     where = f"{sweep.path}: trial {number}"
     train = validate(TrainConfig, {**train.model_dump(), **drawn}, where, ["search", "space"])
     check_model(train, f"{where}: search.space.model")
-    varying = _varying(sweep)
+    return _spec(sweep, train, resources, _varying(sweep), f"-t{number}")
+
+
+def _spec(sweep: Sweep, train: TrainConfig, resources: Resources, varying: list[str], suffix: str = "") -> RunSpec:
+    """The run of `train` on `resources`, named by its `varying` settings and their hash (and `suffix`)."""
     return RunSpec(
-        run_id=f"{run_id(train, sweep.data, varying)}-t{number}",
+        run_id=run_id(train, sweep.data, varying) + suffix,
         sweep=sweep.name,
         train=train,
         data=sweep.data,
@@ -136,15 +140,7 @@ def expand(sweep: Sweep) -> list[RunSpec]:
     varying = _varying(sweep)
     specs, seen = [], set()
     for index, train, resources in sweep.entries:
-        spec = RunSpec(
-            run_id=run_id(train, sweep.data, varying),
-            sweep=sweep.name,
-            train=train,
-            data=sweep.data,
-            resources=resources,
-            varying=tuple(varying),
-            preprocess=preprocessing(train.framework, train.model),
-        )
+        spec = _spec(sweep, train, resources, varying)
         if spec.run_id in seen:
             where = f"runs[{index}]" if index is not None else "defaults"
             raise ConfigError(
