@@ -525,10 +525,16 @@ class Report:
             )
         run_dir = self.sweep_dir / run_id
         config = read_or_note(run_dir / rundir.CONFIG, read_settings, self.notes)
+        # without its config.yaml a run names neither its classes nor its split manifest
         classes = (config or {}).get("classes") or list(CLASSES)
-        cm = read_or_note(
-            run_dir / rundir.MISCLASSIFIED, lambda _: confusion(run_dir, n_test, self.splits, classes), self.notes
-        )
+        cm = None
+        if config is not None:
+            manifest = rundir.manifest_path(run_dir, config.get("manifest"))
+            cm = read_or_note(
+                run_dir / rundir.MISCLASSIFIED,
+                lambda _: confusion(run_dir, n_test, self.splits, classes, manifest),
+                self.notes,
+            )
         if cm is None:
             self.doc.para(f"No confusion matrix: a file of {run_dir} is damaged (see Problems).")
             return

@@ -121,7 +121,8 @@ def _summary_row(run_dir: Path, notes: list[str], cache: ReadCache, splits: Test
         row.update(provenance.columns(result))
     config = None
     classes: list[str] = list(CLASSES)
-    if (run_dir / rundir.CONFIG).is_file():
+    has_config = (run_dir / rundir.CONFIG).is_file()
+    if has_config:
         config = read_or_note(run_dir / rundir.CONFIG, lambda p: cache.get(p, read_settings), notes)
         if config is not None:
             row.update(config["train"])
@@ -136,7 +137,8 @@ def _summary_row(run_dir: Path, notes: list[str], cache: ReadCache, splits: Test
             cpu_efficiency=None if eff is None else round(eff, 3),
             resource_hints="; ".join(usage.hints()),
         )
-    if row["status"] == RunState.COMPLETED.value:
+    # A damaged config.yaml (noted above) names neither the classes nor the manifest: no confusion to count
+    if row["status"] == RunState.COMPLETED.value and (config is not None or not has_config):
         manifest = rundir.manifest_path(run_dir, config.get("manifest")) if config else None
         cm = read_or_note(
             run_dir / rundir.MISCLASSIFIED, lambda _: confusion(run_dir, None, splits, classes, manifest), notes
