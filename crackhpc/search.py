@@ -344,14 +344,16 @@ class Controller:
         with tqdm(total=self.cfg.trials, initial=finished, desc="trials", unit="trial") as self.bar:
             self._submit(again)
             while True:
-                self._watch(ask_scheduler=time.monotonic() - asked >= scheduler_poll)
-                asked = time.monotonic() if time.monotonic() - asked >= scheduler_poll else asked
-                room = min(limit - len(self.live), self.cfg.trials - self._count())
-                if self._cancelled():
-                    room = 0
+                now = time.monotonic()
+                poll = now - asked >= scheduler_poll
+                asked = now if poll else asked
+                self._watch(ask_scheduler=poll)
+                cancelled, count = self._cancelled(), self._count()
+                room = 0 if cancelled else min(limit - len(self.live), self.cfg.trials - count)
                 if room > 0:
                     self._submit(self._ask(room))
-                if not self.live and (self._count() >= self.cfg.trials or self._cancelled()):
+                    count = self._count()
+                if not self.live and (count >= self.cfg.trials or cancelled):
                     break
                 time.sleep(POLL_S)
         self.bar = None
