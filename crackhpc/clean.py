@@ -122,28 +122,27 @@ def clean(
 ) -> tuple[int, int]:
     """Remove (or, `dry_run`, list) what `what` names of the sweep's completed runs; says what and
     how much, and returns (bytes, files) freed."""
+    folder = SweepFolder(sweep_dir).check()
     if not what:
         raise CrackhpcError(f"clean {sweep_dir}: say what to remove: --checkpoints, --logs and/or --caches")
-    folder = SweepFolder(sweep_dir).check()
     done, found, notes = find(folder.path, what, query)
     verb = "would free" if dry_run else "freed"
     echo(f"clean {folder.path}: {len(done)} completed run(s)")
     for line in notes:
         echo(f"  {line}")
     for item in found:
+        if not dry_run:  # removed before it is said freed: a file that cannot be removed ends the command
+            for path in item.files:
+                path.unlink(missing_ok=True)
+            if item.what == "checkpoints":
+                for run_id in {p.parent.name for p in item.files}:
+                    rundir.update_result(folder.run(run_id), **{rundir.CLEANED: rundir.now()})
+            if item.what == "caches" and item.files:
+                shutil.rmtree(folder.cache, ignore_errors=True)
         echo(
             f"  {item.what}: {verb} {size(item.bytes)} in {len(item.files)} file(s)"
             + (f"; {item.note}" * bool(item.note))
         )
-        if dry_run:
-            continue
-        for path in item.files:
-            path.unlink(missing_ok=True)
-        if item.what == "checkpoints":
-            for run_id in {p.parent.name for p in item.files}:
-                rundir.update_result(folder.run(run_id), **{rundir.CLEANED: rundir.now()})
-        if item.what == "caches" and item.files:
-            shutil.rmtree(folder.cache, ignore_errors=True)
     total, files = sum(f.bytes for f in found), sum(len(f.files) for f in found)
     echo(f"{verb} {size(total)} ({total:,} bytes) in {files:,} file(s)")
     return total, files

@@ -62,3 +62,17 @@ def test_clean_frees_completed_runs_only_and_predict_then_says_why(two_runs, tmp
 def test_clean_needs_to_be_told_what(tmp_path, capsys):
     assert main(["clean", str(tmp_path)]) == 2
     assert "say what to remove: --checkpoints, --logs and/or --caches" in capsys.readouterr().err
+
+
+def test_a_file_clean_cannot_remove_is_not_said_freed(two_runs, capsys):
+    """A checkpoint that cannot be removed (here a folder in its place, which unlink refuses, as a
+    read-only file system would): one line, exit 2, and no "freed" for what is still there."""
+    sweep_dir, (done, _) = two_runs
+    (done / "checkpoint.pt").unlink()
+    (done / "checkpoint.pt").mkdir()
+    (done / "checkpoint.pt" / "inside").write_text("x")
+    assert main(["clean", str(sweep_dir), "--checkpoints"]) == 2
+    captured = capsys.readouterr()
+    assert (done / "checkpoint.pt" / "inside").is_file() and "freed" not in captured.out
+    (line,) = captured.err.strip().splitlines()
+    assert str(done / "checkpoint.pt") in line
