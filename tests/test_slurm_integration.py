@@ -65,6 +65,16 @@ def finished(sweep_dir, timeout_s: float = 180):
     return until(done, f"runs of {sweep_dir} finishing", timeout_s)
 
 
+def told(sweep_dir, run) -> str:
+    """What Slurm's accounting and the job's own logs say of a run whose state is not the one a test
+    expects: each step's state and exit code, and the end of every log in its folder."""
+    steps = subprocess.run(
+        ["sacct", "-P", "-o", "JobID,State,ExitCode", "-j", run.job_id], capture_output=True, text=True
+    ).stdout
+    logs = sorted((sweep_dir / run.run_id).glob("*.out")) + sorted((sweep_dir / run.run_id).glob("*.err"))
+    return "\n".join([f"sacct: {steps}", *(f"{log.name}: ...{log.read_text()[-3000:]}" for log in logs)])
+
+
 def record_of(sweep_dir) -> dict:
     return json.loads((sweep_dir / "sweep.json").read_text())
 
@@ -171,7 +181,7 @@ def test_run_that_raises_fails_once_with_its_error_in_status_and_report(tmp_path
         image.write_bytes(b"broken")
     cli("sweep", slurm_yaml(tmp_path, data, "broken"), "--results", tmp_path)
     (run,) = finished(tmp_path / "broken")
-    assert (run.state, run.slurm_state, run.requeues) == ("failed", "FAILED", 0)
+    assert (run.state, run.slurm_state, run.requeues) == ("failed", "FAILED", 0), told(tmp_path / "broken", run)
     assert run.note.startswith("DataError: ") and "no readable images" in run.note
     out = cli("status", tmp_path / "broken")
     assert re.search(rf"{run.run_id}\s+failed\s+{run.job_id}\s.*DataError: ", out)
@@ -196,7 +206,7 @@ def test_live_jobs_are_left_alone_until_cancelled(tmp_path, tiny_data):
         60,
     )  # until then the worker could still write result.json
     (run,) = finished(tmp_path / "cancel")
-    assert (run.state, run.slurm_state) == ("cancelled", "CANCELLED")
+    assert (run.state, run.slurm_state) == ("cancelled", "CANCELLED"), told(tmp_path / "cancel", run)
     assert rundir.read_result(tmp_path / "cancel" / run_id)["status"] == "cancelled"  # what report reads
     assert re.search(rf"{run_id}\s+cancelled\s+{job['job_id']}\s", cli("status", tmp_path / "cancel"))
 
@@ -214,7 +224,9 @@ def test_plain_sbatch_script_trains_through_srun(tmp_path, tiny_data):
     ((run_id, job),) = json.loads((tmp_path / "plain" / "sweep.json").read_text())["runs"].items()
     assert f"job {job['job_id']}" in out
     (run,) = finished(tmp_path / "plain")
-    assert (run.state, run.slurm_state, run.job_id) == ("completed", "COMPLETED", job["job_id"])
+    assert (run.state, run.slurm_state, run.job_id) == ("completed", "COMPLETED", job["job_id"]), told(
+        tmp_path / "plain", run
+    )
     result = rundir.read_result(tmp_path / "plain" / run_id)
     assert result["world_size"] == 2 and result["job_id"] == job["job_id"]
     assert "completed: test acc" in (tmp_path / "plain" / run_id / f"slurm-{job['job_id']}.out").read_text()
