@@ -105,12 +105,15 @@ def find(
             found["caches"].note = f"kept: {len(live)} live run(s) read them"
         else:
             found["caches"].add(_files_under(folder.cache))
-    others = len(statuses) - len(done) - len(live)
+    # A run with a file that cannot be read is named, with the file and the fix: it may be one that
+    # completed, whose space stays taken until it is readable again.
+    unreadable = [
+        f"{s.run_id}: left alone: {s.damaged[0]}" for s in statuses if s.damaged and not s.live and s.run_id not in done
+    ]
+    others = len(statuses) - len(done) - len(live) - len(unreadable)
     left = [f"{len(live)} live run(s) left alone"] * bool(live)
-    left += [f"{others} failed, cancelled or unreadable run(s) left alone (they resume from their checkpoints)"] * bool(
-        others
-    )
-    return done, list(found.values()), problems + left
+    left += [f"{others} failed or cancelled run(s) left alone (they resume from their checkpoints)"] * bool(others)
+    return done, list(found.values()), problems + left + unreadable
 
 
 def clean(

@@ -76,3 +76,16 @@ def test_a_file_clean_cannot_remove_is_not_said_freed(two_runs, capsys):
     assert (done / "checkpoint.pt" / "inside").is_file() and "freed" not in captured.out
     (line,) = captured.err.strip().splitlines()
     assert str(done / "checkpoint.pt") in line
+
+
+def test_a_run_whose_result_cannot_be_read_is_named_and_left_alone(two_runs, capsys):
+    """A damaged result.json (a full disk, a hand edit): the run may have completed, so clean names
+    it, with the file and the fix, instead of counting it among the runs that resume."""
+    sweep_dir, (done, damaged) = two_runs
+    (damaged / rundir.RESULT).write_text('{"status": "compl')
+    assert main(["clean", str(sweep_dir), "--checkpoints"]) == 0
+    out = capsys.readouterr().out
+    assert "1 completed run(s)" in out and "resume from their checkpoints" not in out
+    (line,) = [x for x in out.splitlines() if damaged.name in x]
+    assert line.startswith(f"  {damaged.name}: left alone: ") and str(damaged / rundir.RESULT) in line
+    assert (damaged / "checkpoint.pt").is_file() and not (done / "checkpoint.pt").exists()
