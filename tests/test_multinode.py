@@ -161,21 +161,29 @@ def netns_processes(node_name: str) -> list[str]:
     return found
 
 
-def test_a_rank_that_cannot_reach_the_rendezvous_fails_the_run_in_one_line(tmp_path, tiny_data, monkeypatch):
+KERAS_HEAD_ONLY = {**HEAD_ONLY, "framework": "keras", "model": "vgg16"}
+
+
+@pytest.mark.parametrize("defaults, backend", [(HEAD_ONLY, "ddp"), (KERAS_HEAD_ONLY, "tf-distribute")])
+def test_a_rank_that_cannot_reach_the_rendezvous_fails_the_run_in_one_line(
+    tmp_path, tiny_data, monkeypatch, defaults, backend
+):
     # node2's name service sends node1's name to an address nobody has (a stale DNS entry): Slurm,
     # which goes by NodeAddr, still starts both tasks, but rank 1 cannot reach MASTER_ADDR=node1.
     hosts = Path("/etc/netns/crackhpc-node2/hosts")  # bind-mounted over node2's /etc/hosts: edit in place
     hosts.write_text(re.sub(r"^(\d+\.\d+\.\d+)\.\d+ node1$", r"\1.99 node1", hosts.read_text(), flags=re.M))
     monkeypatch.setenv("CRACKHPC_RENDEZVOUS_TIMEOUT_S", "20")  # sbatch passes the environment to the job
-    cli("sweep", sweep_yaml(tmp_path, tiny_data, "unreachable", HEAD_ONLY), "--results", tmp_path)
+    cli("sweep", sweep_yaml(tmp_path, tiny_data, "unreachable", defaults), "--results", tmp_path)
     (run,) = finished(tmp_path / "unreachable", 240)
     assert (run.state, run.slurm_state) == ("failed", "FAILED")
     assert re.fullmatch(
-        r"BackendError: backend ddp: rank 0 waited for the other ranks at node1:\d+ for 20 s "
+        rf"BackendError: backend {backend}: rank 0 waited for the other ranks at node1:\d+ for 20 s "
         r"\(CRACKHPC_RENDEZVOUS_TIMEOUT_S\): .*; check that the job's nodes reach each other by their Slurm hostnames",
         run.note,
     )
-    assert re.search(r"rank 1 could not reach rank 0 at node1:\d+ for 20 s", task_logs(tmp_path / "unreachable"))
+    assert re.search(
+        rf"backend {backend}: rank 1 did not meet rank 0 at node1:\d+ for 20 s", task_logs(tmp_path / "unreachable")
+    )
     # Neither rank outlived the job: nothing but slurmd is left on either node.
     assert [p for n in ("node1", "node2") for p in netns_processes(n) if "slurmd" not in p] == []
 
@@ -188,9 +196,6 @@ def test_plain_sbatch_template_trains_across_two_nodes(tmp_path, tiny_data, one_
     result = rundir.read_result(tmp_path / "plain2" / run.run_id)
     assert_matches(result, one_process, "ddp")
     assert (result["hosts"], run.node, run.slurm_state) == (["node1", "node2"], "node[1-2]", "COMPLETED")
-
-
-KERAS_HEAD_ONLY = {**HEAD_ONLY, "framework": "keras", "model": "vgg16"}
 
 
 def test_keras_tf_distribute_across_two_nodes_matches_one_process(tmp_path, tiny_data):

@@ -1,6 +1,9 @@
 """Data-parallel torch runs: two processes of one job through submitit's local executor (gloo on CPU)."""
 
 import json
+import socket
+import threading
+import time
 
 import pytest
 
@@ -12,7 +15,7 @@ from crackhpc.grid import expand
 from crackhpc.launcher import Submission, submit, write_run_folders
 from crackhpc.record import SweepFolder
 from crackhpc.worker import run
-from crackhpc.worker.backends import resolve
+from crackhpc.worker.backends import BackendError, meet, resolve
 from crackhpc.worker.distributed import DistEnv, from_environment
 
 from .conftest import tiny_sweep
@@ -121,3 +124,47 @@ def test_ranks_and_restarts_under_a_plain_srun_step(monkeypatch):
         2,
     )
     assert env.master_addr == "n1" and env.host_of(3) == "n2"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _meet_all(ranks: list[int], world_size: int, monkeypatch) -> dict:
+    """`meet` of tf-distribute run by each of `ranks` (threads, as the tasks of one job on one node);
+    each rank's outcome: the seconds it took, or its error."""
+    monkeypatch.setenv("CRACKHPC_RENDEZVOUS_TIMEOUT_S", "3")
+    port, out = _free_port(), {}
+
+    def rank(r):
+        t0 = time.monotonic()
+        try:
+            meet("tf-distribute", DistEnv(rank=r, world_size=world_size, master_port=port - world_size), port)
+            out[r] = time.monotonic() - t0
+        except BackendError as exc:
+            out[r] = str(exc)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in ranks]
+    for t in reversed(threads):  # the others before rank 0: they wait for it to listen
+        t.start()
+        time.sleep(0.3)
+    for t in threads:
+        t.join(30)
+    return out
+
+
+def test_the_ranks_of_a_tf_distribute_job_meet_before_tensorflow_wires_them(monkeypatch):
+    out = _meet_all([0, 1, 2], 3, monkeypatch)
+    assert sorted(out) == [0, 1, 2] and all(isinstance(v, float) for v in out.values()), out
+
+
+def test_a_missing_rank_fails_every_rank_that_came_in_one_line(monkeypatch):
+    """Rank 2 never comes: rank 0 gives up at the rendezvous timeout and so does rank 1, which had
+    reached rank 0 but was never let go on (tf.distribute's own start would wait for ever)."""
+    out = _meet_all([0, 1], 3, monkeypatch)
+    assert out[0].startswith("backend tf-distribute: rank 0 waited for the other ranks at 127.0.0.1:")
+    assert "for 3 s (CRACKHPC_RENDEZVOUS_TIMEOUT_S): 2/3 ranks joined; check that" in out[0]
+    assert out[1].startswith("backend tf-distribute: rank 1 did not meet rank 0 at 127.0.0.1:")
+    assert "\n" not in out[0] + out[1]

@@ -25,6 +25,7 @@ import threading
 import time
 
 from ..errors import CrackhpcError
+from . import distributed
 from .distributed import DistEnv
 
 SINGLE = "single"
@@ -192,3 +193,77 @@ def _wait_for_rendezvous(env: DistEnv, timeout_s: int) -> None:
                     "see rank 0's log"
                 ) from None
             time.sleep(0.2)
+
+
+def unmet(backend: str, env: DistEnv, port: int, why: str) -> BackendError:
+    """The one line of ranks that did not meet within the rendezvous timeout, from either side."""
+    who = "rank 0 waited for the other ranks" if env.is_main else f"rank {env.rank} did not meet rank 0"
+    return BackendError(
+        f"backend {backend}: {who} at {env.master_addr}:{port} for {distributed.rendezvous_timeout_s():g} s "
+        f"({distributed.RENDEZVOUS_TIMEOUT_ENV}): {why}; check that the job's nodes reach each other "
+        "by their Slurm hostnames"
+    )
+
+
+def meet(backend: str, env: DistEnv, port: int) -> None:
+    """Every rank of the job at rank 0 before a backend whose own start waits without end
+    (tf.distribute's cluster registration): rank 0 listens on `port` and, once each other rank has
+    connected, lets them all go on; a rank missing after the rendezvous timeout fails the run on
+    every side in one line, instead of the job hanging until its time limit."""
+    deadline = time.monotonic() + distributed.rendezvous_timeout_s()
+    if env.is_main:
+        _gather_ranks(backend, env, port, deadline)
+        return
+    while True:
+        try:
+            conn = socket.create_connection((env.master_addr, port), timeout=2)
+        except OSError as exc:
+            why = exc.strerror or str(exc) or type(exc).__name__
+        else:
+            with conn:
+                try:
+                    conn.sendall(f"{env.rank}\n".encode())
+                    conn.settimeout(max(0.1, deadline - time.monotonic()))
+                    if conn.recv(2) == b"go":
+                        return
+                    why = "rank 0 gave up waiting for another rank"
+                except OSError:
+                    why = "rank 0 was still waiting for another rank"
+        if time.monotonic() > deadline:
+            raise unmet(backend, env, port, why) from None
+        time.sleep(0.2)
+
+
+def _gather_ranks(backend: str, env: DistEnv, port: int, deadline: float) -> None:
+    try:
+        server = socket.create_server(("", port))
+    except OSError as exc:
+        raise BackendError(
+            f"backend {backend}: rank 0 cannot listen on port {port} ({exc.strerror}); resubmit the job "
+            "(the port follows the job id)"
+        ) from None
+    joined: dict[int, socket.socket] = {}
+    try:
+        with server:
+            while len(joined) < env.world_size - 1:
+                if time.monotonic() >= deadline:
+                    raise unmet(backend, env, port, f"{len(joined) + 1}/{env.world_size} ranks joined")
+                server.settimeout(max(0.01, deadline - time.monotonic()))
+                try:
+                    conn, _ = server.accept()
+                except OSError:  # the timeout
+                    continue
+                try:
+                    conn.settimeout(5)
+                    rank = int(conn.recv(16).decode().strip())
+                except (OSError, ValueError):  # not one of the job's ranks
+                    conn.close()
+                    continue
+                if rank in joined:  # the rank connected again after a lost connection
+                    joined[rank].close()
+                joined[rank] = conn
+            for conn in joined.values():
+                conn.sendall(b"go")
+    finally:
+        for conn in joined.values():
+            conn.close()

@@ -112,6 +112,8 @@ class _TFDistribute(_Single):
     name = "tf-distribute"
 
     def __init__(self, env: DistEnv):
+        # the ranks' TF servers listen on the job's port + rank: the meeting is on the next one
+        backends.meet(self.name, env, env.master_port + env.world_size)
         os.environ["TF_CONFIG"] = env.tf_config()
         self.strategy = tf.distribute.MultiWorkerMirroredStrategy()
         # The Keras optimizer sums the replicas' gradients; each replica's mean loss is scaled so the sum is the mean.

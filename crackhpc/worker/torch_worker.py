@@ -113,12 +113,7 @@ def _rendezvous(env: DistEnv) -> dist.TCPStore:
         )
     except (RuntimeError, OSError) as exc:  # torch's DistStoreError / DistNetworkError are RuntimeErrors
         why = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
-        who = "rank 0 waited for the other ranks" if env.is_main else f"rank {env.rank} could not reach rank 0"
-        raise backends.BackendError(
-            f"backend ddp: {who} at {env.master_addr}:{env.master_port} for {timeout:g} s "
-            f"({distributed.RENDEZVOUS_TIMEOUT_ENV}): {why}; check that the job's nodes reach each other "
-            "by their Slurm hostnames"
-        ) from None
+        raise backends.unmet("ddp", env, env.master_port, why) from None
 
 
 class _Horovod(_Single):
