@@ -27,6 +27,8 @@ import yaml
 from crackhpc import rundir
 from crackhpc.data.synth import synthesize
 
+from .conftest import EXPECTED_SKIPS
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 BASH = shutil.which("bash") or "/bin/bash"  # the commands run in bash, their PATH is theirs
@@ -318,3 +320,10 @@ def test_readme_commands_run_as_written(scratch):
         )
         check = CHECKS.get(command.text)
         assert check is None or check(home), f"README block {command.block!r}: `{line}` did not leave what it should"
+
+
+def test_readme_lists_exactly_the_skips_ci_allows():
+    """README's "Tests" section names the skips a complete set-up still has: the same tests as
+    tests/conftest.py's EXPECTED_SKIPS, which CI lets pass, no more and no fewer."""
+    section = README.read_text().split("**Skips.**", 1)[1].split("\n\n**", 1)[0]
+    assert set(re.findall(r"`(tests/[\w/]+\.py::\w+)`", section)) == set(EXPECTED_SKIPS)
