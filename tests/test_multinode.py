@@ -172,17 +172,17 @@ def test_a_rank_that_cannot_reach_the_rendezvous_fails_the_run_in_one_line(
     # which goes by NodeAddr, still starts both tasks, but rank 1 cannot reach MASTER_ADDR=node1.
     hosts = Path("/etc/netns/crackhpc-node2/hosts")  # bind-mounted over node2's /etc/hosts: edit in place
     hosts.write_text(re.sub(r"^(\d+\.\d+\.\d+)\.\d+ node1$", r"\1.99 node1", hosts.read_text(), flags=re.M))
-    monkeypatch.setenv("CRACKHPC_RENDEZVOUS_TIMEOUT_S", "20")  # sbatch passes the environment to the job
+    monkeypatch.setenv("CRACKHPC_RENDEZVOUS_TIMEOUT_S", "5")  # sbatch passes the environment to the job
     cli("sweep", sweep_yaml(tmp_path, tiny_data, "unreachable", defaults), "--results", tmp_path)
     (run,) = finished(tmp_path / "unreachable", 240)
     assert (run.state, run.slurm_state) == ("failed", "FAILED")
     assert re.fullmatch(
-        rf"BackendError: backend {backend}: rank 0 waited for the other ranks at node1:\d+ for 20 s "
+        rf"BackendError: backend {backend}: rank 0 waited for the other ranks at node1:\d+ for 5 s "
         r"\(CRACKHPC_RENDEZVOUS_TIMEOUT_S\): .*; check that the job's nodes reach each other by their Slurm hostnames",
         run.note,
     )
     assert re.search(
-        rf"backend {backend}: rank 1 did not meet rank 0 at node1:\d+ for 20 s", task_logs(tmp_path / "unreachable")
+        rf"backend {backend}: rank 1 did not meet rank 0 at node1:\d+ for 5 s", task_logs(tmp_path / "unreachable")
     )
     # Neither rank outlived the job: nothing but slurmd is left on either node.
     assert [p for n in ("node1", "node2") for p in netns_processes(n) if "slurmd" not in p] == []
