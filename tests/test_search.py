@@ -8,8 +8,11 @@ the other trials did (`min_resource: 1`). The NaN trial plans 40 epochs: it is p
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
+import threading
 
 import pytest
 import yaml
@@ -25,6 +28,11 @@ from .conftest import tiny_sweep
 from .running import crackhpc, training, wait_until
 
 SEARCH = {"sampler": "tpe", "trials": 4, "parallel": 2, "space": {"lr": {"log_uniform": [1.0e-5, 1.0e-2]}}}
+
+
+def _resume(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
 
 
 def _study(sweep_dir):
@@ -105,8 +113,9 @@ def test_a_trial_is_a_run_named_by_its_settings_and_its_number(write_yaml, tiny_
 def test_a_controller_killed_mid_search_resumes_without_running_a_trial_twice(tmp_path, tiny_data):
     """SIGKILL while a trial trains: its local worker runs on (an orphan); the same command again
     adopts it, keeps what completed, submits what is left, and ends with `trials` trials, each run
-    once. One trial plans 15 epochs and is killed under way at epoch 2 at most: the second controller
-    finds it still training (13 epochs to go, against the few seconds it takes to start)."""
+    once. One trial plans 15 epochs; once it has done one, its worker is held (SIGSTOP) until the
+    second controller says it adopted it, so that controller finds it still training however fast
+    the machine trains: the test does not race the clock."""
     search = {"sampler": "grid", "seed": 0, "trials": 3, "parallel": 2, "prune": "none"}
     search["space"] = {"epochs": [1, 2, 15]}
     path = tmp_path / "resume.yaml"
@@ -121,9 +130,9 @@ def test_a_controller_killed_mid_search_resumes_without_running_a_trial_twice(tm
         return [run for run, r in results().items() if r["status"] == "completed"]
 
     def long_one_under_way():
-        return any(
-            r["status"] == "running" and r["epochs"] == 15 and 1 <= r.get("epochs_done", 0) <= 2
-            for r in results().values()
+        return next(
+            (r for r in results().values() if r["status"] == "running" and r["epochs"] == 15 and r.get("epochs_done")),
+            None,
         )
 
     first = crackhpc(*args)
@@ -132,9 +141,25 @@ def test_a_controller_killed_mid_search_resumes_without_running_a_trial_twice(tm
     finally:
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=60)
+    # Stopped after its controller is gone: its process group is already orphaned, so the kernel
+    # sends the stopped worker no SIGHUP.
+    worker = long_one_under_way()["process"]["pid"]
+    os.kill(worker, signal.SIGSTOP)
+    held = threading.Timer(120, lambda: _resume(worker))
+    held.start()
     done_before = {run.name: rundir.read_result(run)["started"] for run in completed()}
-    again = crackhpc(*args)
+    again = crackhpc(*args, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        seen = ""
+        for line in again.stdout:
+            seen += line
+            if line.rstrip().endswith("running: adopted"):
+                break
+    finally:
+        held.cancel()
+        _resume(worker)
     out, err = again.communicate(timeout=300)
+    out = seen + out
     assert again.returncode == 0, err[-3000:]
     assert "-ep15-" in next(line for line in out.splitlines() if line.endswith("running: adopted"))
 
