@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+import psutil
 
 
 def in_foreground():
@@ -35,6 +40,109 @@ def wait_until(predicate, timeout: float = 120.0, what: str = ""):
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+# How long the processes under a stepped command run between two looks (see stepped_until).
+SLICE_S = 0.02
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def send(processes: Iterable[psutil.Process], sig: int) -> None:
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(sig)
+
+
+def _stop_trees(pids: list[int]) -> list[psutil.Process]:
+    """The processes `pids` and every process under them, stopped: parents first, then the
+    children they had started, until no new one appears."""
+    stopped: dict[int, psutil.Process] = {}
+    while new := [p for pid in pids for p in _tree(pid) if p.pid not in stopped]:
+        send(new, signal.SIGSTOP)
+        stopped.update((p.pid, p) for p in new)
+    return list(stopped.values())
+
+
+def stepped_until(command: subprocess.Popen | list[int], predicate: Callable, what: str, timeout: float = 300.0):
+    """Runs `command` (a process, or process ids) and every process under it (local jobs, their
+    workers) in slices of SLICE_S, all of them stopped (SIGSTOP) between two slices, until
+    `predicate()` holds: returns its value and the processes, still stopped (`send(processes,
+    signal.SIGCONT)` lets them go on). A test that must catch a run mid-training does not race the
+    clock this way: a tiny run trains its 40 epochs in 0.2 s, which a poll of a loaded machine can
+    miss, while between two slices nothing moves."""
+    pids = command if isinstance(command, list) else [command.pid]
+    deadline = time.monotonic() + timeout
+    while True:
+        processes = _stop_trees(pids)
+        if value := predicate():
+            return value, processes
+        send(processes, signal.SIGCONT)
+        if isinstance(command, subprocess.Popen) and command.poll() is not None:
+            _, err = command.communicate()
+            raise AssertionError(f"{what}: the command ended first (exit {command.returncode}): {(err or '')[-3000:]}")
+        if not processes:
+            raise AssertionError(f"{what}: processes {pids} ended first")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(SLICE_S)
+
+
+def _result(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "result.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def held_after_an_epoch(*run_dirs: Path, timeout: float = 180.0) -> tuple[list[dict], list[psutil.Process]]:
+    """The runs' result.json once each worker (a Slurm job's, on this machine) has finished an
+    epoch, and the workers' processes, stopped there. Each worker is stopped when it starts
+    (result.json names its process seconds before its first epoch ends), then all are stepped
+    together (stepped_until) until each has done an epoch."""
+    pids = []
+    for run_dir in run_dirs:
+        started = wait_until(
+            lambda d=run_dir: _result(d).get("status") == "running" and _result(d).get("process"),
+            timeout,
+            f"{run_dir.name}'s worker",
+        )
+        os.kill(started["pid"], signal.SIGSTOP)
+        pids.append(started["pid"])
+
+    def each_done_an_epoch() -> list[dict] | None:
+        results = [_result(run_dir) for run_dir in run_dirs]
+        return results if all(r.get("epochs_done") for r in results) else None
+
+    return stepped_until(pids, each_done_an_epoch, "an epoch of each run", timeout)
+
+
+def resumed_once_signalled(results: list[dict], processes: list[psutil.Process]) -> None:
+    """Lets held workers (held_after_an_epoch) go on once a signal sent to each is pending, or has
+    ended it, or Slurm, which sends SIGCONT before it ends a job, has let it go on: a signal sent
+    to a run held mid-training reaches it before the run can end."""
+
+    def signalled(pid: int) -> bool:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return True
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        pending = int(fields["ShdPnd"], 16) | int(fields["SigPnd"], 16)
+        return bool(pending) or not fields["State"].strip().startswith("T")
+
+    try:
+        wait_until(
+            lambda: all(signalled(r["process"]["pid"]) for r in results), 60, "the signals to reach the held workers"
+        )
+    finally:
+        send(processes, signal.SIGCONT)
 
 
 def training(sweep_dir: Path) -> dict | None:

@@ -23,7 +23,7 @@ from crackhpc.engine import Engine, Unit
 from crackhpc.record import SweepFolder
 
 from .conftest import tiny_sweep
-from .running import crackhpc, training, wait_until
+from .running import crackhpc, send, stepped_until, training, wait_until
 
 ENDLESS = {"epochs": 2000}
 
@@ -75,8 +75,9 @@ def test_ctrl_c_of_a_local_predict_stops_its_shards_and_records_them_cancelled(t
         "predict", str(tiny_run), str(photos), "--out", str(out), "--executor", "local", "--per-task", "1",
         start_new_session=group,  # as a shell starts a job: Ctrl-C reaches its whole process group
     )  # fmt: skip
-    started = wait_until(lambda: [p for p in out.glob("shard-*") if processes_of(p)], what="a shard to start")
+    started, held = stepped_until(proc, lambda: [p for p in out.glob("shard-*") if processes_of(p)], "a shard to start")
     os.killpg(proc.pid, signal.SIGINT) if group else proc.send_signal(signal.SIGINT)
+    send(held, signal.SIGCONT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err and "Fatal Python error" not in err

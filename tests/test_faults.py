@@ -35,9 +35,9 @@ from crackhpc.config import load_sweep
 from crackhpc.launcher import Submission, submit
 
 from .conftest import killed_writer, tiny_sweep
-from .running import crackhpc, in_foreground, training, wait_until
+from .running import crackhpc, in_foreground, send, stepped_until, training, wait_until
 
-LONG = {"epochs": 40}  # long enough to be caught mid-training
+LONG = {"epochs": 40}  # caught mid-training by stepped_until
 ENDLESS = {"epochs": 2000}  # for runs that are stopped before they end
 
 
@@ -51,8 +51,9 @@ def test_a_killed_worker_is_failed_and_resumes_on_retry(tmp_path, write_yaml, ti
     path = write_yaml(tiny_sweep(tiny_data, defaults=LONG))
     sweep_dir = tmp_path / "tiny"
     proc = crackhpc("sweep", str(path), "--executor", "local", "--results", str(tmp_path))
-    run = wait_until(lambda: training(sweep_dir), what="an epoch")
+    run, held = stepped_until(proc, lambda: training(sweep_dir), "an epoch")
     os.kill(run["process"]["pid"], signal.SIGKILL)
+    send(held, signal.SIGCONT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "1 of 1 runs did not complete" in err
     out, _ = status_of(sweep_dir, capsys)
@@ -140,8 +141,9 @@ def test_ctrl_c_of_a_debug_sweep_records_its_run_cancelled_and_retry_resumes_it(
     path = write_yaml(tiny_sweep(tiny_data, defaults=LONG))
     sweep_dir = tmp_path / "tiny"
     proc = crackhpc("sweep", str(path), "--executor", "debug", "--results", str(tmp_path))  # in its own process
-    run = wait_until(lambda: training(sweep_dir), what="an epoch")
+    run, held = stepped_until(proc, lambda: training(sweep_dir), "an epoch")
     proc.send_signal(signal.SIGINT)
+    send(held, signal.SIGCONT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err, err
     (line,) = [line for line in err.splitlines() if line.startswith("interrupted")]

@@ -124,7 +124,8 @@ def test_logs_of_requeued_slurm_runs_show_each_attempt(tmp_path, tiny_data, slur
     from crackhpc.config import load_sweep
     from crackhpc.launcher import Submission, submit
 
-    from .test_slurm_integration import SLOW, finished, quiet, slurm_yaml, until
+    from .running import held_after_an_epoch, resumed_once_signalled
+    from .test_slurm_integration import SLOW, finished, quiet, slurm_yaml
 
     slow = {**SLOW, "epochs": 4}
     submit(load_sweep(slurm_yaml(tmp_path, tiny_data, "sub", defaults=slow)), tmp_path, Submission("slurm"), **quiet)
@@ -149,12 +150,10 @@ def test_logs_of_requeued_slurm_runs_show_each_attempt(tmp_path, tiny_data, slur
         stderr=subprocess.PIPE,
         text=True,
     )
-    for run_dir, job, flags in (
-        (tmp_path / "sub" / sub_run, sub_job, []),
-        (tmp_path / "plain" / plain_run, plain_job, ["--batch"]),
-    ):
-        until(lambda run_dir=run_dir: rundir.read_result(run_dir).get("epochs_done"), "first epoch", 120)
+    held = held_after_an_epoch(tmp_path / "sub" / sub_run, tmp_path / "plain" / plain_run)
+    for job, flags in ((sub_job, []), (plain_job, ["--batch"])):
         subprocess.run(["scancel", "--signal=USR2", *flags, job["job_id"]], check=True)
+    resumed_once_signalled(*held)
     finished(tmp_path / "sub")
     finished(tmp_path / "plain")
     followed, notes = follower.communicate(timeout=60)  # ends by itself once the run has ended

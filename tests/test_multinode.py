@@ -6,9 +6,7 @@ reach the rendezvous.
 """
 
 import json
-import os
 import re
-import signal
 import subprocess
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from crackhpc.status import collect
 
 from . import test_horovod
 from .conftest import TWO_NODES, tiny_sweep
+from .running import held_after_an_epoch
 from .test_horovod import horovod_venv  # noqa: F401 (the fixture)
 from .test_slurm_integration import cli, finished, until
 
@@ -96,15 +95,15 @@ def slurm_states(job_id: str) -> list[str]:
 
 
 def started_training(tmp_path: Path, tiny_data: Path, name: str, resources: dict | None = None):
-    """A two-node run submitted by `crackhpc sweep`, held mid-training: once its first epoch is
-    checkpointed, rank 0 (on node1) is stopped (SIGSTOP), so that however fast the machine, the run
-    cannot end before the node dies; Slurm's SIGKILL ends it like any other process of the job."""
+    """A two-node run submitted by `crackhpc sweep`, held mid-training: rank 0 (on node1) is stopped
+    (SIGSTOP) once its first epoch is checkpointed (held_after_an_epoch), so that however fast the
+    machine, the run cannot end before the node dies; Slurm's SIGKILL ends it like any other process
+    of the job."""
     path = sweep_yaml(tmp_path, tiny_data, name, SLOW, resources)
     cli("sweep", path, "--results", tmp_path)
     ((run_id, job),) = json.loads((tmp_path / name / "sweep.json").read_text())["runs"].items()
     run_dir = tmp_path / name / run_id
-    result = until(lambda: (r := rundir.read_result(run_dir)).get("epochs_done") and r, "first epoch", 180)
-    os.kill(result["process"]["pid"], signal.SIGSTOP)  # the nodes share this machine's process ids
+    held_after_an_epoch(run_dir)  # the nodes share this machine's process ids
     return path, run_dir, job["job_id"]
 
 

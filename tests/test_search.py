@@ -25,7 +25,7 @@ from crackhpc.record import SEARCH_DB
 from crackhpc.states import RunState
 
 from .conftest import tiny_sweep
-from .running import crackhpc, training, wait_until
+from .running import crackhpc, send, stepped_until, training, wait_until
 
 SEARCH = {"sampler": "tpe", "trials": 4, "parallel": 2, "space": {"lr": {"log_uniform": [1.0e-5, 1.0e-2]}}}
 
@@ -113,9 +113,9 @@ def test_a_trial_is_a_run_named_by_its_settings_and_its_number(write_yaml, tiny_
 def test_a_controller_killed_mid_search_resumes_without_running_a_trial_twice(tmp_path, tiny_data):
     """SIGKILL while a trial trains: its local worker runs on (an orphan); the same command again
     adopts it, keeps what completed, submits what is left, and ends with `trials` trials, each run
-    once. One trial plans 15 epochs; once it has done one, its worker is held (SIGSTOP) until the
-    second controller says it adopted it, so that controller finds it still training however fast
-    the machine trains: the test does not race the clock."""
+    once. One trial plans 15 epochs; the first controller is stepped until that one has done an
+    epoch, and its worker is then held (SIGSTOP) until the second controller says it adopted it, so
+    that controller finds it still training however fast the machine trains."""
     search = {"sampler": "grid", "seed": 0, "trials": 3, "parallel": 2, "prune": "none"}
     search["space"] = {"epochs": [1, 2, 15]}
     path = tmp_path / "resume.yaml"
@@ -137,14 +137,16 @@ def test_a_controller_killed_mid_search_resumes_without_running_a_trial_twice(tm
 
     first = crackhpc(*args)
     try:
-        wait_until(lambda: completed() and long_one_under_way(), 180, "a trial completed and the long one training")
+        long_one, stepped = stepped_until(
+            first, lambda: completed() and long_one_under_way(), "a trial completed and the long one training"
+        )
     finally:
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=60)
-    # Stopped after its controller is gone: its process group is already orphaned, so the kernel
-    # sends the stopped worker no SIGHUP.
-    worker = long_one_under_way()["process"]["pid"]
-    os.kill(worker, signal.SIGSTOP)
+    # The worker's process group is a session of its own (a local job's), orphaned from the start:
+    # its controller's end sends the stopped worker no SIGHUP.
+    worker = long_one["process"]["pid"]
+    send([p for p in stepped if p.pid != worker], signal.SIGCONT)
     held = threading.Timer(120, lambda: _resume(worker))
     held.start()
     done_before = {run.name: rundir.read_result(run)["started"] for run in completed()}
@@ -181,12 +183,17 @@ def test_cancelling_the_sweep_ends_the_search(tmp_path, tiny_data):
     path.write_text(tiny_sweep(tiny_data, "dropped", {"freeze_backbone": False, "epochs": 30}, search=search))
     sweep_dir = tmp_path / "results" / "dropped"
     controller = crackhpc("sweep", str(path), "--results", str(tmp_path / "results"))
-    try:
-        wait_until(lambda: training(sweep_dir), 120, "the first trial training")
+    stepped = []
+    try:  # the trial's worker is held from its first epoch until the cancel has asked it to stop
+        run, stepped = stepped_until(controller, lambda: training(sweep_dir), "the first trial training")
+        send([p for p in stepped if p.pid != run["process"]["pid"]], signal.SIGCONT)
         cancel = crackhpc("cancel", str(sweep_dir))
+        wait_until(lambda: rundir.stop_requested(run["run_dir"]), 120, "the cancel's stop request")
+        send(stepped, signal.SIGCONT)
         assert cancel.wait(timeout=120) == 0, cancel.communicate()
         out, err = controller.communicate(timeout=120)
     finally:
+        send(stepped, signal.SIGCONT)
         controller.kill()
     assert controller.returncode == 1 and "no new trials" in out + err
     trials = _study(sweep_dir).get_trials()

@@ -28,7 +28,7 @@ from crackhpc.slurm import ACTIVE_STATES
 from crackhpc.status import collect
 
 from .conftest import tiny_sweep
-from .running import in_foreground
+from .running import held_after_an_epoch, in_foreground, resumed_once_signalled
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -163,9 +163,10 @@ def test_preempted_run_is_requeued_and_resumes_from_its_checkpoint(tmp_path, tin
     )
     ((run_id, job),) = record_of(tmp_path / "preempt")["runs"].items()
     run_dir = tmp_path / "preempt" / run_id
-    until(lambda: rundir.read_result(run_dir).get("epochs_done"), "first epoch", 120)
+    held = held_after_an_epoch(run_dir)
     # Preemption as submitit's own tests simulate it: USR2 to the job's steps.
     subprocess.run(["scancel", "--signal=USR2", job["job_id"]], check=True)
+    resumed_once_signalled(*held)
     (run,) = finished(tmp_path / "preempt")
     assert (run.state, run.epoch) == ("completed", "6/6") and run.requeues >= 1
     resumed = re.findall(r"resumed from checkpoint\.pt after epoch (\d+)", (run_dir / rundir.LOG).read_text())
@@ -237,9 +238,10 @@ def test_plain_sbatch_script_requeues_itself_on_usr2_and_resumes(tmp_path, tiny_
     cli("sbatch", path, "--results", tmp_path, "--submit")
     ((run_id, job),) = json.loads((tmp_path / "plainpre" / "sweep.json").read_text())["runs"].items()
     run_dir = tmp_path / "plainpre" / run_id
-    until(lambda: rundir.read_result(run_dir).get("epochs_done"), "first epoch", 120)
+    held = held_after_an_epoch(run_dir)
     # What Slurm sends before the time limit (--signal=B:USR2@90), here by hand: the script's trap requeues.
     subprocess.run(["scancel", "--signal=USR2", "--batch", job["job_id"]], check=True)
+    resumed_once_signalled(*held)
     (run,) = finished(tmp_path / "plainpre")
     assert (run.state, run.epoch, run.requeues) == ("completed", "6/6", 1)
     assert re.search(r"resumed from checkpoint\.pt after epoch [1-5]", (run_dir / rundir.LOG).read_text())
