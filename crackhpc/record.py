@@ -21,7 +21,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -54,6 +54,13 @@ class Job(BaseModel):
     history: list[str] = Field(default_factory=list)
     process: dict | None = None
     owner: dict | None = None  # the `crackhpc sweep` (or predict) process that submitted it
+
+
+def submitted_since(jobs: Iterable[Job]) -> str | None:
+    """The earliest recorded submission of `jobs`: Slurm's accounting is asked about them from then
+    on (slurm.sacct), not about older jobs under the same ids."""
+    times = [job.submitted for job in jobs if job.submitted]
+    return min(times) if times else None
 
 
 class SweepRecord(BaseModel):

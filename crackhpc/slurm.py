@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import io
 import os
 import re
@@ -53,6 +54,9 @@ ACTIVE_STATES = frozenset(
 SACCT_FIELDS = ("JobID", "State", "Elapsed", "NodeList", "AllocTRES", "Reason")
 # What each job used against what it asked for (crackhpc.usage); MaxRSS is a step's, not the job's.
 USAGE_FIELDS = ("ElapsedRaw", "TotalCPU", "MaxRSS", "ReqMem", "AllocCPUS", "TimelimitRaw")
+# How far the clocks of the submitting host and of Slurm's controller may differ: sacct is asked
+# from this long before a job's recorded submission.
+SACCT_CLOCK_SKEW_S = 600
 T = TypeVar("T")
 # timeout(1)'s exit status when it stopped the command (TERM, then KILL for one that ignores TERM)
 _TIMED_OUT = (124, 137)
@@ -226,17 +230,22 @@ def batches(job_ids: Sequence[str]) -> list[list[str]]:
     return [list(job_ids[i : i + size]) for i in range(0, len(job_ids), size)]
 
 
-def sacct(job_ids: list[str]) -> dict[str, SlurmJob]:
+def sacct(job_ids: list[str], since: str | None = None) -> dict[str, SlurmJob]:
     """Slurm's view of these jobs: one sacct call per MAX_IDS_PER_CALL job arrays (one call for a
     sweep, but for the largest), and as many squeue calls for what accounting does not know yet
     (slurmctld tells slurmdbd about new jobs in its own time, and a job submitted a moment ago must
-    not look unsubmitted) or does not say (why a job is pending). Empty where there is no sacct."""
+    not look unsubmitted) or does not say (why a job is pending). Empty where there is no sacct.
+    `since` (an ISO time: the earliest submission among them) keeps older jobs of the same ids out:
+    where a cluster's job ids started again (a controller that lost its state, ids wrapped at
+    MaxJobId), accounting holds an ended job under a reused id, which `sacct -j`, looking back for
+    ever, gives while the new job has not reached accounting yet."""
     if not job_ids or not shutil.which("sacct"):
         return {}
     arrays = sorted({j.split("_")[0] for j in job_ids})
     fields = ",".join(SACCT_FIELDS + USAGE_FIELDS)
+    window = _sacct_window(since)
     # one header for the whole table: each call prints its own
-    texts = [_run(["sacct", "-P", "-o", fields, "-j", ",".join(part)]) for part in batches(arrays)]
+    texts = [_run(["sacct", "-P", *window, "-o", fields, "-j", ",".join(part)]) for part in batches(arrays)]
     jobs = parse_sacct(texts[0] + "".join(t.partition("\n")[2] for t in texts[1:]))
     ask = [
         j for j in job_ids if j not in jobs or (jobs[j].state == "PENDING" and not jobs[j].reason) or _requeued(jobs[j])
@@ -252,6 +261,18 @@ def sacct(job_ids: list[str]) -> dict[str, SlurmJob]:
             known = jobs.get(job_id)
             jobs[job_id] = dataclasses.replace(known, state=job.state, reason=job.reason) if known else job
     return jobs
+
+
+def _sacct_window(since: str | None) -> list[str]:
+    """sacct's -S (in this machine's local time) for jobs submitted from `since` on, less
+    SACCT_CLOCK_SKEW_S; none for a time that cannot be read."""
+    try:
+        start = dt.datetime.fromisoformat(since).astimezone() if since else None
+    except ValueError:
+        return []
+    if start is None:
+        return []
+    return ["-S", (start - dt.timedelta(seconds=SACCT_CLOCK_SKEW_S)).strftime("%Y-%m-%dT%H:%M:%S")]
 
 
 def _requeued(job: SlurmJob) -> bool:

@@ -11,13 +11,14 @@ word (SIGKILL, SIGBUS on a full disk, the out-of-memory killer).
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import procs, rundir, slurm
 from .errors import CrackhpcError, DamagedFileError
-from .record import Job, SweepFolder, SweepRecord
+from .record import Job, SweepFolder, SweepRecord, submitted_since
 from .states import LIVE, RECORDED, RunState
 from .usage import Usage
 
@@ -225,11 +226,12 @@ def run_statuses(
     folder: SweepFolder, run_ids: Iterable[str], record: SweepRecord, query: SlurmQuery | None = None
 ) -> list[RunStatus]:
     """The state of each named run; Slurm (`query`, default sacct) is asked about all their jobs at once."""
-    slurm_ids = [j.job_id for j in record.runs.values() if j.executor == "slurm" and j.job_id]
+    jobs = [j for j in record.runs.values() if j.executor == "slurm" and j.job_id]
+    slurm_ids = [j.job_id for j in jobs if j.job_id]
     accounting, note = {}, ""
     if slurm_ids:
         try:
-            accounting = (query or slurm.sacct)(slurm_ids)
+            accounting = (query or functools.partial(slurm.sacct, since=submitted_since(jobs)))(slurm_ids)
         except slurm.SlurmUnavailable as exc:
             note = f"Slurm's state unknown: {exc}"
     return [run_status(folder, run_id, record, accounting, note) for run_id in run_ids]
@@ -286,7 +288,7 @@ def report_job(sweep_dir: str | Path, query: SlurmQuery | None = None, what: str
     if job is None:
         return None
     try:
-        sjob = (query or slurm.sacct)([job.job_id]).get(job.job_id)
+        sjob = (query or functools.partial(slurm.sacct, since=job.submitted))([job.job_id]).get(job.job_id)
     except slurm.SlurmUnavailable:
         sjob = None
     return ReportJob(

@@ -30,7 +30,7 @@ from crackhpc.worker.backends import BackendError, gloo_env, rank_failures
 from crackhpc.worker.distributed import DistEnv
 
 from .conftest import tiny_sweep
-from .test_slurm_integration import ON_SLURM, finished, until
+from .test_slurm_integration import ON_SLURM, finished, told, until
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAD_ONLY = {"framework": "keras", "model": "vgg16", "epochs": 30, "lr": 0.01, "optimizer": "sgd", "backend": "horovod"}
@@ -179,7 +179,7 @@ def test_two_task_slurm_job_matches_one_process(tmp_path, tiny_data, horovod_ven
         timeout=120,
     )
     (run,) = finished(tmp_path / "hvdslurm", 300)
-    assert run.state == "completed" and "cpu=2" in run.tres, run.error
+    assert run.state == "completed" and "cpu=2" in run.tres, told(tmp_path / "hvdslurm", run)
     _matches_one_process(_completed(tmp_path / "hvdslurm" / run.run_id), one_process)
 
 
@@ -198,7 +198,7 @@ def test_plain_sbatch_template_trains_two_ranks(tmp_path, tiny_data, horovod_ven
     assert f"job {job['job_id']}" in out.stdout
     assert "srun --unbuffered --mpi=pmi2 " in (tmp_path / "hvdsbatch" / run_id / "job.sbatch").read_text()
     (run,) = finished(tmp_path / "hvdsbatch", 300)
-    assert (run.state, run.slurm_state) == ("completed", "COMPLETED"), run.error
+    assert (run.state, run.slurm_state) == ("completed", "COMPLETED"), told(tmp_path / "hvdsbatch", run)
     _matches_one_process(_completed(tmp_path / "hvdsbatch" / run_id), one_process)
 
 

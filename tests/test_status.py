@@ -1,5 +1,6 @@
 """`crackhpc status` and `cancel` on hand-made sweep folders, with sacct and scancel faked."""
 
+import datetime as _dt
 import json
 import subprocess
 import sys
@@ -249,7 +250,7 @@ def test_cancel_named_runs_only_and_keeps_finished_ones(tmp_path, capsys, monkey
         },
     )
     scancelled = []
-    monkeypatch.setattr(slurm, "sacct", lambda ids: parse_sacct(SACCT))
+    monkeypatch.setattr(slurm, "sacct", lambda ids, since=None: parse_sacct(SACCT))
     monkeypatch.setattr(slurm, "scancel", lambda ids, echo: scancelled.extend(ids))
     assert main(["cancel", str(sweep_dir), "done", "gpu"]) == 0
     out = capsys.readouterr().out
@@ -383,3 +384,40 @@ def test_an_orphan_names_the_sweep_that_started_it_not_a_later_one(tmp_path):
         )
     finally:
         worker.kill()
+
+
+def test_an_ended_job_under_a_reused_id_is_not_taken_for_the_runs_job(tmp_path, monkeypatch):
+    """A controller that lost its state numbers jobs from 1 again, while accounting still holds
+    last year's job 7, CANCELLED: `sacct -j 7` gives that one until today's job 7 reaches
+    accounting. Asked from the run's submission on (less the clock skew allowed), sacct leaves it
+    out, and squeue says the job runs."""
+    from crackhpc.slurm import SACCT_CLOCK_SKEW_S, SACCT_FIELDS, USAGE_FIELDS
+
+    from .test_slurm import fake_command
+
+    header = "|".join(SACCT_FIELDS + USAGE_FIELDS)
+    old = "7|CANCELLED by 0|00:01:00|n1|cpu=1|None|60|00:01:00|1M|1G|1|10"
+    args = tmp_path / "sacct.args"
+    fake_command(
+        tmp_path,
+        monkeypatch,
+        "sacct",
+        f'echo "$@" > {args}; echo "{header}"; case " $* " in *" -S "*) ;; *) echo "{old}";; esac',
+    )
+    fake_command(tmp_path, monkeypatch, "squeue", 'echo "7|RUNNING|0:05|n2||None"')
+    sweep_dir = make_sweep(tmp_path / "s", "slurm", {"today": {"job": "7", "status": "pending"}})
+    record = json.loads((sweep_dir / "sweep.json").read_text())
+    submitted = "2026-12-03T08:00:00+00:00"
+    record["runs"]["today"]["submitted"] = submitted
+    atomic.write_json(sweep_dir / "sweep.json", record)
+
+    (run,), problems = collect(sweep_dir)
+    assert not problems and (run.state, run.slurm_state) == ("running", "RUNNING")
+    start = args.read_text().split(" -S ")[1].split()[0]
+    asked = _dt.datetime.fromisoformat(start).astimezone(_dt.timezone.utc)
+    assert asked == _dt.datetime.fromisoformat(submitted) - _dt.timedelta(seconds=SACCT_CLOCK_SKEW_S)
+
+    del record["runs"]["today"]["submitted"]  # a record from before submissions were timed: as before
+    atomic.write_json(sweep_dir / "sweep.json", record)
+    (run,), _ = collect(sweep_dir)
+    assert (run.state, run.slurm_state) == ("cancelled", "CANCELLED")

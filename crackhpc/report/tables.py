@@ -12,7 +12,7 @@ import pandas as pd
 from .. import atomic, provenance, rundir, scores, slurm
 from ..data.layout import CLASSES, is_crack
 from ..errors import CrackhpcError
-from ..record import SweepRecord
+from ..record import SweepRecord, submitted_since
 from ..states import RunState
 from ..usage import Usage
 from .evidence import TestSplits, confusion
@@ -79,9 +79,10 @@ def read_run_result(path: Path) -> dict:
 
 def _slurm_usage(record: SweepRecord, notes: list[str]) -> dict[str, Usage]:
     """What each run's latest Slurm job used, from one sacct call; nothing without Slurm."""
-    jobs = {run_id: job.job_id for run_id, job in record.runs.items() if job.executor == "slurm" and job.job_id}
+    slurm_jobs = {run_id: job for run_id, job in record.runs.items() if job.executor == "slurm" and job.job_id}
+    jobs = {run_id: job.job_id for run_id, job in slurm_jobs.items()}
     try:
-        accounting = slurm.sacct(list(jobs.values())) if jobs else {}
+        accounting = slurm.sacct(list(jobs.values()), since=submitted_since(slurm_jobs.values())) if jobs else {}
     except slurm.SlurmUnavailable as exc:
         notes.append(f"resources and device-hours from the runs' own clocks: {exc}")
         return {}

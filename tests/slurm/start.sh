@@ -173,6 +173,13 @@ if ! mysql_up >/dev/null 2>&1; then
         </dev/null >>"$LOG/mysqld_safe.out" 2>&1
 fi
 wait_for mariadb "$LOG/mariadb.log" mysql_up
+# A controller that starts without its state numbers jobs from 1 again, while accounting kept from
+# an earlier cluster (a machine whose /tmp was wiped but not /var/lib/mysql) holds ended jobs under
+# the same ids: this cluster's accounting starts afresh with its state.
+if [ ! -e "$BASE/state/ctld/job_state" ] && ! running slurmdbd "$RUN/slurmdbd.pid"; then
+    log "fresh controller state: dropping the old accounting database"
+    mysql -u root -e "DROP DATABASE IF EXISTS $DB_NAME" || die "could not drop the old accounting database" "$LOG/mariadb.log"
+fi
 mysql -u root <<EOF || die "could not create the accounting database" "$LOG/mariadb.log"
 CREATE DATABASE IF NOT EXISTS $DB_NAME;
 CREATE USER IF NOT EXISTS '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASS';
