@@ -12,10 +12,11 @@ and the ratios hold on a busy machine where the absolute images/s do not. Torch 
 - `fp32`, `bf16` x `channels_last`, `contiguous`: the candidates the worker's probe times, on the
   network as the worker now runs it (torch_models.for_inference folds BatchNorm, EfficientNet's too);
 - `auto`: what `precision: auto` chooses here (the probe's own run, and what it cost, are printed).
-Keras rows: `float32` against `mixed_bfloat16` (inference in a tf.function; a GradientTape step
-with Adam). `--compile` adds torch.compile's compile time and compiled speed for each torch model's
-feature pass, in fp32 and bf16. TensorFlow is imported after the torch rows (see README: Triton),
-so name Keras models last. The output is rewritten after every model.
+Keras rows: `float32` against `mixed_bfloat16`; the feature pass (inference in a tf.function) on
+the network as built (main's) and BatchNorm-folded (keras_worker.for_inference, the worker's), the
+training step (a GradientTape step with Adam) on the network as built. `--compile` adds
+torch.compile's compile time and compiled speed for each torch model's feature pass, in fp32 and
+bf16. TensorFlow is imported after the torch rows (see README: Triton), so name Keras models last. The output is rewritten after every model.
 """
 
 from __future__ import annotations
@@ -170,10 +171,13 @@ def _compiled(model: str, precision: str, args) -> dict:
 
 
 def keras_rows(model: str, phase: str, args) -> list[dict]:
+    """Feature pass: main's network (float32, BatchNorm as built) against the worker's
+    (keras_worker.for_inference folds BatchNorm) in float32 and mixed_bfloat16, and bf16 unfolded
+    so that the fold's share is visible. Training step: float32 against mixed_bfloat16."""
     import keras
     import tensorflow as tf
 
-    from crackhpc.worker.keras_worker import APPLICATIONS
+    from crackhpc.worker.keras_worker import APPLICATIONS, for_inference
 
     application, _ = APPLICATIONS[model]
     x = tf.constant(np.random.default_rng(0).uniform(0, 255, (args.batch, args.size, args.size, 3)).astype(np.float32))
@@ -183,27 +187,25 @@ def keras_rows(model: str, phase: str, args) -> list[dict]:
         keras.mixed_precision.set_global_policy(policy)
         net = application(include_top=False, weights=None, input_shape=(args.size, args.size, 3), pooling="avg")
         if phase == "features":
-            step = tf.function(lambda net=net: net(x, training=False))
-        else:
-            inp = keras.Input((args.size, args.size, 3))
-            whole = keras.Model(inp, keras.layers.Dense(2, activation="softmax", dtype="float32")(net(inp)))
-            optimizer = keras.optimizers.Adam(1e-4)
+            for label, network in ((f"{policy} as built", net), (f"{policy} folded", for_inference(net))):
+                candidates[label] = ((lambda: None), tf.function(lambda network=network: network(x, training=False)))
+            continue
+        inp = keras.Input((args.size, args.size, 3))
+        whole = keras.Model(inp, keras.layers.Dense(2, activation="softmax", dtype="float32")(net(inp)))
+        optimizer = keras.optimizers.Adam(1e-4)
 
-            def train_step(whole=whole, optimizer=optimizer):
-                with tf.GradientTape() as tape:
-                    loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, whole(x, training=True)))
-                grads = tape.gradient(loss, whole.trainable_variables)
-                optimizer.apply_gradients(zip(grads, whole.trainable_variables))
+        def train_step(whole=whole, optimizer=optimizer):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, whole(x, training=True)))
+            grads = tape.gradient(loss, whole.trainable_variables)
+            optimizer.apply_gradients(zip(grads, whole.trainable_variables))
 
-            step = tf.function(train_step)
-        candidates[policy] = ((lambda: None), step)
+        candidates[policy] = ((lambda: None), tf.function(train_step))
     keras.mixed_precision.set_global_policy("float32")
     speeds = fastpath.interleaved(candidates, args.batch, args.rounds)
+    base = speeds["float32 as built" if phase == "features" else "float32"]
     label = f"keras:{model}"
-    return [
-        {"model": label, "phase": phase, "setting": k, "img_s": v, "vs_today": v / speeds["float32"]}
-        for k, v in speeds.items()
-    ]
+    return [{"model": label, "phase": phase, "setting": k, "img_s": v, "vs_today": v / base} for k, v in speeds.items()]
 
 
 def table(rows: list[dict], columns: list[str]) -> str:

@@ -235,3 +235,64 @@ def test_a_dataset_of_three_classes_gets_a_three_class_head(tmp_path, write_yaml
     classifier = load(run_dir)
     scores = classifier.scores(np.zeros((2, 32, 32, 3), np.uint8))
     assert scores.shape == (2, 3) and np.allclose(scores.sum(1), 1, atol=1e-5)
+
+
+def _with_statistics(net):
+    """`net` with BatchNorm statistics and affine maps far from their initial 0/1 (as trained ones are)."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    for layer in net.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for variable, (low, high) in zip(
+                (layer.moving_mean, layer.moving_variance, layer.gamma, layer.beta),
+                ((-0.5, 0.5), (0.5, 2.0), (0.5, 1.5), (-0.5, 0.5)),
+            ):
+                if variable is not None:
+                    variable.assign(rng.uniform(low, high, variable.shape))
+    return net
+
+
+def test_batchnorm_is_folded_only_where_it_alone_reads_a_linear_convolution():
+    import keras
+
+    from crackhpc.worker.keras_worker import for_inference
+
+    keras.mixed_precision.set_global_policy("float32")
+    keras.utils.set_random_seed(0)
+    bn = keras.layers.BatchNormalization
+    x = keras.Input((16, 16, 3))
+    a = bn(name="bn_a", scale=False)(keras.layers.Conv2D(8, 3, use_bias=False, name="a")(x))  # folded, gains a bias
+    b = bn(name="bn_b", center=False)(keras.layers.DepthwiseConv2D(3, depth_multiplier=2, name="b")(a))  # folded
+    c = keras.layers.Conv2D(16, 1, activation="relu", name="c")(b)
+    c = bn(name="bn_c")(c)  # after the convolution's ReLU: kept
+    d = keras.layers.Conv2D(16, 1, name="d")(c)
+    e = keras.layers.Add()([bn(name="bn_d")(d), d])  # d is also read by Add: kept
+    net = _with_statistics(keras.Model(x, keras.layers.GlobalAveragePooling2D()(e)))
+    folded = for_inference(net)
+    kept = sorted(layer.name for layer in folded.layers if isinstance(layer, keras.layers.BatchNormalization))
+    assert kept == ["bn_c", "bn_d"]
+    images = np.random.default_rng(1).uniform(-1, 1, (4, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_allclose(folded(images, training=False), net(images, training=False), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_folded_resnet50_gives_the_features_of_the_network_as_built(policy):
+    import keras
+
+    from crackhpc.worker.keras_worker import for_inference
+
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        net = _with_statistics(
+            keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")
+        )
+        folded = for_inference(net)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert not [layer for layer in folded.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    images = np.random.default_rng(1).uniform(-100, 100, (4, 32, 32, 3)).astype(np.float32)
+    want = np.asarray(net(images, training=False), dtype=np.float32)
+    got = np.asarray(folded(images, training=False), dtype=np.float32)
+    cosine = (want * got).sum(1) / np.linalg.norm(want, axis=1) / np.linalg.norm(got, axis=1)
+    assert cosine.min() > (0.9999999 if policy == "float32" else 0.999), cosine

@@ -185,7 +185,7 @@ def keras_model(run_dir: Path, spec: RunSpec, policy: str = "float32"):
     """(keras Model on preprocessed float images → softmax, preprocess function) with the run's weights."""
     import keras
 
-    from ..worker.keras_worker import backbone_factory, head, pretrained_weights
+    from ..worker.keras_worker import backbone_factory, for_inference, head, pretrained_weights
 
     cfg = spec.train
     keras.mixed_precision.set_global_policy(policy)
@@ -197,6 +197,7 @@ def keras_model(run_dir: Path, spec: RunSpec, policy: str = "float32"):
     dense = head(len(classes_of(spec)))
     x = keras.Input((size, size, 3))
     if cfg.freeze_backbone and cfg.feature_cache:
+        net = for_inference(net)  # the network the worker computed the features with
         features = keras.Input(net.output_shape[1:])
         trained = keras.Model(features, dense(features))  # the head, trained on the cached features
         model = keras.Model(x, trained(net(x, training=False)))
