@@ -179,7 +179,7 @@ def keras_rows(model: str, phase: str, args) -> list[dict]:
 
     from crackhpc.worker.keras_worker import APPLICATIONS, for_inference
 
-    application, _ = APPLICATIONS[model]
+    application = APPLICATIONS[model]
     x = tf.constant(np.random.default_rng(0).uniform(0, 255, (args.batch, args.size, args.size, 3)).astype(np.float32))
     y = tf.constant(np.random.default_rng(1).integers(0, 2, args.batch))
     candidates = {}
