@@ -48,10 +48,10 @@ PROBE_ROUNDS = 3
 # run, a test): it keeps fp32 (or the precision it sets) and channels_last.
 PROBE_PAYS = 10
 # Why `compile: auto` is off (README, Speed; benchmarks/results/compile.md): measured on this
-# project's CPU; on a GPU, benchmarks/gpu.sh measures it.
+# project's two CPUs; on a GPU, benchmarks/gpu.sh measures it.
 COMPILE_OFF = {
-    "features": "auto: off, compiling the feature pass took 14-103 s and ran it 0.72-1.33x as fast on CPU "
-    "here, a loss as often as a gain (GPU: not measured yet); compile: true where it was measured to pay",
+    "features": "auto: off, compiling the feature pass took 8-103 s and ran it 0.72-1.79x as fast on two CPUs "
+    "measured, a loss as often as a gain on one (GPU: not measured yet); compile: true where it was measured to pay",
     "train": "auto: off, the training step ran 0.92x as fast on CPU here after 83 s of compiling",
 }
 
