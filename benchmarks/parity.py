@@ -11,14 +11,14 @@ same synthetic images and split:
   installs), features through the feature cache, the head trained on them;
 - trainable: the whole network from random init (no ResNet ImageNet file offline), Adam.
 Per seed: each precision's test accuracy, the difference, and the share of test images both
-predict alike; per precision, the mean and the spread (sample standard deviation) across seeds,
-so a bf16 difference can be read against what another seed alone changes.
+get right or both get wrong (two classes: both predict alike); per precision, the mean and the
+spread (sample standard deviation) across seeds, so a bf16 difference can be read against what
+another seed alone changes.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import os
 import statistics
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from crackhpc import atomic, rundir
+from crackhpc import atomic
 from crackhpc.data.synth import synthesize
 
 from .worker_sweep import run_sweep
@@ -65,18 +65,6 @@ def _sweep(args, data: Path, name: str, run: dict) -> str:
     )
 
 
-def _predictions(run_dir: Path, test_paths: list[str]) -> dict[str, str]:
-    """Each test image's prediction: misclassified.csv's class, or "right" (its true class)."""
-    with open(run_dir / rundir.MISCLASSIFIED, newline="", encoding="utf-8") as fh:
-        wrong = {row["path"]: row["predicted"] for row in csv.DictReader(fh)}
-    return {path: wrong.get(path, "right") for path in test_paths}
-
-
-def _test_paths(run_dir: Path) -> list[str]:
-    with open(rundir.manifest_of(run_dir), newline="", encoding="utf-8") as fh:
-        return [row["path"] for row in csv.DictReader(fh) if row["split"] == "test"]
-
-
 def compare(args, data: Path, label: str, run: dict) -> dict:
     by_precision = {}
     for precision in PRECISIONS:
@@ -87,16 +75,15 @@ def compare(args, data: Path, label: str, run: dict) -> dict:
     rows = []
     for seed in args.seeds:
         fp32, bf16 = by_precision["fp32"][seed], by_precision["bf16"][seed]
-        paths = _test_paths(fp32["run_dir"])
-        a, b = _predictions(fp32["run_dir"], paths), _predictions(bf16["run_dir"], paths)
         rows.append(
             {
                 "seed": seed,
                 "fp32": fp32["test_acc"],
                 "bf16": bf16["test_acc"],
                 "difference": bf16["test_acc"] - fp32["test_acc"],
-                "same": sum(a[p] == b[p] for p in paths) / len(paths),
-                "test_images": len(paths),
+                # right in one precision and wrong in the other, as frozen_backbone counts disagreement
+                "same": 1 - len(fp32["wrong"] ^ bf16["wrong"]) / fp32["n_test"],
+                "test_images": fp32["n_test"],
                 "seconds": (fp32["run_s"], bf16["run_s"]),
             }
         )
@@ -113,7 +100,7 @@ def report(args, argv, compared: list[dict], load: float) -> str:
         "",
         f"`python -m benchmarks.parity {' '.join(argv)}`: {args.n} synthetic 227 px images, split 0.75/0.2/0.05, "
         f"batch 100, Adam, {args.threads} CPUs, torch {torch.__version__}; load average {load:.1f} at the start, "
-        f"{os.getloadavg()[0]:.1f} at the end. `same`: share of the test images both precisions predict alike.",
+        f"{os.getloadavg()[0]:.1f} at the end. `same`: share of the test images both precisions get right or both get wrong.",
     ]
     for c in compared:
         run = c["run"]

@@ -16,7 +16,8 @@ Keras rows: `float32` against `mixed_bfloat16`; the feature pass (inference in a
 the network as built (main's) and BatchNorm-folded (keras_worker.for_inference, the worker's), the
 training step (a GradientTape step with Adam) on the network as built. `--compile` adds
 torch.compile's compile time and compiled speed for each torch model's feature pass, in fp32 and
-bf16. TensorFlow is imported after the torch rows (see README: Triton), so name Keras models last. The output is rewritten after every model.
+bf16. TensorFlow is imported after the torch rows (see README: Triton), so name Keras models last.
+The output is rewritten after every model.
 """
 
 from __future__ import annotations

@@ -17,9 +17,14 @@ def _module(name: str, *args: str) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+def _rows(table: str) -> list[list[str]]:
+    """The cells of a markdown table's rows, its header left out."""
+    rows = [line.strip("| ").split(" | ") for line in table.splitlines() if line.startswith("| ")]
+    return rows[1:]
+
+
 def _settings(table: str) -> list[tuple[str, str, str]]:
-    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and "---" not in line]
-    return [(r[0].lstrip("| "), r[1], r[2]) for r in rows[1:]]
+    return [(r[0], r[1], r[2]) for r in _rows(table)]
 
 
 @pytest.mark.tf
@@ -78,6 +83,6 @@ def test_parity_compares_each_seed_in_both_precisions(tmp_path):
     text = out.read_text()
     for kind in ("frozen: efficientnet_lite0", "trainable: resnet18"):
         section = text.split(f"## {kind}")[1].split("## ")[0]
-        seeds = [line.split(" | ")[0].lstrip("| ") for line in section.splitlines() if line.startswith("| ")][1:]
+        seeds = [row[0] for row in _rows(section)]
         assert seeds == ["0", "1"], section
         assert "Across seeds (mean ± standard deviation): fp32" in section
