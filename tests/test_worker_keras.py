@@ -276,6 +276,27 @@ def test_batchnorm_is_folded_only_where_it_alone_reads_a_linear_convolution():
     np.testing.assert_allclose(folded(images, training=False), net(images, training=False), rtol=1e-4, atol=1e-5)
 
 
+def test_a_convolution_called_twice_or_also_an_output_keeps_its_batchnorm():
+    import keras
+
+    from crackhpc.worker.keras_worker import for_inference
+
+    keras.mixed_precision.set_global_policy("float32")
+    keras.utils.set_random_seed(0)
+    x = keras.Input((8, 8, 3))
+    shared = keras.layers.Conv2D(3, 1, name="shared")
+    twice = keras.layers.BatchNormalization(name="bn_twice")(shared(shared(x)))
+    seen = keras.layers.Conv2D(3, 1, name="seen")(x)
+    exposed = keras.layers.BatchNormalization(name="bn_exposed")(seen)
+    net = _with_statistics(keras.Model(x, [twice, seen, exposed]))
+    folded = for_inference(net)
+    kept = sorted(layer.name for layer in folded.layers if isinstance(layer, keras.layers.BatchNormalization))
+    assert kept == ["bn_exposed", "bn_twice"]
+    images = np.random.default_rng(1).uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
+    for got, want in zip(folded(images, training=False), net(images, training=False)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
 def test_folded_resnet50_gives_the_features_of_the_network_as_built(policy):
     import keras

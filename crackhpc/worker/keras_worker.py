@@ -91,24 +91,38 @@ def _python_backbone(name: models.Name, pretrained: bool, size: int) -> keras.Mo
 
 def _foldable(net: keras.Model) -> dict[str, keras.layers.Layer]:
     """{convolution's name: the BatchNormalization that alone reads its output}, for convolutions
-    with no activation of their own that give channels last."""
+    with no activation of their own that give channels last. Read from the calls in `net`'s own
+    graph (Keras 3): a layer called twice, or a convolution whose output is also read elsewhere or
+    is one of the network's outputs, is left alone."""
+    calls: dict[str, int] = {}
     readers: dict[str, int] = {}
-    for layer in net.layers:
-        for tensor in [] if isinstance(layer, keras.layers.InputLayer) else tf.nest.flatten(layer.input):
-            source = tensor._keras_history[0].name  # Keras 2 and 3 alike: (layer, node, index)
+    inputs: dict[str, list] = {}
+    for node in (node for nodes in net._nodes_by_depth.values() for node in nodes):
+        name = node.operation.name
+        calls[name] = calls.get(name, 0) + 1
+        inputs[name] = list(node.input_tensors)
+        for tensor in node.input_tensors:
+            source = tensor._keras_history.operation.name
             readers[source] = readers.get(source, 0) + 1
+    for tensor in tf.nest.flatten(net.outputs):
+        source = tensor._keras_history.operation.name
+        readers[source] = readers.get(source, 0) + 1
     pairs = {}
     for norm in net.layers:
-        if type(norm) is not keras.layers.BatchNormalization or isinstance(norm.input, list):
+        if (
+            type(norm) is not keras.layers.BatchNormalization
+            or calls.get(norm.name) != 1
+            or len(inputs[norm.name]) != 1
+        ):
             continue
-        conv = norm.input._keras_history[0]
-        axis = norm.axis[0] if isinstance(norm.axis, (list, tuple)) and len(norm.axis) == 1 else norm.axis
+        conv = inputs[norm.name][0]._keras_history.operation
         if (
             isinstance(conv, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
+            and calls.get(conv.name) == 1
             and readers[conv.name] == 1
             and conv.get_config()["activation"] == "linear"
             and conv.data_format == "channels_last"
-            and axis in (-1, len(norm.input.shape) - 1)
+            and norm.axis in (-1, len(inputs[norm.name][0].shape) - 1)
         ):
             pairs[conv.name] = norm
     return pairs
@@ -124,13 +138,11 @@ def for_inference(net: keras.Model) -> keras.Model:
     clone_model cannot leave a layer out."""
     if (
         isinstance(net, keras.Sequential)
+        or not hasattr(net, "_nodes_by_depth")  # subclassed: no graph to read
         or "call_function" not in inspect.signature(keras.models.clone_model).parameters
     ):
         return net
-    try:
-        pairs = _foldable(net)
-    except (ValueError, AttributeError):  # a layer called more than once has no one input
-        return net
+    pairs = _foldable(net)
     folded = {norm.name for norm in pairs.values()}
 
     def clone(layer):
@@ -146,7 +158,7 @@ def for_inference(net: keras.Model) -> keras.Model:
 
     try:
         out = keras.models.clone_model(net, clone_function=clone, call_function=call)
-    except ValueError:
+    except ValueError:  # a Functional subclass whose constructor Keras cannot call
         return net
     for layer in net.layers:
         if layer.name in folded or not layer.weights:
